@@ -1,0 +1,25 @@
+#!/bin/sh
+# Install everything vtep needs on a fresh Debian machine, as root: system
+# packages with apt, Python packages into ./.venv. Idempotent and quiet when
+# there is nothing to do; the README's two commands start with it.
+set -eu
+cd "$(dirname "$0")"
+
+PKGS="python3 python3-venv python3-dev gcc iproute2 iputils-ping tcpdump tshark ethtool iperf3 procps"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "bootstrap: installing$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # wireshark-common asks whether non-root users may capture: no.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

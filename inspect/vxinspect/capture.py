@@ -1,0 +1,245 @@
+"""Streaming capture readers: classic pcap and pcapng, recognised by magic number.
+
+The file is read in chunks of CHUNK bytes; each chunk's complete records are
+handed out as one batch, so memory stays flat whatever the file size. A batch
+is ``(buf, records)`` where ``buf`` is a bytes object and each record is
+``(start, end, orig_len, linktype)``: the captured frame is ``buf[start:end]``.
+
+A fault in the file raises CaptureError, after every batch before it has been
+handed out, so that what was read before the fault is still reported.
+"""
+from __future__ import annotations
+
+import struct
+
+CHUNK = 1 << 22
+MAX_RECORD = 1 << 26
+"""64 MiB: larger than any real frame (BIG TCP tops out near 512 KiB); a larger
+length is corruption, and refusing it keeps memory bounded."""
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+SUPPORTED_LINKTYPES = {
+    LINKTYPE_ETHERNET: "Ethernet",
+    LINKTYPE_RAW: "raw IP",
+    LINKTYPE_LINUX_SLL: "Linux cooked (SLL)",
+    LINKTYPE_LINUX_SLL2: "Linux cooked v2 (SLL2)",
+    LINKTYPE_IPV4: "raw IPv4",
+    LINKTYPE_IPV6: "raw IPv6",
+}
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
+    b"\x4d\x3c\xb2\xa1": ("<", True), b"\xa1\xb2\x3c\x4d": (">", True),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+PCAPNG_BOM = 0x1A2B3C4D
+
+
+class CaptureError(Exception):
+    """The capture cannot be read (further) at byte `offset`."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return f"{self.message} at byte offset {self.offset}"
+
+
+def _check_linktype(linktype: int, offset: int) -> None:
+    if linktype not in SUPPORTED_LINKTYPES:
+        known = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_LINKTYPES.items())
+        raise CaptureError(f"unknown link type {linktype} (supported: {known})", offset)
+
+
+class Reader:
+    """Refills a bytes buffer from a file; tracks the file offset of buf[0]."""
+
+    def __init__(self, f):
+        self.f = f
+        self.buf = b""
+        self.base = 0  # file offset of buf[0]
+
+    def refill(self, keep_from: int, need: int = 0) -> bool:
+        """Drop buf[:keep_from], read at least CHUNK (or `need`) more bytes.
+
+        Returns False at end of file.
+        """
+        data = self.f.read(max(CHUNK, need))
+        self.base += keep_from
+        self.buf = self.buf[keep_from:] + data
+        return bool(data)
+
+
+def batches(f):
+    """Yield (buf, records) batches from an open binary file, whatever its format."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise CaptureError(f"not a capture: file has {len(head)} bytes, too short for a magic number", 0)
+    r = Reader(f)
+    r.buf = head
+    if head in PCAP_MAGICS:
+        yield from _pcap(r, *PCAP_MAGICS[head])
+    elif head == PCAPNG_SHB:
+        yield from _pcapng(r)
+    else:
+        raise CaptureError(f"not a pcap or pcapng file (magic {head.hex()})", 0)
+
+
+def _pcap(r: Reader, order: str, _nanos: bool):
+    r.refill(0)
+    if len(r.buf) < 24:
+        raise CaptureError(f"pcap file header cut short ({len(r.buf)} of 24 bytes)", 0)
+    (network,) = struct.unpack_from(order + "I", r.buf, 20)
+    linktype = network & 0xFFFF
+    _check_linktype(linktype, 20)
+    # libpcap LT_FCS_LENGTH_PRESENT / LT_FCS_LENGTH: frames end in an FCS of
+    # that many 16-bit words, which is no part of the packet.
+    fcs = ((network >> 28) * 2) if network & 0x04000000 else 0
+    rec = struct.Struct(order + "IIII").unpack_from
+    off = 24
+    eof = False
+    while True:
+        buf = r.buf
+        n = len(buf)
+        records = []
+        append = records.append
+        fault = None
+        while off + 16 <= n:
+            _, _, incl, orig = rec(buf, off)
+            if incl > MAX_RECORD:
+                fault = CaptureError(f"implausible record length {incl}", r.base + off + 8)
+                break
+            end = off + 16 + incl
+            if end > n:
+                break
+            append((off + 16, end - fcs if incl >= fcs else end, orig, linktype))
+            off = end
+        if records:
+            yield buf, records
+        if fault is not None:
+            raise fault
+        need = 16 if off + 16 > n else 16 + rec(buf, off)[2]
+        if eof:
+            if off < n:
+                raise CaptureError(f"file ends inside a record (it needs {need} bytes, "
+                                   f"{n - off} remain)", r.base + off)
+            return
+        eof = not r.refill(off, need)
+        off = 0
+
+
+def _pcapng(r: Reader):
+    """pcapng: SHB, IDB, EPB, SPB and the obsolete PB; every other block is skipped."""
+    off = 0
+    order = "<"
+    interfaces: list[tuple[int, int, int]] = []  # (linktype, snaplen, fcs bytes)
+    eof = not r.refill(0)
+    while True:
+        buf = r.buf
+        n = len(buf)
+        records = []
+        append = records.append
+        fault = None
+        while off + 12 <= n:
+            btype_raw = buf[off:off + 4]
+            if btype_raw == PCAPNG_SHB:
+                if off + 12 > n:
+                    break
+                bom = buf[off + 8:off + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    order = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    order = ">"
+                else:
+                    fault = CaptureError(f"pcapng section header with bad byte-order magic {bom.hex()}",
+                                         r.base + off + 8)
+                    break
+                interfaces = []
+            btype, blen = struct.unpack_from(order + "II", buf, off)
+            if blen < 12 or blen % 4 or blen > MAX_RECORD:
+                fault = CaptureError(f"pcapng block of type {btype:#x} has bad total length {blen}",
+                                     r.base + off + 4)
+                break
+            end = off + blen
+            if end > n:
+                break
+            (trailer,) = struct.unpack_from(order + "I", buf, end - 4)
+            if trailer != blen:
+                fault = CaptureError(
+                    f"pcapng block of type {btype:#x}: trailing length {trailer} != leading {blen}",
+                    r.base + end - 4)
+                break
+            if btype == 6 or btype == 2:  # Enhanced Packet Block / obsolete Packet Block
+                if blen < 32:
+                    fault = CaptureError(f"pcapng packet block too short ({blen} bytes)", r.base + off)
+                    break
+                if btype == 6:
+                    ifid, _, _, caplen, orig = struct.unpack_from(order + "IIIII", buf, off + 8)
+                else:
+                    ifid, _, _, _, caplen, orig = struct.unpack_from(order + "HHIIII", buf, off + 8)
+                if ifid >= len(interfaces):
+                    fault = CaptureError(f"packet block names interface {ifid}, but only "
+                                         f"{len(interfaces)} are defined", r.base + off + 8)
+                    break
+                if 28 + caplen > blen - 4:
+                    fault = CaptureError(f"packet block captured length {caplen} runs past its "
+                                         f"block ({blen} bytes)", r.base + off + 20)
+                    break
+                lt, _, fcs = interfaces[ifid]
+                start = off + 28
+                append((start, start + caplen - (fcs if caplen >= fcs else 0), orig, lt))
+            elif btype == 3:  # Simple Packet Block: interface 0, length from the block
+                if not interfaces:
+                    fault = CaptureError("simple packet block before any interface", r.base + off)
+                    break
+                (orig,) = struct.unpack_from(order + "I", buf, off + 8)
+                lt, snap, fcs = interfaces[0]
+                caplen = min(orig, blen - 16, snap or orig)
+                start = off + 12
+                append((start, start + caplen - (fcs if caplen >= fcs else 0), orig, lt))
+            elif btype == 1:  # Interface Description Block
+                if blen < 20:
+                    fault = CaptureError(f"interface description block too short ({blen} bytes)",
+                                         r.base + off)
+                    break
+                lt, _, snap = struct.unpack_from(order + "HHI", buf, off + 8)
+                try:
+                    _check_linktype(lt, r.base + off + 8)
+                except CaptureError as e:
+                    fault = e
+                    break
+                interfaces.append((lt, snap, _if_fcslen(buf, off + 16, end - 4, order)))
+            off = end
+        if records:
+            yield buf, records
+        if fault is not None:
+            raise fault
+        if eof:
+            if off < n:
+                raise CaptureError(f"file ends inside a pcapng block ({n - off} bytes left over)",
+                                   r.base + off)
+            return
+        need = 0
+        if off + 8 <= n:
+            need = struct.unpack_from(order + "I", buf, off + 4)[0]
+        eof = not r.refill(off, need)
+        off = 0
+
+
+def _if_fcslen(buf, pos: int, end: int, order: str) -> int:
+    """The if_fcslen option (code 13) of an IDB: FCS bytes at the end of each frame."""
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(order + "HH", buf, pos)
+        if code == 0:
+            break
+        if code == 13 and length >= 1:
+            return buf[pos + 4]
+        pos += 4 + length + (-length % 4)
+    return 0

@@ -1,0 +1,76 @@
+"""The VXLAN wire format (RFC 7348), written once for every data path and vxinspect.
+
+Header layout (RFC 7348 section 5)::
+
+    0                   1                   2                   3
+    |R|R|R|R|I|R|R|R|            Reserved                           |
+    |                VXLAN Network Identifier (VNI) |   Reserved    |
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+VXLAN_PORT = 4789
+"""IANA-assigned destination port (RFC 7348 section 5)."""
+VXLAN_PORT_LINUX_LEGACY = 8472
+"""Linux's pre-IANA default; the kernel still uses it when `dstport` is not given."""
+VXLAN_PORTS = frozenset((VXLAN_PORT, VXLAN_PORT_LINUX_LEGACY))
+
+HEADER_LEN = 8
+FLAG_I = 0x08
+"""The I flag: the VNI is valid (RFC 7348 section 5). All other flag bits are reserved."""
+VNI_MIN = 1
+VNI_MAX = 0xFFFFFF
+"""VNIs are 24 bits."""
+DEFAULT_VNI = 10
+
+ETH_HLEN = 14
+IPV4_HLEN = 20
+IPV6_HLEN = 40
+UDP_HLEN = 8
+OVERHEAD_IPV4 = IPV4_HLEN + UDP_HLEN + HEADER_LEN + ETH_HLEN
+"""50: what the tunnel adds around an inner L3 packet over an IPv4 underlay."""
+OVERHEAD_IPV6 = IPV6_HLEN + UDP_HLEN + HEADER_LEN + ETH_HLEN
+"""70: the same over an IPv6 underlay."""
+
+HEADER = struct.Struct("!II")
+
+
+class Header(NamedTuple):
+    flags: int
+    reserved1: int  # 24 bits after the flags byte
+    vni: int
+    reserved2: int  # the last byte
+
+    @property
+    def valid(self) -> bool:
+        """True for a strict RFC 7348 header: I set, every reserved bit zero."""
+        return self.flags == FLAG_I and not self.reserved1 and not self.reserved2
+
+
+def pack(vni: int, flags: int = FLAG_I) -> bytes:
+    """The 8-byte header for `vni`, reserved fields zero."""
+    if not 0 <= vni <= VNI_MAX:
+        raise ValueError(f"VNI {vni} is outside 0..{VNI_MAX}")
+    return HEADER.pack(flags << 24, vni << 8)
+
+
+def pack_into(buf, offset: int, vni: int, flags: int = FLAG_I) -> None:
+    """Write the header into a preallocated buffer (the data paths' hot loops)."""
+    HEADER.pack_into(buf, offset, flags << 24, vni << 8)
+
+
+def unpack(buf, offset: int = 0) -> Header:
+    """Decode the header at `offset`; raises struct.error when fewer than 8 bytes remain."""
+    w0, w1 = HEADER.unpack_from(buf, offset)
+    return Header(w0 >> 24, w0 & 0xFFFFFF, w1 >> 8, w1 & 0xFF)
+
+
+def overhead(ipv6: bool) -> int:
+    return OVERHEAD_IPV6 if ipv6 else OVERHEAD_IPV4
+
+
+def overlay_mtu(underlay_mtu: int, ipv6: bool = False) -> int:
+    """The largest inner L3 packet that fits the underlay without fragmentation."""
+    return underlay_mtu - overhead(ipv6)
