@@ -48,6 +48,6 @@ def read_packet(path, number: int):
         for buf, records in batches(f):
             if seen + len(records) >= number:
                 start, end, orig, lt = records[number - seen - 1]
-                return lt, buf[start:end], orig
+                return lt, bytes(buf[start:end]), orig
             seen += len(records)
     return None

@@ -2,7 +2,8 @@
 
 The file is read in chunks of CHUNK bytes; each chunk's complete records are
 handed out as one batch, so memory stays flat whatever the file size. A batch
-is ``(buf, records)`` where ``buf`` is a bytes object and each record is
+is ``(buf, records)`` where ``buf`` is a reused bytearray (valid until the next
+batch) and each record is
 ``(start, end, orig_len, linktype)``: the captured frame is ``buf[start:end]``.
 
 A fault in the file raises CaptureError, after every batch before it has been
@@ -59,22 +60,36 @@ def _check_linktype(linktype: int, offset: int) -> None:
 
 
 class Reader:
-    """Refills a bytes buffer from a file; tracks the file offset of buf[0]."""
+    """Refills one preallocated bytearray from a file with readinto (no per-chunk copies).
 
-    def __init__(self, f):
+    `buf[:n]` holds valid bytes; `base` is the file offset of buf[0]. The buffer
+    is reused: a batch is only valid until the next refill.
+    """
+
+    def __init__(self, f, head: bytes):
         self.f = f
-        self.buf = b""
-        self.base = 0  # file offset of buf[0]
+        self.buf = bytearray(CHUNK)
+        self.buf[:len(head)] = head
+        self.n = len(head)
+        self.base = 0
 
     def refill(self, keep_from: int, need: int = 0) -> bool:
-        """Drop buf[:keep_from], read at least CHUNK (or `need`) more bytes.
+        """Drop buf[:keep_from], then fill the buffer (at least `need` bytes from keep_from).
 
         Returns False at end of file.
         """
-        data = self.f.read(max(CHUNK, need))
+        keep = self.n - keep_from
+        size = max(CHUNK, need)
+        if len(self.buf) < size:
+            old, self.buf = self.buf, bytearray(size)
+            self.buf[:keep] = old[keep_from:self.n]
+        elif keep:
+            self.buf[:keep] = self.buf[keep_from:self.n]
+        with memoryview(self.buf) as mv:
+            got = self.f.readinto(mv[keep:])
         self.base += keep_from
-        self.buf = self.buf[keep_from:] + data
-        return bool(data)
+        self.n = keep + got
+        return got > 0
 
 
 def batches(f):
@@ -82,8 +97,7 @@ def batches(f):
     head = f.read(4)
     if len(head) < 4:
         raise CaptureError(f"not a capture: file has {len(head)} bytes, too short for a magic number", 0)
-    r = Reader(f)
-    r.buf = head
+    r = Reader(f, head)
     if head in PCAP_MAGICS:
         yield from _pcap(r, *PCAP_MAGICS[head])
     elif head == PCAPNG_SHB:
@@ -94,38 +108,37 @@ def batches(f):
 
 def _pcap(r: Reader, order: str, _nanos: bool):
     r.refill(0)
-    if len(r.buf) < 24:
-        raise CaptureError(f"pcap file header cut short ({len(r.buf)} of 24 bytes)", 0)
+    if r.n < 24:
+        raise CaptureError(f"pcap file header cut short ({r.n} of 24 bytes)", 0)
     (network,) = struct.unpack_from(order + "I", r.buf, 20)
     linktype = network & 0xFFFF
     _check_linktype(linktype, 20)
     # libpcap LT_FCS_LENGTH_PRESENT / LT_FCS_LENGTH: frames end in an FCS of
     # that many 16-bit words, which is no part of the packet.
     fcs = ((network >> 28) * 2) if network & 0x04000000 else 0
-    rec = struct.Struct(order + "IIII").unpack_from
+    rec = struct.Struct(order + "II").unpack_from  # incl_len, orig_len
     off = 24
     eof = False
     while True:
         buf = r.buf
-        n = len(buf)
+        n = r.n
         records = []
         append = records.append
         fault = None
         while off + 16 <= n:
-            _, _, incl, orig = rec(buf, off)
-            if incl > MAX_RECORD:
-                fault = CaptureError(f"implausible record length {incl}", r.base + off + 8)
-                break
+            incl, orig = rec(buf, off + 8)
             end = off + 16 + incl
             if end > n:
+                if incl > MAX_RECORD:
+                    fault = CaptureError(f"implausible record length {incl}", r.base + off + 8)
                 break
-            append((off + 16, end - fcs if incl >= fcs else end, orig, linktype))
+            append((off + 16, end - fcs if fcs and incl >= fcs else end, orig, linktype))
             off = end
         if records:
             yield buf, records
         if fault is not None:
             raise fault
-        need = 16 if off + 16 > n else 16 + rec(buf, off)[2]
+        need = 16 if off + 16 > n else 16 + rec(buf, off + 8)[0]
         if eof:
             if off < n:
                 raise CaptureError(f"file ends inside a record (it needs {need} bytes, "
@@ -143,7 +156,7 @@ def _pcapng(r: Reader):
     eof = not r.refill(0)
     while True:
         buf = r.buf
-        n = len(buf)
+        n = r.n
         records = []
         append = records.append
         fault = None
@@ -228,7 +241,7 @@ def _pcapng(r: Reader):
             return
         need = 0
         if off + 8 <= n:
-            need = struct.unpack_from(order + "I", buf, off + 4)[0]
+            need = min(struct.unpack_from(order + "I", buf, off + 4)[0], MAX_RECORD)
         eof = not r.refill(off, need)
         off = 0
 

@@ -42,7 +42,8 @@ def _w(n: int) -> int:
 
 
 ETH_SRC_TYPE = struct.Struct("!6x6sH").unpack_from
-ETH_IP4 = struct.Struct("!6x6sHBBHHHBBH4s4s").unpack_from
+VX_ETH_IP4 = struct.Struct("!II6x6sHBBHHHBBH4s4s").unpack_from
+ETH_IP4_UDP = struct.Struct("!12xHBBHHHBBH4s4sHHHH").unpack_from
 IP4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH").unpack_from
 
 
@@ -156,10 +157,14 @@ def make_decoder(opts, tally):
         if depth > MAX_NESTING:
             hit("nesting-too-deep", no)
             return 0
-        if v + 8 > end:
+        if v + 42 <= end:  # the usual case: header, inner Ethernet and IPv4 in one call
+            w0, w1, smac, et, vhl, _, tlen, _, frag, _, proto, _, src, _ = VX_ETH_IP4(buf, v)
+        elif v + 8 <= end:
+            w0, w1 = VXH(buf, v)
+            smac = None
+        else:
             hit("truncated", no)
             return 0
-        w0, w1 = VXH(buf, v)
         if w0 != 0x08000000 or w1 & 0xFF:
             if not w0 & 0x08000000:
                 hit("vxlan-flags", no)
@@ -174,12 +179,10 @@ def make_decoder(opts, tally):
             hit("legacy-port", no)
         # The inner Ethernet frame.
         e = v + 8
-        if e + 14 > end:
-            hit("truncated", no)
-            return 0
-        if e + 34 <= end:  # the usual case: Ethernet and an IPv4 header in one call
-            smac, et, vhl, _, tlen, _, frag, _, proto, _, src, _ = ETH_IP4(buf, e)
-        else:
+        if smac is None:
+            if e + 14 > end:
+                hit("truncated", no)
+                return 0
             smac, et = ETH_SRC_TYPE(buf, e)
             vhl = -1
         if not smac[0] & 1:  # a unicast source MAC: which VTEP is it behind?
@@ -221,9 +224,12 @@ def make_decoder(opts, tally):
             elif frag & 0x3FFF:
                 pass  # an inner fragment: no whole L4 segment to check
             elif l3end <= end:
-                inner_l4(buf, proto, q + ihl, l3end, src,
-                         fb(buf[q + 12:q + 20], "big") if check_cs else 0,
-                         no, depth, False, complete)
+                if check_cs or proto == 17:
+                    inner_l4(buf, proto, q + ihl, l3end, src,
+                             fb(buf[q + 12:q + 20], "big") if check_cs else 0,
+                             no, depth, False, complete)
+                elif l3end - q - ihl < L4_HEADER.get(proto, 0):
+                    hit("truncated", no)
             elif q + ihl + L4_HEADER.get(proto, 0) > end:
                 hit("truncated", no)  # the snap length cut into the L4 header
             return tlen
@@ -245,7 +251,17 @@ def make_decoder(opts, tally):
         for p, end, orig, lt in records:
             no += 1
             try:
-                if lt == LINKTYPE_ETHERNET:
+                if lt == LINKTYPE_ETHERNET and p + 42 <= end:
+                    # The usual case: Ethernet, IPv4 and UDP headers in one call.
+                    (et, vhl, _, tlen, ident, frag, _, proto, _, src, dst,
+                     sp, dp, ulen, ucs) = ETH_IP4_UDP(buf, p)
+                    q = p + 14
+                else:
+                    et = 0
+                if et == ETH_IPV4:
+                    pass
+                elif lt == LINKTYPE_ETHERNET:
+                    vhl = -1
                     if p + 14 > end:
                         continue
                     (et,) = U16(buf, p + 12)
@@ -254,16 +270,19 @@ def make_decoder(opts, tally):
                         (et,) = U16(buf, q + 2)
                         q += 4
                 elif lt == LINKTYPE_LINUX_SLL2:
+                    vhl = -1
                     if p + 20 > end:
                         continue
                     (et,) = U16(buf, p)
                     q = p + 20
                 elif lt == LINKTYPE_LINUX_SLL:
+                    vhl = -1
                     if p + 16 > end:
                         continue
                     (et,) = U16(buf, p + 14)
                     q = p + 16
                 else:  # raw IP: the version nibble says which
+                    vhl = -1
                     if p >= end:
                         continue
                     ver = buf[p] >> 4
@@ -274,7 +293,9 @@ def make_decoder(opts, tally):
                 complete = missing <= 0
                 wire_l3 = end - q if complete else end - q + missing
                 if et == ETH_IPV4:
-                    if q + 28 <= end:  # the usual case: IPv4 and UDP headers in one call
+                    if vhl >= 0:
+                        pass  # already unpacked with the Ethernet header
+                    elif q + 28 <= end:
                         (vhl, _, tlen, ident, frag, _, proto, _, src, dst,
                          sp, dp, ulen, ucs) = IP4_UDP(buf, q)
                     elif q + 20 <= end:
@@ -319,7 +340,7 @@ def make_decoder(opts, tally):
                         elif nh == IPV6_FRAGMENT:
                             nh = buf[u]
                             (fo,) = U16(buf, u + 2)
-                            key = (src, dst, buf[u + 4:u + 8])
+                            key = (src, dst, bytes(buf[u + 4:u + 8]))
                             u += 8
                             if fo & 0xFFF8:  # a later fragment
                                 later = fo & 1
