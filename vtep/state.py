@@ -1,0 +1,116 @@
+"""Desired per-node state, derived from the plan; no system access here.
+
+What a node needs so that its pods reach every other node's pods (the state
+flannel and Calico keep): one VXLAN device, and for every peer, in this order,
+a permanent neighbour entry (peer VTEP IP -> peer VTEP MAC), a permanent fdb
+entry (peer VTEP MAC -> peer underlay IP) and an onlink route (peer subnet via
+peer VTEP IP). Routes come last: without the neighbour entry the kernel would
+try to resolve the gateway itself, and ARP across the tunnel is what
+`nolearning` and static entries exist to avoid.
+
+The data paths (kernel and userspace) realise this state; `vtep plan` prints
+it as iproute2 commands; vxinspect --plan checks captures against its fdb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import Node, Plan
+
+DEFAULT_DEVICE = "vxlan0"
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    vni: int
+    local: str          # underlay IP of this node
+    port: int           # always explicit: the kernel's default is 8472
+    underlay_dev: str   # device holding `local`
+    mtu: int
+    mac: str
+    address: str        # VTEP IP, as /32 (or /128 is never used: the overlay is IPv4)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Fdb:
+    mac: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str            # peer subnet, CIDR
+    via: str            # peer VTEP IP (onlink)
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    neighbour: Neighbour
+    fdb: Fdb
+    route: Route
+
+
+@dataclass(frozen=True)
+class NodeState:
+    node: str
+    device: Device
+    peers: tuple[Peer, ...]
+
+    @property
+    def neighbours(self):
+        return tuple(p.neighbour for p in self.peers)
+
+    @property
+    def fdb(self):
+        return tuple(p.fdb for p in self.peers)
+
+    @property
+    def routes(self):
+        return tuple(p.route for p in self.peers)
+
+
+def peer_entries(peer: Node) -> Peer:
+    return Peer(peer.name,
+                Neighbour(str(peer.vtep_ip), peer.vtep_mac),
+                Fdb(peer.vtep_mac, str(peer.underlay_ip)),
+                Route(str(peer.subnet), str(peer.vtep_ip)))
+
+
+def overlay_mtu(plan: Plan, underlay_mtu: int) -> int:
+    """The plan's MTU, or the underlay's minus the encapsulation overhead."""
+    return plan.mtu if plan.mtu is not None else underlay_mtu - plan.overhead
+
+
+def desired(plan: Plan, node_name: str, *, underlay_dev: str, underlay_mtu: int,
+            device: str = DEFAULT_DEVICE) -> NodeState:
+    me = plan.node(node_name)
+    dev = Device(device, plan.vni, str(me.underlay_ip), plan.port, underlay_dev,
+                 overlay_mtu(plan, underlay_mtu), me.vtep_mac, str(me.vtep_ip))
+    return NodeState(me.name, dev, tuple(peer_entries(p) for p in plan.peers(me.name)))
+
+
+def iproute2(state: NodeState, df: str | None = None) -> list[str]:
+    """The same state as the iproute2 commands an operator would type."""
+    d = state.device
+    df_opt = f" df {df}" if df else ""
+    cmds = [
+        f"ip link add {d.name} type vxlan id {d.vni} local {d.local} dstport {d.port} "
+        f"nolearning dev {d.underlay_dev}{df_opt}",
+        f"ip link set {d.name} address {d.mac} mtu {d.mtu}",
+        f"ip address add {d.address}/32 dev {d.name}",
+        f"ip link set {d.name} up",
+    ]
+    for p in state.peers:
+        cmds.append(f"ip neigh add {p.neighbour.ip} lladdr {p.neighbour.mac} dev {d.name} "
+                    "nud permanent")
+        cmds.append(f"bridge fdb add {p.fdb.mac} dev {d.name} dst {p.fdb.dst} self permanent")
+        cmds.append(f"ip route add {p.route.dst} via {p.route.via} dev {d.name} onlink")
+    return cmds
