@@ -102,9 +102,8 @@ def iproute2(state: NodeState, df: str | None = None) -> list[str]:
     d = state.device
     df_opt = f" df {df}" if df else ""
     cmds = [
-        f"ip link add {d.name} type vxlan id {d.vni} local {d.local} dstport {d.port} "
-        f"nolearning dev {d.underlay_dev}{df_opt}",
-        f"ip link set {d.name} address {d.mac} mtu {d.mtu}",
+        f"ip link add {d.name} address {d.mac} mtu {d.mtu} type vxlan id {d.vni} "
+        f"local {d.local} dstport {d.port} nolearning dev {d.underlay_dev}{df_opt}",
         f"ip address add {d.address}/32 dev {d.name}",
         f"ip link set {d.name} up",
     ]

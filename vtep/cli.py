@@ -1,0 +1,109 @@
+"""The `vtep` command line: parses, dispatches, and alone maps errors to exit codes.
+
+Exit status: 0 success; 1 a check or demo step failed; 2 bad plan or usage;
+3 not permitted (not root / no CAP_NET_ADMIN); 4 the host does not match the
+plan (underlay IP or device missing, port in use); 5 an existing device is
+incompatible (see --replace); 6 a lab step failed; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import UsageError, VtepError
+
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump, exit 2 via UsageError
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _plan_args(p, node_required=False):
+    p.add_argument("--config", "-c", required=True, metavar="F", help="cluster plan (TOML)")
+    p.add_argument("--node", "-n", required=node_required, metavar="N",
+                   help="this node's name in the plan (default: the node whose underlay_ip "
+                        "is an address of this host)")
+    p.add_argument("--device", default="vxlan0", metavar="DEV",
+                   help="VTEP device name (default vxlan0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vtep", description="VXLAN overlays between nodes, as flannel and "
+                "Calico build them.", epilog=__doc__.split("\n\n", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"vtep {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("plan", help="print the state a node will get, as iproute2 commands")
+    _plan_args(s)
+    s.set_defaults(handler="vtep.commands:plan")
+
+    s = sub.add_parser("run", help="realise a node's state and keep it converged")
+    mode = s.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--kernel", dest="mode", action="store_const", const="kernel",
+                      help="the Linux vxlan device, programmed through netlink")
+    mode.add_argument("--userspace", dest="mode", action="store_const", const="userspace",
+                      help="a TAP device read in userspace")
+    _plan_args(s)
+    s.add_argument("--interval", type=float, default=10.0, metavar="S",
+                   help="full resync period, seconds (default 10)")
+    s.add_argument("--once", action="store_true", help="converge once and exit")
+    s.add_argument("--keep", action="store_true", help="leave the state in place on exit")
+    s.add_argument("--replace", action="store_true",
+                   help="recreate an existing device whose settings differ from the plan")
+    s.add_argument("--df", choices=("set", "unset", "inherit"),
+                   help="outer IPv4 DF policy of the kernel device (default: kernel default)")
+    s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
+                   help="where run-time state lives (default /run/vtep)")
+    s.set_defaults(handler="vtep.commands:run")
+
+    s = sub.add_parser("down", help="remove the state left by --keep, --once or a crash")
+    _plan_args(s)
+    s.set_defaults(handler="vtep.commands:down")
+
+    s = sub.add_parser("pod", help="attach a network namespace to the node's bridge")
+    podsub = s.add_subparsers(dest="pod_command", metavar="ACTION", parser_class=_Parser)
+    podsub.required = True
+    for action in ("add", "del"):
+        a = podsub.add_parser(action, help=f"{action} a pod")
+        a.add_argument("name", metavar="NAME", help="pod (network namespace) name")
+        _plan_args(a)
+        a.add_argument("--bridge", default="br0", help="node bridge (default br0)")
+        a.add_argument("--netns", metavar="PATH",
+                       help="an existing network namespace path (as a CNI runtime hands over)")
+        a.add_argument("--state-dir", default="/run/vtep", metavar="DIR")
+        if action == "add":
+            a.add_argument("--ip", help="pod address (default: next free in the node subnet)")
+        a.set_defaults(handler=f"vtep.pods:{action}_command")
+
+    s = sub.add_parser("lab", help="the seed topology in network namespaces on this machine")
+    s.add_argument("action", choices=("up", "demo", "down"))
+    s.add_argument("--mode", choices=("kernel", "userspace", "mixed"), default="kernel")
+    s.add_argument("--prefix", default="vtl-", help="namespace name prefix (default vtl-)")
+    s.add_argument("--keep", action="store_true", help="demo: leave the lab up afterwards")
+    s.add_argument("--capture", metavar="FILE", help="demo: keep the router capture here")
+    s.set_defaults(handler="vtep.lab:command")
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        module, func = args.handler.split(":")
+        return getattr(importlib.import_module(module), func)(args) or 0
+    except VtepError as e:
+        for line in getattr(e, "problems", None) or [str(e)]:
+            print(f"vtep: {line}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vtep: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
