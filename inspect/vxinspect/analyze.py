@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vtep import wire
 
 from .capture import CaptureError, batches
 from .decode import make_decoder
 from .report import Report, Tally
+
+if TYPE_CHECKING:
+    from vtep.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,14 @@ class Options:
     underlay_mtu: int = 1500
     mtu: int | None = None  # overlay MTU; default underlay MTU - 50 (IPv4) / - 70 (IPv6)
     checksums: bool = True
+    # The cluster plan to hold each packet against (plan-mismatch). Its port is
+    # always a VXLAN port; `vnis` is left as given (the CLI's --vni, else the
+    # plan's VNI, is the caller's choice).
+    plan: Plan | None = None
+
+    def __post_init__(self):
+        if self.plan is not None and self.plan.port not in self.ports:
+            object.__setattr__(self, "ports", frozenset(self.ports | {self.plan.port}))
 
 
 def inspect_file(path, opts: Options | None = None) -> Report:
@@ -35,7 +47,7 @@ def inspect_file(path, opts: Options | None = None) -> Report:
         error = {"message": e.message, "offset": e.offset}
     except OSError as e:
         error = {"message": f"cannot read: {e.strerror or e}", "offset": 0}
-    return Report.from_tally(str(path), packets, vxlan, tally, error)
+    return Report.from_tally(str(path), packets, vxlan, tally, error, opts.plan)
 
 
 def read_packet(path, number: int):

@@ -36,6 +36,9 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
     Check("df-clear", INFO, "outer IPv4 DF bit clear"),
     Check("nesting-too-deep", ERROR, "VXLAN nested more than 4 deep"),
     Check("mac-move", WARNING, "one inner source MAC seen behind two different outer source IPs"),
+    Check("plan-mismatch", ERROR,
+          "outer source not a node of the plan, outer destination not the node the plan's fdb "
+          "names for the inner destination MAC, or VNI or port not the plan's (--plan)"),
 )}
 
 MAX_NESTING = 4

@@ -1,7 +1,8 @@
 """vxinspect's command line: the one place that maps outcomes to exit codes.
 
 Exit status: 0 every capture ok; 1 an error-severity check fired; 2 a capture
-could not be read (or bad usage). With several files the worst status wins.
+could not be read, the --plan file is invalid, or bad usage. With several
+files the worst status wins.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import sys
 
 from vtep import wire
+from vtep.errors import PlanError
 
 from .analyze import Options, inspect_file
 from .capture import CaptureError
@@ -34,6 +36,15 @@ def _int_in(name: str, lo: int, hi: int):
     return parse
 
 
+class _Once(argparse.Action):
+    """An option that may be given once (one capture is held against one plan)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            raise argparse.ArgumentError(self, "may be given only once")
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
         raise UsageError(message)
@@ -46,14 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode VXLAN captures (pcap/pcapng) and check outer headers, the VXLAN "
                     "header, the VNI, inner headers and the MTU.",
         epilog=f"checks:\n{checks}\n\nexit status: 0 ok, 1 an error check fired, "
-               "2 a capture could not be read or bad usage",
+               "2 a capture could not be read, a bad --plan or bad usage",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture")
     p.add_argument("--json", action="store_true", help="print one JSON document (an array for several files)")
     p.add_argument("--vni", action="append", type=_int_in("--vni", 0, wire.VNI_MAX),
-                   help=f"expected VNI, repeatable (default {wire.DEFAULT_VNI})")
+                   help=f"expected VNI, repeatable (default: the plan's VNI, else "
+                        f"{wire.DEFAULT_VNI})")
     p.add_argument("--port", action="append", type=_int_in("--port", 1, 65535), default=[],
-                   help="another UDP destination port that carries VXLAN (4789 and 8472 always do)")
+                   help="another UDP destination port that carries VXLAN (4789, 8472 and the "
+                        "plan's port always do)")
+    p.add_argument("--plan", action=_Once, metavar="F",
+                   help="cluster plan (vtep TOML): check outer addresses, the fdb, the VNI and "
+                        "the port against it (plan-mismatch); its VNI becomes the expected set "
+                        "unless --vni is given")
     p.add_argument("--underlay-mtu", type=_int_in("--underlay-mtu", 68, 1 << 20), default=1500,
                    help="underlay MTU (default 1500)")
     p.add_argument("--mtu", type=_int_in("--mtu", 0, 1 << 20),
@@ -64,10 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _options(a) -> Options:
-    return Options(vnis=frozenset(a.vni or [wire.DEFAULT_VNI]),
+def _options(a, plan=None) -> Options:
+    # --vni replaces the expected set; without it the plan's VNI is expected. The
+    # plan's port is added to the VXLAN ports (Options does that) whatever --port says.
+    default_vni = plan.vni if plan is not None else wire.DEFAULT_VNI
+    return Options(vnis=frozenset(a.vni or [default_vni]),
                    ports=frozenset(wire.VXLAN_PORTS | set(a.port)),
-                   underlay_mtu=a.underlay_mtu, mtu=a.mtu, checksums=not a.no_checksums)
+                   underlay_mtu=a.underlay_mtu, mtu=a.mtu, checksums=not a.no_checksums,
+                   plan=plan)
 
 
 def _fail(msg: str) -> None:
@@ -80,7 +101,16 @@ def main(argv=None) -> int:
     except UsageError as e:
         _fail(f"{e} (see vxinspect --help)")
         return EXIT_UNREADABLE
-    opts = _options(a)
+    plan = None
+    if a.plan is not None:
+        from vtep.plan import load
+        try:
+            plan = load(a.plan)
+        except PlanError as e:
+            for line in e.problems:
+                _fail(line)
+            return EXIT_UNREADABLE
+    opts = _options(a, plan)
     if a.show is not None:
         return _show(a, opts)
     status = EXIT_OK

@@ -10,6 +10,9 @@ Truncation model: `end` is the end of the captured bytes of a region;
 (not cut by the snap length, not an outer fragment). Headers that run past
 `end` fire `truncated`; length fields and checksums are only held against the
 bytes when the region is complete.
+
+With --plan (plancheck) the outermost VXLAN layer is also held against the
+cluster plan; without one that costs a single falsy test per VXLAN packet.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from vtep import wire
 from .capture import (LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL,
                       LINKTYPE_LINUX_SLL2)
 from .checks import MAX_NESTING
+from .plancheck import U32, VNI_DMAC, plan_tables
 
 U16 = struct.Struct("!H").unpack_from
 IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
@@ -73,6 +77,10 @@ def make_decoder(opts, tally):
             h[0] += 1
             if h[0] <= 10:
                 h[1].append(no)
+
+    # --plan (see plancheck): the plan's nodes, fdb, VNI and port, or nodes=None so
+    # that without a plan the loop pays one falsy test per VXLAN packet.
+    plan_nodes, plan_fdb, plan_vni, plan_port = plan_tables(opts.plan)
 
     def region(buf, a, b):
         r = fb(buf[a:b], "big") % M
@@ -415,7 +423,21 @@ def make_decoder(opts, tally):
                 key = (src, dst)
                 f = flows.get(key)
                 if f is None:
-                    flows[key] = f = [0, 0, 0]
+                    # [packets, bytes, largest inner L3, both ends are plan nodes]
+                    flows[key] = f = [0, 0, 0, plan_nodes is not None
+                                      and src in plan_nodes and dst in plan_nodes]
+                if plan_nodes:  # the outermost layer only: nested VXLAN is no plan's traffic
+                    if u + 22 <= stop:
+                        w1, dmac = VNI_DMAC(buf, u + 8)
+                        # f[3]: both ends are nodes. A MAC that is no VTEP MAC (broadcast,
+                        # multicast, a pod behind a bridge) names no node in the fdb (get
+                        # returns dst): any node will do.
+                        if (not f[3] or plan_fdb.get(dmac, dst) != dst or dp != plan_port
+                                or w1 >> 8 != plan_vni):
+                            hit("plan-mismatch", no)
+                    elif (not f[3] or dp != plan_port  # the header is cut: truncated fired
+                          or (u + 16 <= stop and U32(buf, u + 12)[0] >> 8 != plan_vni)):
+                        hit("plan-mismatch", no)
                 f[0] += 1
                 f[1] += orig
                 if inner > f[2]:

@@ -5,6 +5,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .checks import CHECKS, ERROR
+from .plancheck import node_names
 
 FIRST_PACKETS = 10
 
@@ -16,7 +17,8 @@ class Tally:
         # check id -> [count, first packet numbers, last packet number]
         self.hits = {cid: [0, [], 0] for cid in CHECKS}
         self.vnis: dict[int, int] = {}
-        self.flows: dict[tuple[bytes, bytes], list[int]] = {}  # -> [packets, bytes, largest inner]
+        # (outer src, dst) -> [packets, bytes, largest inner, both ends are plan nodes]
+        self.flows: dict[tuple[bytes, bytes], list] = {}
         self.macs: dict[tuple[int, bytes], bytes] = {}  # (vni, inner src MAC) -> outer src
         self.frags: dict[tuple, bool] = {}  # outer fragments of VXLAN awaiting their rest
 
@@ -30,6 +32,8 @@ class Report:
     flows: list[dict] = field(default_factory=list)
     checks: dict[str, dict] = field(default_factory=dict)
     error: dict | None = None  # {"message", "offset"} when the capture could not be read to its end
+    plan: str | None = None  # the plan file the capture was held against (--plan)
+    plan_summary: str | None = None  # e.g. "VNI 10, port 4789, 2 nodes" (text report only)
 
     @property
     def other_packets(self) -> int:
@@ -41,20 +45,29 @@ class Report:
             c["count"] and c["severity"] == ERROR for c in self.checks.values())
 
     @classmethod
-    def from_tally(cls, file: str, packets: int, vxlan_packets: int, t: Tally, error=None):
+    def from_tally(cls, file: str, packets: int, vxlan_packets: int, t: Tally, error=None,
+                   plan=None):
+        names = node_names(plan) if plan is not None else {}
         flows = [
             {"src": str(ipaddress.ip_address(s)), "dst": str(ipaddress.ip_address(d)),
+             "src_node": names.get(s), "dst_node": names.get(d),
              "packets": f[0], "bytes": f[1], "largest_inner": f[2]}
             for (s, d), f in t.flows.items()
         ]
         flows.sort(key=lambda f: (-f["packets"], f["src"], f["dst"]))
         checks = {cid: {"severity": CHECKS[cid].severity, "count": h[0], "packets": h[1]}
                   for cid, h in t.hits.items()}
-        return cls(file, packets, vxlan_packets, dict(sorted(t.vnis.items())), flows, checks, error)
+        summary = None
+        if plan is not None:
+            summary = (f"VNI {plan.vni}, port {plan.port}, {len(plan.nodes)} "
+                       f"node{'s' * (len(plan.nodes) != 1)}")
+        return cls(file, packets, vxlan_packets, dict(sorted(t.vnis.items())), flows, checks, error,
+                   plan.path if plan is not None else None, summary)
 
     def to_dict(self) -> dict:
         return {
             "file": self.file,
+            "plan": self.plan,
             "packets": self.packets,
             "vxlan_packets": self.vxlan_packets,
             "other_packets": self.other_packets,
@@ -71,13 +84,15 @@ class Report:
     def to_text(self) -> str:
         out = [f"{self.file}: {self.packets} packets, {self.vxlan_packets} VXLAN, "
                f"{self.other_packets} other"]
+        if self.plan is not None:
+            out.append(f"plan: {self.plan} ({self.plan_summary})")
         if self.vnis:
             out.append("VNIs: " + ", ".join(f"{k} ({v} packets)" for k, v in self.vnis.items()))
         if self.flows:
             out.append("VTEP flows (outer src -> dst):")
-            w = max(len(f["src"]) + len(f["dst"]) for f in self.flows) + 4
-            for f in self.flows:
-                pair = f"{f['src']} -> {f['dst']}"
+            pairs = [f"{_end(f, 'src')} -> {_end(f, 'dst')}" for f in self.flows]
+            w = max(map(len, pairs))
+            for f, pair in zip(self.flows, pairs):
                 out.append(f"  {pair:<{w}} {f['packets']:>9} packets {f['bytes']:>12} bytes"
                            f"   largest inner {f['largest_inner']}")
         fired = self.fired()
@@ -99,3 +114,9 @@ class Report:
             "UNREADABLE" if self.error else f"FAIL ({n_err} error check{'s' * (n_err != 1)} fired)")
         out.append(f"verdict: {verdict}")
         return "\n".join(out)
+
+
+def _end(flow: dict, side: str) -> str:
+    """One end of a flow: the IP, and the plan's node name when it is a node."""
+    node = flow.get(f"{side}_node")
+    return f"{flow[side]} ({node})" if node else flow[side]
