@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("down", help="remove the state left by --keep, --once or a crash")
     _plan_args(s)
+    s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
+                   help="where `vtep run` keeps its status file (default /run/vtep)")
     s.set_defaults(handler="vtep.commands:down")
 
     s = sub.add_parser("pod", help="attach a network namespace to the node's bridge")

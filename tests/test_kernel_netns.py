@@ -1,0 +1,421 @@
+"""`vtep run --kernel` and `vtep down` on the seed topology, in network namespaces.
+
+Every VTEP process runs inside a node's namespace (`ip netns exec`), every
+namespace carries the run's prefix, and the topology is removed in `finally`
+(topology.seed(...) as a context manager), also when an assertion fails.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vtep import plan as planlib, state
+from vtep.lab.topology import seed
+
+pytestmark = pytest.mark.netns
+
+VTEP = [sys.executable, "-m", "vtep.cli"]
+SEED_PLAN = """\
+[cluster]
+vni = 10
+port = 4789
+overlay = "172.2.0.0/16"
+
+[[nodes]]
+name = "network-1"
+underlay_ip = "192.168.1.138"
+subnet = "172.2.0.0/24"
+
+[[nodes]]
+name = "network-2"
+underlay_ip = "192.168.2.142"
+subnet = "172.2.1.0/24"
+"""
+THIRD_NODE = """
+[[nodes]]
+name = "network-3"
+underlay_ip = "192.168.3.33"
+subnet = "172.2.2.0/24"
+"""
+REPAIR_LIMIT = 1.0   # s: the issue's bound for repairing drift
+POLL_LIMIT = 3.0     # s: how long we wait before calling it failed
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    p = tmp_path / "plan.toml"
+    p.write_text(SEED_PLAN)
+    return p
+
+
+def vtep(node, *argv, check=None, timeout=30):
+    """Run `vtep ARGV` inside the node's namespace; returns CompletedProcess."""
+    r = node.cmd(VTEP + list(argv), check=False, timeout=timeout)
+    if check is not None:
+        assert r.returncode == check, f"exit {r.returncode}:\n{r.stderr}"
+    return r
+
+
+def messages(r):
+    """stderr lines that are not plan warnings (the seed overlay is public space)."""
+    return [x for x in r.stderr.splitlines() if not x.startswith("vtep: warning:")]
+
+
+def js(node, *argv):
+    out = node.cmd(list(argv)).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def snapshot(node):
+    """The realised state of vxlan0, with the fields that differ between two identical
+    topologies (ifindex, timers, counters) left out, entry by entry."""
+    links = js(node, "ip", "-d", "-j", "link", "show", "vxlan0")
+    link = links[0]
+    keep = ("ifname", "flags", "mtu", "address", "link_type", "operstate", "linkinfo",
+            "inet6_addr_gen_mode")
+    addrs = js(node, "ip", "-j", "-4", "addr", "show", "dev", "vxlan0")[0]["addr_info"]
+    addrs = [{k: a[k] for k in ("family", "local", "prefixlen", "scope")} for a in addrs]
+    return {"link": {k: link.get(k) for k in keep},
+            "addr": addrs,
+            "neigh": js(node, "ip", "-j", "neigh", "show", "dev", "vxlan0"),
+            "fdb": js(node, "bridge", "-j", "fdb", "show", "dev", "vxlan0"),
+            "route": js(node, "ip", "-j", "route", "show", "dev", "vxlan0"),
+            "route_all": js(node, "ip", "-j", "-4", "route", "show", "table", "all",
+                            "dev", "vxlan0")}
+
+
+def hand_configure(node, plan, name):
+    """The seed's iproute2 commands for `name`, typed in its namespace (no vtep there)."""
+    s = state.desired(plan, name, underlay_dev="eth0", underlay_mtu=1500)
+    for cmd in state.iproute2(s):
+        node.cmd(cmd.split())
+    return s
+
+
+def entries(node):
+    return (js(node, "ip", "-j", "neigh", "show", "dev", "vxlan0"),
+            js(node, "bridge", "-j", "fdb", "show", "dev", "vxlan0"),
+            js(node, "ip", "-j", "route", "show", "dev", "vxlan0"))
+
+
+def has_vxlan0(node):
+    return node.cmd(["ip", "link", "show", "vxlan0"], check=False).returncode == 0
+
+
+def wait_for(pred, limit=POLL_LIMIT, step=0.01):
+    """Seconds until pred() held (polling), or None after `limit`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        try:
+            if pred():
+                return time.monotonic() - t0
+        except Exception:
+            pass
+        time.sleep(step)
+    return None
+
+
+class Daemon:
+    """`vtep run --kernel` inside a node's namespace, ended by its PID."""
+
+    def __init__(self, node, plan_file, state_dir, *extra):
+        self.log = open(state_dir.parent / f"run-{node.name}.log", "w+")
+        self.state_dir = state_dir
+        self.status = state_dir / f"vxlan0.{node.name}.json"
+        self.p = node.popen(VTEP + ["run", "--kernel", "--config", str(plan_file), "--node",
+                                    node.name, "--state-dir", str(state_dir), *extra],
+                            stdout=self.log, stderr=subprocess.STDOUT)
+        assert wait_for(self.ready, 10), f"never converged:\n{self.output()}"
+
+    def ready(self):
+        """The status file names this process (written after the first pass)."""
+        return json.loads(self.status.read_text())["pid"] == self.p.pid
+
+    def output(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def signal(self, sig):
+        os.kill(self.p.pid, sig)   # `ip netns exec` execs vtep: this PID is vtep's
+
+    def wait(self, timeout=10):
+        return self.p.wait(timeout=timeout)
+
+
+def seed_plan(plan_file):
+    return planlib.load(plan_file)
+
+
+# --- 1. the state equals the seed's iproute2 commands, entry by entry ----------------------
+
+def test_once_equals_the_seeds_iproute2_state(netns_prefix, plan_file):
+    plan = seed_plan(plan_file)
+    with seed(netns_prefix + "k1a-") as a, seed(netns_prefix + "k1b-") as b:
+        r = vtep(a["network-1"], "run", "--kernel", "--once", "--config", str(plan_file), check=0)
+        assert "converged (1 peer" in r.stderr
+        hand_configure(b["network-1"], plan, "network-1")
+        got, want = snapshot(a["network-1"]), snapshot(b["network-1"])
+        for table in want:
+            assert got[table] == want[table], f"{table} differs"
+        # one of each, as the seed has
+        assert len(got["neigh"]) == len(got["fdb"]) == len(got["route"]) == 1
+        info = got["link"]["linkinfo"]["info_data"]
+        assert (info["id"], info["local"], info["port"], info["learning"], info["link"]) == \
+            (10, "192.168.1.138", 4789, False, "eth0")
+        # vtep adopts the hand-made state unchanged: nothing about vxlan0 to do
+        r = vtep(b["network-1"], "run", "--kernel", "--once", "--config", str(plan_file),
+                 check=0)
+        assert not [x for x in messages(r) if "vxlan0" in x and "converged" not in x], r.stderr
+        assert snapshot(b["network-1"]) == want
+
+
+# --- 2. interop with a node configured by hand ----------------------------------------------
+
+def test_interop_with_a_hand_configured_node(netns_prefix, plan_file):
+    plan = seed_plan(plan_file)
+    t = seed(netns_prefix + "k2-")
+    # a routed pod on each node: the node side of its veth holds the subnet's gateway
+    for name, sub in (("network-1", "172.2.0"), ("network-2", "172.2.1")):
+        pod = t.add_node(f"pod-{name[-1]}")
+        t.add_link(pod, t[name], "eth0", "vpod", f"{sub}.2/24", f"{sub}.1/24")
+        t.add_route(pod, "default", f"{sub}.1")
+    with t:
+        n1, n2 = t["network-1"], t["network-2"]
+        vtep(n1, "run", "--kernel", "--once", "--config", str(plan_file), check=0)
+        hand_configure(n2, plan, "network-2")
+        n2.cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])   # by hand, as vtep would
+        assert n1.cmd(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+        for src, dst in ((n1, "172.2.1.0"), (n2, "172.2.0.0"),
+                         (t["pod-1"], "172.2.1.2"), (t["pod-2"], "172.2.0.2")):
+            r = src.cmd(["ping", "-c", "2", "-W", "2", dst], check=False)
+            assert r.returncode == 0, f"{src.name} -> {dst}:\n{r.stdout}{r.stderr}"
+        # the pods see each other's own addresses (routed, no NAT)
+        r = t["pod-1"].cmd(["ping", "-c", "1", "-W", "2", "172.2.1.2"])
+        assert "from 172.2.1.2" in r.stdout
+
+
+# --- 3. idempotency ---------------------------------------------------------------------------
+
+def test_second_once_changes_nothing(netns_prefix, plan_file):
+    with seed(netns_prefix + "k3-") as t:
+        n1 = t["network-1"]
+        r1 = vtep(n1, "run", "--kernel", "--once", "--config", str(plan_file), check=0)
+        assert any(x.startswith("vtep: added route 172.2.1.0/24") for x in messages(r1))
+        before = snapshot(n1)
+        r2 = vtep(n1, "run", "--kernel", "--once", "--config", str(plan_file), check=0)
+        assert messages(r2) == ["vtep: node network-1: vxlan0 already converged (1 peer): "
+                                "nothing changed"]
+        assert snapshot(n1) == before
+        neigh, fdb, route = entries(n1)
+        assert (len(neigh), len(fdb), len(route)) == (1, 1, 1)
+
+
+# --- 4. drift repair --------------------------------------------------------------------------
+
+def test_drift_is_repaired_within_a_second(netns_prefix, plan_file, tmp_path):
+    with seed(netns_prefix + "k4-") as t:
+        n1 = t["network-1"]
+        d = Daemon(n1, plan_file, tmp_path / "state")
+        plan = seed_plan(plan_file)
+        mac1, mac2 = plan.node("network-1").vtep_mac, plan.node("network-2").vtep_mac
+        want = entries(n1)
+
+        def restored():
+            if not has_vxlan0(n1) or entries(n1) != want:
+                return False
+            link = js(n1, "ip", "-d", "-j", "link", "show", "vxlan0")[0]
+            return ((link["address"], link["mtu"], link["linkinfo"]["info_data"]["learning"])
+                    == (mac1, 1450, False) and "UP" in link["flags"])
+
+        drifts = [
+            ("route", ["ip", "route", "del", "172.2.1.0/24", "dev", "vxlan0"]),
+            ("neigh", ["ip", "neigh", "del", "172.2.1.0", "dev", "vxlan0"]),
+            ("fdb", ["bridge", "fdb", "del", mac2, "dev", "vxlan0", "dst", "192.168.2.142",
+                     "self"]),
+            ("changed neigh", ["ip", "neigh", "replace", "172.2.1.0", "lladdr",
+                               "02:00:00:00:00:01", "dev", "vxlan0", "nud", "permanent"]),
+            ("changed route", ["ip", "route", "replace", "172.2.1.0/24", "via", "172.2.1.9",
+                               "dev", "vxlan0", "onlink"]),
+            ("device", ["ip", "link", "del", "vxlan0"]),
+            ("device down", ["ip", "link", "set", "vxlan0", "down"]),
+            ("device mtu", ["ip", "link", "set", "vxlan0", "mtu", "1400"]),
+            ("device address", ["ip", "link", "set", "vxlan0", "address", "02:00:00:00:00:02"]),
+            ("device learning", ["ip", "link", "set", "vxlan0", "type", "vxlan", "learning"]),
+        ]
+        for what, cmd in drifts:
+            n1.cmd(cmd)
+            took = wait_for(restored)
+            assert took is not None, f"{what}: not repaired within {POLL_LIMIT}s:\n{d.output()}"
+            assert took <= REPAIR_LIMIT, f"{what}: repaired after {took:.2f}s"
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        out = d.output()
+        assert "added route 172.2.1.0/24 via 172.2.1.0 onlink on vxlan0 (peer network-2)" in out
+        assert re.search(r"vxlan0: 1 change after: .*route 172.2.1.0/24 deleted", out), out
+        assert "created vxlan0" in out and "changed vxlan0 mtu 1450 (was 1400)" in out
+        assert "deleted vxlan0 to recreate it (learning: off vs on" in out
+        assert "Traceback" not in out
+
+
+# --- 5. SIGHUP: a peer added, one removed -----------------------------------------------------
+
+def test_sighup_applies_peers_added_and_removed(netns_prefix, plan_file, tmp_path):
+    with seed(netns_prefix + "k5-") as t:
+        n1 = t["network-1"]
+        d = Daemon(n1, plan_file, tmp_path / "state")
+        # network-2 leaves the plan, network-3 joins it
+        text = SEED_PLAN.split("[[nodes]]")
+        plan_file.write_text("[[nodes]]".join(text[:2]) + THIRD_NODE)
+        mac3 = planlib.load(plan_file).node("network-3").vtep_mac
+        d.signal(signal.SIGHUP)
+
+        def followed():
+            neigh, fdb, route = entries(n1)
+            return ([(n["dst"], n["lladdr"]) for n in neigh] == [("172.2.2.0", mac3)]
+                    and [(f["mac"], f["dst"]) for f in fdb] == [(mac3, "192.168.3.33")]
+                    and [(r["dst"], r["gateway"]) for r in route] == [("172.2.2.0/24",
+                                                                      "172.2.2.0")])
+        assert wait_for(followed), f"entries did not follow the plan:\n{d.output()}"
+        status = json.loads(d.status.read_text())
+        assert wait_for(lambda: json.loads(d.status.read_text())["peers"] == ["network-3"])
+        assert status["pid"] == d.p.pid
+        # a broken plan is reported and the current one kept
+        plan_file.write_text("[cluster]\nvni = 0\n")
+        d.signal(signal.SIGHUP)
+        assert wait_for(lambda: "keeping the current plan" in d.output())
+        assert followed()
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        out = d.output()
+        assert "added network-3; removed network-2" in out
+        assert "removed route 172.2.1.0/24 via 172.2.1.0 from vxlan0 (not in the plan)" in out
+        assert "added fdb " + mac3 + " dst 192.168.3.33 on vxlan0 (peer network-3)" in out
+
+
+# --- 6. SIGTERM leaves nothing; --keep leaves it for `vtep down` ------------------------------
+
+def test_sigterm_removes_everything(netns_prefix, plan_file, tmp_path):
+    with seed(netns_prefix + "k6-") as t:
+        n1 = t["network-1"]
+        d = Daemon(n1, plan_file, tmp_path / "state")
+        assert has_vxlan0(n1)
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        assert not has_vxlan0(n1)
+        assert not js(n1, "ip", "-j", "route", "show", "172.2.1.0/24")
+        assert not [n for n in js(n1, "ip", "-j", "neigh") if n["dst"].startswith("172.2.")]
+        assert not d.status.exists()
+        assert "removed vxlan0" in d.output()
+
+        d = Daemon(n1, plan_file, tmp_path / "state", "--keep")
+        d.signal(signal.SIGINT)
+        assert d.wait() == 0
+        assert has_vxlan0(n1) and not d.status.exists()
+        r = vtep(n1, "down", "--config", str(plan_file), check=0)
+        assert messages(r) == ["vtep: removed vxlan0 (vni 10) and with it 1 neighbour, 1 fdb "
+                               "and 1 route entries"]
+        assert not has_vxlan0(n1)
+        r = vtep(n1, "down", "--config", str(plan_file), check=0)
+        assert messages(r) == ["vtep: vxlan0 does not exist here: nothing to remove"]
+
+
+# --- 7. kill -9, then run again ---------------------------------------------------------------
+
+def test_after_kill_9_run_converges_without_duplicates(netns_prefix, plan_file, tmp_path):
+    with seed(netns_prefix + "k7-") as t:
+        n1 = t["network-1"]
+        sd = tmp_path / "state"
+        d = Daemon(n1, plan_file, sd)
+        before = snapshot(n1)
+        # while it lives, `vtep down` refuses and a second run refuses
+        r = vtep(n1, "down", "--config", str(plan_file), "--state-dir", str(sd), check=4)
+        assert f"pid {d.p.pid}" in r.stderr
+        r = vtep(n1, "run", "--kernel", "--config", str(plan_file), "--state-dir", str(sd),
+                 check=4)
+        assert "already manages vxlan0" in r.stderr
+        d.signal(signal.SIGKILL)
+        d.wait()
+        assert d.status.exists() and has_vxlan0(n1)   # a crash leaves both behind
+        r = vtep(n1, "run", "--kernel", "--once", "--config", str(plan_file), check=0)
+        assert "nothing changed" in r.stderr
+        assert snapshot(n1) == before
+        # a new daemon takes over despite the dead one's status file
+        d2 = Daemon(n1, plan_file, sd)
+        assert json.loads(d2.status.read_text())["pid"] == d2.p.pid
+        d2.signal(signal.SIGKILL)
+        d2.wait()
+        r = vtep(n1, "down", "--config", str(plan_file), "--state-dir", str(sd), check=0)
+        assert not has_vxlan0(n1) and not d2.status.exists()
+
+
+# --- 8. errors: one line, documented exit code, nothing left behind ---------------------------
+
+def one_line(r, code, *needles):
+    assert r.returncode == code, f"exit {r.returncode}:\n{r.stderr}"
+    msg = messages(r)
+    assert len(msg) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in msg[0], msg[0]
+    return msg[0]
+
+
+def test_errors(netns_prefix, plan_file, tmp_path):
+    run = ["run", "--kernel", "--once", "--config", str(plan_file)]
+    with seed(netns_prefix + "k8-") as t:
+        n1 = t["network-1"]
+        # no CAP_NET_ADMIN: every capability dropped from the bounding set
+        r = n1.cmd(["setpriv", "--inh-caps=-all", "--bounding-set=-all"] + VTEP + run,
+                   check=False)
+        one_line(r, 3, "needs root or CAP_NET_ADMIN")
+        # underlay IP not on this host
+        one_line(vtep(n1, *run, "--node", "network-2"), 4, "192.168.2.142", "not an address")
+        # the plan's underlay device is missing
+        bad = tmp_path / "dev.toml"
+        bad.write_text(SEED_PLAN.replace('subnet = "172.2.0.0/24"',
+                                         'subnet = "172.2.0.0/24"\nunderlay_dev = "eth9"'))
+        one_line(vtep(n1, "run", "--kernel", "--once", "--config", str(bad)), 4, "eth9")
+        # MTU above what the underlay carries
+        bad.write_text(SEED_PLAN.replace("port = 4789", "port = 4789\nmtu = 1480"))
+        one_line(vtep(n1, "run", "--kernel", "--once", "--config", str(bad)), 2,
+                 "cluster.mtu", "1480", "1450")
+        assert not has_vxlan0(n1)
+        # an incompatible device made by hand; --replace recreates it
+        n1.cmd(["ip", "link", "add", "vxlan0", "type", "vxlan", "id", "42", "local",
+                "192.168.1.138", "dstport", "4789", "nolearning", "dev", "eth0"])
+        one_line(vtep(n1, *run), 5, "vni: 10 vs 42", "--replace")
+        one_line(vtep(n1, "down", "--config", str(plan_file)), 5, "vni: 10 vs 42",
+                 "not removing")
+        r = vtep(n1, *run, "--replace", check=0)
+        assert "deleted vxlan0 to recreate it (vni: 10 vs 42" in r.stderr
+        info = js(n1, "ip", "-d", "-j", "link", "show", "vxlan0")[0]["linkinfo"]["info_data"]
+        assert info["id"] == 10
+        vtep(n1, "down", "--config", str(plan_file), check=0)
+        # the port: held by another device with our VNI, or by a userspace socket
+        n1.cmd(["ip", "link", "add", "vxo", "type", "vxlan", "id", "10", "dstport", "4789",
+                "dev", "eth0"])
+        one_line(vtep(n1, *run), 4, "UDP port 4789", "vxo")
+        n1.cmd(["ip", "link", "del", "vxo"])
+        holder = n1.popen([sys.executable, "-c", "import socket, time; s = socket.socket("
+                           "socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 4789)); "
+                           "print('bound', flush=True); time.sleep(30)"],
+                          stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "bound"
+            one_line(vtep(n1, *run), 4, "UDP port 4789", "in use")
+            assert not has_vxlan0(n1)
+        finally:
+            holder.kill()
+            holder.wait()
+        # another VNI on the same port shares the kernel's socket: not a conflict
+        n1.cmd(["ip", "link", "add", "vxo", "type", "vxlan", "id", "11", "dstport", "4789",
+                "dev", "eth0"])
+        n1.cmd(["ip", "link", "set", "vxo", "up"])
+        vtep(n1, *run, check=0)
+        assert has_vxlan0(n1)

@@ -1,0 +1,220 @@
+"""The long-running side of `vtep run --kernel`: signals, the event loop, the status file.
+
+One thread, one select(): netlink notifications and signals (through
+signal.set_wakeup_fd) wake it, and a timer runs the periodic full resync.
+A notification about our device or its underlay schedules a pass a few
+milliseconds later, so that a burst (a flushed table, our own batch) costs one
+pass; the pass re-reads everything, so what a notification says does not
+matter, only that something concerning us changed. A lost notification
+(ENOBUFS) also schedules a pass, and the periodic resync catches the rest.
+
+The status file, <state_dir>/<device>.<node>.json, says who manages the
+device (pid, network namespace) and how the last pass went, for `vtep down`
+(which refuses while the owner lives) and a later `vtep status`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import time
+
+from . import netlink
+from .errors import HostMismatch, UsageError, VtepError
+
+log = logging.getLogger("vtep")
+
+DEFAULT_STATE_DIR = "/run/vtep"
+DEBOUNCE = 0.02   # s: gather a burst of notifications into one pass
+RETRY = 1.0       # s: after a failed pass (underlay gone, device taken), try again this soon
+
+
+def _netns_inode(pid="self") -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class StatusFile:
+    def __init__(self, state_dir: str, node: str, device: str):
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", node)
+        self.path = os.path.join(state_dir or DEFAULT_STATE_DIR, f"{device}.{safe}.json")
+        self.warned = False
+
+    def read(self) -> dict | None:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def live_owner(self) -> int | None:
+        """The pid of another live `vtep run` that manages this device in this namespace."""
+        data = self.read() or {}
+        pid = data.get("pid")
+        if not isinstance(pid, int) or pid == os.getpid():
+            return None
+        ns = _netns_inode(pid)
+        # a dead pid, or one reused by a process elsewhere, owns nothing here
+        return pid if ns is not None and ns == data.get("netns") == _netns_inode() else None
+
+    def write(self, data: dict) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, self.path)   # readers never see half a file
+        except OSError as e:
+            if not self.warned:   # the data path does not depend on it: say so once
+                log.warning(f"cannot write the status file {self.path}: {e.strerror}")
+                self.warned = True
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning(f"cannot remove the status file {self.path}: {e.strerror}")
+
+
+class _Signals:
+    """Record SIGHUP/SIGTERM/SIGINT and wake select() through a socketpair."""
+
+    SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.pending: list[int] = []
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.w.setblocking(False)
+        self.old_fd = signal.set_wakeup_fd(self.w.fileno(), warn_on_full_buffer=False)
+        self.old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+
+    def _handler(self, signum, _frame):
+        self.pending.append(signum)
+
+    def drain(self):
+        try:
+            while self.r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(self.old_fd)
+        self.r.close()
+        self.w.close()
+
+
+def serve(vt, args) -> int:
+    """Converge, then keep converged until SIGTERM/SIGINT; SIGHUP re-reads the plan."""
+    interval = float(args.interval)
+    if not interval > 0:
+        raise UsageError(f"--interval {args.interval}: must be a positive number of seconds")
+    status = StatusFile(getattr(args, "state_dir", None), vt.node.name, vt.device)
+    owner = status.live_owner()
+    if owner:
+        raise HostMismatch(f"vtep run (pid {owner}) already manages {vt.device} in this "
+                           f"network namespace (status file {status.path})")
+    sigs = _Signals()          # before the first pass: a SIGTERM then still cleans up
+    events = netlink.Events()  # before the first pass: no drift goes unseen
+    try:
+        return _loop(vt, args, interval, status, sigs, events)
+    finally:
+        events.close()
+        sigs.close()
+
+
+def _loop(vt, args, interval, status, sigs, events) -> int:
+    from .kernel import _summary
+    info = {"pid": os.getpid(), "mode": "kernel", "node": vt.node.name, "device": vt.device,
+            "plan": os.path.abspath(args.config), "netns": _netns_inode(),
+            "started": _now(), "changes": 0, "last_change": None, "error": None}
+
+    def publish(resync: bool):
+        info.update(ifindex=vt.ifindex, peers=[p.name for p in vt.want.peers] if vt.want else [],
+                    last_pass=_now())
+        if resync:
+            info["last_resync"] = info["last_pass"]
+        status.write(info)
+
+    lines = vt.converge(first=True, replace=args.replace)
+    _summary(vt, lines)
+    info["changes"] += len(lines)
+    publish(True)
+    next_resync = time.monotonic() + interval
+    due, reasons, last_error = None, [], None
+    echo = vt.echo()
+    while True:
+        now = time.monotonic()
+        wake = next_resync if due is None else min(next_resync, due)
+        try:
+            ready, _, _ = select.select([events, sigs.r], [], [], max(0.0, wake - now))
+        except InterruptedError:
+            ready = []
+        if sigs.r in ready:
+            sigs.drain()
+        while sigs.pending:
+            sig = sigs.pending.pop(0)
+            if sig == signal.SIGHUP:
+                log.info(f"SIGHUP: re-reading {args.config}")
+                if vt.reload():
+                    due, reasons = time.monotonic(), reasons + ["plan re-read"]
+                continue
+            name = signal.Signals(sig).name
+            if args.keep:
+                log.info(f"{name}: leaving {vt.device} and its entries in place (--keep); "
+                         "`vtep down` removes them")
+            else:
+                log.info(f"{name}: removing what this run made")
+                vt.teardown()
+            status.remove()
+            return 0
+        if events in ready:
+            relevant, why = events.drain(vt.watched(), echo)
+            if relevant:   # also cuts a failed pass's retry short: the cause may be gone
+                reasons += why
+                soon = time.monotonic() + DEBOUNCE
+                due = soon if due is None else min(due, soon)
+        now = time.monotonic()
+        full = now >= next_resync
+        if not (full or (due is not None and now >= due)):
+            continue
+        try:
+            lines = vt.converge()
+            echo = vt.echo()
+        except VtepError as e:
+            msg = str(e)
+            if msg != last_error:
+                log.error(f"cannot converge {vt.device}: {msg}; retrying on the next change, "
+                          f"at most {RETRY:g} s from now")
+                last_error = info["error"] = msg
+            due = time.monotonic() + RETRY
+        else:
+            if last_error:
+                log.info(f"{vt.device} converges again")
+                last_error = info["error"] = None
+            if lines:
+                cause = (", ".join(dict.fromkeys(reasons)) if reasons
+                         else "periodic resync" if full else "a netlink notification")
+                log.info(f"{vt.device}: {len(lines)} change{'s' if len(lines) != 1 else ''} "
+                         f"after: {cause}")
+                info["changes"] += len(lines)
+                info["last_change"] = _now()
+            due, reasons = None, []
+        if full:
+            next_resync = time.monotonic() + interval
+        publish(full)

@@ -1,0 +1,154 @@
+"""`vtep lab demo`: prove the CNI connectivity rules on the seed lab, as the seed does.
+
+In both directions (network-1 -> network-2, then back): node -> remote VTEP ping,
+node -> remote pod ping, pod -> remote pod ping, and an HTTP request pod -> remote pod
+:8000/echo whose answer must name the calling pod's own address as the client (the
+overlay routes, it does not NAT). Meanwhile the router captures its network-1 side
+(every VXLAN packet between the nodes crosses it, both directions); vxinspect then
+checks the capture against the plan. Each step prints PASS/FAIL with what it did;
+the exit status is 1 when any failed, and the last line names them.
+
+When the lab was not up, demo brings it up and takes it down afterwards (unless
+--keep); on a lab that is already up it only checks, and leaves it as it was.
+"""
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import netns, plan as planlib
+from ..errors import LabError
+from . import lab as lablib
+from .topology import end_process
+
+CAPTURE_IF = "eth1"        # the router's network-1 side
+CAPTURE_COUNT = 20000      # bounds: packets ...
+CAPTURE_SECONDS = 120      # ... and time (tcpdump -G/-W 1 exits after one period)
+PING = ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1"]
+
+
+class Demo:
+    def __init__(self, lab: lablib.Lab, plan):
+        self.lab = lab
+        self.plan = plan
+        self.failed: list[str] = []
+
+    def step(self, name: str, ok: bool, detail: str) -> bool:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
+        if not ok:
+            self.failed.append(name)
+        return ok
+
+    def ping(self, name: str, ns: str, dst: str) -> None:
+        r = netns.sh(PING + [dst], ns=ns, check=False, timeout=15)
+        got = next((ln.split(",")[1].strip() for ln in r.stdout.splitlines()
+                    if "packets transmitted" in ln), "no output")
+        self.step(name, r.returncode == 0, f"ping -c 3 {dst} in {ns}: {got}")
+
+    def http(self, name: str, ns: str, src_ip: str, dst_ip: str) -> None:
+        url = f"http://{dst_ip}:{lablib.ECHO_PORT}/echo"
+        r = netns.sh([sys.executable, "-m", "vtep.lab.echo", "get", url, "--body",
+                      f"hello from {src_ip}"], ns=ns, check=False, timeout=20)
+        if r.returncode:
+            self.step(name, False, f"POST {url} in {ns}: {r.stderr.strip() or 'failed'}")
+            return
+        try:
+            seen = json.loads(r.stdout)["client"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            self.step(name, False, f"POST {url} in {ns}: not an echo answer: {r.stdout[:80]!r}")
+            return
+        self.step(name, seen == src_ip, f"POST {url} in {ns}: echo saw client {seen} "
+                  + ("(the pod's own address: no NAT)" if seen == src_ip
+                     else f"(expected the pod's own {src_ip}: NAT or a wrong path)"))
+
+    def connectivity(self) -> None:
+        for a, b in (lablib.NODES, tuple(reversed(lablib.NODES))):
+            remote = self.plan.node(b)
+            pod_a, pod_b = self.lab.pods[a], self.lab.pods[b]
+            node_ns = self.lab.node_ns(a)
+            self.ping(f"{a} -> {b} VTEP", node_ns, str(remote.vtep_ip))
+            self.ping(f"{a} -> {b}'s pod", node_ns, pod_b["ip"])
+            self.ping(f"{a}'s pod -> {b}'s pod", pod_a["ns"], pod_b["ip"])
+            self.http(f"{a}'s pod -> {b}'s pod http", pod_a["ns"], pod_a["ip"], pod_b["ip"])
+
+    def inspect(self, capture: str) -> None:
+        argv = [sys.executable, "-m", "vxinspect", "--plan", str(self.lab.plan_path), "--json",
+                capture]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        shown = "vxinspect --plan PLAN --json CAPTURE"
+        try:
+            rep = json.loads(r.stdout)
+        except ValueError:
+            self.step("vxinspect", False, f"{shown}: exit {r.returncode}: "
+                      f"{r.stderr.strip() or 'no JSON'}")
+            return
+        fired = {cid: c for cid, c in rep.get("checks", {}).items() if c.get("count")}
+        vnis = ", ".join(f"{k} ({v})" for k, v in rep.get("vnis", {}).items()) or "none"
+        checks = ", ".join(f"{cid} [{c['severity']}] x{c['count']}"
+                           for cid, c in sorted(fired.items())) or "none"
+        print(f"      capture: {rep.get('packets', 0)} packets, {rep.get('vxlan_packets', 0)} "
+              f"VXLAN, VNIs {vnis}; checks fired: {checks}", flush=True)
+        ok = r.returncode == 0 and rep.get("ok") and rep.get("vxlan_packets", 0) > 0
+        why = ("" if ok else "no VXLAN packets captured" if not rep.get("vxlan_packets")
+               else "error checks fired: " + ", ".join(
+                   cid for cid, c in sorted(fired.items()) if c["severity"] == "error"))
+        self.step("vxinspect --plan", bool(ok),
+                  f"{shown} on the router's capture: " + ("OK" if ok else why))
+
+
+def start_capture(lab: lablib.Lab, path: str) -> subprocess.Popen:
+    """tcpdump on the router, bounded by count and time; returns once it is capturing."""
+    argv = ["tcpdump", "-i", CAPTURE_IF, "-n", "-U", "-Z", "root", "-c", str(CAPTURE_COUNT),
+            "-G", str(CAPTURE_SECONDS), "-W", "1", "-w", path]
+    p = netns.popen(argv, ns=lab.node_ns("router"), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    seen = b""
+    while b"listening on" not in seen:
+        left = deadline - time.monotonic()
+        if p.poll() is not None or left <= 0:
+            end_process(p)
+            raise LabError(f"tcpdump on {lab.node_ns('router')}:{CAPTURE_IF} did not start: "
+                           f"{seen.decode(errors='replace').strip() or 'timed out'}")
+        if select.select([p.stderr], [], [], left)[0]:
+            seen += p.stderr.read1(4096)
+    return p
+
+
+def run(lab: lablib.Lab, args) -> int:
+    was_up = lab.exists
+    if was_up:
+        lab.load()
+        print(f"lab {lab.prefix}: already up; checking it (it stays up)")
+    else:
+        lablib.up(lab, args.mode)
+    capture = str(Path(args.capture).resolve()) if args.capture else str(lab.dir / "demo.pcap")
+    try:
+        plan = planlib.load(lab.plan_path)
+        demo = Demo(lab, plan)
+        tcpdump = start_capture(lab, capture)
+        try:
+            demo.connectivity()
+        finally:
+            time.sleep(0.2)  # the last replies reach the capture
+            end_process(tcpdump)
+        demo.inspect(capture)
+        if args.capture:
+            print(f"      capture kept: {capture}")
+    finally:
+        if not was_up and not args.keep:
+            gone = lablib.teardown(lab)
+            print(f"lab {lab.prefix}: down (removed {len(gone)} namespaces and processes)")
+        elif not was_up:
+            print(f"lab {lab.prefix}: kept up (--keep; capture {capture}); "
+                  f"`vtep lab down --prefix {lab.prefix}`")
+    if demo.failed:
+        print(f"vtep: demo failed: {len(demo.failed)} check(s): {'; '.join(demo.failed)}",
+              file=sys.stderr)
+        return 1
+    print("demo: all checks passed")
+    return 0
