@@ -16,26 +16,11 @@ import pytest
 
 from vtep import plan as planlib, state
 from vtep.lab.topology import seed
+from vtep.lab.lab import SEED_PLAN
 
 pytestmark = pytest.mark.netns
 
 VTEP = [sys.executable, "-m", "vtep.cli"]
-SEED_PLAN = """\
-[cluster]
-vni = 10
-port = 4789
-overlay = "172.2.0.0/16"
-
-[[nodes]]
-name = "network-1"
-underlay_ip = "192.168.1.138"
-subnet = "172.2.0.0/24"
-
-[[nodes]]
-name = "network-2"
-underlay_ip = "192.168.2.142"
-subnet = "172.2.1.0/24"
-"""
 THIRD_NODE = """
 [[nodes]]
 name = "network-3"

@@ -2,30 +2,15 @@
 import ipaddress
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from vtep import plan as planlib
+from vtep.lab.lab import SEED_PLAN
 from vtep import state
 from vtep.errors import PlanError
 
-SEED = textwrap.dedent("""\
-    [cluster]
-    vni = 10
-    port = 4789
-    overlay = "172.2.0.0/16"
-
-    [[nodes]]
-    name = "network-1"
-    underlay_ip = "192.168.1.138"
-    subnet = "172.2.0.0/24"
-
-    [[nodes]]
-    name = "network-2"
-    underlay_ip = "192.168.2.142"
-    subnet = "172.2.1.0/24"
-    """)
+SEED = SEED_PLAN.split("\n", 1)[1]  # without its comment line
 
 
 def write(tmp_path, text, name="plan.toml"):

@@ -26,23 +26,9 @@ from pcapwrite import write_pcap  # noqa: E402
 from vtep.plan import load  # noqa: E402
 from vxinspect import Options, inspect_file  # noqa: E402
 from vxinspect.cli import main  # noqa: E402
+from vtep.lab.lab import SEED_PLAN  # noqa: E402
 
-SEED = """\
-[cluster]
-vni = 10
-port = 4789
-overlay = "172.2.0.0/16"
-
-[[nodes]]
-name = "network-1"
-underlay_ip = "192.168.1.138"
-subnet = "172.2.0.0/24"
-
-[[nodes]]
-name = "network-2"
-underlay_ip = "192.168.2.142"
-subnet = "172.2.1.0/24"
-"""
+SEED = SEED_PLAN
 THIRD = """
 [[nodes]]
 name = "network-3"
