@@ -3,18 +3,21 @@
 Exit status: 0 success; 1 a check or demo step failed; 2 bad plan or usage;
 3 not permitted (not root / no CAP_NET_ADMIN); 4 the host does not match the
 plan (underlay IP or device missing, port in use); 5 an existing device is
-incompatible (see --replace); 6 a lab step failed; 130 interrupted.
+incompatible (see --replace); 6 a lab step failed; 70 an internal error (a bug:
+VTEP_DEBUG=1 shows its traceback); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
 from .errors import UsageError, VtepError
 
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # EX_SOFTWARE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outer IPv4 DF policy of the kernel device (default: kernel default)")
     s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
                    help="where run-time state lives (default /run/vtep)")
+    s.add_argument("--accept-any-source", action="store_true",
+                   help="userspace: accept VXLAN from any source, not only the plan's nodes")
     s.set_defaults(handler="vtep.commands:run")
+
+    s = sub.add_parser("status", help="what each running vtep on this host is doing")
+    s.add_argument("--state-dir", default="/run/vtep", metavar="DIR")
+    s.add_argument("--json", action="store_true", help="print the status files as JSON")
+    s.set_defaults(handler="vtep.commands:status")
 
     s = sub.add_parser("down", help="remove the state left by --keep, --once or a crash")
     _plan_args(s)
@@ -105,6 +115,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("vtep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # a bug, not bad input: one line, the traceback on request
+        if os.environ.get("VTEP_DEBUG"):
+            raise
+        print(f"vtep: internal error: {type(e).__name__}: {e} (VTEP_DEBUG=1 shows where; "
+              "please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -138,15 +138,26 @@ def serve(vt, args) -> int:
         sigs.close()
 
 
+STATUS_EVERY = 1.0   # s: how often a data path with counters republishes them
+
+
 def _loop(vt, args, interval, status, sigs, events) -> int:
+    """The control loop. A realiser with a data path of its own (the userspace VTEP)
+    offers `io()`, {fd: handler} polled in the same select(), and `counters()`, which
+    the status file republishes every STATUS_EVERY seconds."""
     from .kernel import _summary
-    info = {"pid": os.getpid(), "mode": "kernel", "node": vt.node.name, "device": vt.device,
+    info = {"pid": os.getpid(), "mode": getattr(vt, "mode", "kernel"), "node": vt.node.name,
+            "device": vt.device,
             "plan": os.path.abspath(args.config), "netns": _netns_inode(),
             "started": _now(), "changes": 0, "last_change": None, "error": None}
+
+    counters = getattr(vt, "counters", None)
 
     def publish(resync: bool):
         info.update(ifindex=vt.ifindex, peers=[p.name for p in vt.want.peers] if vt.want else [],
                     last_pass=_now())
+        if counters:
+            info["counters"] = counters()
         if resync:
             info["last_resync"] = info["last_pass"]
         status.write(info)
@@ -158,13 +169,24 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
     next_resync = time.monotonic() + interval
     due, reasons, last_error = None, [], None
     echo = vt.echo()
+    next_status = time.monotonic() + STATUS_EVERY
     while True:
         now = time.monotonic()
         wake = next_resync if due is None else min(next_resync, due)
+        io = vt.io() if counters else {}
+        if counters:
+            wake = min(wake, next_status)
         try:
-            ready, _, _ = select.select([events, sigs.r], [], [], max(0.0, wake - now))
+            ready, _, _ = select.select([events, sigs.r, *io], [], [], max(0.0, wake - now))
         except InterruptedError:
             ready = []
+        for fd in ready:
+            handler = io.get(fd)
+            if handler is not None:
+                handler()
+        if counters and time.monotonic() >= next_status:
+            next_status = time.monotonic() + STATUS_EVERY
+            publish(False)
         if sigs.r in ready:
             sigs.drain()
         while sigs.pending:

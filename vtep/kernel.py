@@ -120,10 +120,12 @@ def device_diffs(want: state.Device, have: dict, underlay_index: int, names: dic
     return bad, repairs
 
 
-def diff(want: state.NodeState, have: netlink.Realised) -> list[Change]:
+def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> list[Change]:
     """The changes that turn `have` into `want`, in apply order: stale entries first
     (routes, fdb, neighbours), then per peer its neighbour, fdb entry and route, so
-    that a route never precedes the entries that resolve its gateway."""
+    that a route never precedes the entries that resolve its gateway. With
+    fdb=False (the userspace path, whose fdb lives in the process) kernel fdb
+    entries are neither read nor written."""
     dev = want.device.name
     removals: list[Change] = []
     per_peer: list[Change] = []
@@ -139,7 +141,7 @@ def diff(want: state.NodeState, have: netlink.Realised) -> list[Change]:
         removals.append(Change(f"removed route {r.dst}{via}{metric} from {dev} (not in the plan)",
                                (Op("route", "del", r.dst, r.gateway, r.priority, r.tos),)))
     remotes: dict[str, list] = {}
-    for e in have.fdb:
+    for e in have.fdb if fdb else ():
         remotes.setdefault(e.mac, []).append(e)
     for mac, es in remotes.items():
         if mac not in want_macs:
@@ -164,29 +166,30 @@ def diff(want: state.NodeState, have: netlink.Realised) -> list[Change]:
             per_peer.append(Change(f"changed neigh {nb.ip} lladdr {nb.mac} permanent on {dev} "
                                    f"(was {was}){tag}", (add_neigh,)))
 
-        es = remotes.get(fd.mac, [])
-        good = [e for e in es if e.dst == fd.dst]
-        stale = [e for e in es if e.dst != fd.dst]
-        ops = tuple(Op("fdb", "del", fd.mac, e.dst, fdb=e) for e in stale)
-        add_fdb = Op("fdb", "set", fd.mac, fd.dst)
-        if not es:
-            per_peer.append(Change(f"added fdb {fd.mac} dst {fd.dst} on {dev}{tag}", (add_fdb,)))
-        elif not good:
-            was = ", ".join(e.dst for e in stale)
-            per_peer.append(Change(f"changed fdb {fd.mac} dst {fd.dst} on {dev} "
-                                   f"(was dst {was}){tag}", ops + (add_fdb,)))
-        else:
-            g = good[0]
-            fix = not g.state & NUD_PERMANENT or g.overridden
-            if stale or fix:
-                what = []
-                if stale:
-                    what.append("removed stale dst " + ", ".join(e.dst for e in stale))
-                if fix:
-                    what.append("made permanent with the device's port and VNI")
+        if fdb:
+            es = remotes.get(fd.mac, [])
+            good = [e for e in es if e.dst == fd.dst]
+            stale = [e for e in es if e.dst != fd.dst]
+            ops = tuple(Op("fdb", "del", fd.mac, e.dst, fdb=e) for e in stale)
+            add_fdb = Op("fdb", "set", fd.mac, fd.dst)
+            if not es:
+                per_peer.append(Change(f"added fdb {fd.mac} dst {fd.dst} on {dev}{tag}", (add_fdb,)))
+            elif not good:
+                was = ", ".join(e.dst for e in stale)
                 per_peer.append(Change(f"changed fdb {fd.mac} dst {fd.dst} on {dev} "
-                                       f"({'; '.join(what)}){tag}",
-                                       ops + ((add_fdb,) if fix else ())))
+                                       f"(was dst {was}){tag}", ops + (add_fdb,)))
+            else:
+                g = good[0]
+                fix = not g.state & NUD_PERMANENT or g.overridden
+                if stale or fix:
+                    what = []
+                    if stale:
+                        what.append("removed stale dst " + ", ".join(e.dst for e in stale))
+                    if fix:
+                        what.append("made permanent with the device's port and VNI")
+                    per_peer.append(Change(f"changed fdb {fd.mac} dst {fd.dst} on {dev} "
+                                           f"({'; '.join(what)}){tag}",
+                                           ops + ((add_fdb,) if fix else ())))
 
         r = have.routes.get((rt.dst, 0, 0))
         add_route = Op("route", "set", rt.dst, rt.via)
@@ -519,7 +522,7 @@ class KernelVtep:
         idx, created = self.ensure_device(want.device, first, replace or self.replace_next)
         self.replace_next = False
         try:
-            changes = diff(want, self.rtnl.read(idx))
+            changes = self.diff(want, self.rtnl.read(idx))
             failed = self.rtnl.apply([op for c in changes for op in c.ops], idx)
         except VtepError:
             self._undo(created and first, idx, want.device.name)
@@ -540,6 +543,9 @@ class KernelVtep:
                                          f"{want.device.name}: "
                                          f"{netlink.describe_errno(code, text)}{more}")
         return self.changes
+
+    def diff(self, want: state.NodeState, have: netlink.Realised) -> list[Change]:
+        return diff(want, have)
 
     def _undo(self, really: bool, idx: int, name: str) -> None:
         """A first pass that fails leaves nothing half-configured behind."""

@@ -1,0 +1,219 @@
+"""`vtep run --userspace`: the VTEP as a process, a TAP device read in userspace.
+
+The node state seen from the pods is the kernel path's: a device of the same
+name with the node's derived MAC, MTU and VTEP address /32, the same permanent
+neighbour entries and onlink routes (realised and kept converged by the
+kernel path's machinery, vtep.kernel.KernelVtep, minus kernel fdb entries).
+The fdb (inner MAC -> peer underlay IP) lives in the process instead, and is
+rebuilt from the plan on SIGHUP.
+
+Sockets: one UDP socket bound to the node's underlay IP and the plan's port
+receives (and holds the port, so a kernel vxlan device on the same port is a
+clear error); a raw UDP socket sends, because RFC 7348 section 5 wants the
+source port to be a hash of the inner flow and a bound UDP socket has one
+port. The raw socket sets DF (IP_PMTUDISC_DO): VTEPs must not fragment (RFC
+7348 section 4.3); a datagram too big for the path fails with EMSGSIZE and is
+counted, never fragmented. A BPF filter that accepts nothing keeps the raw
+socket's receive queue empty (a raw socket would get a copy of every UDP
+packet). The outer UDP checksum is zero over IPv4, as the kernel sends it by
+default (RFC 7348 section 5 allows it); over IPv6 the kernel fills it in.
+
+The hot loops are vtep.datapath's; vtep.daemon polls their fds in the same
+select() as netlink events and signals.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+import struct
+
+from . import datapath, kernel
+from .errors import HostMismatch, Incompatible, UsageError, VtepError
+from .netlink import NetlinkRefused
+
+log = logging.getLogger("vtep")
+
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
+IPV6_CHECKSUM = 7
+SO_ATTACH_FILTER = 26
+SOCKET_BUFFER = 4 << 20
+
+
+def _drop_all_filter(sock: socket.socket) -> None:
+    """Attach the one-instruction classic BPF program `ret #0`: receive nothing."""
+    insn = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("=HBBI", 0x06, 0, 0, 0))
+    prog = struct.pack("HP", 1, ctypes.addressof(insn))  # struct sock_fprog, native layout
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+
+
+def open_sockets(local: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """(receive socket bound to local:port, raw send socket with DF set)."""
+    v6 = ":" in local
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    rx = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        rx.bind((local, port))
+    except OSError as e:
+        rx.close()
+        if e.errno == errno.EADDRINUSE:
+            raise HostMismatch(f"UDP port {port} on {local} is already held on this host (a "
+                               "kernel vxlan device or another VTEP): stop it, or use another "
+                               "port")
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise HostMismatch(f"underlay_ip {local} is not an address of this host")
+        raise VtepError(f"cannot bind UDP {local} port {port}: {e.strerror}")
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    rx.setblocking(False)
+    tx = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    _drop_all_filter(tx)
+    tx.bind((local, 0))
+    if v6:
+        tx.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+        tx.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 6)  # the kernel fills UDP's checksum
+    else:
+        tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    return rx, tx
+
+
+def fdb_of(want) -> dict[bytes, str]:
+    return {bytes.fromhex(p.fdb.mac.replace(":", "")): p.fdb.dst for p in want.peers}
+
+
+class UserspaceVtep(kernel.KernelVtep):
+    """KernelVtep's realiser with a TAP device in place of the vxlan device."""
+
+    mode = "userspace"
+
+    def __init__(self, args, plan):
+        super().__init__(args, plan)
+        self.df = None  # a TAP device has no DF policy: the raw socket always sets DF
+        self.tap = None
+        self.rx = self.tx = None
+        self.dp: datapath.Datapath | None = None
+        self.accept_any_source = getattr(args, "accept_any_source", False)
+
+    def diff(self, want, have):
+        return kernel.diff(want, have, fdb=False)
+
+    def desired(self, plan=None, node=None):
+        # ensure_device gets only the device; the in-process fdb needs the peers too
+        self.pending = super().desired(plan, node)
+        return self.pending
+
+    def ensure_device(self, want, first, replace):
+        msg = self._link(want.name)
+        created = False
+        if msg is not None and (self.tap is None or msg["index"] != self.ifindex):
+            kind = kernel._facts(msg)["kind"] or "none"
+            if self.tap is None and not replace:
+                raise Incompatible(want.name, [f"kind: tap (this process's) vs {kind}"])
+            self._delete(msg["index"], want.name)
+            self._note(f"deleted {want.name} ({kind}) to create the TAP device")
+            msg = None
+        if msg is None:
+            self._close_tap()
+            self._open_tap(want)
+            created = True
+            msg = self._link(want.name)
+            if msg is None:
+                raise NetlinkRefused(f"{want.name} vanished right after its creation")
+        have = kernel._facts(msg)
+        idx = have["index"]
+        _, repairs = kernel.device_diffs(want, have, self.underlay_index, {}, None)
+        repairs.pop("df", None)
+        self._repair(want, idx, have, repairs)
+        self._addresses(want, idx)
+        if not have["up"]:
+            self._call(f"setting {want.name} up", self.ipr.link, "set", index=idx, state="up")
+            if not created:
+                self._note(f"set {want.name} up (it was down)")
+        if self.rx is None:
+            self.rx, self.tx = open_sockets(want.local, want.port)
+        peers = [p.fdb.dst for p in self.pending.peers]
+        if self.dp is None:
+            self.dp = datapath.Datapath(
+                vni=want.vni, port=want.port, fdb=fdb_of(self.pending), peers=peers,
+                tap_readv=None, tap_write=None, sendto=self.tx.sendto,
+                recvfrom_into=self.rx.recvfrom_into, accept_any_source=self.accept_any_source)
+        else:
+            self.dp.set_fdb(fdb_of(self.pending), peers)
+        fd = self.tap.fileno()
+        self.dp.tap_readv = lambda bufs, _fd=fd, _readv=os.readv: _readv(_fd, bufs)
+        self.dp.tap_write = lambda view, _fd=fd, _write=os.write: _write(_fd, view)
+        self.ifindex = idx
+        return idx, created
+
+    def _open_tap(self, want) -> None:
+        import pytun
+        try:
+            tap = pytun.TunTapDevice(name=want.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        except pytun.Error as e:
+            raise NetlinkRefused(f"creating TAP device {want.name}: {e}")
+        tap.hwaddr = bytes.fromhex(want.mac.replace(":", ""))
+        tap.mtu = want.mtu
+        os.set_blocking(tap.fileno(), False)
+        self.tap = tap
+        self._note(f"created {want.name}: TAP (userspace VTEP) mtu {want.mtu} address "
+                   f"{want.mac}; vxlan id {want.vni} over UDP {want.local} port {want.port}")
+
+    def _close_tap(self) -> None:
+        if self.tap is not None:
+            try:
+                self.tap.close()  # a non-persistent TAP goes away with its last fd
+            except Exception:
+                pass
+            self.tap = None
+
+    def io(self) -> dict:
+        if self.dp is None or self.tap is None:
+            return {}
+        return {self.tap.fileno(): self.dp.tx_batch, self.rx.fileno(): self.dp.rx_batch}
+
+    def counters(self) -> dict:
+        return self.dp.counters.to_dict() if self.dp else {}
+
+    def teardown(self) -> bool:
+        msg = self._link(self.device)
+        ours = msg is not None and self.tap is not None and msg["index"] == self.ifindex
+        n = len(self.want.peers) if self.want else 0
+        self._close_tap()
+        if ours:
+            log.info(f"removed {self.device}; its {n} neighbour and {n} route entries went "
+                     "with it")
+        return ours
+
+    def close(self):
+        if self.dp is not None:
+            log.info(f"counters: {format_counters(self.dp.counters.to_dict())}")
+        self._close_tap()
+        for s in (self.rx, self.tx):
+            if s is not None:
+                s.close()
+        super().close()
+
+
+def format_counters(c: dict) -> str:
+    drops = {k: v for k, v in {**c["tx_drops"], **c["rx_drops"]}.items() if v}
+    return (f"tx {c['tx']['packets']} packets {c['tx']['bytes']} bytes, rx {c['rx']['packets']} "
+            f"packets {c['rx']['bytes']} bytes, drops "
+            + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none"))
+
+
+def run(args, plan) -> int:
+    kernel.setup_logging()
+    from . import daemon, host
+    host.require_net_admin("vtep run --userspace")
+    for flag in ("once", "keep"):
+        if getattr(args, flag, False):
+            raise UsageError(f"--{flag} does not apply to --userspace: its TAP device lives "
+                             "only as long as the process that reads it")
+    vt = UserspaceVtep(args, plan)
+    try:
+        return daemon.serve(vt, args)
+    finally:
+        vt.close()
