@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-PKGS="python3 python3-venv python3-dev gcc iproute2 iputils-ping tcpdump tshark ethtool iperf3 procps"
+PKGS="python3 python3-venv python3-dev gcc iproute2 iputils-ping tcpdump tshark ethtool iperf3 nftables procps util-linux"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -25,6 +25,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _mtu_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mtu takes `auto` or a number, not {text!r}")
+    if not 576 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"--mtu {v} is outside 576..65535")
+    return v
+
+
 def _plan_args(p, node_required=False):
     p.add_argument("--config", "-c", required=True, metavar="F", help="cluster plan (TOML)")
     p.add_argument("--node", "-n", required=node_required, metavar="N",
@@ -63,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outer IPv4 DF policy of the kernel device (default: kernel default)")
     s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
                    help="where run-time state lives (default /run/vtep)")
+    s.add_argument("--mtu", type=_mtu_arg, metavar="auto|N",
+                   help="overlay MTU: `auto` probes every peer's underlay path at start (see "
+                        "`vtep mtu`); N overrides the plan (a warning if the underlay cannot "
+                        "carry it)")
     s.add_argument("--accept-any-source", action="store_true",
                    help="userspace: accept VXLAN from any source, not only the plan's nodes")
     s.set_defaults(handler="vtep.commands:run")
@@ -71,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", default="/run/vtep", metavar="DIR")
     s.add_argument("--json", action="store_true", help="print the status files as JSON")
     s.set_defaults(handler="vtep.commands:status")
+
+    s = sub.add_parser("mtu", help="probe each peer's underlay path MTU; recommend an overlay MTU")
+    _plan_args(s)
+    s.add_argument("--timeout", type=float, default=0.4, metavar="S",
+                   help="wait per probe, seconds (default 0.4; 2 tries per size)")
+    s.set_defaults(handler="vtep.commands:mtu")
 
     s = sub.add_parser("down", help="remove the state left by --keep, --once or a crash")
     _plan_args(s)
@@ -95,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("lab", help="the seed topology in network namespaces on this machine")
     s.add_argument("action", choices=("up", "demo", "down"))
-    s.add_argument("--mode", choices=("kernel", "userspace", "mixed"), default="kernel")
+    s.add_argument("--mode", choices=("kernel", "userspace", "mixed"),
+                   help="up/demo: kernel (default), userspace, or mixed (kernel on network-1, "
+                        "userspace on network-2); demo on a lab that is up: must match it")
     s.add_argument("--prefix", default="vtl-", help="namespace name prefix (default vtl-)")
     s.add_argument("--keep", action="store_true", help="demo: leave the lab up afterwards")
     s.add_argument("--capture", metavar="FILE", help="demo: keep the router capture here")

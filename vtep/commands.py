@@ -33,11 +33,64 @@ def plan(args) -> int:
 
 
 def run(args) -> int:
+    p = _load(args)
+    args.mtu_override = None
+    if args.mtu == "auto":
+        node = host.select_node(p, args.node)
+        dev, umtu = host.underlay(node)
+        results = _probe(p, node, umtu, 0.4)
+        args.mtu_override = min(r.mtu for r in results) - p.overhead if results else None
+        if args.mtu_override is not None:
+            print(f"vtep: --mtu auto: overlay MTU {args.mtu_override} (narrowest path: "
+                  f"{min(results, key=lambda r: r.mtu).peer}, {min(r.mtu for r in results)})",
+                  file=sys.stderr)
+    elif args.mtu is not None:
+        args.mtu_override = args.mtu
+    if args.mtu_override is not None:
+        import dataclasses
+        p = dataclasses.replace(p, mtu=args.mtu_override)
     if args.mode == "kernel":
         from . import kernel
-        return kernel.run(args, _load(args))
+        return kernel.run(args, p)
     from . import userspace
-    return userspace.run(args, _load(args))
+    return userspace.run(args, p)
+
+
+def _probe(p, node, underlay_mtu: int, timeout: float):
+    from . import pmtu
+    host.require_net_admin("probing the path MTU")
+    peers = [(n.name, str(n.underlay_ip)) for n in p.peers(node.name)]
+    return pmtu.probe_peers(str(node.underlay_ip), peers, underlay_mtu, timeout=timeout)
+
+
+def mtu(args) -> int:
+    """Probe each peer's underlay path; print path and overlay MTUs; exit 1 if the
+    configured overlay MTU does not fit some path, naming the peer."""
+    p = _load(args)
+    node = host.select_node(p, args.node)
+    dev, umtu = host.underlay(node)
+    results = _probe(p, node, umtu, args.timeout)
+    configured = state.overlay_mtu(p, umtu)
+    source = "cluster.mtu" if p.mtu is not None else f"{dev} MTU {umtu} - {p.overhead}"
+    print(f"node {node.name}: underlay {dev} MTU {umtu}; configured overlay MTU {configured} "
+          f"({source})")
+    for r in results:
+        peer = p.node(r.peer)
+        how = "an ICMP error named it" if r.learned else "binary search"
+        print(f"  peer {r.peer} ({peer.underlay_ip}): path MTU {r.mtu}, overlay MTU "
+              f"{r.mtu - p.overhead} ({r.probes} probes, {how})")
+    if not results:
+        print("  no peers in the plan")
+        return 0
+    best = min(r.mtu for r in results) - p.overhead
+    print(f"overlay MTU that fits every peer: {best}")
+    short = [r for r in results if r.mtu - p.overhead < configured]
+    if short:
+        names = ", ".join(f"{r.peer} (fits {r.mtu - p.overhead})" for r in short)
+        print(f"vtep: the configured overlay MTU {configured} does not fit the path to {names}; "
+              f"set cluster.mtu = {best} or run with --mtu auto", file=sys.stderr)
+        return 1
+    return 0
 
 
 def down(args) -> int:

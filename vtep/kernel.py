@@ -21,6 +21,7 @@ per-peer entries go through vtep.netlink in filtered dumps and batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -218,10 +219,15 @@ def describe(op: Op) -> str:
             else f"delete route {op.key}")
 
 
-def check_mtu(plan, node, dev: str, underlay_mtu: int) -> None:
-    """RFC 7348 s4.3: VTEPs must not fragment, so the overlay MTU must fit the underlay's."""
+def check_mtu(plan, node, dev: str, underlay_mtu: int, forced: bool = False) -> None:
+    """RFC 7348 s4.3: VTEPs must not fragment, so the overlay MTU must fit the underlay's.
+    A forced MTU (`vtep run --mtu N`, an operator's deliberate override) only warns."""
     limit = underlay_mtu - plan.overhead
-    if plan.mtu is not None and plan.mtu > limit:
+    if forced and plan.mtu is not None and plan.mtu > limit:
+        log.warning(f"warning: --mtu {plan.mtu} is more than the underlay of node {node.name!r} "
+                    f"carries ({dev} MTU {underlay_mtu} - {plan.overhead} = {limit}): frames "
+                    "above it will be fragmented or dropped (RFC 7348 section 4.3)")
+    elif plan.mtu is not None and plan.mtu > limit:
         raise PlanError(f"{plan.path}: cluster.mtu: {plan.mtu} is more than the underlay of node "
                         f"{node.name!r} carries ({dev} MTU {underlay_mtu} - {plan.overhead} bytes "
                         f"of VXLAN encapsulation = {limit})")
@@ -317,6 +323,8 @@ class KernelVtep:
         self.want: state.NodeState | None = None
         self.replace_next = False
         self.changes: list[str] = []
+        # `vtep run --mtu N|auto`: an overlay MTU that outranks the plan's, kept across SIGHUP
+        self.mtu_override: int | None = None
 
     def close(self):
         self.ipr.close()
@@ -369,7 +377,7 @@ class KernelVtep:
     def desired(self, plan=None, node=None) -> state.NodeState:
         plan, node = plan or self.plan, node or self.node
         dev, mtu = host.underlay(node)
-        check_mtu(plan, node, dev, mtu)
+        check_mtu(plan, node, dev, mtu, forced=self.mtu_override is not None)
         idx = self.ipr.link_lookup(ifname=dev)
         if not idx:
             raise HostMismatch(f"underlay device {dev} of node {node.name!r} does not exist here")
@@ -558,6 +566,8 @@ class KernelVtep:
         path = self.args.config
         try:
             plan = planlib.load(path)
+            if self.mtu_override is not None:
+                plan = dataclasses.replace(plan, mtu=self.mtu_override)
             node = plan.node(self.node.name)
             want = self.desired(plan, node)
         except VtepError as e:
@@ -606,6 +616,7 @@ def run(args, plan) -> int:
     host.require_net_admin("vtep run --kernel")
     from . import daemon
     vt = KernelVtep(args, plan)
+    vt.mtu_override = getattr(args, "mtu_override", None)
     try:
         if args.once:
             lines = vt.converge(first=True, replace=args.replace)

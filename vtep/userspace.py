@@ -213,6 +213,7 @@ def run(args, plan) -> int:
             raise UsageError(f"--{flag} does not apply to --userspace: its TAP device lives "
                              "only as long as the process that reads it")
     vt = UserspaceVtep(args, plan)
+    vt.mtu_override = getattr(args, "mtu_override", None)
     try:
         return daemon.serve(vt, args)
     finally:

@@ -1,0 +1,177 @@
+"""Path MTU probing of the underlay, for `vtep mtu` and `vtep run --mtu auto`.
+
+An overlay MTU that the underlay path cannot carry is the classic VXLAN black
+hole: the VTEP must not fragment (RFC 7348 section 4.3), so a too-big frame
+is either fragmented anyway (the kernel's default `df unset`) or dropped. This
+module finds, per peer, the largest IP packet that reaches the peer's underlay
+address unfragmented: ICMP echo requests with DF set, binary search between
+576 (RFC 791's minimum) and the underlay device's MTU.
+
+IP_PMTUDISC_PROBE sets DF but ignores the path MTU the kernel has cached, so
+each probe measures the path as it is now. A probe "fits" when its echo reply
+comes back; it is "too big" on EMSGSIZE, on an ICMP "fragmentation needed" /
+"packet too big" naming our probe (whose MTU narrows the search at once), or
+when nothing comes back at all (a path whose ICMP errors are filtered: the
+black hole itself). Every probe is bounded by a timeout and a retry count.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from .checksum import checksum
+from .errors import HostMismatch, VtepError
+
+MIN_MTU = 576
+IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE = 23, 3
+ICMP_ECHO, ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_FRAG_NEEDED = 8, 0, 3, 4
+ICMP6_ECHO, ICMP6_ECHOREPLY, ICMP6_TOO_BIG = 128, 129, 2
+IPV4_HLEN, IPV6_HLEN, ICMP_HLEN = 20, 40, 8
+
+
+@dataclass(frozen=True)
+class PathMtu:
+    peer: str
+    address: str
+    mtu: int            # largest IP packet that arrives unfragmented
+    probes: int
+    learned: bool       # an ICMP error told us the bottleneck's MTU
+
+
+class Unreachable(VtepError):
+    """Not even a 576-byte probe reaches the peer."""
+
+    exit_code = 1
+
+
+class Prober:
+    def __init__(self, local: str, *, timeout: float = 0.4, tries: int = 2):
+        self.v6 = ":" in local
+        fam = socket.AF_INET6 if self.v6 else socket.AF_INET
+        proto = socket.IPPROTO_ICMPV6 if self.v6 else socket.IPPROTO_ICMP
+        try:
+            self.sock = socket.socket(fam, socket.SOCK_RAW, proto)
+        except PermissionError:
+            from .errors import PermissionDenied
+            raise PermissionDenied("probing the path MTU needs root or CAP_NET_RAW")
+        try:
+            self.sock.bind((local, 0))
+        except OSError as e:
+            self.sock.close()
+            raise HostMismatch(f"underlay_ip {local} is not an address of this host "
+                               f"({e.strerror})")
+        if self.v6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
+        else:
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        self.timeout = timeout
+        self.tries = tries
+        self.ident = os.getpid() & 0xFFFF
+        self.seq = 0
+        self.hlen = IPV6_HLEN if self.v6 else IPV4_HLEN
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def probe(self, dst: str, size: int) -> tuple[bool, int | None]:
+        """Send one IP packet of `size` bytes with DF; (fits, MTU an ICMP error named)."""
+        self.seq = (self.seq + 1) & 0xFFFF
+        payload = bytes(size - self.hlen - ICMP_HLEN)
+        kind = ICMP6_ECHO if self.v6 else ICMP_ECHO
+        head = struct.pack("!BBHHH", kind, 0, 0, self.ident, self.seq)
+        # ICMPv6's checksum covers a pseudo-header: the kernel fills it for raw ICMPv6
+        csum = 0 if self.v6 else checksum(head + payload)
+        msg = struct.pack("!BBHHH", kind, 0, csum, self.ident, self.seq) + payload
+        try:
+            self.sock.sendto(msg, (dst, 0))
+        except OSError as e:
+            if e.errno == errno.EMSGSIZE:
+                return False, None  # larger than our own device's MTU
+            raise VtepError(f"probing {dst}: {e.strerror}")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return False, None
+            data, src = self.sock.recvfrom(65535)
+            verdict = self._match(data, src[0], dst)
+            if verdict is not None:
+                return verdict
+
+    def _match(self, data: bytes, src: str, dst: str):
+        """(True, None) for our echo reply, (False, mtu) for an error about our probe."""
+        off = 0 if self.v6 else (data[0] & 15) * 4  # raw IPv4 sockets see the IP header
+        if len(data) < off + 8:
+            return None
+        kind, code = data[off], data[off + 1]
+        reply = ICMP6_ECHOREPLY if self.v6 else ICMP_ECHOREPLY
+        if kind == reply and src == dst:
+            ident, seq = struct.unpack_from("!HH", data, off + 4)
+            return (True, None) if (ident, seq) == (self.ident, self.seq) else None
+        too_big = (kind == ICMP6_TOO_BIG) if self.v6 else (
+            kind == ICMP_UNREACH and code == ICMP_FRAG_NEEDED)
+        if not too_big:
+            return None
+        mtu = struct.unpack_from("!I" if self.v6 else "!2xH", data, off + 4)[0]
+        inner = off + 8  # the start of our own probe, quoted
+        ihl = IPV6_HLEN if self.v6 else (data[inner] & 15) * 4 if len(data) > inner else 0
+        if len(data) < inner + ihl + 8:
+            return None
+        ident, seq = struct.unpack_from("!HH", data, inner + ihl + 4)
+        if (ident, seq) != (self.ident, self.seq):
+            return None
+        return False, (mtu or None)
+
+    def path_mtu(self, name: str, dst: str, ceiling: int) -> PathMtu:
+        """Binary search for the largest size that fits, between 576 and `ceiling`."""
+        probes = 0
+        learned = False
+
+        def fits(size: int) -> bool:
+            nonlocal probes, hi, learned
+            for _ in range(self.tries):
+                probes += 1
+                ok, mtu = self.probe(dst, size)
+                if ok:
+                    return True
+                if mtu:  # the bottleneck said how big it is: no need to search above
+                    learned = True
+                    hi = min(hi, max(mtu, MIN_MTU))
+                    return False
+            return False
+
+        lo, hi = MIN_MTU, max(ceiling, MIN_MTU)
+        if not fits(lo):
+            raise Unreachable(f"peer {name} ({dst}): no {MIN_MTU}-byte probe with DF came "
+                              f"back in {self.tries} tries: the underlay path is down or "
+                              "drops ICMP echo")
+        top = hi
+        if fits(top):
+            return PathMtu(name, dst, top, probes, learned)
+        if hi == top:  # not narrowed by an ICMP error: the ceiling itself is too big
+            hi = top - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = min(hi, mid - 1)
+        return PathMtu(name, dst, lo, probes, learned)
+
+
+def probe_peers(local: str, peers, ceiling: int, **kw) -> list[PathMtu]:
+    """Path MTU to every peer (name, underlay ip), one after another."""
+    with Prober(local, **kw) as p:
+        return [p.path_mtu(name, ip, ceiling) for name, ip in peers]
