@@ -94,7 +94,9 @@ class UserspaceVtep(kernel.KernelVtep):
         self.df = None  # a TAP device has no DF policy: the raw socket always sets DF
         self.tap = None
         self.rx = self.tx = None
+        self.bound: tuple[str, int] | None = None   # (local, port) of the sockets
         self.dp: datapath.Datapath | None = None
+        self.dp_for = None   # (vni, port, rx socket) the data path was built for
         self.accept_any_source = getattr(args, "accept_any_source", False)
 
     def diff(self, want, have):
@@ -106,6 +108,12 @@ class UserspaceVtep(kernel.KernelVtep):
         return self.pending
 
     def ensure_device(self, want, first, replace):
+        if self.rx is not None and self.bound != (want.local, want.port):
+            # a re-read plan moved the node's underlay IP or the port: rebind (the kernel
+            # path recreates its device for the same reason)
+            self._note(f"rebinding UDP {want.local} port {want.port} (was "
+                       f"{self.bound[0]} port {self.bound[1]})")
+            self._close_sockets()
         msg = self._link(want.name)
         created = False
         if msg is not None and (self.tap is None or msg["index"] != self.ifindex):
@@ -115,6 +123,12 @@ class UserspaceVtep(kernel.KernelVtep):
             self._delete(msg["index"], want.name)
             self._note(f"deleted {want.name} ({kind}) to create the TAP device")
             msg = None
+        if self.rx is None:
+            # the port before the TAP: when it is held (a kernel vxlan device, another VTEP)
+            # the run fails with one line having created nothing (a device of ours that
+            # --replace deleted above freed its port by now)
+            self.rx, self.tx = open_sockets(want.local, want.port)
+            self.bound = (want.local, want.port)
         if msg is None:
             self._close_tap()
             self._open_tap(want)
@@ -132,14 +146,19 @@ class UserspaceVtep(kernel.KernelVtep):
             self._call(f"setting {want.name} up", self.ipr.link, "set", index=idx, state="up")
             if not created:
                 self._note(f"set {want.name} up (it was down)")
-        if self.rx is None:
-            self.rx, self.tx = open_sockets(want.local, want.port)
         peers = [p.fdb.dst for p in self.pending.peers]
-        if self.dp is None:
+        old = self.dp
+        if old is None or self.dp_for != (want.vni, want.port, self.rx):
+            # new VNI, port or sockets: a new data path (the VNI is written once into its
+            # transmit buffer); the counters carry over
+            self.dp_for = (want.vni, want.port, self.rx)
             self.dp = datapath.Datapath(
                 vni=want.vni, port=want.port, fdb=fdb_of(self.pending), peers=peers,
                 tap_readv=None, tap_write=None, sendto=self.tx.sendto,
                 recvfrom_into=self.rx.recvfrom_into, accept_any_source=self.accept_any_source)
+            if old is not None:
+                self.dp.counters = old.counters
+                self.dp.set_fdb(fdb_of(self.pending), peers)
         else:
             self.dp.set_fdb(fdb_of(self.pending), peers)
         fd = self.tap.fileno()
@@ -170,7 +189,7 @@ class UserspaceVtep(kernel.KernelVtep):
             self.tap = None
 
     def io(self) -> dict:
-        if self.dp is None or self.tap is None:
+        if self.dp is None or self.tap is None or self.rx is None:
             return {}
         return {self.tap.fileno(): self.dp.tx_batch, self.rx.fileno(): self.dp.rx_batch}
 
@@ -191,17 +210,23 @@ class UserspaceVtep(kernel.KernelVtep):
         if self.dp is not None:
             log.info(f"counters: {format_counters(self.dp.counters.to_dict())}")
         self._close_tap()
+        self._close_sockets()
+        super().close()
+
+    def _close_sockets(self) -> None:
         for s in (self.rx, self.tx):
             if s is not None:
                 s.close()
-        super().close()
+        self.rx = self.tx = None
+        self.bound = None
 
 
 def format_counters(c: dict) -> str:
-    drops = {k: v for k, v in {**c["tx_drops"], **c["rx_drops"]}.items() if v}
+    # per direction: both have a "runt" reason, which one merged dict would conflate
+    drops = [f"{way} {k} {v}" for way in ("tx", "rx")
+             for k, v in c[f"{way}_drops"].items() if v]
     return (f"tx {c['tx']['packets']} packets {c['tx']['bytes']} bytes, rx {c['rx']['packets']} "
-            f"packets {c['rx']['bytes']} bytes, drops "
-            + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none"))
+            f"packets {c['rx']['bytes']} bytes, drops " + (", ".join(drops) or "none"))
 
 
 def run(args, plan) -> int:

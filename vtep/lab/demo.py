@@ -8,8 +8,14 @@ overlay routes, it does not NAT). Meanwhile the router captures its network-1 si
 checks the capture against the plan. Each step prints PASS/FAIL with what it did;
 the exit status is 1 when any failed, and the last line names them.
 
-When the lab was not up, demo brings it up and takes it down afterwards (unless
---keep); on a lab that is already up it only checks, and leaves it as it was.
+The checks are the same in every --mode (kernel, userspace, mixed): the pods cannot
+tell which data path carries them, and the router's capture must pass the same
+vxinspect --plan. After the checks, the counters of each userspace VTEP are shown
+(`vtep status`).
+
+When the lab was not up, demo brings it up in --mode and takes it down afterwards
+(unless --keep); on a lab that is already up it only checks, and leaves it as it was
+(a --mode other than the lab's is refused rather than silently ignored).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import time
 from pathlib import Path
 
 from .. import netns, plan as planlib
-from ..errors import LabError
+from ..errors import LabError, UsageError
 from . import lab as lablib
 from .topology import end_process
 
@@ -102,7 +108,10 @@ class Demo:
 
 def start_capture(lab: lablib.Lab, path: str) -> subprocess.Popen:
     """tcpdump on the router, bounded by count and time; returns once it is capturing."""
-    argv = ["tcpdump", "-i", CAPTURE_IF, "-n", "-U", "-Z", "root", "-c", str(CAPTURE_COUNT),
+    # --immediate-mode: otherwise what arrived in the last buffer timeout (up to a second)
+    # is still in the capture ring when tcpdump is stopped, and missing from the file
+    argv = ["tcpdump", "-i", CAPTURE_IF, "-n", "-U", "--immediate-mode", "-Z", "root",
+            "-c", str(CAPTURE_COUNT),
             "-G", str(CAPTURE_SECONDS), "-W", "1", "-w", path]
     p = netns.popen(argv, ns=lab.node_ns("router"), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -119,13 +128,34 @@ def start_capture(lab: lablib.Lab, path: str) -> subprocess.Popen:
     return p
 
 
+def counters(lab: lablib.Lab) -> None:
+    """One line per userspace VTEP: its counters from the status file it republishes."""
+    from ..userspace import format_counters
+    for name in lablib.NODES:
+        if lablib.node_mode(lab.mode, name) != "userspace":
+            continue
+        r = netns.sh([sys.executable, "-m", "vtep.cli", "status", "--json", "--state-dir",
+                      str(lab.dir / name)], ns=lab.node_ns(name), check=False, timeout=15)
+        try:
+            c = next(d for d in json.loads(r.stdout) if d.get("node") == name)["counters"]
+            line = format_counters(c)
+        except (ValueError, StopIteration, KeyError, TypeError):
+            line = f"no counters ({(r.stderr or r.stdout).strip()[:80] or 'no status file'})"
+        print(f"      {name} (userspace) counters: {line}", flush=True)
+
+
 def run(lab: lablib.Lab, args) -> int:
     was_up = lab.exists
     if was_up:
         lab.load()
-        print(f"lab {lab.prefix}: already up; checking it (it stays up)")
+        if args.mode and args.mode != lab.mode:
+            raise UsageError(f"lab {lab.prefix} is up in mode {lab.mode}, not --mode "
+                             f"{args.mode}: `vtep lab down --prefix {lab.prefix}` first")
+        print(f"lab {lab.prefix}: already up ({lablib.describe_mode(lab.mode)}); "
+              "checking it (it stays up)")
     else:
-        lablib.up(lab, args.mode)
+        lablib.up(lab, args.mode or "kernel")
+        print(f"lab {lab.prefix}: {lablib.describe_mode(lab.mode)}")
     capture = str(Path(args.capture).resolve()) if args.capture else str(lab.dir / "demo.pcap")
     try:
         plan = planlib.load(lab.plan_path)
@@ -137,6 +167,7 @@ def run(lab: lablib.Lab, args) -> int:
             time.sleep(0.2)  # the last replies reach the capture
             end_process(tcpdump)
         demo.inspect(capture)
+        counters(lab)
         if args.capture:
             print(f"      capture kept: {capture}")
     finally:

@@ -1,11 +1,17 @@
 """`vtep lab up|down`: the seed cluster in network namespaces, recorded so that `down`
 removes exactly what `up` made.
 
-up: the seed topology (topology.seed), the seed plan written to the lab dir, `vtep run
---kernel` inside each node's namespace, and on each node a pod `pod1` running the HTTP
-echo server on :8000. Every namespace and process is written to <lab dir>/state.json
-the moment it exists, so a failing step (or a crashed `up`) is undone by the same
-teardown that `down` runs. Processes are ended by PID, after checking that the PID
+up: the seed topology (topology.seed), the seed plan written to the lab dir, `vtep run`
+inside each node's namespace (--mode kernel: the kernel path on both nodes; userspace:
+`vtep run --userspace` on both; mixed: kernel on network-1, userspace on network-2), and
+on each node a pod `pod1` running the HTTP echo server on :8000. The underlay veths
+have tx checksum offload off in every mode (topology.seed's default): a veth leaves the
+checksums of what the kernel sends unfilled (CHECKSUM_PARTIAL), fine between two kernel
+paths but wrong on the wire a userspace VTEP reads and a capture shows.
+
+Every namespace and process is written to <lab dir>/state.json the moment it
+exists, so a failing step (or a crashed `up`) is undone by the same teardown that
+`down` runs. Processes are ended by PID, after checking that the PID
 still belongs to the process we started (its start time in /proc/PID/stat).
 """
 from __future__ import annotations
@@ -27,6 +33,7 @@ from . import topology
 LAB_BASE = "/run/vtep"
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 NODES = ("network-1", "network-2")
+MODES = ("kernel", "userspace", "mixed")
 POD = "pod1"
 ECHO_PORT = 8000
 READY_TIMEOUT = 15.0
@@ -49,6 +56,14 @@ name = "network-2"
 underlay_ip = "192.168.2.142"
 subnet = "172.2.1.0/24"
 """
+
+
+def node_mode(mode: str, node: str) -> str:
+    """The data path `node` runs in a lab of `mode`: mixed puts the kernel path on
+    network-1 and the userspace path on network-2."""
+    if mode == "mixed":
+        return "kernel" if node == NODES[0] else "userspace"
+    return mode
 
 
 def check_prefix(prefix: str) -> str:
@@ -117,9 +132,8 @@ class Lab:
 # --- up -------------------------------------------------------------------------------------
 
 def up(lab: Lab, mode: str = "kernel", say=print) -> Lab:
-    if mode != "kernel":
-        raise UsageError(f"lab --mode {mode}: needs `vtep run --userspace`, which this version "
-                         "does not have yet; use --mode kernel")
+    if mode not in MODES:
+        raise UsageError(f"lab --mode {mode}: use one of {', '.join(MODES)}")
     if lab.exists:
         raise LabError(f"a lab with prefix {lab.prefix!r} is already up ({lab.dir}); "
                        f"`vtep lab down --prefix {lab.prefix}` first")
@@ -149,15 +163,17 @@ def _build(lab: Lab, say) -> None:
         lab.namespaces = list(topo.namespaces)
         lab.save()
     say(f"lab {lab.prefix}: namespaces {', '.join(lab.namespaces)}; underlay "
-        "192.168.1.0/24 <-> router <-> 192.168.2.0/24; plan " + str(lab.plan_path))
+        "192.168.1.0/24 <-> router <-> 192.168.2.0/24 (tx checksum offload off); plan "
+        + str(lab.plan_path))
 
     for name in NODES:
         node_dir = lab.dir / name
         node_dir.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "vtep.cli", "run", "--kernel", "--config",
+        path = node_mode(lab.mode, name)
+        argv = [sys.executable, "-m", "vtep.cli", "run", f"--{path}", "--config",
                 str(lab.plan_path), "--node", name, "--state-dir", str(node_dir)]
         rec = lab.spawn(f"vtep run {name}", lab.node_ns(name), argv, f"run-{name}")
-        say(f"{name}: vtep run --kernel (pid {rec['pid']}, log {rec['log']})")
+        say(f"{name}: vtep run --{path} (pid {rec['pid']}, log {rec['log']})")
     for name in NODES:
         _wait_converged(lab, plan, name)
 
@@ -186,19 +202,21 @@ def _build(lab: Lab, say) -> None:
 
 
 def _wait_converged(lab: Lab, plan, name: str) -> None:
-    """Until every peer route is on vxlan0 in the node (vtep run installs routes last)."""
+    """Until every peer route is on vxlan0 in the node (vtep run installs routes last; in
+    userspace mode vxlan0 is the TAP device and its sockets are open by then)."""
     rec = next(p for p in lab.processes if p["what"] == f"vtep run {name}")
+    path = node_mode(lab.mode, name)
     want = [str(p.subnet) for p in plan.peers(name)]
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if not _alive(rec):
-            raise LabError(f"{name}: vtep run --kernel exited: {_tail(rec['log'])}")
+            raise LabError(f"{name}: vtep run --{path} exited: {_tail(rec['log'])}")
         routes = netns.sh(["ip", "-4", "route", "show", "dev", "vxlan0"], ns=lab.node_ns(name),
                           check=False).stdout
         if all(w in routes for w in want):
             return
         if time.monotonic() > deadline:
-            raise LabError(f"{name}: vtep run --kernel did not converge within "
+            raise LabError(f"{name}: vtep run --{path} did not converge within "
                            f"{READY_TIMEOUT:g}s (routes to {', '.join(want)} missing): "
                            f"{_tail(rec['log'])}")
         time.sleep(0.1)
@@ -259,6 +277,10 @@ def stop_process(rec: dict, grace: float = STOP_GRACE) -> bool:
     return True
 
 
+def describe_mode(mode: str) -> str:
+    return f"mode {mode}: " + ", ".join(f"{n} {node_mode(mode, n)}" for n in NODES)
+
+
 def _starttime(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -293,8 +315,9 @@ def command(args) -> int:
     require_net_admin(f"vtep lab {args.action}")
     lab = Lab(args.prefix)
     if args.action == "up":
-        up(lab, args.mode)
-        print(f"lab {lab.prefix}: up; `vtep lab down --prefix {lab.prefix}` removes it")
+        up(lab, args.mode or "kernel")
+        print(f"lab {lab.prefix}: up ({describe_mode(lab.mode)}); "
+              f"`vtep lab down --prefix {lab.prefix}` removes it")
         return 0
     if args.action == "down":
         if not lab.exists:
