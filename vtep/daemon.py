@@ -170,14 +170,20 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
     due, reasons, last_error = None, [], None
     echo = vt.echo()
     next_status = time.monotonic() + STATUS_EVERY
+    # The data path's {fd: handler} and the fd list change only when a pass recreates the
+    # TAP device or the data path, so they are rebuilt after each pass, not every wake-up
+    # (under load a wake-up happens every few frames). Plain ints: select() then calls
+    # no fileno() methods.
+    ev_fd, sig_fd = events.fileno(), sigs.r.fileno()
+    io = vt.io() if counters else {}
+    fds = [ev_fd, sig_fd, *io]
     while True:
         now = time.monotonic()
         wake = next_resync if due is None else min(next_resync, due)
-        io = vt.io() if counters else {}
         if counters:
             wake = min(wake, next_status)
         try:
-            ready, _, _ = select.select([events, sigs.r, *io], [], [], max(0.0, wake - now))
+            ready, _, _ = select.select(fds, [], [], max(0.0, wake - now))
         except InterruptedError:
             ready = []
         for fd in ready:
@@ -187,7 +193,7 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
         if counters and time.monotonic() >= next_status:
             next_status = time.monotonic() + STATUS_EVERY
             publish(False)
-        if sigs.r in ready:
+        if sig_fd in ready:
             sigs.drain()
         while sigs.pending:
             sig = sigs.pending.pop(0)
@@ -205,7 +211,7 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
                 vt.teardown()
             status.remove()
             return 0
-        if events in ready:
+        if ev_fd in ready:
             relevant, why = events.drain(vt.watched(), echo)
             if relevant:   # also cuts a failed pass's retry short: the cause may be gone
                 reasons += why
@@ -237,6 +243,9 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
                 info["changes"] += len(lines)
                 info["last_change"] = _now()
             due, reasons = None, []
+        if counters:   # the pass may have recreated the TAP device or the data path
+            io = vt.io()
+            fds = [ev_fd, sig_fd, *io]
         if full:
             next_resync = time.monotonic() + interval
         publish(full)
