@@ -71,7 +71,32 @@ def test_unicast_encapsulation_matches_scapy_byte_for_byte():
     assert data == ref
     assert wire.unpack(data, 8).valid
     assert 32768 <= sport <= 60999
-    assert dp.counters.tx == [1, len(data)] and dp.counters.peers[PEER_A][:2] == [1, len(data)]
+    # bytes count the VXLAN payload (header + frame), as the receiving side counts them
+    assert dp.counters.tx == [1, len(data) - 8]
+    assert dp.counters.peers[PEER_A][:2] == [1, len(data) - 8]
+
+
+def test_tx_and_rx_count_the_same_bytes_for_the_same_datagram():
+    a, b = FakeIO(), FakeIO()
+    sender, receiver = make(a), make(b)
+    a.tap_in.append(icmp_frame())
+    sender.tx_batch()
+    (data, _), = a.sent
+    b.udp_in.append((data[8:], PEER_A))  # what the peer's UDP socket hands over
+    receiver.rx_batch()
+    assert sender.counters.tx == receiver.counters.rx
+
+
+def test_fragments_of_one_datagram_keep_one_source_port():
+    io = FakeIO()
+    dp = make(io)
+    big = IP(src="172.2.0.5", dst="172.2.1.9", id=77) / UDP(sport=5000, dport=53) / (b"q" * 3000)
+    from scapy.layers.inet import fragment
+    for frag in fragment(big, fragsize=1400):
+        io.tap_in.append(bytes(Ether(src=ME, dst=MAC_A) / frag))
+    dp.tx_batch()
+    ports = {int.from_bytes(d[0:2], "big") for d, _ in io.sent}
+    assert len(io.sent) == 3 and len(ports) == 1
 
 
 def test_broadcast_is_replicated_to_every_peer_unknown_unicast_dropped():
@@ -165,3 +190,59 @@ def test_fdb_swap_keeps_counters_of_remaining_peers():
     io.tap_in.append(icmp_frame(dst_mac=MAC_B))
     dp.tx_batch()
     assert dp.counters.tx_drops["unknown-unicast"] == 1
+
+
+def test_too_big_answers_the_inner_sender_with_icmp_frag_needed():
+    io = FakeIO()
+    peer_vtep = bytes([172, 2, 1, 0])
+    dp = make(io, path_mtu=lambda peer: 1400, vtep_ips={PEER_A: peer_vtep})
+    io.fail_send = OSError(90, "Message too long")
+    frame = bytes(Ether(src=ME, dst=MAC_A) / IP(src="172.2.0.2", dst="172.2.1.2", flags="DF") /
+                  TCP(sport=40000, dport=80) / (b"d" * 1400))
+    io.tap_in.append(frame)
+    dp.tx_batch()
+    (err,), = [io.tap_out]
+    pkt = Ether(err)
+    assert (pkt.src, pkt.dst) == (MAC_A, ME)
+    assert (pkt[IP].src, pkt[IP].dst) == ("172.2.1.0", "172.2.0.2")
+    icmp = pkt[ICMP]
+    assert (icmp.type, icmp.code, icmp.nexthopmtu) == (3, 4, 1350)
+    # checksums as scapy computes them, and the quoted original header
+    ref = pkt.copy()
+    del ref[IP].chksum
+    del ref[ICMP].chksum
+    assert bytes(ref) == err
+    assert bytes(icmp.payload)[:20] == frame[14:34]
+    assert dp.counters.icmp_too_big == 1 and dp.counters.tx_drops["too-big"] == 1
+
+
+def test_too_big_without_df_or_path_mtu_sends_nothing():
+    io = FakeIO()
+    dp = make(io, path_mtu=lambda peer: 1400, vtep_ips={PEER_A: bytes(4)})
+    io.fail_send = OSError(90, "Message too long")
+    io.tap_in.append(bytes(Ether(src=ME, dst=MAC_A) / IP(src="172.2.0.2", dst="172.2.1.2") /
+                           UDP() / (b"d" * 1400)))  # DF clear: may be fragmented
+    dp.tx_batch()
+    assert io.tap_out == [] and dp.counters.tx_drops["too-big"] == 1
+    dp2 = make(io)  # no path_mtu hook at all
+    io.tap_in.append(icmp_frame(size=1400))
+    dp2.tx_batch()
+    assert io.tap_out == []
+
+
+def test_ipv6_packet_too_big_checksum_matches_scapy():
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+    from vtep import icmp as icmplib
+    frame = bytes(Ether(src=ME, dst=MAC_A) / IPv6(src="fd00::2", dst="fd00::9") /
+                  UDP(sport=1, dport=2) / (b"v" * 1400))
+    err = icmplib.too_big(frame, 1350, None)
+    pkt = Ether(err)
+    ptb = pkt[ICMPv6PacketTooBig]
+    assert (pkt[IPv6].src, pkt[IPv6].dst, ptb.mtu) == ("fd00::9", "fd00::2", 1350)
+    ref = pkt.copy()
+    del ref[ICMPv6PacketTooBig].cksum
+    assert bytes(ref) == err
+    assert len(err) - 14 <= 1280  # fits the IPv6 minimum MTU (RFC 4443 2.4)
+    # never an error to a multicast source
+    mcast = bytes(Ether(src=ME, dst=MAC_A) / IPv6(src="ff02::1", dst="fd00::9") / UDP())
+    assert icmplib.too_big(mcast + bytes(40), 1350, None) is None

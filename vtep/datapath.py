@@ -23,13 +23,14 @@ import errno
 import struct
 import zlib
 
-from . import wire
+from . import icmp, wire
 
 # Source ports as the kernel picks them (udp_flow_src_port over the default
 # ip_local_port_range 32768-60999).
 SPORT_BASE = 32768
 SPORT_SPAN = 60999 - 32768 + 1
-HEADROOM = wire.UDP_HLEN + wire.HEADER_LEN  # 16: UDP + VXLAN before the frame
+UDP_HLEN = wire.UDP_HLEN
+HEADROOM = UDP_HLEN + wire.HEADER_LEN  # 16: UDP + VXLAN before the frame
 MAX_FRAME = 65535
 
 TX_DROPS = ("unknown-unicast", "too-big", "send-error", "runt")
@@ -44,6 +45,7 @@ class Counters:
         self.tx = [0, 0]
         self.rx = [0, 0]
         self.tx_drops = dict.fromkeys(TX_DROPS, 0)
+        self.icmp_too_big = 0  # errors sent back to inner senders (path MTU discovery)
         self.rx_drops = dict.fromkeys(RX_DROPS, 0)
         self.peers = {ip: [0, 0, 0, 0] for ip in peers}  # tx pkts, tx bytes, rx pkts, rx bytes
 
@@ -52,6 +54,7 @@ class Counters:
             "tx": {"packets": self.tx[0], "bytes": self.tx[1]},
             "rx": {"packets": self.rx[0], "bytes": self.rx[1]},
             "tx_drops": dict(self.tx_drops),
+            "icmp_too_big": self.icmp_too_big,
             "rx_drops": dict(self.rx_drops),
             "peers": {ip: {"tx_packets": c[0], "tx_bytes": c[1], "rx_packets": c[2],
                            "rx_bytes": c[3]} for ip, c in self.peers.items()},
@@ -70,7 +73,10 @@ def flow_port(frame, off: int, n: int) -> int:
         ihl = (frame[off + 14] & 15) << 2
         a = off + 26
         b = off + 34
-        if frame[off + 23] in (6, 17, 132) and n >= 14 + ihl + 4 and ihl == 20:
+        # ports only in an unfragmented packet: a later fragment carries payload
+        # there, and all fragments of one datagram must take one path
+        unfragmented = not (frame[off + 20] << 8 | frame[off + 21]) & 0x3FFF
+        if frame[off + 23] in (6, 17, 132) and n >= 14 + ihl + 4 and ihl == 20 and unfragmented:
             b += 4
     elif et == 0x86DD and n >= 54:
         a = off + 22
@@ -99,7 +105,8 @@ class Datapath:
     """
 
     def __init__(self, *, vni: int, port: int, fdb: dict[bytes, str], peers,
-                 tap_readv, tap_write, sendto, recvfrom_into, accept_any_source=False):
+                 tap_readv, tap_write, sendto, recvfrom_into, accept_any_source=False,
+                 path_mtu=None, overhead: int = wire.OVERHEAD_IPV4, vtep_ips=None):
         self.vni = vni
         self.port = port
         self.tap_readv = tap_readv
@@ -107,6 +114,12 @@ class Datapath:
         self.sendto = sendto
         self.recvfrom_into = recvfrom_into
         self.accept_any_source = accept_any_source
+        # Path MTU discovery through the tunnel: path_mtu(peer ip) -> the kernel's path MTU
+        # towards a peer (learnt from ICMP by the DF-set socket); vtep_ips: peer underlay
+        # ip -> its VTEP address as 4 bytes, the source of the errors we send.
+        self.path_mtu = path_mtu
+        self.overhead = overhead
+        self.vtep_ips = dict(vtep_ips or {})
         self.counters = Counters(peers)
         self.set_fdb(fdb, peers)
         self.txbuf = bytearray(HEADROOM + MAX_FRAME)
@@ -158,7 +171,7 @@ class Datapath:
                     continue
                 # ethertype, IPv4 version/IHL and protocol are read past a short frame's
                 # end (the buffer is MAX_FRAME long); they are used only when n >= 38
-                dst, et, vihl, proto = inner(buf, HEADROOM)
+                dst, et, vihl, frag, proto = inner(buf, HEADROOM)
                 if dst[0] & 1:  # broadcast/multicast: every peer
                     targets = flood
                 else:
@@ -167,29 +180,53 @@ class Datapath:
                         drops["unknown-unicast"] += 1
                         continue
                 # flow_port's IPv4 TCP/UDP/SCTP case, inline: nearly every frame
-                if et == 0x0800 and n >= 38 and vihl & 15 == 5 and proto in (6, 17, 132):
+                if (et == 0x0800 and n >= 38 and vihl & 15 == 5 and proto in (6, 17, 132)
+                        and not frag & 0x3FFF):
                     sport = SPORT_BASE + crc32(buf[IPV4_FLOW:IPV4_FLOW + 12]) % SPORT_SPAN
                 else:
                     sport = flow_port(buf, HEADROOM, n)
                 size = HEADROOM + n
                 pack_udp(buf, 0, sport, port, size, 0)
                 datagram = view[:size]
+                payload = size - UDP_HLEN  # counted as rx counts it: VXLAN header + frame
                 for peer, addr in targets:
                     try:
                         sendto(datagram, addr)
                     except OSError as e:
-                        drops["too-big" if e.errno == errno.EMSGSIZE else "send-error"] += 1
+                        if e.errno == errno.EMSGSIZE:
+                            drops["too-big"] += 1
+                            self.too_big(peer, n)
+                        else:
+                            drops["send-error"] += 1
                         continue
                     packets += 1
-                    octets += size
+                    octets += payload
                     c = per_peer[peer]
                     c[0] += 1
-                    c[1] += size
+                    c[1] += payload
         finally:
             tx = self.counters.tx
             tx[0] += packets
             tx[1] += octets
         return done
+
+    def too_big(self, peer: str, n: int) -> None:
+        """The frame in the tx buffer did not fit the path to `peer`: tell its sender
+        (ICMP "fragmentation needed" / "packet too big" through the TAP, RFC 7348 4.3)."""
+        if self.path_mtu is None:
+            return
+        mtu = self.path_mtu(peer)
+        if not mtu:
+            return
+        err = icmp.too_big(self.txview[HEADROOM:HEADROOM + n], mtu - self.overhead,
+                           self.vtep_ips.get(peer))
+        if err is None:
+            return
+        try:
+            self.tap_write(err)
+        except OSError:
+            return
+        self.counters.icmp_too_big += 1
 
     def rx_batch(self, budget: int = 64) -> int:
         """Move up to `budget` datagrams from the UDP socket to the TAP device."""
@@ -251,7 +288,7 @@ def rx_reason(buf, n: int, expect: int) -> str:
 
 
 UDP_HEADER = struct.Struct("!HHHH")
-INNER = struct.Struct("!6s6xHB8xB")  # dst MAC, ethertype, IPv4 version/IHL, IPv4 protocol
+INNER = struct.Struct("!6s6xHB5xHxB")  # dst MAC, ethertype, IPv4 ver/IHL, flags+offset, proto
 VXLAN_WORD = struct.Struct("!Q")     # the whole VXLAN header as one number
 IPV4_FLOW = HEADROOM + 26            # IPv4 source, destination, L4 ports: 12 bytes
 MIN_DATAGRAM = wire.HEADER_LEN + wire.ETH_HLEN

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ log = logging.getLogger("vtep")
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
 IPV6_CHECKSUM = 7
+IP_MTU, IPV6_MTU = 14, 24
 SO_ATTACH_FILTER = 26
 SOCKET_BUFFER = 4 << 20
 
@@ -95,6 +97,7 @@ class UserspaceVtep(kernel.KernelVtep):
         self.tap = None
         self.rx = self.tx = None
         self.bound: tuple[str, int] | None = None   # (local, port) of the sockets
+        self.mtu_socks: dict[str, socket.socket] = {}  # peer -> connected, for IP_MTU
         self.dp: datapath.Datapath | None = None
         self.dp_for = None   # (vni, port, rx socket) the data path was built for
         self.accept_any_source = getattr(args, "accept_any_source", False)
@@ -162,8 +165,13 @@ class UserspaceVtep(kernel.KernelVtep):
         else:
             self.dp.set_fdb(fdb_of(self.pending), peers)
         fd = self.tap.fileno()
-        self.dp.tap_readv = lambda bufs, _fd=fd, _readv=os.readv: _readv(_fd, bufs)
-        self.dp.tap_write = lambda view, _fd=fd, _write=os.write: _write(_fd, view)
+        self.dp.tap_readv = functools.partial(os.readv, fd)  # no Python frame per packet
+        self.dp.tap_write = functools.partial(os.write, fd)
+        # path MTU discovery through the tunnel: errors come from the peer's VTEP address
+        self.dp.path_mtu = self.path_mtu
+        self.dp.overhead = self.plan.overhead
+        self.dp.vtep_ips = {str(n.underlay_ip): n.vtep_ip.packed
+                            for n in self.plan.peers(self.node.name)}
         self.ifindex = idx
         return idx, created
 
@@ -213,11 +221,30 @@ class UserspaceVtep(kernel.KernelVtep):
         self._close_sockets()
         super().close()
 
+    def path_mtu(self, peer: str) -> int | None:
+        """The kernel's path MTU towards `peer`: the route's, lowered by any ICMP
+        "fragmentation needed" the DF-set send socket received (raw sockets update
+        the path MTU: raw_err -> ipv4_sk_update_pmtu). Read with IP_MTU from a
+        connected UDP socket per peer; only ever asked when a send failed."""
+        s = self.mtu_socks.get(peer)
+        try:
+            if s is None:
+                v6 = ":" in peer
+                s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+                self.mtu_socks[peer] = s
+                s.connect((peer, self.bound[1] if self.bound else 4789))
+            if s.family == socket.AF_INET6:
+                return s.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+            return s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        except OSError:
+            return None
+
     def _close_sockets(self) -> None:
-        for s in (self.rx, self.tx):
+        for s in (self.rx, self.tx, *self.mtu_socks.values()):
             if s is not None:
                 s.close()
         self.rx = self.tx = None
+        self.mtu_socks = {}
         self.bound = None
 
 
@@ -225,8 +252,9 @@ def format_counters(c: dict) -> str:
     # per direction: both have a "runt" reason, which one merged dict would conflate
     drops = [f"{way} {k} {v}" for way in ("tx", "rx")
              for k, v in c[f"{way}_drops"].items() if v]
+    icmp = f", ICMP too-big sent {c['icmp_too_big']}" if c.get("icmp_too_big") else ""
     return (f"tx {c['tx']['packets']} packets {c['tx']['bytes']} bytes, rx {c['rx']['packets']} "
-            f"packets {c['rx']['bytes']} bytes, drops " + (", ".join(drops) or "none"))
+            f"packets {c['rx']['bytes']} bytes, drops " + (", ".join(drops) or "none") + icmp)
 
 
 def run(args, plan) -> int:
