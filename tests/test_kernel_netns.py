@@ -17,6 +17,7 @@ import pytest
 from vtep import plan as planlib, state
 from vtep.lab.topology import seed
 from vtep.lab.lab import SEED_PLAN
+from seedlab import hand_configure, messages, plan_file, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.netns
 
@@ -31,24 +32,12 @@ REPAIR_LIMIT = 1.0   # s: the issue's bound for repairing drift
 POLL_LIMIT = 3.0     # s: how long we wait before calling it failed
 
 
-@pytest.fixture
-def plan_file(tmp_path):
-    p = tmp_path / "plan.toml"
-    p.write_text(SEED_PLAN)
-    return p
-
-
 def vtep(node, *argv, check=None, timeout=30):
     """Run `vtep ARGV` inside the node's namespace; returns CompletedProcess."""
     r = node.cmd(VTEP + list(argv), check=False, timeout=timeout)
     if check is not None:
         assert r.returncode == check, f"exit {r.returncode}:\n{r.stderr}"
     return r
-
-
-def messages(r):
-    """stderr lines that are not plan warnings (the seed overlay is public space)."""
-    return [x for x in r.stderr.splitlines() if not x.startswith("vtep: warning:")]
 
 
 def js(node, *argv):
@@ -74,14 +63,6 @@ def snapshot(node):
                             "dev", "vxlan0")}
 
 
-def hand_configure(node, plan, name):
-    """The seed's iproute2 commands for `name`, typed in its namespace (no vtep there)."""
-    s = state.desired(plan, name, underlay_dev="eth0", underlay_mtu=1500)
-    for cmd in state.iproute2(s):
-        node.cmd(cmd.split())
-    return s
-
-
 def entries(node):
     return (js(node, "ip", "-j", "neigh", "show", "dev", "vxlan0"),
             js(node, "bridge", "-j", "fdb", "show", "dev", "vxlan0"),
@@ -90,19 +71,6 @@ def entries(node):
 
 def has_vxlan0(node):
     return node.cmd(["ip", "link", "show", "vxlan0"], check=False).returncode == 0
-
-
-def wait_for(pred, limit=POLL_LIMIT, step=0.01):
-    """Seconds until pred() held (polling), or None after `limit`."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        try:
-            if pred():
-                return time.monotonic() - t0
-        except Exception:
-            pass
-        time.sleep(step)
-    return None
 
 
 class Daemon:

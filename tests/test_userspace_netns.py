@@ -29,6 +29,8 @@ from scapy.utils import rdpcap
 from vtep import plan as planlib, state
 from vtep.lab.lab import SEED_PLAN
 from vtep.lab.topology import seed
+import seedlab
+from seedlab import hand_configure, messages, plan_file  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.netns
 
@@ -45,28 +47,8 @@ PING = ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2"]
 RX_REASONS = ("short", "flags", "reserved", "vni", "runt", "source")
 
 
-@pytest.fixture
-def plan_file(tmp_path):
-    p = tmp_path / "plan.toml"
-    p.write_text(SEED_PLAN)
-    return p
-
-
 def wait_for(pred, limit=5.0, step=0.05):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return True
-        except (OSError, ValueError, KeyError, StopIteration):
-            pass
-        time.sleep(step)
-    return False
-
-
-def messages(r):
-    """stderr lines that are not plan warnings (the seed overlay is public space)."""
-    return [x for x in r.stderr.splitlines() if not x.startswith("vtep: warning:")]
+    return seedlab.wait_for(pred, limit, step) is not None
 
 
 class Vtep:
@@ -125,14 +107,6 @@ def assert_pings(*pairs):
     for node, dst in pairs:
         ok, out = ping(node, dst)
         assert ok, f"{node.name} -> {dst}:\n{out}"
-
-
-def hand_configure(node, plan, name):
-    """The seed's iproute2 commands for `name`, typed in its namespace (no vtep there)."""
-    s = state.desired(plan, name, underlay_dev="eth0", underlay_mtu=1500)
-    for cmd in state.iproute2(s):
-        node.cmd(cmd.split())
-    return s
 
 
 def add_pods(t):
