@@ -231,3 +231,18 @@ def test_pods_on_both_nodes_reach_each_other(cluster):
     for node, name in (("network-1", p1), ("network-2", p2)):
         assert cluster.pod("del", name, node).returncode == 0
     assert cluster.namespaces() == sorted(cluster.topo.namespaces)
+
+
+@pytest.mark.netns
+def test_del_by_name_alone_finds_the_pods_node(cluster):
+    """`vtep pod del NAME`, as the issue writes it: no plan; the state files say where."""
+    name = cluster.prefix + "bare"
+    ip = cluster.add(name, "network-2")
+    state_dir = str(cluster.state_dir / "network-2")
+    r = subprocess.run(["nsenter", f"--net={cluster.topo['network-2'].path}", sys.executable,
+                        "-m", "vtep.cli", "pod", "del", name, "--state-dir", state_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"{ip} freed" in r.stdout
+    assert cluster.allocations("network-2") == {}
+    assert name not in cluster.namespaces()

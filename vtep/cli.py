@@ -37,8 +37,9 @@ def _mtu_arg(text: str):
     return v
 
 
-def _plan_args(p, node_required=False):
-    p.add_argument("--config", "-c", required=True, metavar="F", help="cluster plan (TOML)")
+def _plan_args(p, node_required=False, config_required=True):
+    p.add_argument("--config", "-c", required=config_required, metavar="F",
+                   help="cluster plan (TOML)")
     p.add_argument("--node", "-n", required=node_required, metavar="N",
                    help="this node's name in the plan (default: the node whose underlay_ip "
                         "is an address of this host)")
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ("add", "del"):
         a = podsub.add_parser(action, help=f"{action} a pod")
         a.add_argument("name", metavar="NAME", help="pod (network namespace) name")
-        _plan_args(a)
+        # del finds the pod's node in the state files when no plan is named
+        _plan_args(a, config_required=(action == "add"))
         a.add_argument("--bridge", default="br0", help="node bridge (default br0)")
         a.add_argument("--netns", metavar="PATH",
                        help="an existing network namespace path (as a CNI runtime hands over)")

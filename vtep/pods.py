@@ -280,6 +280,26 @@ def _context(args):
     return plan, node
 
 
+def _node_of_pod(args) -> str:
+    """The node whose allocations hold the pod: from --config/--node when given,
+    else the one state file under --state-dir that names it (`vtep pod del NAME`)."""
+    if args.config:
+        return _context(args)[1].name
+    owners = []
+    for path in sorted(Path(args.state_dir).glob("pods-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            if args.name in doc.get("pods", {}):
+                owners.append(doc["node"])
+        except (OSError, ValueError, AttributeError, KeyError):
+            continue
+    if len(owners) > 1:
+        raise UsageError(f"pod {args.name} is recorded for nodes {', '.join(owners)} under "
+                         f"{args.state_dir}; name the node with --config and --node")
+    # not recorded anywhere: deleting is a no-op (idempotent); any node's store will do
+    return owners[0] if owners else (args.node or "unknown")
+
+
 def _overlay_mtu(plan, node) -> int:
     try:
         _, underlay_mtu = host.underlay(node)
@@ -342,8 +362,7 @@ def delete(args) -> dict | None:
     """Detach pod args.name; returns the record it had (None if unknown). Idempotent."""
     host.require_net_admin("vtep pod del")
     _check_name(args.name)
-    plan, node = _context(args)
-    store = PodStore(args.state_dir, node.name)
+    store = PodStore(args.state_dir, _node_of_pod(args))
     with store.locked():
         rec = store.pods.get(args.name)
         remove_veth(rec["veth"] if rec else veth_name(args.name))
