@@ -106,9 +106,13 @@ class Datapath:
 
     def __init__(self, *, vni: int, port: int, fdb: dict[bytes, str], peers,
                  tap_readv, tap_write, sendto, recvfrom_into, accept_any_source=False,
-                 path_mtu=None, overhead: int = wire.OVERHEAD_IPV4, vtep_ips=None):
+                 path_mtu=None, overhead: int = wire.OVERHEAD_IPV4, vtep_ips=None,
+                 addr_port: int | None = None):
         self.vni = vni
         self.port = port
+        # the port in sendto's address: the UDP port for a UDP socket; 0 for the raw
+        # sockets userspace.py sends with (an AF_INET6 raw socket reads it as the protocol)
+        self.addr_port = port if addr_port is None else addr_port
         self.tap_readv = tap_readv
         self.tap_write = tap_write
         self.sendto = sendto
@@ -137,7 +141,7 @@ class Datapath:
         self.fdb = dict(fdb)
         self.peer_list = tuple(peers)
         self.allowed = frozenset(self.peer_list)
-        port = self.port
+        port = self.addr_port
         self.route = {mac: ((ip, (ip, port)),) for mac, ip in self.fdb.items()}
         self.flood = tuple((ip, (ip, port)) for ip in self.peer_list)
         old = self.counters.peers

@@ -93,8 +93,13 @@ def device_diffs(want: state.Device, have: dict, underlay_index: int, names: dic
     recreated (--replace); `repairs` maps mtu/mac/df to the plan's values for
     settings the kernel changes in place. Messages read "field: plan vs existing".
     """
-    if have.get("kind") != "vxlan":
-        return [f"kind: vxlan vs {have.get('kind') or 'none'}"], {}
+    repairs = {}
+    if have.get("mtu") != want.mtu:
+        repairs["mtu"] = want.mtu
+    if (have.get("mac") or "").lower() != want.mac:
+        repairs["mac"] = want.mac
+    if have.get("kind") != "vxlan":  # (the userspace path's TAP still takes the repairs)
+        return [f"kind: vxlan vs {have.get('kind') or 'none'}"], repairs
     bad = []
     if have.get("vni") != want.vni:
         bad.append(f"vni: {want.vni} vs {have.get('vni')}")
@@ -103,7 +108,8 @@ def device_diffs(want: state.Device, have: dict, underlay_index: int, names: dic
     if have.get("port") != want.port:
         bad.append(f"port: {want.port} vs {have.get('port')}")
     if have.get("link") != underlay_index:
-        bad.append(f"dev: {want.underlay_dev} vs {names.get(have.get('link'), 'none')}")
+        planned = want.underlay_dev if underlay_index else "none"
+        bad.append(f"dev: {planned} vs {names.get(have.get('link'), 'none')}")
     if have.get("learning"):
         # RFC 7348 s4.1 learning would let any sender rewrite the fdb we program statically
         bad.append("learning: off vs on")
@@ -111,11 +117,6 @@ def device_diffs(want: state.Device, have: dict, underlay_index: int, names: dic
         bad.append("external: off vs on")
     if have.get("group"):
         bad.append(f"remote: none vs {have['group']}")
-    repairs = {}
-    if have.get("mtu") != want.mtu:
-        repairs["mtu"] = want.mtu
-    if (have.get("mac") or "").lower() != want.mac:
-        repairs["mac"] = want.mac
     if df is not None and have.get("df") != DF[df]:
         repairs["df"] = df
     return bad, repairs
@@ -260,11 +261,19 @@ def udp_sockets(port: int, ipv6: bool) -> list[str]:
     return out
 
 
-def enable_forwarding() -> list[str]:
+PMTU_SYSCTL = ("/proc/sys/net/ipv4/ip_forward_use_pmtu", "net.ipv4.ip_forward_use_pmtu")
+
+
+def enable_forwarding(df: str | None = None) -> list[str]:
     """Turn forwarding on; returns what it changed. Left on at exit: pods and other
-    overlays on this node may rely on it by then, and we cannot tell who else set it."""
+    overlays on this node may rely on it by then, and we cannot tell who else set it.
+
+    With `--df set` also net.ipv4.ip_forward_use_pmtu: a forwarding host ignores the
+    path MTU it learns unless told otherwise, so the MTU the tunnel learns from the
+    underlay's ICMP errors would never reach the pods whose traffic it routes."""
     done = []
-    for path, name in FORWARDING:
+    wanted = FORWARDING + ((PMTU_SYSCTL,) if df == "set" else ())
+    for path, name in wanted:
         try:
             with open(path) as f:
                 cur = f.read().strip()
@@ -277,8 +286,10 @@ def enable_forwarding() -> list[str]:
                 f.write("1\n")
         except OSError as e:
             raise PermissionDenied(f"cannot turn on {name} ({path}: {e.strerror})")
-        done.append(f"turned on {name} (was {cur}): this node routes between its pods' bridge "
-                    "and the overlay, as the CNI bridge plugin does")
+        why = ("forwarded pod traffic then honours the path MTU the tunnel learns (--df set)"
+               if name == PMTU_SYSCTL[1] else "this node routes between its pods' bridge and "
+               "the overlay, as the CNI bridge plugin does")
+        done.append(f"turned on {name} (was {cur}): {why}")
     return done
 
 
@@ -320,6 +331,7 @@ class KernelVtep:
         self.rtnl = netlink.Rtnl()
         self.ifindex: int | None = None
         self.underlay_index: int | None = None
+        self.unbound = False
         self.want: state.NodeState | None = None
         self.replace_next = False
         self.changes: list[str] = []
@@ -382,8 +394,19 @@ class KernelVtep:
         if not idx:
             raise HostMismatch(f"underlay device {dev} of node {node.name!r} does not exist here")
         self.underlay_index = idx[0]
-        return state.desired(plan, node.name, underlay_dev=dev, underlay_mtu=mtu,
+        want = state.desired(plan, node.name, underlay_dev=dev, underlay_mtu=mtu,
                              device=self.device)
+        # The kernel caps a vxlan device bound to a lower device (`dev`) at that device's
+        # MTU minus the overhead. A forced `--mtu` above it (a deliberate misconfiguration)
+        # gets an unbound device: it keeps the MTU, and with `df unset` the kernel
+        # fragments the outer packets, which is what the operator asked to see.
+        self.unbound = want.device.mtu > mtu - plan.overhead
+        return want
+
+    @property
+    def link_index(self) -> int | None:
+        """The lower device the vxlan device is bound to (None: unbound, see desired())."""
+        return None if self.unbound else self.underlay_index
 
     # -- device --------------------------------------------------------------------------
 
@@ -412,7 +435,9 @@ class KernelVtep:
         kw = dict(ifname=want.name, kind="vxlan", vxlan_id=want.vni,
                   vxlan_port=want.port,       # explicit: the kernel's default is 8472
                   vxlan_learning=0,           # peers are programmed, never learnt
-                  vxlan_link=self.underlay_index, mtu=want.mtu, address=want.mac)
+                  mtu=want.mtu, address=want.mac)
+        if not self.unbound:
+            kw["vxlan_link"] = self.underlay_index
         kw["vxlan_local6" if ":" in want.local else "vxlan_local"] = want.local
         if self.df:
             kw["vxlan_df"] = DF[self.df]
@@ -435,10 +460,10 @@ class KernelVtep:
         created = False
         if msg is not None:
             have = _facts(msg)
-            bad, repairs = device_diffs(want, have, self.underlay_index, {}, self.df)
+            bad, repairs = device_diffs(want, have, self.link_index, {}, self.df)
             if bad:
                 names = self._names()
-                bad, repairs = device_diffs(want, have, self.underlay_index, names, self.df)
+                bad, repairs = device_diffs(want, have, self.link_index, names, self.df)
                 # the very device this run made or adopted, changed in place, is drift to
                 # repair; one found at start (or made by someone since) needs --replace
                 ours = not first and have["index"] == self.ifindex
@@ -541,7 +566,7 @@ class KernelVtep:
                 self._note(c.text)
         self.want = want
         if not failed:   # last, so that a pass that fails changes nothing on the host
-            for line in enable_forwarding():
+            for line in enable_forwarding(self.df):
                 self._note(line)
         if failed:
             self._undo(created and first, idx, want.device.name)

@@ -157,7 +157,7 @@ class UserspaceVtep(kernel.KernelVtep):
             self.dp_for = (want.vni, want.port, self.rx)
             self.dp = datapath.Datapath(
                 vni=want.vni, port=want.port, fdb=fdb_of(self.pending), peers=peers,
-                tap_readv=None, tap_write=None, sendto=self.tx.sendto,
+                tap_readv=None, tap_write=None, sendto=self.tx.sendto, addr_port=0,
                 recvfrom_into=self.rx.recvfrom_into, accept_any_source=self.accept_any_source)
             if old is not None:
                 self.dp.counters = old.counters

@@ -108,20 +108,28 @@ class Demo:
 
 def start_capture(lab: lablib.Lab, path: str) -> subprocess.Popen:
     """tcpdump on the router, bounded by count and time; returns once it is capturing."""
+    return tcpdump(lab.node_ns("router"), CAPTURE_IF, path)
+
+
+def tcpdump(ns: str, iface: str, path, *, count: int = CAPTURE_COUNT,
+            seconds: int = CAPTURE_SECONDS, snaplen: int | None = None) -> subprocess.Popen:
+    """tcpdump on `iface` in namespace `ns`, bounded by packet count and time; returns once
+    it is capturing. End it with topology.end_process (by PID)."""
     # --immediate-mode: otherwise what arrived in the last buffer timeout (up to a second)
     # is still in the capture ring when tcpdump is stopped, and missing from the file
-    argv = ["tcpdump", "-i", CAPTURE_IF, "-n", "-U", "--immediate-mode", "-Z", "root",
-            "-c", str(CAPTURE_COUNT),
-            "-G", str(CAPTURE_SECONDS), "-W", "1", "-w", path]
-    p = netns.popen(argv, ns=lab.node_ns("router"), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-Z", "root",
+            "-c", str(count), "-G", str(seconds), "-W", "1", "-w", str(path)]
+    if snaplen:
+        argv[1:1] = ["-s", str(snaplen)]
+    p = netns.popen(argv, ns=ns, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     seen = b""
     while b"listening on" not in seen:
         left = deadline - time.monotonic()
         if p.poll() is not None or left <= 0:
             end_process(p)
-            raise LabError(f"tcpdump on {lab.node_ns('router')}:{CAPTURE_IF} did not start: "
+            raise LabError(f"tcpdump on {ns}:{iface} did not start: "
                            f"{seen.decode(errors='replace').strip() or 'timed out'}")
         if select.select([p.stderr], [], [], left)[0]:
             seen += p.stderr.read1(4096)
