@@ -18,41 +18,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import verdicts
 
 pytestmark = pytest.mark.mtu   # part of the MTU suite (`pytest -m mtu`); no root needed
 
 HERE = Path(__file__).resolve().parents[1] / "pcaps" / "mtu"
 README = HERE / "README.md"
-ROW = re.compile(r"^\|\s*`(?P<file>[^`]+)`\s*\|(?P<rest>.*)\|\s*$")
-CHECK = re.compile(r"^(?P<id>[a-z0-9-]+)\s*=\s*(?P<n>\d+)$")
 MAX_BYTES = 20_000
 
 
 def parse_table(text: str) -> list[dict]:
-    """Rows under '## Verdicts': file | made | shows | options | exit | checks fired."""
-    section = re.search(r"^## Verdicts\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
-    assert section, "pcaps/mtu/README.md has no '## Verdicts' section"
-    rows = []
-    for line in section.group(1).splitlines():
-        m = ROW.match(line.strip())
-        if not m:
-            continue
-        cells = [c.strip() for c in m.group("rest").split("|")]
-        assert len(cells) == 5, f"a verdict row needs 6 cells: {line!r}"
-        _made, _shows, options, exit_code, checks = cells
-        options = options.strip("`").strip()
-        fired = {}
-        checks = checks.replace("`", "").strip()
-        if checks.lower() not in ("none", "-", ""):
-            for item in checks.split(","):
-                cm = CHECK.match(item.strip())
-                assert cm, f"bad check item {item!r} in {line!r}"
-                fired[cm.group("id")] = int(cm.group("n"))
-        rows.append({"file": m.group("file"),
-                     "options": [] if options in ("", "-") else shlex.split(options),
-                     "exit": int(exit_code.strip("`")), "checks": fired})
-    assert rows, "the verdict table in pcaps/mtu/README.md is empty"
-    return rows
+    return verdicts.parse_table(text, "pcaps/mtu/README.md")
 
 
 ROWS = parse_table(README.read_text())

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 PCAPS = ROOT / "pcaps"
@@ -23,42 +24,9 @@ README = PCAPS / "README.md"
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 DEFAULT_PORTS = frozenset({4789, 8472})
 
-ROW = re.compile(r"^\|\s*`(?P<file>[^`]+)`\s*\|(?P<rest>.*)\|\s*$")
-CHECK = re.compile(r"^(?P<id>[a-z0-9-]+)\s*=\s*(?P<n>\d+)$")
 
 
-def parse_table(text: str) -> list[dict]:
-    """Rows of the table under '## Verdicts': file | made | shows | options | exit | checks."""
-    section = re.search(r"^## Verdicts\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
-    if not section:
-        raise AssertionError("pcaps/README.md has no '## Verdicts' section")
-    rows = []
-    for line in section.group(1).splitlines():
-        m = ROW.match(line.strip())
-        if not m:
-            continue
-        cells = [c.strip() for c in m.group("rest").split("|")]
-        if len(cells) != 5:
-            raise AssertionError(f"verdict row needs 6 cells: {line!r}")
-        _made, _shows, options, exit_code, checks = cells
-        options = options.strip("`").strip()
-        opts = [] if options in ("", "-", "—", "(none)", "none") else shlex.split(options)
-        fired = {}
-        checks = checks.replace("`", "").strip()
-        if checks.lower() not in ("none", "-", "—", ""):
-            for item in checks.split(","):
-                cm = CHECK.match(item.strip())
-                if not cm:
-                    raise AssertionError(f"bad check item {item!r} in {line!r}")
-                fired[cm.group("id")] = int(cm.group("n"))
-        rows.append({"file": m.group("file"), "options": opts,
-                     "exit": int(exit_code.strip("`")), "checks": fired})
-    if not rows:
-        raise AssertionError("the verdict table in pcaps/README.md is empty")
-    return rows
-
-
-ROWS = parse_table(README.read_text())
+ROWS = verdicts.parse_table(README.read_text())
 
 
 def row_id(row: dict) -> str:
