@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
@@ -70,6 +70,19 @@ def ends(path: str) -> tuple[str, str]:
 
 def prefix_for(netns_prefix: str, tag: str, mode: str) -> str:
     return f"{netns_prefix}{tag}{mode[0]}-"
+
+
+@contextmanager
+def custom(request, netns_prefix, tmp_path_factory, tag: str, **kw):
+    """A Cluster.custom for the mode the fixture is parametrized with; always stopped."""
+    c = None
+    try:
+        c = Cluster.custom(prefix_for(netns_prefix, tag[0], request.param), request.param,
+                           tmp_path_factory.mktemp(tag), **kw)
+        yield c
+    finally:
+        if c is not None:
+            c.stop()
 
 
 def expect(v: m.Verdict, fired: dict[str, int]) -> None:
@@ -228,35 +241,38 @@ class TestSeedLab:
 
 # === case 1 on a 9000-byte underlay ==========================================================
 
+def largest_packet(c: Cluster, path: str, tmp_path, mtu: int, outer: int):
+    """Case 1 on a custom underlay: VTEP devices and pods at `mtu`; a DF ping of exactly
+    `mtu` passes both ways in `outer`-byte outer packets, one byte more is refused at the
+    sender. Returns (the capture, its packets) for the caller's vxinspect verdicts."""
+    for node in m.NODES:
+        assert c.device_mtu(c.ns(node), "vxlan0") == mtu
+        assert c.device_mtu(c.pod_ns(node), "eth0") == mtu
+    src, dst = ends(path)
+    c.flush_pmtu()
+    with Capture(c, tmp_path / "c1.pcap") as cap:
+        rc, out = m.ping(c.pod_ns(src), c.pod_ip(dst), "-M", "do", "-s", str(mtu - 28), count=2)
+        rc2, out2 = m.ping(c.pod_ns(src), c.pod_ip(dst), "-M", "do", "-s", str(mtu - 27),
+                           count=1)
+    assert rc == 0 and m.received(out) == 2, out
+    assert rc2 != 0 and f"message too long, mtu={mtu}" in out2, out2
+    pkts = cap.packets()
+    full = inner_icmp(pkts, c.pod_ip(src), mtu) + inner_icmp(pkts, c.pod_ip(dst), mtu)
+    assert len(full) == 4 and {p.length for p in full} == {outer}, pkts
+    return cap, pkts
+
+
 @pytest.fixture(scope="class")
 def jumbo(request, netns_prefix, tmp_path_factory):
-    c = None
-    try:
-        c = Cluster.custom(prefix_for(netns_prefix, "j", request.param), request.param,
-                           tmp_path_factory.mktemp("jumbo"), underlay_mtu=9000)
+    with custom(request, netns_prefix, tmp_path_factory, "jumbo", underlay_mtu=9000) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
 
 
 class TestJumboUnderlay:
     @over("jumbo", *ALL)
     def test_1_device_mtu_8950_and_its_largest_packet(self, jumbo, path, tmp_path):
         c = jumbo
-        for node in m.NODES:
-            assert c.device_mtu(c.ns(node), "vxlan0") == 8950
-            assert c.device_mtu(c.pod_ns(node), "eth0") == 8950
-        src, dst = ends(path)
-        c.flush_pmtu()
-        with Capture(c, tmp_path / "c1.pcap") as cap:
-            rc, out = m.ping(c.pod_ns(src), c.pod_ip(dst), "-M", "do", "-s", "8922", count=2)
-            rc2, out2 = m.ping(c.pod_ns(src), c.pod_ip(dst), "-M", "do", "-s", "8923", count=1)
-        assert rc == 0 and m.received(out) == 2, out
-        assert rc2 != 0 and "message too long, mtu=8950" in out2, out2
-        pkts = cap.packets()
-        full = inner_icmp(pkts, c.pod_ip(src), 8950) + inner_icmp(pkts, c.pod_ip(dst), 8950)
-        assert len(full) == 4 and {p.length for p in full} == {9000}, pkts
+        cap, pkts = largest_packet(c, path, tmp_path, 8950, 9000)
         df = m.df_clear_expected(pkts, c.sender_df())
         expect(vxinspect(cap.path, c.plan_path, "--underlay-mtu", "9000"), {"df-clear": df})
         # held against vxinspect's default 1500-byte underlay, the same packets are too big
@@ -270,14 +286,8 @@ class TestJumboUnderlay:
 
 @pytest.fixture(scope="class")
 def v6(request, netns_prefix, tmp_path_factory):
-    c = None
-    try:
-        c = Cluster.custom(prefix_for(netns_prefix, "6", request.param), request.param,
-                           tmp_path_factory.mktemp("ipv6"), ipv6=True)
+    with custom(request, netns_prefix, tmp_path_factory, "6ipv6", ipv6=True) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
 
 
 class TestIpv6Underlay:
@@ -285,19 +295,8 @@ class TestIpv6Underlay:
     def test_1_device_mtu_1430_and_its_largest_packet(self, v6, path, tmp_path):
         """Over IPv6 the encapsulation costs 70 bytes (40 + 8 + 8 + 14): 1500 - 70."""
         c = v6
-        for node in m.NODES:
-            assert c.device_mtu(c.ns(node), "vxlan0") == 1430
-            assert c.device_mtu(c.pod_ns(node), "eth0") == 1430
-        src, dst = ends(path)
-        c.flush_pmtu()
-        with Capture(c, tmp_path / "c1.pcap") as cap:
-            rc, out = m.ping(c.pod_ns(src), c.pod_ip(dst), "-M", "do", "-s", "1402", count=2)
-            rc2, out2 = m.ping(c.pod_ns(src), c.pod_ip(dst), "-M", "do", "-s", "1403", count=1)
-        assert rc2 != 0 and "message too long, mtu=1430" in out2, out2
-        assert rc == 0 and m.received(out) == 2, out
-        pkts = cap.packets()
-        full = inner_icmp(pkts, c.pod_ip(src), 1430) + inner_icmp(pkts, c.pod_ip(dst), 1430)
-        assert len(full) == 4 and all(p.v6 and p.length == 1500 for p in full), pkts
+        cap, pkts = largest_packet(c, path, tmp_path, 1430, 1500)
+        assert all(p.v6 for p in inner_icmp(pkts, c.pod_ip(ends(path)[0]), 1430)), pkts
         # no df-clear over IPv6 (no DF bit), and both paths fill the outer UDP checksum
         expect(vxinspect(cap.path, c.plan_path), {})
 
@@ -312,15 +311,9 @@ FORCED_PLAN = SEED_PLAN.replace('overlay = "172.2.0.0/16"',
 def forced(request, netns_prefix, tmp_path_factory):
     """cluster.mtu = 1500 (the pods get 1500) and `vtep run --mtu 1500` (the override that
     turns the plan error into a warning) on every node."""
-    c = None
-    try:
-        c = Cluster.custom(prefix_for(netns_prefix, "f", request.param), request.param,
-                           tmp_path_factory.mktemp("forced"), plan_text=FORCED_PLAN,
-                           run_args={n: ["--mtu", "1500"] for n in m.NODES})
+    with custom(request, netns_prefix, tmp_path_factory, "forced", plan_text=FORCED_PLAN,
+                run_args={n: ["--mtu", "1500"] for n in m.NODES}) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
 
 
 class TestForcedOverlayMtu:
@@ -409,15 +402,9 @@ def narrow(request, netns_prefix, tmp_path_factory):
     as pods of a cluster deployed on a 1500 underlay do); the VTEPs start after it, so
     network-2's own overlay MTU is 1350 (its eth0 is 1400) while network-1's stays 1450:
     the narrow hop is in the middle of network-1's path, invisible to network-1."""
-    c = None
-    try:
-        c = Cluster.custom(prefix_for(netns_prefix, "n", request.param), request.param,
-                           tmp_path_factory.mktemp("narrow"), narrow=1400)
+    with custom(request, netns_prefix, tmp_path_factory, "narrow", narrow=1400) as c:
         c.icmp_dropped = False
         yield c
-    finally:
-        if c is not None:
-            c.stop()
 
 
 def configure(c: Cluster, *, n1: tuple = (), n2: tuple = (), drop_icmp: bool = False) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import host, plan as planlib, state
+from . import host, netns, plan as planlib, state
 
 
 def _load(args):
@@ -115,7 +115,8 @@ def status(args) -> int:
         if not isinstance(doc, dict) or "device" not in doc or "pid" not in doc:
             continue  # another state file (pods, lab)
         sf = StatusFile(args.state_dir, doc.get("node", ""), doc["device"])
-        doc["running"] = bool(sf.live_owner()) or _alive(doc["pid"])
+        doc["running"] = bool(sf.live_owner()) or (isinstance(doc["pid"], int)
+                                                     and netns.alive(doc["pid"]))
         docs.append(doc)
     if args.json:
         print(json.dumps(docs, indent=2))
@@ -138,13 +139,3 @@ def status(args) -> int:
             print(f"  error: {d['error']}")
     return 0
 
-
-def _alive(pid) -> bool:
-    import os
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True

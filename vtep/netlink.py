@@ -80,10 +80,6 @@ def _ntop(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
 
 
-def _family(ip: str) -> int:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
-
-
 def _attrs(buf, off: int, end: int):
     """Yield (type, start, stop) of each attribute in buf[off:end]."""
     while off + 4 <= end:

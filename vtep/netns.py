@@ -67,13 +67,14 @@ def sweep_stale(base: str) -> list[str]:
     gone = []
     for n in list_namespaces():
         pid = n[len(base):].split("-", 1)[0]
-        if n.startswith(base) and pid.isdigit() and not _alive(int(pid)):
+        if n.startswith(base) and pid.isdigit() and not alive(int(pid)):
             delete(n)
             gone.append(n)
     return gone
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True while a process with this pid exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

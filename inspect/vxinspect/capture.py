@@ -38,7 +38,6 @@ PCAP_MAGICS = {
     b"\x4d\x3c\xb2\xa1": ("<", True), b"\xa1\xb2\x3c\x4d": (">", True),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
-PCAPNG_BOM = 0x1A2B3C4D
 
 
 class CaptureError(Exception):

@@ -42,3 +42,4 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
 )}
 
 MAX_NESTING = 4
+FIRST_PACKETS = 10  # packet numbers kept per check (the JSON "packets" list)

@@ -22,7 +22,7 @@ from vtep import wire
 
 from .capture import (LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL,
                       LINKTYPE_LINUX_SLL2)
-from .checks import MAX_NESTING
+from .checks import FIRST_PACKETS, MAX_NESTING
 from .plancheck import U32, VNI_DMAC, plan_tables
 
 U16 = struct.Struct("!H").unpack_from
@@ -75,7 +75,7 @@ def make_decoder(opts, tally):
         if h[2] != no:
             h[2] = no
             h[0] += 1
-            if h[0] <= 10:
+            if h[0] <= FIRST_PACKETS:
                 h[1].append(no)
 
     # --plan (see plancheck): the plan's nodes, fdb, VNI and port, or nodes=None so

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from .checks import CHECKS, ERROR
 from .plancheck import node_names
 
-FIRST_PACKETS = 10
-
 
 class Tally:
     """Mutable state the decoder fills in (see decode.make_decoder)."""
