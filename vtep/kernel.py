@@ -332,6 +332,7 @@ class KernelVtep:
         self.ifindex: int | None = None
         self.underlay_index: int | None = None
         self.unbound = False
+        self.pending: state.NodeState | None = None
         self.want: state.NodeState | None = None
         self.replace_next = False
         self.changes: list[str] = []
@@ -551,7 +552,7 @@ class KernelVtep:
         """One pass: read the realised state, apply the difference, log each change.
         Returns the change lines (empty: nothing was out of place)."""
         self.changes = []
-        want = self.desired()
+        want = self.pending = self.desired()  # the whole state this pass realises
         idx, created = self.ensure_device(want.device, first, replace or self.replace_next)
         self.replace_next = False
         try:

@@ -105,12 +105,9 @@ class UserspaceVtep(kernel.KernelVtep):
     def diff(self, want, have):
         return kernel.diff(want, have, fdb=False)
 
-    def desired(self, plan=None, node=None):
-        # ensure_device gets only the device; the in-process fdb needs the peers too
-        self.pending = super().desired(plan, node)
-        return self.pending
-
     def ensure_device(self, want, first, replace):
+        # `want` is the device; the in-process fdb comes from self.pending, the whole state
+        # of the pass (set by KernelVtep.converge)
         if self.rx is not None and self.bound != (want.local, want.port):
             # a re-read plan moved the node's underlay IP or the port: rebind (the kernel
             # path recreates its device for the same reason)
