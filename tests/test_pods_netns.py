@@ -246,3 +246,27 @@ def test_del_by_name_alone_finds_the_pods_node(cluster):
     assert f"{ip} freed" in r.stdout
     assert cluster.allocations("network-2") == {}
     assert name not in cluster.namespaces()
+
+
+@pytest.mark.netns
+def test_del_twice_leaves_no_stray_lock_files(cluster):
+    """`vtep pod del NAME` twice: the second finds the pod recorded nowhere and exits 0
+    without inventing a node (it used to lock, and leave, `pods-unknown.lock`)."""
+    name = cluster.prefix + "twice"
+    cluster.add(name, "network-2")
+    state_dir = cluster.state_dir / "network-2"
+    bare = ["nsenter", f"--net={cluster.topo['network-2'].path}", sys.executable, "-m",
+            "vtep.cli", "pod", "del", name]
+    outs = [subprocess.run(bare + ["--state-dir", str(state_dir)], capture_output=True,
+                           text=True, timeout=60) for _ in range(2)]
+    assert [r.returncode for r in outs] == [0, 0], [r.stderr for r in outs]
+    assert "172.2.1.2 freed" in outs[0].stdout
+    assert outs[1].stderr.strip() == f"pod {name}: not attached; nothing to do"
+    # the node's own store and its lock, nothing else
+    assert sorted(os.listdir(state_dir)) == ["pods-network-2.json", "pods-network-2.lock"]
+    # a node named but never used under a state dir: del creates neither dir nor lock
+    unused = cluster.state_dir / "unused"
+    r = subprocess.run(bare + ["--node", "network-2", "--state-dir", str(unused)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "nothing to do" in r.stderr, r.stderr
+    assert not unused.exists()

@@ -65,12 +65,24 @@ class PodStore:
         self.node = node
         self.pods: dict[str, dict] = {}
 
+    @property
+    def lock_path(self) -> Path:
+        return self.dir / f"pods-{self.node}.lock"
+
     @contextmanager
-    def locked(self):
-        """Hold the node's allocation lock; load on entry. Callers save() what they change."""
+    def locked(self, create: bool = True):
+        """Hold the node's allocation lock; load on entry. Callers save() what they change.
+
+        create=False (del): a node that has neither a store nor a lock file has no pods
+        here, so nothing is locked or made (no directory, no lock file) and the store is
+        empty; a concurrent add makes the lock before its veth, so it is not missed."""
+        if not create and not (self.path.exists() or self.lock_path.exists()):
+            self.pods = {}
+            yield self
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            lock = open(self.dir / f"pods-{self.node}.lock", "w")
+            lock = open(self.lock_path, "a")  # "a": never truncates a file another holds
         except OSError as e:
             raise UsageError(f"state dir {self.dir}: {e.strerror}")
         with lock:
@@ -280,7 +292,7 @@ def _context(args):
     return plan, node
 
 
-def _node_of_pod(args) -> str:
+def _node_of_pod(args) -> str | None:
     """The node whose allocations hold the pod: from --config/--node when given,
     else the one state file under --state-dir that names it (`vtep pod del NAME`)."""
     if args.config:
@@ -296,8 +308,9 @@ def _node_of_pod(args) -> str:
     if len(owners) > 1:
         raise UsageError(f"pod {args.name} is recorded for nodes {', '.join(owners)} under "
                          f"{args.state_dir}; name the node with --config and --node")
-    # not recorded anywhere: deleting is a no-op (idempotent); any node's store will do
-    return owners[0] if owners else (args.node or "unknown")
+    # not recorded anywhere: deleting is a no-op (idempotent); without a node there is no
+    # store to look in (a made-up node name would leave a lock file of its own behind)
+    return owners[0] if owners else args.node
 
 
 def _overlay_mtu(plan, node) -> int:
@@ -362,8 +375,12 @@ def delete(args) -> dict | None:
     """Detach pod args.name; returns the record it had (None if unknown). Idempotent."""
     host.require_net_admin("vtep pod del")
     _check_name(args.name)
-    store = PodStore(args.state_dir, _node_of_pod(args))
-    with store.locked():
+    node = _node_of_pod(args)
+    if node is None:  # recorded for no node: only a leftover veth of a crashed add to undo
+        remove_veth(veth_name(args.name))
+        return None
+    store = PodStore(args.state_dir, node)
+    with store.locked(create=False):
         rec = store.pods.get(args.name)
         remove_veth(rec["veth"] if rec else veth_name(args.name))
         if rec and rec.get("created_netns"):
