@@ -339,12 +339,18 @@ def test_errors(netns_prefix, plan_file, tmp_path):
         one_line(vtep(n1, "run", "--kernel", "--once", "--config", str(bad)), 2,
                  "cluster.mtu", "1480", "1450")
         assert not has_vxlan0(n1)
-        # an incompatible device made by hand; --replace recreates it
+        # an incompatible device made by hand: --replace too leaves it alone (not vtep's)
         n1.cmd(["ip", "link", "add", "vxlan0", "type", "vxlan", "id", "42", "local",
                 "192.168.1.138", "dstport", "4789", "nolearning", "dev", "eth0"])
         one_line(vtep(n1, *run), 5, "vni: 10 vs 42", "--replace")
         one_line(vtep(n1, "down", "--config", str(plan_file)), 5, "vni: 10 vs 42",
                  "not removing")
+        one_line(vtep(n1, *run, "--replace"), 5, "made by: vtep vs someone else",
+                 "ip link del vxlan0")
+        assert js(n1, "ip", "-d", "-j", "link", "show", "vxlan0")[0]["linkinfo"][
+            "info_data"]["id"] == 42
+        # one vtep made (its alias says so), e.g. with an older plan: --replace recreates it
+        n1.cmd(["ip", "link", "set", "vxlan0", "alias", "vtep:kernel:network-1"])
         r = vtep(n1, *run, "--replace", check=0)
         assert "deleted vxlan0 to recreate it (vni: 10 vs 42" in r.stderr
         info = js(n1, "ip", "-d", "-j", "link", "show", "vxlan0")[0]["linkinfo"]["info_data"]

@@ -21,10 +21,12 @@ import re
 import select
 import signal
 import socket
+import sys
+import threading
 import time
 
 from . import netlink
-from .errors import HostMismatch, UsageError, VtepError
+from .errors import DeviceLost, UsageError, VtepError
 
 log = logging.getLogger("vtep")
 
@@ -119,21 +121,89 @@ class _Signals:
         self.w.close()
 
 
+class _PlanReader:
+    """Reads the plan file in a thread on SIGHUP, so that however long a huge plan
+    takes to parse and validate, the loop keeps forwarding meanwhile; the thread wakes
+    select() through a socketpair when the plan (or the reason it is bad) is ready.
+
+    While it runs, the interpreter switches threads every SWITCH s instead of every
+    5 ms: a data path thread that returns from a system call waits at most that long
+    for the GIL the parser holds, so traffic slows down during a reload but never stops.
+    """
+
+    SWITCH = 0.0002
+
+    def __init__(self, load):
+        self.load = load
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.thread: threading.Thread | None = None
+        self.result = None
+        self.again = False
+        self.interval = sys.getswitchinterval()
+
+    def fileno(self) -> int:
+        return self.r.fileno()
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None
+
+    def start(self) -> None:
+        if self.thread is not None:   # a SIGHUP while reading: read once more afterwards
+            self.again = True
+            return
+        self.interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self.interval, self.SWITCH))
+        self.thread = threading.Thread(target=self._work, name="plan-reader", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            self.result = (self.load(), None)
+        except Exception as e:   # handed to the loop: a VtepError is logged, a bug raised
+            self.result = (None, e)
+        finally:
+            self.w.send(b"!")
+
+    def take(self):
+        """(plan, None) or (None, exception) of the finished read; starts the next one
+        when a SIGHUP came in meanwhile (the file may have changed since)."""
+        try:
+            while self.r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+        self.thread.join()
+        self.thread = None
+        sys.setswitchinterval(self.interval)
+        result, self.result = self.result, None
+        if self.again:
+            self.again = False
+            self.start()
+        return result
+
+    def close(self) -> None:
+        if self.thread is not None:   # (a daemon thread: it never holds the exit up)
+            sys.setswitchinterval(self.interval)
+        self.r.close()
+        self.w.close()
+
+
 def serve(vt, args) -> int:
     """Converge, then keep converged until SIGTERM/SIGINT; SIGHUP re-reads the plan."""
     interval = float(args.interval)
     if not interval > 0:
         raise UsageError(f"--interval {args.interval}: must be a positive number of seconds")
+    # (a second agent on the device was refused before: run() holds the owner.Claim)
     status = StatusFile(getattr(args, "state_dir", None), vt.node.name, vt.device)
-    owner = status.live_owner()
-    if owner:
-        raise HostMismatch(f"vtep run (pid {owner}) already manages {vt.device} in this "
-                           f"network namespace (status file {status.path})")
     sigs = _Signals()          # before the first pass: a SIGTERM then still cleans up
     events = netlink.Events()  # before the first pass: no drift goes unseen
+    reader = _PlanReader(vt.read_plan)
     try:
-        return _loop(vt, args, interval, status, sigs, events)
+        return _loop(vt, args, interval, status, sigs, events, reader)
     finally:
+        reader.close()
         events.close()
         sigs.close()
 
@@ -141,7 +211,7 @@ def serve(vt, args) -> int:
 STATUS_EVERY = 1.0   # s: how often a data path with counters republishes them
 
 
-def _loop(vt, args, interval, status, sigs, events) -> int:
+def _loop(vt, args, interval, status, sigs, events, reader) -> int:
     """The control loop. A realiser with a data path of its own (the userspace VTEP)
     offers `io()`, {fd: handler} polled in the same select(), and `counters()`, which
     the status file republishes every STATUS_EVERY seconds."""
@@ -174,9 +244,9 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
     # TAP device or the data path, so they are rebuilt after each pass, not every wake-up
     # (under load a wake-up happens every few frames). Plain ints: select() then calls
     # no fileno() methods.
-    ev_fd, sig_fd = events.fileno(), sigs.r.fileno()
+    ev_fd, sig_fd, plan_fd = events.fileno(), sigs.r.fileno(), reader.fileno()
     io = vt.io() if counters else {}
-    fds = [ev_fd, sig_fd, *io]
+    fds = [ev_fd, sig_fd, plan_fd, *io]
     while True:
         now = time.monotonic()
         wake = next_resync if due is None else min(next_resync, due)
@@ -189,7 +259,18 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
         for fd in ready:
             handler = io.get(fd)
             if handler is not None:
-                handler()
+                try:
+                    handler()
+                except DeviceLost as e:
+                    # drift like any other: the next pass recreates the device; until
+                    # then its fds are not polled (a dead TAP fd is always readable)
+                    log.info(f"{vt.device}: {e}; recreating it")
+                    vt.device_lost()
+                    io = {}
+                    fds = [ev_fd, sig_fd, plan_fd]
+                    reasons.append("device lost")
+                    due = time.monotonic()
+                    break
         if counters and time.monotonic() >= next_status:
             next_status = time.monotonic() + STATUS_EVERY
             publish(False)
@@ -199,8 +280,7 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
             sig = sigs.pending.pop(0)
             if sig == signal.SIGHUP:
                 log.info(f"SIGHUP: re-reading {args.config}")
-                if vt.reload():
-                    due, reasons = time.monotonic(), reasons + ["plan re-read"]
+                reader.start()
                 continue
             name = signal.Signals(sig).name
             if args.keep:
@@ -211,6 +291,12 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
                 vt.teardown()
             status.remove()
             return 0
+        if plan_fd in ready and reader.busy:
+            plan, err = reader.take()
+            if err is not None and not isinstance(err, VtepError):
+                raise err   # a bug in reading plans: the CLI reports it
+            if vt.reload(plan, err):
+                due, reasons = time.monotonic(), reasons + ["plan re-read"]
         if ev_fd in ready:
             relevant, why = events.drain(vt.watched(), echo)
             if relevant:   # also cuts a failed pass's retry short: the cause may be gone
@@ -245,7 +331,7 @@ def _loop(vt, args, interval, status, sigs, events) -> int:
             due, reasons = None, []
         if counters:   # the pass may have recreated the TAP device or the data path
             io = vt.io()
-            fds = [ev_fd, sig_fd, *io]
+            fds = [ev_fd, sig_fd, plan_fd, *io]
         if full:
             next_resync = time.monotonic() + interval
         publish(full)

@@ -24,6 +24,7 @@ import struct
 import zlib
 
 from . import icmp, wire
+from .errors import DeviceLost
 
 # Source ports as the kernel picks them (udp_flow_src_port over the default
 # ip_local_port_range 32768-60999).
@@ -169,6 +170,10 @@ class Datapath:
                     n = readv(into)
                 except BlockingIOError:
                     break
+                except OSError as e:
+                    # EBADFD: the TAP was deleted under us (`ip link del`); the fd stays
+                    # readable forever, so stop here and let the agent recreate it
+                    raise DeviceLost(f"reading the TAP device: {e.strerror}") from None
                 done += 1
                 if n < 14:
                     drops["runt"] += 1

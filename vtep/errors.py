@@ -52,3 +52,11 @@ class LabError(VtepError):
     """A lab step failed; the message says which."""
 
     exit_code = 6
+
+
+class DeviceLost(VtepError):
+    """A data path's device stopped answering (its TAP was deleted under it). Raised by
+    the hot loop on its first failed read; the agent recreates the device in the next
+    pass, as it repairs any other drift."""
+
+    exit_code = 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import owner
 from .plan import Node, Plan
 
 DEFAULT_DEVICE = "vxlan0"
@@ -104,6 +105,7 @@ def iproute2(state: NodeState, df: str | None = None) -> list[str]:
     cmds = [
         f"ip link add {d.name} address {d.mac} mtu {d.mtu} type vxlan id {d.vni} "
         f"local {d.local} dstport {d.port} nolearning dev {d.underlay_dev}{df_opt}",
+        f"ip link set {d.name} alias {owner.alias(state.node, 'kernel')}",
         f"ip address add {d.address}/32 dev {d.name}",
         f"ip link set {d.name} up",
     ]

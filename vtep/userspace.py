@@ -31,7 +31,7 @@ import os
 import socket
 import struct
 
-from . import datapath, kernel
+from . import datapath, kernel, owner
 from .errors import HostMismatch, Incompatible, UsageError, VtepError
 from .netlink import NetlinkRefused
 
@@ -117,9 +117,14 @@ class UserspaceVtep(kernel.KernelVtep):
         msg = self._link(want.name)
         created = False
         if msg is not None and (self.tap is None or msg["index"] != self.ifindex):
-            kind = kernel._facts(msg)["kind"] or "none"
-            if self.tap is None and not replace:
+            # a device of that name that is not this process's TAP: one left by a kernel
+            # run (--replace takes it), or one made by someone else since ours was
+            # deleted, which is never ours to remove
+            have = kernel._facts(msg)
+            kind = have["kind"] or "none"
+            if not replace:
                 raise Incompatible(want.name, [f"kind: tap (this process's) vs {kind}"])
+            kernel.require_made_by_vtep(want.name, have)
             self._delete(msg["index"], want.name)
             self._note(f"deleted {want.name} ({kind}) to create the TAP device")
             msg = None
@@ -138,6 +143,7 @@ class UserspaceVtep(kernel.KernelVtep):
                 raise NetlinkRefused(f"{want.name} vanished right after its creation")
         have = kernel._facts(msg)
         idx = have["index"]
+        self._mark(want.name, idx, have.get("alias"))
         _, repairs = kernel.device_diffs(want, have, self.underlay_index, {}, None)
         repairs.pop("df", None)
         self._repair(want, idx, have, repairs)
@@ -192,6 +198,11 @@ class UserspaceVtep(kernel.KernelVtep):
             except Exception:
                 pass
             self.tap = None
+
+    def device_lost(self) -> None:
+        """The TAP fd failed (its device was deleted): close it, so that the next pass
+        opens a new TAP and restores its address, neighbours and routes."""
+        self._close_tap()
 
     def io(self) -> dict:
         if self.dp is None or self.tap is None or self.rx is None:
@@ -262,9 +273,10 @@ def run(args, plan) -> int:
         if getattr(args, flag, False):
             raise UsageError(f"--{flag} does not apply to --userspace: its TAP device lives "
                              "only as long as the process that reads it")
-    vt = UserspaceVtep(args, plan)
-    vt.mtu_override = getattr(args, "mtu_override", None)
-    try:
-        return daemon.serve(vt, args)
-    finally:
-        vt.close()
+    with owner.Claim(args.device):   # before anything is touched: one agent per device
+        vt = UserspaceVtep(args, plan)
+        vt.mtu_override = getattr(args, "mtu_override", None)
+        try:
+            return daemon.serve(vt, args)
+        finally:
+            vt.close()
