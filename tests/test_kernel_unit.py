@@ -2,11 +2,13 @@
 comparison, the MTU rule, the netlink codec, port and status-file helpers."""
 import os
 import socket
+import struct
 import subprocess
 import sys
 from argparse import Namespace
 
 import pytest
+from pyroute2.netlink.rtnl.rtmsg import rtmsg   # an independent decoder of what we encode
 
 from vtep import daemon, kernel, netlink, plan as planlib, state
 from vtep.errors import PermissionDenied, PlanError
@@ -21,6 +23,12 @@ PLAN = {
     ],
 }
 PERM = netlink.NUD_PERMANENT
+# literal kernel values (<linux/netlink.h>, <linux/rtnetlink.h>), not the code's constants
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+PROTO_BOOT, PROTO_STATIC, PROTO_VTEP = 3, 4, 118   # 118: the number the README documents
+SCOPE_UNIVERSE, SCOPE_LINK = 0, 253
+RTN_UNICAST, RT_TABLE_MAIN, RTNH_F_ONLINK = 1, 254, 4
 
 
 @pytest.fixture
@@ -38,7 +46,7 @@ def realised_from(want):
     return Realised(
         {p.neighbour.ip: NeighEntry(p.neighbour.ip, p.neighbour.mac, PERM) for p in want.peers},
         tuple(FdbEntry(p.fdb.mac, p.fdb.dst, PERM | 0x40) for p in want.peers),
-        {(p.route.dst, 0, 0): RouteEntry(p.route.dst, p.route.via, True, 0, 0, 3, 0, 1)
+        {(p.route.dst, 0, 0): RouteEntry(p.route.dst, p.route.via, True, 0, 0, PROTO_VTEP, 0, 1)
          for p in want.peers})
 
 
@@ -78,7 +86,8 @@ def test_changed_entries_are_replaced(want):
     b = want.peers[0]
     have = realised_from(want)
     have.neighbours[b.neighbour.ip] = NeighEntry(b.neighbour.ip, "02:00:00:00:00:01", PERM)
-    have.routes[(b.route.dst, 0, 0)] = RouteEntry(b.route.dst, "10.244.1.9", True, 0, 0, 3, 0, 1)
+    old = RouteEntry(b.route.dst, "10.244.1.9", True, 0, 0, PROTO_VTEP, 0, 1)
+    have.routes[(b.route.dst, 0, 0)] = old
     fdb = list(have.fdb)
     fdb[0] = FdbEntry(b.fdb.mac, "192.168.9.9", PERM)
     changes = kernel.diff(want, Realised(have.neighbours, tuple(fdb), have.routes))
@@ -92,6 +101,9 @@ def test_changed_entries_are_replaced(want):
     # the stale remote is deleted (naming it exactly), then the planned one set
     assert changes[1].ops == (Op("fdb", "del", b.fdb.mac, "192.168.9.9", fdb=fdb[0]),
                               Op("fdb", "set", b.fdb.mac, "192.168.2.142"))
+    # our route: the exact delete, then a create (never a replace: see below)
+    assert changes[2].ops == (Op("route", "del", b.route.dst, "10.244.1.9", route=old),
+                              Op("route", "set", b.route.dst, b.route.via))
 
 
 def test_non_permanent_or_overridden_entries_are_made_as_planned(want):
@@ -114,11 +126,142 @@ def test_what_is_not_ours_to_remove(want):
     have.neighbours["10.9.0.7"] = NeighEntry("10.9.0.7", None, 0x20)
     assert kernel.diff(want, have) == []
     # ...but a second route to a peer subnet with a metric is not in the plan
-    have.routes[("10.244.1.0/24", 0, 100)] = RouteEntry("10.244.1.0/24", "10.244.1.0", True, 100,
-                                                        0, 3, 0, 1)
+    extra = RouteEntry("10.244.1.0/24", "10.244.1.0", True, 100, 0, PROTO_BOOT, 0, 1)
+    have.routes[("10.244.1.0/24", 0, 100)] = extra
     (c,) = kernel.diff(want, have)
-    assert c.ops == (Op("route", "del", "10.244.1.0/24", "10.244.1.0", 100, 0),)
-    assert "metric 100" in c.text
+    assert c.ops == (Op("route", "del", "10.244.1.0/24", "10.244.1.0", route=extra),)
+    assert c.text == ("removed route 10.244.1.0/24 via 10.244.1.0 proto boot metric 100 "
+                      "from vxlan0 (not in the plan)")
+
+
+# --- routes: ours are tagged, created exclusively, and deleted as the dump gave them ---------
+
+def test_a_foreign_scope_link_route_on_our_device_is_deleted_as_it_is(want):
+    """Defect 3: `ip route add 172.2.1.0/25 dev vxlan0` is scope link; a delete sent
+    with scope universe is answered ESRCH forever."""
+    have = realised_from(want)
+    hand = RouteEntry("10.244.9.0/25", None, False, 0, 0, PROTO_BOOT, SCOPE_LINK, RTN_UNICAST)
+    have.routes[("10.244.9.0/25", 0, 0)] = hand
+    (c,) = kernel.diff(want, have)
+    (op,) = c.ops
+    m = rtmsg(netlink.encode(op, 7, 50))
+    m.decode()
+    assert m["header"]["type"] == RTM_DELROUTE
+    assert not m["header"]["flags"] & (NLM_F_CREATE | NLM_F_REPLACE | NLM_F_EXCL)
+    assert (m["scope"], m["proto"], m["type"], m["tos"], m["table"], m["dst_len"]) == (
+        SCOPE_LINK, PROTO_BOOT, RTN_UNICAST, 0, RT_TABLE_MAIN, 25)
+    assert dict(m["attrs"]) == {"RTA_DST": "10.244.9.0", "RTA_TABLE": RT_TABLE_MAIN,
+                                "RTA_OIF": 7}
+    assert op == Op("route", "del", "10.244.9.0/25", None, route=hand)
+    # iproute2 prints this route as "10.244.9.0/25 dev vxlan0 proto boot scope link"
+    assert c.text == "removed route 10.244.9.0/25 proto boot scope link from vxlan0 (not in the plan)"
+
+
+def test_a_delete_repeats_gateway_metric_tos_and_protocol():
+    r = RouteEntry("10.244.9.128/25", "10.244.1.0", True, 7, 0x10, PROTO_STATIC, SCOPE_UNIVERSE,
+                   RTN_UNICAST)
+    m = rtmsg(netlink.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 51))
+    m.decode()
+    assert (m["scope"], m["proto"], m["type"], m["tos"]) == (SCOPE_UNIVERSE, PROTO_STATIC,
+                                                             RTN_UNICAST, 0x10)
+    assert dict(m["attrs"]) == {"RTA_DST": "10.244.9.128", "RTA_TABLE": RT_TABLE_MAIN,
+                                "RTA_OIF": 7, "RTA_GATEWAY": "10.244.1.0", "RTA_PRIORITY": 7}
+
+
+def test_a_route_through_a_nexthop_object_is_deleted_by_its_id():
+    """fib_nh_match: a route using a nexthop object matches only its id; the kernel
+    refuses an oif or a gateway next to RTA_NH_ID. Bytes checked by hand (pyroute2 0.9
+    does not know RTA_NH_ID, type 30)."""
+    r = RouteEntry("10.244.9.0/24", "10.244.1.0", True, 0, 0, PROTO_BOOT, SCOPE_UNIVERSE,
+                   RTN_UNICAST, nh_id=77)
+    data = netlink.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 52)
+    assert struct.unpack_from("=IHH", data) == (len(data), RTM_DELROUTE, 0x1 | 0x4)
+    # rtmsg: family dst_len src_len tos table protocol scope type, flags
+    assert struct.unpack_from("=8BI", data, 16) == (socket.AF_INET, 24, 0, 0, RT_TABLE_MAIN,
+                                                    PROTO_BOOT, SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    attrs, off = [], 28
+    while off < len(data):
+        ln, typ = struct.unpack_from("=HH", data, off)
+        attrs.append((typ, data[off + 4:off + ln]))
+        off += (ln + 3) & ~3
+    assert attrs == [(1, bytes([10, 244, 9, 0])), (15, struct.pack("=I", 254)),
+                     (30, struct.pack("=I", 77))]
+
+
+def test_a_route_we_create_is_tagged_and_exclusive():
+    """Defect 2: every route was RTM_NEWROUTE with CREATE|REPLACE, which overwrites a
+    route with the same key on any device (the underlay's connected route)."""
+    m = rtmsg(netlink.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 53))
+    m.decode()
+    flags = m["header"]["flags"]
+    assert m["header"]["type"] == RTM_NEWROUTE
+    assert flags & NLM_F_EXCL and flags & NLM_F_CREATE and not flags & NLM_F_REPLACE
+    assert (m["proto"], m["scope"], m["type"], m["table"], m["flags"], m["dst_len"]) == (
+        PROTO_VTEP, SCOPE_UNIVERSE, RTN_UNICAST, RT_TABLE_MAIN, RTNH_F_ONLINK, 24)
+    assert dict(m["attrs"]) == {"RTA_DST": "10.244.1.0", "RTA_OIF": 7,
+                                "RTA_GATEWAY": "10.244.1.0"}
+
+
+def test_no_route_message_ever_replaces(want):
+    """Also a change of our own route: IPv4's NLM_F_REPLACE takes the first route with the
+    key whatever its device, so a change is our route's exact delete and a create."""
+    b = want.peers[0]
+    have = realised_from(want)
+    have.routes[(b.route.dst, 0, 0)] = RouteEntry(b.route.dst, "10.244.1.9", True, 0, 0,
+                                                  PROTO_VTEP, 0, 1)
+    have.routes[("10.244.7.0/24", 0, 0)] = RouteEntry("10.244.7.0/24", None, False, 0, 0,
+                                                      PROTO_STATIC, SCOPE_LINK, 1)
+    ops = [op for c in kernel.diff(want, have) for op in c.ops]
+    ops += [op for c in kernel.diff(want, EMPTY) for op in c.ops]
+    routes = [netlink.encode(op, 7, i) for i, op in enumerate(ops) if op.kind == "route"]
+    assert len(routes) == 5   # stale delete; change: delete + create; two creates
+    for data in routes:
+        m = rtmsg(data)
+        m.decode()
+        assert not m["header"]["flags"] & NLM_F_REPLACE, m
+        if m["header"]["type"] == RTM_NEWROUTE:
+            assert m["header"]["flags"] & NLM_F_EXCL and m["proto"] == PROTO_VTEP
+
+
+def test_a_planned_route_made_by_someone_else_is_re_tagged(want):
+    """`ip route replace <peer subnet> via <peer vtep> dev vxlan0 onlink` (proto boot): on
+    our device, with the plan's gateway, but not tagged: made ours again."""
+    b = want.peers[0]
+    have = realised_from(want)
+    hand = RouteEntry(b.route.dst, b.route.via, True, 0, 0, PROTO_BOOT, 0, 1)
+    have.routes[(b.route.dst, 0, 0)] = hand
+    (c,) = kernel.diff(want, have)
+    assert c.text == ("changed route 10.244.1.0/24 via 10.244.1.0 onlink on vxlan0 "
+                      "(was via 10.244.1.0 onlink proto boot) (peer b)")
+    assert c.ops == (Op("route", "del", b.route.dst, b.route.via, route=hand),
+                     Op("route", "set", b.route.dst, b.route.via))
+
+
+def test_only_a_tagged_route_is_an_echo_of_ours(want):
+    vt = kernel.KernelVtep.__new__(kernel.KernelVtep)   # echo() reads only .want
+    vt.want = want
+    planned = vt.echo()
+    b = want.peers[0]
+    assert planned(RouteEntry(b.route.dst, b.route.via, True, 0, 0, PROTO_VTEP, 0, 1))
+    assert not planned(RouteEntry(b.route.dst, b.route.via, True, 0, 0, PROTO_BOOT, 0, 1))
+
+
+def test_a_route_is_named_as_iproute2_prints_it():
+    # `ip route show` of a connected route, of a static one and of a blackhole
+    kernel_route = RouteEntry("192.0.2.0/24", None, False, 0, 0, 2, SCOPE_LINK, RTN_UNICAST,
+                              prefsrc="192.0.2.1")
+    assert kernel_route.text("eth0") == "192.0.2.0/24 dev eth0 proto kernel scope link src 192.0.2.1"
+    static = RouteEntry("192.0.2.0/24", "192.168.1.213", False, 20, 0, PROTO_STATIC, 0, 1)
+    assert static.text("eth0") == "192.0.2.0/24 via 192.168.1.213 dev eth0 proto static metric 20"
+    assert RouteEntry("192.0.2.0/24", None, False, 0, 0, PROTO_BOOT, 0, 6).text() == \
+        "blackhole 192.0.2.0/24 proto boot"
+    assert RouteEntry("192.0.2.0/24", None, False, 0, 0, PROTO_VTEP, 0, 1).text("vxlan0") == \
+        "192.0.2.0/24 dev vxlan0 proto 118"
+
+
+def test_a_route_conflict_is_exit_4_one_line_per_route():
+    e = kernel.RouteConflict(["route a in the way", "route b in the way"])
+    assert e.exit_code == 4 and e.problems == ["route a in the way", "route b in the way"]
 
 
 # --- the device -------------------------------------------------------------------------------
@@ -198,7 +341,7 @@ def test_encode_decode_round_trip():
     oif, table, r = netlink.decode_route(data, a, end)
     assert (oif, table) == (7, netlink.RT_TABLE_MAIN)
     assert (r.dst, r.gateway, r.onlink, r.proto, r.type) == (
-        "10.244.1.0/24", "10.244.1.0", True, netlink.RTPROT_BOOT, netlink.RTN_UNICAST)
+        "10.244.1.0/24", "10.244.1.0", True, PROTO_VTEP, RTN_UNICAST)
 
 
 def test_notifications_name_the_drift_and_skip_echoes():

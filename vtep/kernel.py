@@ -9,7 +9,11 @@ Ownership: the device named in the plan (default vxlan0) is ours. Every
 permanent neighbour entry, fdb remote and main-table route on it that the
 plan does not name is stale and removed, so a peer that leaves the plan loses
 all three entries. Deleting the device deletes its entries with it, which is
-how SIGTERM and `vtep down` clean up.
+how SIGTERM and `vtep down` clean up. A route on any other device is never
+ours: our routes carry protocol RTPROT_VTEP (118) and are only ever created
+(NLM_F_EXCL), so a route with the same destination elsewhere (the underlay's
+connected route, another daemon's) stays, and is reported as a conflict that
+names it (RouteConflict; exit 4 for `--once`).
 
 Forwarding (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding) is turned on,
 as the CNI bridge plugin does, and left on at exit: by then pods, other
@@ -36,7 +40,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import host, netlink, state
 from . import plan as planlib
 from .errors import HostMismatch, Incompatible, PermissionDenied, PlanError, VtepError
-from .netlink import NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, Op
+from .netlink import NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, RTPROT_VTEP, Op
 
 log = logging.getLogger("vtep")
 
@@ -47,6 +51,16 @@ DF_NAMES = {v: k for k, v in DF.items()}
 # its pods' bridge and the overlay device.
 FORWARDING = (("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
               ("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"))
+
+
+class RouteConflict(HostMismatch):
+    """Routes of the plan that a route we did not make is in the way of; everything else
+    was applied. One line per route (exit 4: the host does not match the plan, and no
+    flag of ours changes that: the operator removes the other route or changes the plan)."""
+
+    def __init__(self, lines: list[str]):
+        self.problems = list(lines)
+        super().__init__("; ".join(self.problems))
 
 
 class NotOurs(Incompatible):
@@ -138,10 +152,11 @@ def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> lis
     for key, r in have.routes.items():
         if r.proto == RTPROT_KERNEL or key in want_routes:
             continue   # kernel routes belong to addresses; ours are checked per peer
-        via = f" via {r.gateway}" if r.gateway else ""
-        metric = f" metric {r.priority}" if r.priority else ""
-        removals.append(Change(f"removed route {r.dst}{via}{metric} from {dev} (not in the plan)",
-                               (Op("route", "del", r.dst, r.gateway, r.priority, r.tos),)))
+        # the delete repeats the route as the dump gave it (scope, proto, type, ...): the
+        # kernel matches on those, and a route added by hand (`ip route add X dev vxlan0`,
+        # scope link) is otherwise never found (defect: an ESRCH retried forever)
+        removals.append(Change(f"removed route {_route_text(r)} from {dev} (not in the plan)",
+                               (Op("route", "del", r.dst, r.gateway, route=r),)))
     remotes: dict[str, list] = {}
     for e in have.fdb if fdb else ():
         remotes.setdefault(e.mac, []).append(e)
@@ -199,15 +214,35 @@ def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> lis
             per_peer.append(Change(f"added route {rt.dst} via {rt.via} onlink on {dev}{tag}",
                                    (add_route,)))
         elif (r.gateway != rt.via or not r.onlink or r.type != RTN_UNICAST
-              or r.scope != netlink.RT_SCOPE_UNIVERSE):
+              or r.scope != netlink.RT_SCOPE_UNIVERSE or r.proto != RTPROT_VTEP or r.nh_id):
+            # on our device, so ours to change; a route with the plan's gateway but another
+            # protocol (`ip route replace` by hand) is re-tagged, so that the tag lists
+            # exactly the routes vtep stands behind. Not NLM_F_REPLACE: IPv4 replaces the
+            # first route with the key whatever its device (fib_table_insert), which could
+            # be another's prepended before ours; so the exact delete, then a create, back
+            # to back in one batch.
             was = f"via {r.gateway}" if r.gateway else "no gateway"
+            if r.nh_id:
+                was = f"nhid {r.nh_id}"
+            if r.onlink:
+                was += " onlink"
+            if r.proto != RTPROT_VTEP:
+                was += f" proto {netlink.PROTO_NAMES.get(r.proto, r.proto)}"
+            if r.scope != netlink.RT_SCOPE_UNIVERSE:
+                was += f" scope {netlink.SCOPE_NAMES.get(r.scope, r.scope)}"
             per_peer.append(Change(f"changed route {rt.dst} via {rt.via} onlink on {dev} "
-                                   f"(was {was}{' onlink' if r.onlink else ''}){tag}",
-                                   (add_route,)))
+                                   f"(was {was}){tag}",
+                                   (Op("route", "del", r.dst, r.gateway, route=r), add_route)))
     # stale routes go before the neighbours and fdb entries they used
     order = {"route": 0, "fdb": 1, "neigh": 2}
     removals.sort(key=lambda c: order[c.ops[0].kind])
     return removals + per_peer
+
+
+def _route_text(r: netlink.RouteEntry) -> str:
+    """A route on our device, as `ip route` shows it without `dev` and `onlink`; its
+    protocol named only when it is not ours."""
+    return dataclasses.replace(r, onlink=False).text(hide_proto=RTPROT_VTEP)
 
 
 def describe(op: Op) -> str:
@@ -216,8 +251,9 @@ def describe(op: Op) -> str:
                 else f"delete neigh {op.key}")
     if op.kind == "fdb":
         return f"{'add' if op.action == 'set' else 'delete'} fdb {op.key} dst {op.value}"
-    return (f"add route {op.key} via {op.value} onlink" if op.action == "set"
-            else f"delete route {op.key}")
+    if op.action == "set":
+        return f"add route {op.key} via {op.value} onlink proto {RTPROT_VTEP}"
+    return f"delete route {_route_text(op.route) if op.route else op.key}"
 
 
 def check_mtu(plan, node, dev: str, underlay_mtu: int, forced: bool = False) -> None:
@@ -336,6 +372,11 @@ class KernelVtep:
         self.want: state.NodeState | None = None
         self.replace_next = False
         self.changes: list[str] = []
+        # routes of the plan that a route we did not make is in the way of (last pass),
+        # and those already said: each distinct conflict is logged once, not every pass
+        self.conflicts: list[str] = []
+        self._reported: set[str] = set()
+        self.report_conflicts = True   # `--once` reports them as its error instead
         # `vtep run --mtu N|auto`: an overlay MTU that outranks the plan's, kept across SIGHUP
         self.mtu_override: int | None = None
 
@@ -362,7 +403,8 @@ class KernelVtep:
                 return bool(e.state & NUD_PERMANENT) and (e.ip, e.mac) in neigh
             if isinstance(e, netlink.FdbEntry):
                 return bool(e.state & NUD_PERMANENT) and not e.overridden and (e.mac, e.dst) in fdb
-            return e.onlink and e.priority == 0 and (e.dst, e.gateway) in routes
+            return (e.proto == RTPROT_VTEP and e.onlink and e.priority == 0
+                    and (e.dst, e.gateway) in routes)
         return planned
 
     # pyroute2 calls: every kernel refusal becomes a one-line VtepError naming the action
@@ -558,10 +600,20 @@ class KernelVtep:
         try:
             changes = self.diff(want, self.rtnl.read(idx))
             failed = self.rtnl.apply([op for c in changes for op in c.ops], idx)
+            conflicts, failed = self._route_conflicts(failed, idx, want)
         except VtepError:
             self._undo(created and first, idx, want.device.name)
             raise
-        bad = {id(op) for op, _code, _text in failed}
+        # a route in the way is not a failed pass: everything else is applied, the pass
+        # succeeds, the route is tried again every pass (it may have gone) and the
+        # conflict is said once
+        self.conflicts = list(conflicts.values())
+        if self.report_conflicts:
+            for line in self.conflicts:
+                if line not in self._reported:
+                    log.error(line)
+        self._reported = set(self.conflicts)
+        bad = {id(op) for op, _code, _text in failed} | set(conflicts)
         for c in changes:
             if not any(id(op) in bad for op in c.ops):
                 self._note(c.text)
@@ -580,6 +632,30 @@ class KernelVtep:
 
     def diff(self, want: state.NodeState, have: netlink.Realised) -> list[Change]:
         return diff(want, have)
+
+    def _route_conflicts(self, failed: list, idx: int, want: state.NodeState):
+        """Split the route creations the kernel refused with EEXIST because a route on
+        another device (or a multipath one) has their key from the other failures.
+        Returns ({id(op): line naming the route in the way}, the other failures)."""
+        exists = {id(f[0]): f for f in failed if f[0].kind == "route" and f[0].action == "set"
+                  and f[1] == errno.EEXIST}
+        if not exists:
+            return {}, failed
+        table = self.rtnl.main_routes((f[0].key, 0, 0) for f in exists.values())
+        peers = {p.route.dst: p.name for p in want.peers}
+        names, lines = None, {}
+        for key, (op, _code, _text) in exists.items():
+            others = [(oif, r) for oif, r in table.get((op.key, 0, 0), ()) if oif != idx]
+            if not others:
+                continue   # only ours now (a race with the dump): a failure, retried
+            if names is None:
+                names = self._names()
+            what = " and ".join(r.text(names.get(oif, f"if{oif}") if oif else None)
+                                for oif, r in others)
+            lines[key] = (f"route {op.key} of peer {peers.get(op.key, '?')} not added: {what} "
+                          "is in the way (not made by vtep): not replacing it")
+        return lines, [f for f in failed if id(f[0]) not in lines]
+
 
     def _undo(self, really: bool, idx: int, name: str) -> None:
         """A first pass that fails leaves nothing half-configured behind."""
@@ -645,7 +721,10 @@ def run(args, plan) -> int:
     vt.mtu_override = getattr(args, "mtu_override", None)
     try:
         if args.once:
+            vt.report_conflicts = False   # said once, as this run's error
             lines = vt.converge(first=True, replace=args.replace)
+            if vt.conflicts:   # the rest is applied; exit 4, one line per route
+                raise RouteConflict(vt.conflicts)
             _summary(vt, lines)
             return 0
         return daemon.serve(vt, args)

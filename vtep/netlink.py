@@ -9,9 +9,19 @@ below the 100 ms budget, so this module:
   RTA_TABLE filters, kernel >= 4.20);
 - decodes only the few attributes it compares, straight from the bytes
   (pyroute2's generic decoder costs ~40 us a message, 120 ms for one pass);
-- writes changes as pyroute2-encoded messages (ndmsg, rtmsg) batched many to
-  one sendmsg, then reads the acknowledgements and maps every error back to
-  the entry it concerns (pyroute2's nlm_request_batch drops that mapping).
+- writes changes batched many to one sendmsg (neighbour and fdb messages
+  encoded by pyroute2's ndmsg; routes packed here, as they carry attributes
+  pyroute2 0.9 cannot encode, RTA_NH_ID), then reads the acknowledgements and
+  maps every error back to the entry it concerns (pyroute2's nlm_request_batch
+  drops that mapping).
+
+Route ownership: every route we write carries our own protocol number,
+RTPROT_VTEP, as routing daemons tag theirs (bird 12, zebra 11, ...), and is
+created with NLM_F_EXCL, never NLM_F_REPLACE: IPv4's replace overwrites the
+first route of the table with the same (destination, tos, metric) whatever its
+device (fib_table_insert), so it would silently take over a connected route or
+another daemon's route. The kernel answers EEXIST instead, and the caller
+reports the route in the way (main_routes() names it).
 
 The event listener shares the decoder: a raw rtnetlink socket subscribed to
 the link, neighbour (which carries bridge fdb notifications too), IPv4
@@ -25,8 +35,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE,
-                              NLM_F_REQUEST)
+from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+                              NLM_F_REPLACE, NLM_F_REQUEST)
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
@@ -49,15 +59,31 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
 NDA_DST, NDA_LLADDR, NDA_PORT, NDA_VNI, NDA_IFINDEX, NDA_SRC_VNI = 1, 2, 6, 7, 8, 11
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC = 1, 4, 5, 6, 7
+RTA_MULTIPATH, RTA_TABLE, RTA_NH_ID = 9, 15, 30
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL, RTPROT_BOOT = 2, 3   # RTPROT_BOOT: what `ip route add` uses by default
+# Our routes' protocol number. The kernel stores values above RTPROT_STATIC (4) without
+# interpreting them, for routing daemons to tell their routes apart. 118 (0x76, "v") is in
+# neither <linux/rtnetlink.h>'s RTPROT_* list (0-4, 8-18, 42, 99, 186-189, 192) nor
+# iproute2's /etc/iproute2/rt_protos, nor among the numbers other overlays use (Calico 80,
+# FRR's rt_protos.d 186-198); `ip route show proto 118` lists exactly vtep's routes.
+RTPROT_VTEP = 118
 RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
+# names as iproute2 prints them (its rt_protos, rt_scopes and route types)
+PROTO_NAMES = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
+               9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp",
+               15: "ntk", 16: "dhcp", 17: "mrouted", 18: "keepalived", 42: "babel",
+               99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
+SCOPE_NAMES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+TYPE_NAMES = {0: "unspec", 1: "unicast", 2: "local", 3: "broadcast", 4: "anycast",
+              5: "multicast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw",
+              10: "nat", 11: "xresolve"}
 AF_BRIDGE = 7
 
 _HDR = struct.Struct("=IHHII")      # nlmsghdr
@@ -65,6 +91,8 @@ _NLA = struct.Struct("=HH")         # nlattr
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table proto scope type flags
 _U32 = struct.Struct("=I")
+_RTA_U32 = struct.Struct("=HHI")     # an nlattr holding a u32
+_RTA_IP4 = struct.Struct("=HH4s")    # an nlattr holding an IPv4 address
 _BE16 = struct.Struct("!H")
 BATCH = 200          # messages per sendmsg: their acks must fit the receive buffer
 RCVBUF = 8 << 20
@@ -118,6 +146,9 @@ class FdbEntry:
 
 @dataclass(frozen=True)
 class RouteEntry:
+    """A realised IPv4 route: what we compare, and everything RTM_DELROUTE matches on
+    (fib_table_delete: tos, priority, type, scope, protocol, then oif/gateway or the
+    nexthop id), so that a delete names exactly the route the dump returned."""
     dst: str            # CIDR
     gateway: str | None
     onlink: bool
@@ -126,25 +157,59 @@ class RouteEntry:
     proto: int
     scope: int
     type: int
+    table: int = RT_TABLE_MAIN
+    nh_id: int | None = None      # a route through a nexthop object (`ip route add .. nhid N`)
+    prefsrc: str | None = None    # only to name a route (a connected route's `src`)
+    multipath: bool = False       # RTA_MULTIPATH: no single oif
+
+    def text(self, dev: str | None = None, hide_proto: int | None = None) -> str:
+        """The route as `ip route show` prints it (its protocol named unless it is
+        `hide_proto`, even boot, which iproute2 leaves out)."""
+        parts = [] if self.type == RTN_UNICAST else [TYPE_NAMES.get(self.type, str(self.type))]
+        parts.append(self.dst)
+        if self.nh_id:
+            parts.append(f"nhid {self.nh_id}")
+        if self.gateway:
+            parts.append(f"via {self.gateway}")
+        if dev:
+            parts.append(f"dev {dev}")
+        if self.multipath:
+            parts.append("multipath")
+        if self.proto != hide_proto:
+            parts.append(f"proto {PROTO_NAMES.get(self.proto, self.proto)}")
+        if self.scope != RT_SCOPE_UNIVERSE:
+            parts.append(f"scope {SCOPE_NAMES.get(self.scope, self.scope)}")
+        if self.prefsrc:
+            parts.append(f"src {self.prefsrc}")
+        if self.priority:
+            parts.append(f"metric {self.priority}")
+        if self.tos:
+            parts.append(f"tos 0x{self.tos:02x}")
+        if self.onlink:
+            parts.append("onlink")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
 class Realised:
     neighbours: dict          # ip -> NeighEntry (IPv4 only: the overlay is IPv4)
     fdb: tuple                # FdbEntry, remotes only (entries with NDA_DST)
-    routes: dict              # (dst, tos, priority) -> RouteEntry, main table
+    routes: dict              # (dst, tos, priority) -> RouteEntry, main table; a second
+                              # route with the same key (`ip route append`) under
+                              # (dst, tos, priority, n): never in the plan
 
 
 @dataclass(frozen=True)
 class Op:
-    """One netlink change. kind: neigh|fdb|route; action: set (create or replace) | del."""
+    """One netlink change. kind: neigh|fdb|route; action: set | del. A neighbour or fdb
+    set creates or replaces (those tables are per device: only ours is touched); a route
+    set only creates (NLM_F_EXCL: see the module docstring)."""
     kind: str
     action: str
     key: str                  # neigh: ip; fdb: mac; route: dst CIDR
     value: str | None = None  # neigh: mac; fdb: underlay dst; route: gateway
-    priority: int = 0         # route del
-    tos: int = 0              # route del
     fdb: FdbEntry | None = None  # fdb del: the realised remote, overrides included
+    route: RouteEntry | None = None  # route del: the realised route, as the dump gave it
 
 
 def decode_neigh(buf, off, end, ifindex=None):
@@ -198,7 +263,7 @@ def decode_route(buf, off, end):
     family, dlen, _, tos, table, proto, scope, typ_, flags = _RTMSG.unpack_from(buf, off)
     if family != socket.AF_INET:
         return None, None, None
-    dst, gw, oif, prio = "0.0.0.0", None, None, 0
+    dst, gw, oif, prio, nh, src, mp = "0.0.0.0", None, None, 0, None, None, False
     for typ, a, b in _attrs(buf, off + _RTMSG.size, end):
         if typ == RTA_DST:
             dst = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
@@ -210,8 +275,14 @@ def decode_route(buf, off, end):
             prio = _U32.unpack_from(buf, a)[0]
         elif typ == RTA_TABLE:
             table = _U32.unpack_from(buf, a)[0]
+        elif typ == RTA_PREFSRC:
+            src = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
+        elif typ == RTA_NH_ID:
+            nh = _U32.unpack_from(buf, a)[0]
+        elif typ == RTA_MULTIPATH:
+            mp = True
     return oif, table, RouteEntry(f"{dst}/{dlen}", gw, bool(flags & RTNH_F_ONLINK), prio, tos,
-                                  proto, scope, typ_)
+                                  proto, scope, typ_, table, nh, src, mp)
 
 
 def _messages(buf, n):
@@ -332,17 +403,47 @@ class Rtnl:
                 out.append(e)
         return tuple(out)
 
-    def routes(self, ifindex: int) -> dict:
+    def _routes(self, ifindex: int | None):
+        """(oif, RouteEntry) of the IPv4 main table, in the kernel's order (of routes
+        with one key, the first is the one used), only those via `ifindex` if given.
+        A multipath route has no single oif (None): it is never ours to change. IPv4
+        only: the overlay is IPv4, so we write no IPv6 route, and an IPv6 route someone
+        puts on the device is neither read nor removed (nor can it be in our way)."""
         m = rtmsg()
         m["family"] = socket.AF_INET
         m["table"] = RT_TABLE_MAIN
-        m["attrs"] = [("RTA_OIF", ifindex), ("RTA_TABLE", RT_TABLE_MAIN)]
+        m["attrs"] = ([("RTA_OIF", ifindex)] if ifindex else []) + [("RTA_TABLE", RT_TABLE_MAIN)]
         m["header"]["type"] = RTM_GETROUTE
-        out = {}
         for _typ, buf, a, end in self._dump(m, "routes"):
             oif, table, r = decode_route(buf, a, end)
-            if r is not None and oif == ifindex and table == RT_TABLE_MAIN:
-                out[(r.dst, r.tos, r.priority)] = r
+            if r is not None and table == RT_TABLE_MAIN and (ifindex is None or oif == ifindex):
+                yield oif, r
+
+    def routes(self, ifindex: int) -> dict:
+        out = {}
+        for _oif, r in self._routes(ifindex):
+            key = (r.dst, r.tos, r.priority)
+            if key in out:   # appended behind the first: a key of its own, never planned
+                n = 1
+                while key + (n,) in out:
+                    n += 1
+                key += (n,)
+            out[key] = r
+        return out
+
+    def main_routes(self, keys) -> dict:
+        """{(dst, tos, priority): [(oif, RouteEntry), ...]} of the main table for `keys`,
+        every device (to name a route in the way; the kernel cannot filter a dump by
+        destination, so this reads the whole table: called only after an EEXIST)."""
+        keys = set(keys)
+        out: dict = {}
+        try:
+            for oif, r in self._routes(None):
+                key = (r.dst, r.tos, r.priority)
+                if key in keys:
+                    out.setdefault(key, []).append((oif, r))
+        except OSError as e:
+            raise NetlinkRefused(f"reading the main routing table: {e.strerror or e}")
         return out
 
     def read(self, ifindex: int) -> Realised:
@@ -391,9 +492,12 @@ class Rtnl:
 
 
 def encode(op: Op, ifindex: int, seq: int) -> bytes:
-    """One request as bytes, encoded by pyroute2's message classes."""
+    """One request as bytes: neighbour and fdb entries encoded by pyroute2's ndmsg,
+    routes by encode_route()."""
+    if op.kind == "route":
+        return encode_route(op, ifindex, seq)
+    m = ndmsg()
     if op.kind == "neigh":
-        m = ndmsg()
         m["family"] = socket.AF_INET
         m["ifindex"] = ifindex
         if op.action == "set":
@@ -401,9 +505,7 @@ def encode(op: Op, ifindex: int, seq: int) -> bytes:
             m["attrs"] = [("NDA_DST", op.key), ("NDA_LLADDR", op.value)]
         else:
             m["attrs"] = [("NDA_DST", op.key)]
-        mtype = RTM_NEWNEIGH if op.action == "set" else RTM_DELNEIGH
     elif op.kind == "fdb":
-        m = ndmsg()
         m["family"] = AF_BRIDGE
         m["ifindex"] = ifindex
         m["flags"] = NTF_SELF     # the vxlan device's own fdb, not a bridge master's
@@ -415,35 +517,55 @@ def encode(op: Op, ifindex: int, seq: int) -> bytes:
                                           ("NDA_IFINDEX", e.rifindex),
                                           ("NDA_SRC_VNI", e.src_vni)) if v is not None]
         m["attrs"] = attrs
-        mtype = RTM_NEWNEIGH if op.action == "set" else RTM_DELNEIGH
-    elif op.kind == "route":
-        m = rtmsg()
-        net, plen = op.key.split("/")
-        m["family"] = socket.AF_INET
-        m["dst_len"] = int(plen)
-        m["table"] = RT_TABLE_MAIN
-        m["tos"] = op.tos
-        attrs = [("RTA_DST", net), ("RTA_OIF", ifindex)]
-        if op.action == "set":
-            m["proto"] = RTPROT_BOOT
-            m["scope"] = RT_SCOPE_UNIVERSE
-            m["type"] = RTN_UNICAST
-            m["flags"] = RTNH_F_ONLINK   # the gateway is on the tunnel, not on a subnet of ours
-            attrs.append(("RTA_GATEWAY", op.value))
-        elif op.priority:
-            attrs.append(("RTA_PRIORITY", op.priority))
-        m["attrs"] = attrs
-        mtype = RTM_NEWROUTE if op.action == "set" else RTM_DELROUTE
     else:
         raise ValueError(op.kind)
     flags = NLM_F_REQUEST | NLM_F_ACK
     if op.action == "set":
-        flags |= NLM_F_CREATE | NLM_F_REPLACE   # ensure: create, or overwrite what differs
-    m["header"]["type"] = mtype
+        # neighbour and fdb entries are keyed by device: replacing touches only ours
+        flags |= NLM_F_CREATE | NLM_F_REPLACE
+    m["header"]["type"] = RTM_NEWNEIGH if op.action == "set" else RTM_DELNEIGH
     m["header"]["flags"] = flags
     m["header"]["sequence_number"] = seq
     m.encode()
     return m.data
+
+
+def encode_route(op: Op, ifindex: int, seq: int) -> bytes:
+    """RTM_NEWROUTE (create only, tagged RTPROT_VTEP) or RTM_DELROUTE (naming the realised
+    route: its table, tos, type, scope, protocol, metric and nexthop, which is what
+    fib_table_delete matches on; a delete sent with scope universe misses a scope-link
+    route and the kernel answers ESRCH), packed by hand."""
+    net, plen = op.key.split("/")
+    attrs = bytearray(_RTA_IP4.pack(8, RTA_DST, socket.inet_aton(net)))
+    if op.action == "set":
+        mtype = RTM_NEWROUTE
+        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+        # the gateway is on the tunnel, not on a subnet of ours: onlink
+        head = _RTMSG.pack(socket.AF_INET, int(plen), 0, 0, RT_TABLE_MAIN, RTPROT_VTEP,
+                           RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK)
+        attrs += _RTA_U32.pack(8, RTA_OIF, ifindex)
+        attrs += _RTA_IP4.pack(8, RTA_GATEWAY, socket.inet_aton(op.value))
+    elif op.action == "del":
+        mtype, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
+        r = op.route
+        if r is None:   # no dump to repeat: any scope, protocol and type on our device
+            r = RouteEntry(op.key, op.value, False, 0, 0, 0, RT_SCOPE_NOWHERE, 0)
+        table = r.table if r.table < 256 else 0   # rtm_table is 8 bits; RTA_TABLE has it all
+        head = _RTMSG.pack(socket.AF_INET, int(plen), 0, r.tos, table, r.proto, r.scope,
+                           r.type, 0)
+        attrs += _RTA_U32.pack(8, RTA_TABLE, r.table)
+        if r.nh_id:   # the kernel refuses a nexthop id together with an oif or a gateway
+            attrs += _RTA_U32.pack(8, RTA_NH_ID, r.nh_id)
+        else:
+            attrs += _RTA_U32.pack(8, RTA_OIF, ifindex)
+            if r.gateway:
+                attrs += _RTA_IP4.pack(8, RTA_GATEWAY, socket.inet_aton(r.gateway))
+        if r.priority:
+            attrs += _RTA_U32.pack(8, RTA_PRIORITY, r.priority)
+    else:
+        raise ValueError(op.action)
+    size = _HDR.size + len(head) + len(attrs)
+    return _HDR.pack(size, mtype, flags, seq, 0) + head + attrs
 
 
 class Events:
