@@ -203,3 +203,202 @@ def test_vtep_plan_errors_are_one_line_each_with_exit_2(tmp_path):
 def test_ipaddress_semantics_the_plan_relies_on():
     # "first address of the subnet" is the network address, as flannel assigns it
     assert str(ipaddress.ip_network("172.2.5.0/24").network_address) == "172.2.5.0"
+
+
+# --- hostile values (issue 8): one line each, naming the file, the node and the field -------
+
+def one_problem_naming(tmp_path, text, where, *words):
+    found = problems(tmp_path, text)
+    assert all("\n" not in p for p in found), found
+    hits = [p for p in found if f": {where}: " in p and all(w in p for w in words)]
+    assert hits, found
+    return hits[0]
+
+
+NODE2 = 'name = "network-2"'
+
+
+@pytest.mark.parametrize("toml_value,words", [
+    ('"network 2"', ("'network 2' is not a valid node name",)),
+    ('"network\\t2"', ("'network\\t2' is not a valid node name",)),
+    ('"network\\u00072"', ("'network\\x072' is not a valid node name",)),
+    ('"net\\nwork-2"', ("'net\\nwork-2' is not a valid node name",)),
+    ('"../network-2"', ("is not a valid node name",)),
+    ('"network/2"', ("'network/2' is not a valid node name",)),
+    ('"-network-2"', ("is not a valid node name",)),          # would read as an option
+    ('".network-2"', ("is not a valid node name",)),
+    ('"n\u0153ud-2"', ("is not a valid node name",)),          # ASCII only
+    ('"' + "n" * 64 + '"', ("is 64 characters long",)),         # one over a DNS label
+    ("2", ("2 is not a string",)),
+])
+def test_node_name_rule(tmp_path, toml_value, words):
+    line = one_problem_naming(tmp_path, SEED.replace(NODE2, f"name = {toml_value}"),
+                              "nodes[1].name", *words)
+    assert "1-63 ASCII letters, digits, '-', '_' or '.', starting with a letter or digit" in line \
+        or "not a string" in line
+
+
+@pytest.mark.parametrize("name", ["n" * 63, "N2", "node_2.example-a", "2"])
+def test_node_names_within_the_rule_are_accepted(tmp_path, name):
+    p = planlib.load(write(tmp_path, SEED.replace(NODE2, f'name = "{name}"')))
+    assert p.node(name).name == name
+
+
+@pytest.mark.parametrize("ip,words", [
+    ("0.0.0.0", ("unspecified",)), ("::", ("unspecified",)),
+    ("224.0.0.1", ("multicast",)), ("239.255.0.1", ("multicast",)), ("ff02::1", ("multicast",)),
+    ("255.255.255.255", ("limited broadcast",)),
+    ("127.0.0.1", ("loopback",)), ("127.8.9.10", ("loopback",)), ("::1", ("loopback",)),
+    ("fe80::1", ("link-local", "zone")),
+    ("::ffff:192.168.2.142", ("IPv4-mapped", "write 192.168.2.142")),
+])
+def test_underlay_ip_must_be_a_unicast_address_peers_can_reach(tmp_path, ip, words):
+    text = SEED.replace('underlay_ip = "192.168.2.142"', f'underlay_ip = "{ip}"')
+    one_problem_naming(tmp_path, text, "node 'network-2': underlay_ip", ip, *words)
+
+
+def test_ipv4_link_local_underlay_only_warns(tmp_path):
+    text = SEED.replace("192.168.1.138", "169.254.1.138").replace("192.168.2.142",
+                                                                   "169.254.2.142")
+    p = planlib.load(write(tmp_path, text))
+    assert str(p.node("network-1").underlay_ip) == "169.254.1.138"
+    assert any("node 'network-1': underlay_ip: 169.254.1.138 is link-local" in w
+               for w in p.warnings), p.warnings
+
+
+@pytest.mark.parametrize("overlay,special", [
+    ("0.0.0.0/0", "0.0.0.0/8"), ("0.0.0.0/1", "0.0.0.0/8"), ("128.0.0.0/1", "169.254.0.0/16"),
+    ("127.0.0.0/16", "127.0.0.0/8"), ("169.254.0.0/16", "169.254.0.0/16"),
+    ("224.0.0.0/8", "224.0.0.0/4"), ("240.0.0.0/8", "240.0.0.0/4"),
+    ("255.255.255.0/24", "240.0.0.0/4"),
+])
+def test_overlay_must_be_unicast_space(tmp_path, overlay, special):
+    text = SEED.replace('overlay = "172.2.0.0/16"', f'overlay = "{overlay}"')
+    one_problem_naming(tmp_path, text, "cluster.overlay", f"{overlay} overlaps {special}")
+
+
+# The plan of issue 8, defect 2: node b's subnet holds both nodes' underlay IPs, so
+# its route would replace the underlay's own connected route on node a.
+DEFECT_2 = """
+[cluster]
+overlay = "192.0.0.0/16"
+
+[[nodes]]
+name = "a"
+underlay_ip = "192.0.2.1"
+subnet = "192.0.1.0/24"
+
+[[nodes]]
+name = "b"
+underlay_ip = "192.0.2.2"
+subnet = "192.0.2.0/24"
+"""
+
+
+def test_a_subnet_holding_any_nodes_underlay_ip_is_refused(tmp_path):
+    path = write(tmp_path, DEFECT_2)
+    found = problems(tmp_path, DEFECT_2)
+    subnet = [p for p in found if ": node 'b': subnet: " in p]
+    assert subnet == [f"{path}: node 'b': subnet: 192.0.2.0/24 contains the underlay_ip "
+                      "192.0.2.1 of node 'a', 192.0.2.2 of node 'b': its route would carry the "
+                      "tunnel into itself"], found
+    assert not [p for p in found if ": node 'a': subnet: " in p], found  # 192.0.1.0/24 is fine
+    assert any(p.startswith(f"{path}: cluster.overlay: 192.0.0.0/16 contains the underlay_ip "
+                            "192.0.2.1 of node 'a', 192.0.2.2 of node 'b'") for p in found), found
+
+
+def test_a_subnet_holding_only_another_nodes_underlay_ip_is_refused(tmp_path):
+    text = DEFECT_2.replace('underlay_ip = "192.0.2.2"', 'underlay_ip = "198.51.100.2"')
+    line = one_problem_naming(tmp_path, text, "node 'b': subnet",
+                              "192.0.2.0/24 contains the underlay_ip 192.0.2.1 of node 'a'")
+    assert "node 'b'" not in line.split("underlay_ip", 1)[1]
+
+
+def test_overlay_holding_many_underlay_ips_names_a_few(tmp_path):
+    nodes = "".join(f'\n[[nodes]]\nname = "n{i}"\nunderlay_ip = "10.1.0.{i + 1}"\n'
+                    f'subnet = "10.2.{i}.0/24"\n' for i in range(6))
+    line = one_problem_naming(tmp_path, '[cluster]\noverlay = "10.0.0.0/8"\n' + nodes,
+                              "cluster.overlay", "10.0.0.0/8 contains the underlay_ip "
+                              "10.1.0.1 of node 'n0', 10.1.0.2 of node 'n1', 10.1.0.3 of node "
+                              "'n2' and 3 more")
+    assert len(line) < 300
+
+
+@pytest.mark.parametrize("dev,why", [("eth:0", "':'"), ("\u00e9" * 8, "16 bytes"),
+                                     ("..", "'.' and '..'"), ("", "empty")])
+def test_underlay_dev_follows_the_kernel_rule(tmp_path, dev, why):
+    text = SEED.replace('subnet = "172.2.1.0/24"', f'subnet = "172.2.1.0/24"\nunderlay_dev = "{dev}"')
+    one_problem_naming(tmp_path, text, "node 'network-2': underlay_dev",
+                       "is not a valid interface name", why)
+
+
+# --- large plans: the checks across nodes are O(n log n) and still name both nodes ---------
+
+def big_plan(n: int) -> dict:
+    """n nodes, one /28 each in 100.64.0.0/10, underlay 10.x.y.1 (outside the overlay)."""
+    return {"cluster": {"overlay": "100.64.0.0/10"},
+            "nodes": [{"name": f"n{i}", "underlay_ip": f"10.{i >> 8}.{i & 255}.1",
+                       "subnet": f"100.{64 + (i >> 12)}.{(i >> 4) & 255}.{(i & 15) * 16}/28"}
+                      for i in range(n)]}
+
+
+def test_20000_node_plan_with_one_overlap_names_both_nodes():
+    data = big_plan(20000)
+    assert len(planlib.parse(data).nodes) == 20000
+    data["nodes"][17001]["subnet"] = data["nodes"][3]["subnet"]  # 100.64.0.48/28
+    with pytest.raises(PlanError) as e:
+        planlib.parse(data, "big.toml")
+    assert e.value.problems == ["big.toml: node 'n17001': subnet: 100.64.0.48/28 overlaps "
+                                "100.64.0.48/28 of node 'n3'"]
+
+
+def test_20000_node_plan_with_a_subnet_holding_another_nodes_underlay_ip():
+    data = big_plan(20000)
+    data["cluster"]["overlay"] = "10.0.0.0/8"
+    for i, node in enumerate(data["nodes"]):  # move the subnets into the overlay, clear of
+        node["subnet"] = f"10.{128 + (i >> 12)}.{(i >> 4) & 255}.{(i & 15) * 16}/28"  # 10.0/9
+    data["nodes"][19999]["subnet"] = "10.0.7.0/28"  # holds 10.0.7.1: node n7's underlay_ip
+    with pytest.raises(PlanError) as e:
+        planlib.parse(data, "big.toml")
+    found = [p for p in e.value.problems if not p.startswith("big.toml: cluster.overlay: ")]
+    assert found == ["big.toml: node 'n19999': subnet: 10.0.7.0/28 contains the underlay_ip "
+                     "10.0.7.1 of node 'n7': its route would carry the tunnel into itself"]
+
+
+def test_overlap_sweep_agrees_with_every_pair_compared():
+    """The sorted sweep against the obvious quadratic check on random nested and
+    disjoint subnets: the same nodes are reported, each naming a node it overlaps."""
+    import random
+    rng = random.Random(8)
+    reported = 0
+    for _ in range(30):
+        nodes = []
+        for i in range(60):  # anywhere in 10.0.0.0/16, /20 to /28: many nest, many do not
+            addr = ipaddress.ip_address("10.0.0.0") + rng.randrange(1 << 16)
+            net = ipaddress.ip_network((addr, rng.randrange(20, 29)), strict=False)
+            nodes.append({"name": f"n{i}", "underlay_ip": f"192.168.0.{i + 1}",
+                          "subnet": str(net)})
+        data = {"cluster": {"overlay": "10.0.0.0/8"}, "nodes": nodes}
+        nets = [ipaddress.ip_network(n["subnet"]) for n in nodes]
+        key = [(int(n.network_address), i) for i, n in enumerate(nets)]
+        want = {f"n{k}" for k in range(60)
+                if any(key[j] < key[k] and nets[j].overlaps(nets[k]) for j in range(60))}
+        try:
+            planlib.parse(data)
+            got = {}
+        except PlanError as e:
+            got = {p.split("node '", 1)[1].split("'", 1)[0]: p for p in e.problems}
+        assert set(got) == want
+        for name, line in got.items():
+            other = line.rsplit("of node '", 1)[1].rstrip("'")
+            assert nets[int(name[1:])].overlaps(nets[int(other[1:])]), line
+        reported += len(got)
+    assert 0 < reported < 30 * 59  # the rounds did exercise both outcomes
+
+
+def test_unknown_node_in_a_large_plan_is_one_short_line():
+    p = planlib.parse(big_plan(20000), "big.toml")
+    assert p.node("n19999").underlay_ip == ipaddress.ip_address("10.78.31.1")
+    with pytest.raises(PlanError) as e:
+        p.node("nope")
+    assert len(str(e.value)) < 300 and "and 19990 more" in str(e.value)

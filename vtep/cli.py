@@ -5,11 +5,17 @@ Exit status: 0 success; 1 a check or demo step failed; 2 bad plan or usage;
 plan (underlay IP or device missing, port in use); 5 an existing device is
 incompatible (see --replace); 6 a lab step failed; 70 an internal error (a bug:
 VTEP_DEBUG=1 shows its traceback); 130 interrupted.
+
+A reader that leaves early (`vtep plan ... | head -1`) is not an error: the rest
+of the output is discarded, nothing is written to stderr, and the exit status is
+the one the command would have had with its output sent to /dev/null.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import math
 import os
 import sys
 
@@ -37,13 +43,45 @@ def _mtu_arg(text: str):
     return v
 
 
+def _seconds(lo: float, hi: float):
+    """A finite number of seconds in lo..hi: inf, nan and out-of-range values are
+    usage errors at parse time, before anything is touched."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"{text}: must be {lo:g} to {hi:g} seconds")
+        return v
+    return parse
+
+
+def _ifname_arg(text: str) -> str:
+    from .plan import ifname_problem  # here: vxinspect imports this module, not the plan
+    why = ifname_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid interface name: {why}")
+    return text
+
+
+def _directory_arg(text: str) -> str:
+    if not text:  # an empty path would silently mean the current directory
+        raise argparse.ArgumentTypeError("'' is not a directory: name one")
+    return text
+
+
+INTERVAL_MIN, INTERVAL_MAX = 0.1, 86400.0  # below 0.1 s the resync loop spins a core
+TIMEOUT_MIN, TIMEOUT_MAX = 0.01, 60.0      # per probe; 2 tries per size, ~12 sizes per peer
+
+
 def _plan_args(p, node_required=False, config_required=True):
     p.add_argument("--config", "-c", required=config_required, metavar="F",
                    help="cluster plan (TOML)")
     p.add_argument("--node", "-n", required=node_required, metavar="N",
                    help="this node's name in the plan (default: the node whose underlay_ip "
                         "is an address of this host)")
-    p.add_argument("--device", default="vxlan0", metavar="DEV",
+    p.add_argument("--device", default="vxlan0", metavar="DEV", type=_ifname_arg,
                    help="VTEP device name (default vxlan0)")
 
 
@@ -66,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--userspace", dest="mode", action="store_const", const="userspace",
                       help="a TAP device read in userspace")
     _plan_args(s)
-    s.add_argument("--interval", type=float, default=10.0, metavar="S",
-                   help="full resync period, seconds (default 10)")
+    s.add_argument("--interval", type=_seconds(INTERVAL_MIN, INTERVAL_MAX),
+                   default=10.0, metavar="S",
+                   help=f"full resync period, seconds (default 10; {INTERVAL_MIN:g} to "
+                        f"{INTERVAL_MAX:g})")
     s.add_argument("--once", action="store_true", help="converge once and exit")
     s.add_argument("--keep", action="store_true", help="leave the state in place on exit")
     s.add_argument("--replace", action="store_true",
@@ -75,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--df", choices=("set", "unset", "inherit"),
                    help="outer IPv4 DF policy of the kernel device (default: kernel default)")
     s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
+                   type=_directory_arg,
                    help="where run-time state lives (default /run/vtep)")
     s.add_argument("--mtu", type=_mtu_arg, metavar="auto|N",
                    help="overlay MTU: `auto` probes every peer's underlay path at start (see "
@@ -85,19 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(handler="vtep.commands:run")
 
     s = sub.add_parser("status", help="what each running vtep on this host is doing")
-    s.add_argument("--state-dir", default="/run/vtep", metavar="DIR")
+    s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
+                   type=_directory_arg)
     s.add_argument("--json", action="store_true", help="print the status files as JSON")
     s.set_defaults(handler="vtep.commands:status")
 
     s = sub.add_parser("mtu", help="probe each peer's underlay path MTU; recommend an overlay MTU")
     _plan_args(s)
-    s.add_argument("--timeout", type=float, default=0.4, metavar="S",
-                   help="wait per probe, seconds (default 0.4; 2 tries per size)")
+    s.add_argument("--timeout", type=_seconds(TIMEOUT_MIN, TIMEOUT_MAX),
+                   default=0.4, metavar="S",
+                   help=f"wait per probe, seconds (default 0.4, {TIMEOUT_MIN:g} to "
+                        f"{TIMEOUT_MAX:g}; 2 tries per size)")
     s.set_defaults(handler="vtep.commands:mtu")
 
     s = sub.add_parser("down", help="remove the state left by --keep, --once or a crash")
     _plan_args(s)
     s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
+                   type=_directory_arg,
                    help="where `vtep run` keeps its status file (default /run/vtep)")
     s.set_defaults(handler="vtep.commands:down")
 
@@ -109,10 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("name", metavar="NAME", help="pod (network namespace) name")
         # del finds the pod's node in the state files when no plan is named
         _plan_args(a, config_required=(action == "add"))
-        a.add_argument("--bridge", default="br0", help="node bridge (default br0)")
+        a.add_argument("--bridge", default="br0", type=_ifname_arg,
+                       help="node bridge (default br0)")
         a.add_argument("--netns", metavar="PATH",
                        help="an existing network namespace path (as a CNI runtime hands over)")
-        a.add_argument("--state-dir", default="/run/vtep", metavar="DIR")
+        a.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
+                       type=_directory_arg)
         if action == "add":
             a.add_argument("--ip", help="pod address (default: next free in the node subnet)")
         a.set_defaults(handler=f"vtep.pods:{action}_command")
@@ -129,7 +176,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _UntilReaderLeaves:
+    """sys.stdout (and sys.stderr) while a command runs. Once the reader of the
+    pipe has gone (`| head -1`: the write fails with EPIPE, as Python ignores
+    SIGPIPE), the descriptor is pointed at /dev/null, as the Python docs' note on
+    SIGPIPE advises, so the rest of the output, and the interpreter's flush at
+    exit, go nowhere quietly and the command ends with its own exit status."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _to_devnull(self._stream)
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _to_devnull(self._stream)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _to_devnull(stream) -> None:
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # no descriptor behind it: nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def output_until_reader_leaves():
+    """Run a command's body with sys.stdout and sys.stderr guarded (vtep's and
+    vxinspect's main both do); flushed here, so a reader gone before the last
+    buffered write is handled here and not reported as 'Exception ignored' at exit."""
+    real_out, real_err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err = _UntilReaderLeaves(real_out), _UntilReaderLeaves(real_err)
+    try:
+        yield
+    finally:
+        out.flush()
+        err.flush()
+        sys.stdout, sys.stderr = real_out, real_err
+
+
 def main(argv=None) -> int:
+    with output_until_reader_leaves():
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
         args = build_parser().parse_args(argv)
         module, func = args.handler.split(":")

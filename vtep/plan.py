@@ -6,15 +6,37 @@ values between machines: the VTEP address is the subnet's first address (/32
 on the device, as flannel and Calico do), the bridge gateway its second, and
 the VTEP MAC a stable hash of the node's name and subnet.
 
-Validation names the file, the node and the field of every problem.
+Validation names the file, the node and the field of every problem, and costs
+O(n log n) in the number of nodes: duplicates are found in dicts, overlapping
+subnets by one sweep over the subnets sorted by first address, and underlay IPs
+inside a subnet or the overlay by bisecting the sorted underlay addresses (a
+20,000-node plan loads in about a second, half of it TOML parsing:
+bench/plan_bench.py).
+
+The rules, beyond types and ranges:
+  node name    1-63 ASCII letters, digits, '-', '_' or '.', starting with a
+               letter or digit (a DNS label's length; it names files and log
+               lines, so no '/', spaces or control characters);
+  underlay_ip  a unicast address a peer can send to: not unspecified (0.0.0.0,
+               ::), multicast, the limited broadcast 255.255.255.255, loopback,
+               IPv6 link-local (fe80::/10 needs a zone the plan cannot carry)
+               or IPv4-mapped IPv6; IPv4 link-local (169.254/16) only warns;
+  overlay      unicast space only: it may not overlap 0.0.0.0/8, loopback,
+               169.254.0.0/16, multicast or 240.0.0.0/4 (so 0.0.0.0/0 is
+               refused), nor contain any node's underlay_ip;
+  subnet       inside the overlay, /30 or larger, overlapping no other node's
+               subnet and containing no node's underlay_ip: a route for it
+               would send the tunnel's own packets into the tunnel.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from . import wire
@@ -25,6 +47,20 @@ IFNAMSIZ = 15
 PRIVATE_V4 = tuple(ipaddress.ip_network(n) for n in
                    ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+NODE_NAME_MAX = 63  # a DNS label (RFC 1035 2.3.4), as Kubernetes node names mostly are
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+NODE_NAME_RULE = (f"1-{NODE_NAME_MAX} ASCII letters, digits, '-', '_' or '.', "
+                  "starting with a letter or digit")
+# IPv4 space no overlay may touch: routes for it would never carry pod traffic
+# (RFC 6890 special-purpose blocks that are not unicast between hosts).
+NOT_OVERLAY_V4 = tuple((ipaddress.ip_network(n), why) for n, why in (
+    ("0.0.0.0/8", "'this network' (RFC 1122)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local (RFC 3927)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved and the limited broadcast (RFC 1112, RFC 919)"),
+))
+LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 CLUSTER_KEYS = {"vni", "port", "overlay", "mtu"}
 NODE_KEYS = {"name", "underlay_ip", "subnet", "vtep_mac", "underlay_dev"}
@@ -67,12 +103,16 @@ class Plan:
     def overhead(self) -> int:
         return wire.overhead(self.ipv6_underlay)
 
+    @cached_property
+    def _by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
+
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
+        n = self._by_name.get(name)
+        if n is not None:
+            return n
         raise PlanError(f"{self.path}: no node named {name!r} "
-                        f"(the plan has {', '.join(n.name for n in self.nodes)})")
+                        f"(the plan has {_some(n.name for n in self.nodes)})")
 
     def peers(self, name: str) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.name != name)
@@ -94,7 +134,7 @@ def derive_mac(name: str, subnet) -> str:
     """A locally administered unicast MAC, stable for (name, subnet)."""
     h = bytearray(hashlib.sha256(f"vtep:{name}:{subnet}".encode()).digest()[:6])
     h[0] = (h[0] & 0xFC) | 0x02  # U/L bit set: locally administered; I/G bit clear: unicast
-    return ":".join(f"{b:02x}" for b in h)
+    return h.hex(":")
 
 
 def load(path) -> Plan:
@@ -141,6 +181,12 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
         bad("cluster.overlay", "missing (the overlay network, e.g. \"10.244.0.0/16\")")
     else:
         overlay = _net(cluster["overlay"], "cluster.overlay", bad)
+        special = overlay is not None and next(
+            (s for s in NOT_OVERLAY_V4 if overlay.overlaps(s[0])), None)
+        if special:
+            bad("cluster.overlay", f"{overlay} overlaps {special[0]}, {special[1]}: the overlay "
+                "must be unicast address space (e.g. 10.244.0.0/16)")
+            overlay = None
         if overlay is not None and not any(overlay.subnet_of(n) for n in PRIVATE_V4):
             warnings.append(f"{path}: cluster.overlay: {overlay} is not private address space "
                             "(RFC 1918 or 100.64.0.0/10); traffic to those addresses "
@@ -151,17 +197,15 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
         bad("nodes", "at least one [[nodes]] entry is needed")
         raw_nodes = []
     nodes: list[Node] = []
+    labels: list[str] = []  # per entry of `nodes`: how problems name that node
     seen: dict[tuple[str, object], str] = {}
     for i, raw in enumerate(raw_nodes):
         label = f"nodes[{i}]"
         if not isinstance(raw, dict):
             bad(label, "must be a table ([[nodes]])")
             continue
-        name = raw.get("name")
-        if not isinstance(name, str) or not name.strip():
-            bad(f"{label}.name", "missing or empty")
-            name = None
-        else:
+        name = _node_name(raw.get("name"), f"{label}.name", bad)
+        if name is not None:
             label = f"node {name!r}"
         for key in raw:
             if key not in NODE_KEYS:
@@ -170,10 +214,8 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
         if "underlay_ip" not in raw:
             bad(f"{label}: underlay_ip", "missing")
         else:
-            try:
-                ip = ipaddress.ip_address(str(raw["underlay_ip"]))
-            except ValueError:
-                bad(f"{label}: underlay_ip", f"{raw['underlay_ip']!r} is not an IP address")
+            ip = _underlay_ip(raw["underlay_ip"], f"{label}: underlay_ip", bad,
+                              lambda msg: warnings.append(f"{path}: {msg}"))
         subnet = None
         if "subnet" not in raw:
             bad(f"{label}: subnet", "missing")
@@ -183,7 +225,7 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
                 if subnet.prefixlen > 30:
                     bad(f"{label}: subnet", f"{subnet} is too small: it needs the VTEP address, "
                         "the gateway and pod addresses (/30 or larger)")
-                if overlay is not None and not subnet.subnet_of(overlay):
+                if overlay is not None and not _within(subnet, overlay):
                     bad(f"{label}: subnet", f"{subnet} is outside the overlay {overlay}")
         mac = raw.get("vtep_mac")
         if mac is not None:
@@ -197,10 +239,11 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
         elif name is not None and subnet is not None:
             mac = derive_mac(name, subnet)
         dev = raw.get("underlay_dev")
-        if dev is not None and (not isinstance(dev, str) or not 0 < len(dev) <= IFNAMSIZ
-                                or "/" in dev or " " in dev):
-            bad(f"{label}: underlay_dev", f"{dev!r} is not a valid interface name")
-            dev = None
+        if dev is not None:
+            why = ifname_problem(dev)
+            if why:
+                bad(f"{label}: underlay_dev", f"{_short(dev)} is not a valid interface name: {why}")
+                dev = None
         for fld, value in (("name", name), ("underlay_ip", ip), ("vtep_mac", mac)):
             if value is None:
                 continue
@@ -209,18 +252,154 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
                 bad(f"{label}: {fld}", f"{value} is already used by {other}")
             else:
                 seen[(fld, value)] = label
-        if subnet is not None:
-            for n in nodes:
-                if n.subnet.overlaps(subnet):
-                    bad(f"{label}: subnet", f"{subnet} overlaps {n.subnet} of node {n.name!r}")
         if name and ip is not None and subnet is not None and mac:
             nodes.append(Node(name, ip, subnet, mac, dev))
+            labels.append(label)
+    _check_subnets(nodes, labels, overlay, bad)
     versions = {n.underlay_ip.version for n in nodes}
     if len(versions) > 1:
         bad("nodes", "underlay_ip mixes IPv4 and IPv6; one vxlan device has one address family")
     if problems:
         raise PlanError(problems)
     return Plan(path, vni, port, overlay, mtu, tuple(nodes), tuple(warnings))
+
+
+def _check_subnets(nodes: list[Node], labels: list[str], overlay, bad) -> None:
+    """The checks across nodes, O(n log n): no two subnets overlap, and neither a
+    subnet nor the overlay holds an underlay IP (the route for it would pull the
+    tunnel's own outer packets into the tunnel: RFC 7348 section 4 carries VXLAN
+    over the underlay's routing, which must stay outside the overlay)."""
+    # CIDR blocks either nest or are disjoint, so after sorting by first address a
+    # block overlaps an earlier one exactly when it starts before the furthest end
+    # seen so far; the holder of that end is the one to name.
+    spans = [_span(n.subnet) for n in nodes]
+    order = sorted(range(len(nodes)), key=lambda k: (spans[k][0], k))
+    reach, holder = -1, -1
+    for k in order:
+        net = nodes[k].subnet
+        first, last = spans[k]
+        if first <= reach:
+            other = nodes[holder]
+            bad(f"{labels[k]}: subnet",
+                f"{net} overlaps {other.subnet} of node {other.name!r}")
+        if last > reach:
+            reach, holder = last, k
+
+    v4 = sorted((int(n.underlay_ip), k) for k, n in enumerate(nodes) if n.underlay_ip.version == 4)
+    keys = [a for a, _ in v4]
+
+    def inside(span) -> tuple[int, list[str]]:
+        lo = bisect.bisect_left(keys, span[0])
+        hi = bisect.bisect_right(keys, span[1])
+        return hi - lo, [f"{nodes[k].underlay_ip} of node {nodes[k].name!r}"
+                         for _, k in v4[lo:min(hi, lo + 3)]]
+
+    if overlay is not None:
+        count, shown = inside(_span(overlay))
+        if count:
+            bad("cluster.overlay", f"{overlay} contains the underlay_ip {_listed(shown, count)}: "
+                "the underlay must stay outside the overlay")
+    for k, n in enumerate(nodes):
+        count, shown = inside(spans[k])
+        if count:
+            bad(f"{labels[k]}: subnet", f"{n.subnet} contains the underlay_ip "
+                f"{_listed(shown, count)}: its route would carry the tunnel into itself")
+
+
+def _span(net) -> tuple[int, int]:
+    """First and last address of an IPv4 network, as integers (cheaper than
+    ipaddress's broadcast_address and subnet_of, which matters at 20,000 nodes)."""
+    first = int(net.network_address)
+    return first, first | ((1 << (32 - net.prefixlen)) - 1)
+
+
+def _within(net, outer) -> bool:
+    (a, b), (c, d) = _span(net), _span(outer)
+    return c <= a and b <= d
+
+
+def _listed(shown: list[str], count: int) -> str:
+    more = f" and {count - len(shown)} more" if count > len(shown) else ""
+    return ", ".join(shown) + more
+
+
+def _some(names, limit: int = 10) -> str:
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _short(value, limit: int = 40) -> str:
+    """repr() of a hostile value, on one line and of bounded length."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _node_name(value, where, bad) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        bad(where, "missing or empty")
+        return None
+    if not isinstance(value, str):
+        bad(where, f"{_short(value)} is not a string")
+        return None
+    if len(value) > NODE_NAME_MAX:
+        bad(where, f"{_short(value)} is {len(value)} characters long; a node name is "
+            + NODE_NAME_RULE)
+        return None
+    if not NODE_NAME_RE.fullmatch(value):
+        bad(where, f"{_short(value)} is not a valid node name: a node name is " + NODE_NAME_RULE)
+        return None
+    return value
+
+
+def _underlay_ip(value, where, bad, warn):
+    """A unicast address peers can send VXLAN to; None (and a problem) otherwise."""
+    try:
+        ip = ipaddress.ip_address(str(value))
+    except ValueError:
+        bad(where, f"{_short(value)} is not an IP address")
+        return None
+    why = None
+    if ip.is_unspecified:
+        why = "the unspecified address: peers cannot send to it"
+    elif ip.is_multicast:
+        why = "a multicast address: the plan needs each node's own unicast address"
+    elif ip == LIMITED_BROADCAST:
+        why = "the limited broadcast address (RFC 919): peers cannot send unicast to it"
+    elif ip.is_loopback:
+        why = "a loopback address: no other node can reach it"
+    elif ip.version == 6 and ip.ipv4_mapped is not None:
+        why = f"an IPv4-mapped IPv6 address: write {ip.ipv4_mapped}"
+    elif ip.version == 6 and ip.is_link_local:
+        why = ("an IPv6 link-local address: it means nothing without an interface zone "
+               "(RFC 4007), which a plan shared by every node cannot carry")
+    if why:
+        bad(where, f"{value} is {why}")  # as written: Python may print IPv6 otherwise
+        return None
+    if ip.is_link_local:  # IPv4 169.254/16: fine on one link, never routed (RFC 3927)
+        warn(f"{where}: {ip} is link-local (RFC 3927): only nodes on the same link "
+             "can reach it")
+    return ip
+
+
+def ifname_problem(name) -> str | None:
+    """Why `name` cannot be a Linux interface name, or None. The kernel's rule
+    (dev_valid_name): 1..15 bytes (IFNAMSIZ 16 with its NUL), not "." or "..",
+    no '/', ':' or whitespace; we also refuse control characters, and '%', which
+    the kernel would expand into a number of its choosing when creating a device."""
+    if not isinstance(name, str):
+        return "not a string"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if not size:
+        return "it is empty"
+    if size > IFNAMSIZ:
+        return f"{size} bytes long; the kernel allows 1-{IFNAMSIZ}"
+    if name in (".", ".."):
+        return "'.' and '..' are not names"
+    for c in name:
+        if c in "/:%" or c.isspace() or not c.isprintable():
+            return f"it may not contain {c!r}"
+    return None
 
 
 def _int(value, where, lo, hi, bad):

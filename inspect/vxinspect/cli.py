@@ -2,7 +2,10 @@
 
 Exit status: 0 every capture ok; 1 an error-severity check fired; 2 a capture
 could not be read, the --plan file is invalid, or bad usage. With several
-files the worst status wins.
+files the worst status wins. A reader that leaves early (`vxinspect F | head -1`)
+changes nothing but the output: the inspection finishes with the rest of the
+output discarded, nothing goes to stderr, and the status is the verdict, as
+with > /dev/null.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import sys
 
 from vtep import wire
+from vtep.cli import output_until_reader_leaves
 from vtep.errors import PlanError
 
 from .analyze import Options, inspect_file
@@ -96,6 +100,11 @@ def _fail(msg: str) -> None:
 
 
 def main(argv=None) -> int:
+    with output_until_reader_leaves():
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
         a = build_parser().parse_args(argv)
     except UsageError as e:
