@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import host, netlink, state
+from . import host, netlink, owner, state
 from . import plan as planlib
 from .errors import HostMismatch, Incompatible, PermissionDenied, PlanError, VtepError
 from .netlink import NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, RTPROT_VTEP, Op
@@ -66,10 +66,11 @@ class RouteConflict(HostMismatch):
 class NotOurs(Incompatible):
     """`vtep down` found a device of that name that is not the plan's: it is left alone."""
 
-    def __init__(self, device: str, diffs: list[str]):
+    def __init__(self, device: str, diffs: list[str], advice: str = ""):
         self.device, self.diffs = device, diffs
         VtepError.__init__(self, f"{device} is not the plan's device ({', '.join(diffs)}; "
-                                 "plan vs existing): not removing it")
+                                 f"plan vs existing): not removing it"
+                                 + (f"; {advice}" if advice else ""))
 
 
 def setup_logging() -> None:
@@ -329,13 +330,23 @@ def enable_forwarding(df: str | None = None) -> list[str]:
     return done
 
 
+def require_made_by_vtep(name: str, have: dict) -> None:
+    """`--replace` and `vtep down` delete only a device vtep made (its alias says so):
+    never a veth, a bridge or a hand-made vxlan device that happens to have the name."""
+    if not owner.made_by_vtep(have.get("alias")):
+        alias = f"alias {have['alias']!r}" if have.get("alias") else "no vtep alias"
+        raise NotOurs(name, [f"made by: vtep vs someone else (kind {have.get('kind') or 'none'}"
+                             f", {alias})"], f"remove it yourself (ip link del {name}) if it "
+                      "is not needed, or choose another --device")
+
+
 def _facts(msg) -> dict:
     """The settings we compare, from a pyroute2 RTM_NEWLINK message."""
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info else None
     facts = {"kind": kind, "index": msg["index"], "mtu": msg.get_attr("IFLA_MTU"),
              "mac": msg.get_attr("IFLA_ADDRESS"), "up": bool(msg["flags"] & IFF_UP),
-             "name": msg.get_attr("IFLA_IFNAME")}
+             "name": msg.get_attr("IFLA_IFNAME"), "alias": msg.get_attr("IFLA_IFALIAS")}
     data = info.get_attr("IFLA_INFO_DATA") if info and kind == "vxlan" else None
     if data is not None:
         g = data.get_attr
@@ -369,6 +380,7 @@ class KernelVtep:
         self.underlay_index: int | None = None
         self.unbound = False
         self.pending: state.NodeState | None = None
+        self._derived = None   # (inputs, the desired state derived from them): desired()
         self.want: state.NodeState | None = None
         self.replace_next = False
         self.changes: list[str] = []
@@ -437,8 +449,16 @@ class KernelVtep:
         if not idx:
             raise HostMismatch(f"underlay device {dev} of node {node.name!r} does not exist here")
         self.underlay_index = idx[0]
-        want = state.desired(plan, node.name, underlay_dev=dev, underlay_mtu=mtu,
-                             device=self.device)
+        # The desired state is a pure function of these; at 20,000 peers deriving it costs
+        # half a second, which a pass (every resync, every notification) should not pay
+        # again for an unchanged plan. The plan itself is in the key: it is immutable.
+        key = (plan, node.name, dev, mtu, self.device)
+        if self._derived is not None and self._derived[0] == key:
+            want = self._derived[1]
+        else:
+            want = state.desired(plan, node.name, underlay_dev=dev, underlay_mtu=mtu,
+                                 device=self.device)
+            self._derived = (key, want)
         # The kernel caps a vxlan device bound to a lower device (`dev`) at that device's
         # MTU minus the overhead. A forced `--mtu` above it (a deliberate misconfiguration)
         # gets an unbound device: it keeps the MTU, and with `df unset` the kernel
@@ -512,6 +532,8 @@ class KernelVtep:
                 ours = not first and have["index"] == self.ifindex
                 if not (replace or ours):
                     raise Incompatible(want.name, bad)
+                if not ours:
+                    require_made_by_vtep(want.name, have)
                 self._delete(have["index"], want.name)
                 self._note(f"deleted {want.name} to recreate it ({', '.join(bad)}; "
                            "plan vs existing)")
@@ -529,6 +551,7 @@ class KernelVtep:
             repairs = {}
         idx = have["index"]
         try:
+            self._mark(want.name, idx, have.get("alias"), adopted=not created)
             self._repair(want, idx, have, repairs)
             self._addresses(want, idx)
             if not have["up"]:
@@ -551,6 +574,20 @@ class KernelVtep:
             raise
         self.ifindex = idx
         return idx, created
+
+    mode = "kernel"
+
+    def _mark(self, name: str, idx: int, alias: str | None = None, adopted: bool = False):
+        """Put vtep's mark (owner.alias) on the device, so that every later invocation,
+        whatever its --state-dir, knows vtep made it; repaired like any other drift."""
+        mark = owner.alias(self.node.name, self.mode)
+        if alias == mark:
+            return
+        self._call(f"setting the alias of {name}", self.ipr.link, "set", index=idx,
+                   ifalias=mark)
+        if adopted:
+            self._note(f"marked {name} as vtep's (alias {mark!r}; was "
+                       f"{repr(alias) if alias else 'none'})")
 
     def _repair(self, want, idx, have, repairs):
         if "mtu" in repairs:
@@ -656,20 +693,29 @@ class KernelVtep:
                           "is in the way (not made by vtep): not replacing it")
         return lines, [f for f in failed if id(f[0]) not in lines]
 
-
     def _undo(self, really: bool, idx: int, name: str) -> None:
         """A first pass that fails leaves nothing half-configured behind."""
         if really:
             self._delete(idx, name)
             log.info(f"deleted {name} again: the first pass failed")
 
-    def reload(self) -> bool:
-        """Re-read the plan (SIGHUP). On a bad plan keep the current one and say why."""
+    def read_plan(self):
+        """The plan file, read and validated (SIGHUP). Touches nothing else, so the daemon
+        runs it in a thread while the data path keeps forwarding."""
+        plan = planlib.load(self.args.config)
+        if self.mtu_override is not None:
+            plan = dataclasses.replace(plan, mtu=self.mtu_override)
+        return plan
+
+    def reload(self, plan=None, error: VtepError | None = None) -> bool:
+        """Adopt a re-read plan (SIGHUP; read_plan() when none is given). On a bad plan
+        keep the current one and say why."""
         path = self.args.config
         try:
-            plan = planlib.load(path)
-            if self.mtu_override is not None:
-                plan = dataclasses.replace(plan, mtu=self.mtu_override)
+            if error is not None:
+                raise error
+            if plan is None:
+                plan = self.read_plan()
             node = plan.node(self.node.name)
             want = self.desired(plan, node)
         except VtepError as e:
@@ -717,19 +763,20 @@ def run(args, plan) -> int:
     setup_logging()
     host.require_net_admin("vtep run --kernel")
     from . import daemon
-    vt = KernelVtep(args, plan)
-    vt.mtu_override = getattr(args, "mtu_override", None)
-    try:
-        if args.once:
-            vt.report_conflicts = False   # said once, as this run's error
-            lines = vt.converge(first=True, replace=args.replace)
-            if vt.conflicts:   # the rest is applied; exit 4, one line per route
-                raise RouteConflict(vt.conflicts)
-            _summary(vt, lines)
-            return 0
-        return daemon.serve(vt, args)
-    finally:
-        vt.close()
+    with owner.Claim(args.device):   # before anything is touched, --once included
+        vt = KernelVtep(args, plan)
+        vt.mtu_override = getattr(args, "mtu_override", None)
+        try:
+            if args.once:
+                vt.report_conflicts = False   # said once, as this run's error
+                lines = vt.converge(first=True, replace=args.replace)
+                if vt.conflicts:   # the rest is applied; exit 4, one line per route
+                    raise RouteConflict(vt.conflicts)
+                _summary(vt, lines)
+                return 0
+            return daemon.serve(vt, args)
+        finally:
+            vt.close()
 
 
 def _summary(vt: KernelVtep, lines: list[str]) -> None:
@@ -750,10 +797,8 @@ def down(args, plan) -> int:
     node = host.select_node(plan, args.node)
     status = daemon.StatusFile(getattr(args, "state_dir", daemon.DEFAULT_STATE_DIR),
                                node.name, args.device)
-    owner = status.live_owner()
-    if owner:
-        raise HostMismatch(f"vtep run (pid {owner}) still manages {args.device} here; stop it "
-                           f"with SIGTERM (kill {owner}), which removes the device itself")
+    # the lock, not the status file: it is seen whatever --state-dir the agent was given
+    owner.refuse_if_managed(args.device, "removing it")
     with IPRoute(groups=0) as ipr:
         try:
             msg = ipr.link("get", ifname=args.device)[0]
@@ -776,6 +821,7 @@ def down(args, plan) -> int:
                 bad.append(f"local: {node.underlay_ip} vs {have['local'] or 'none'}")
         if bad:
             raise NotOurs(args.device, bad)
+        require_made_by_vtep(args.device, have)
         rt = netlink.Rtnl()
         try:
             r = rt.read(have["index"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import owner
+from .netlink import RTPROT_VTEP
 from .plan import Node, Plan
 
 DEFAULT_DEVICE = "vxlan0"
@@ -113,5 +114,6 @@ def iproute2(state: NodeState, df: str | None = None) -> list[str]:
         cmds.append(f"ip neigh add {p.neighbour.ip} lladdr {p.neighbour.mac} dev {d.name} "
                     "nud permanent")
         cmds.append(f"bridge fdb add {p.fdb.mac} dev {d.name} dst {p.fdb.dst} self permanent")
-        cmds.append(f"ip route add {p.route.dst} via {p.route.via} dev {d.name} onlink")
+        cmds.append(f"ip route add {p.route.dst} via {p.route.via} dev {d.name} onlink "
+                    f"proto {RTPROT_VTEP}")
     return cmds
