@@ -155,6 +155,7 @@ def test_desired_state_and_iproute2_commands(tmp_path):
     assert state.iproute2(s) == [
         f"ip link add vxlan0 address {p.node('network-1').vtep_mac} mtu 1450 type vxlan id 10 "
         "local 192.168.1.138 dstport 4789 nolearning dev eth0",
+        "ip link set vxlan0 alias vtep:kernel:network-1",  # the ownership mark (issue 8)
         "ip address add 172.2.0.0/32 dev vxlan0",
         "ip link set vxlan0 up",
         f"ip neigh add 172.2.1.0 lladdr {mac2} dev vxlan0 nud permanent",
