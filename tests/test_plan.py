@@ -160,7 +160,8 @@ def test_desired_state_and_iproute2_commands(tmp_path):
         "ip link set vxlan0 up",
         f"ip neigh add 172.2.1.0 lladdr {mac2} dev vxlan0 nud permanent",
         f"bridge fdb add {mac2} dev vxlan0 dst 192.168.2.142 self permanent",
-        "ip route add 172.2.1.0/24 via 172.2.1.0 dev vxlan0 onlink",
+        # proto 118: the route is tagged as vtep's (issue 8), as routing daemons tag theirs
+        "ip route add 172.2.1.0/24 via 172.2.1.0 dev vxlan0 onlink proto 118",
     ]
     assert state.desired(p, "network-1", underlay_dev="eth0", underlay_mtu=9000).device.mtu == 8950
 
@@ -185,7 +186,7 @@ def test_vtep_plan_command_prints_the_seed_commands(tmp_path):
     lines = [l for l in r.stdout.splitlines() if not l.startswith("#")]
     assert lines[0].startswith("ip link add vxlan0 address ")
     assert "type vxlan id 10 local 192.168.2.142 dstport 4789 nolearning dev" in lines[0]
-    assert lines[-1] == "ip route add 172.2.0.0/24 via 172.2.0.0 dev vxlan0 onlink"
+    assert lines[-1] == "ip route add 172.2.0.0/24 via 172.2.0.0 dev vxlan0 onlink proto 118"
     assert "not private address space" in r.stderr  # the warning, on stderr
 
 
