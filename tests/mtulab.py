@@ -34,17 +34,15 @@ from pathlib import Path
 
 from vtep import netns
 from vtep.lab import lab as lablib
-from vtep.lab.topology import Topology, end_process, seed
+from vtep.lab.topology import SEED_UNDERLAY6, Topology, end_process, seed
 
 VTEP = [sys.executable, "-m", "vtep.cli"]
 NODES = lablib.NODES                       # ("network-1", "network-2")
 UNDERLAY = {"network-1": "192.168.1.138", "network-2": "192.168.2.142"}
 ROUTER_IF = {"network-1": "eth1", "network-2": "eth2"}   # the router's side towards each node
-UNDERLAY6 = {"network-1": "fd00:1::8a", "network-2": "fd00:2::8e"}
-ROUTER6 = {"network-1": "fd00:1::1", "network-2": "fd00:2::1"}
-SUBNET6 = {"network-1": "fd00:1::/64", "network-2": "fd00:2::/64"}
-SEED_PLAN6 = (lablib.SEED_PLAN.replace('"192.168.1.138"', f'"{UNDERLAY6["network-1"]}"')
-              .replace('"192.168.2.142"', f'"{UNDERLAY6["network-2"]}"'))
+# the seed's IPv6 twin, as the lab builds it (topology.seed(underlay="ipv6"))
+UNDERLAY6 = {n: a.split("/")[0] for n, (a, _, _) in SEED_UNDERLAY6.items()}
+SEED_PLAN6 = lablib.SEED_PLAN6
 
 # Every case runs on four paths: (lab mode, sender node, receiver node). The mixed lab has
 # the kernel path on network-1 and the userspace path on network-2, so its two directions
@@ -68,26 +66,9 @@ def sh(ns: str, argv: list[str], *, check=True, timeout: float = 30, input=None)
 
 
 def seed6(prefix: str, *, mtu: int | None = None) -> Topology:
-    """The seed topology with an IPv6 underlay (addresses: address6, once started)."""
-    t = Topology(prefix)
-    router = t.add_node("router", forward=True)
-    for name in NODES:
-        t.add_link(t.add_node(name), router, "eth0", ROUTER_IF[name], mtu=mtu,
-                   tx_offload=False)
-    return t
-
-
-def address6(t: Topology) -> None:
-    """Addresses without duplicate address detection (a tentative address cannot be
-    bound), IPv6 forwarding on the router, a route on each node to the other subnet."""
-    sh(t["router"].ns, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
-    for name in NODES:
-        other = next(n for n in NODES if n != name)
-        sh(t[name].ns, ["ip", "-6", "address", "add", f"{UNDERLAY6[name]}/64", "dev", "eth0",
-                        "nodad"])
-        sh(t["router"].ns, ["ip", "-6", "address", "add", f"{ROUTER6[name]}/64", "dev",
-                            ROUTER_IF[name], "nodad"])
-        sh(t[name].ns, ["ip", "-6", "route", "add", SUBNET6[other], "via", ROUTER6[name]])
+    """The seed topology with an IPv6 underlay: the lab's own (addressed, routed and
+    forwarding once started; tx checksum offload off, as in seed())."""
+    return seed(prefix, mtu=mtu, underlay="ipv6")
 
 
 class Cluster:
@@ -161,8 +142,6 @@ class Cluster:
         c._stop = t.stop
         try:
             t.start()
-            if ipv6:
-                address6(t)
             for n in NODES:
                 c.state_dirs[n] = workdir / n
                 c.state_dirs[n].mkdir(exist_ok=True)

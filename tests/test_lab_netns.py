@@ -212,3 +212,88 @@ def test_mixed_lab_runs_each_path_where_planned(prefix):
     assert r.returncode == 0
     assert ours(prefix) == []
     assert all(gone(p) for p in pids_in(r.stdout))
+
+
+def test_status_in_the_root_namespace_shows_the_lab_agents(prefix):
+    """`vtep status` with its default --state-dir, in the root namespace (this test's),
+    lists the agents `vtep lab up` started in the lab nodes' namespaces, as running, with
+    the namespace each runs in (as `ip netns identify PID` names it)."""
+    try:
+        r = vtep("lab", "up", "--prefix", prefix)
+        assert r.returncode == 0, r.stderr
+        state = json.loads((Path(lablib.LAB_BASE) / f"lab-{prefix}" / "state.json").read_text())
+        pids = {p["what"].split()[-1]: p["pid"] for p in state["processes"]
+                if p["what"].startswith("vtep run ")}
+        assert set(pids) == set(lablib.NODES)
+        r = vtep("status")
+        assert r.returncode == 0, r.stderr
+        for node, pid in pids.items():
+            ns = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True,
+                                text=True).stdout.strip()
+            assert ns == prefix + node
+            assert re.search(rf"^vxlan0: node {node} \(lab {re.escape(prefix)}, netns "
+                             rf"{re.escape(ns)}\), kernel path, pid {pid} running;", r.stdout,
+                             re.M), r.stdout
+        docs = [d for d in json.loads(vtep("status", "--json").stdout) if d["lab"] == prefix]
+        assert sorted((d["node"], d["pid"], d["running"], d["here"], d["netns_name"])
+                      for d in docs) == \
+            sorted((n, pids[n], True, False, prefix + n) for n in lablib.NODES)
+    finally:
+        assert vtep("lab", "down", "--prefix", prefix).returncode == 0
+    assert f"lab {prefix}" not in vtep("status").stdout
+
+
+# --- the seed's IPv6 twin: `vtep lab up|demo --underlay ipv6` ---------------------------------
+# Needs `--underlay {ipv4,ipv6}` on the `lab` subparser (vtep/cli.py). Called in-process, so
+# that the CLI's own parsing is what is tested.
+
+UNDERLAY6 = {"network-1": "fd00:1::8a", "network-2": "fd00:2::8e"}   # lab.SEED_PLAN6
+
+
+def link(ns, dev):
+    return json.loads(netns.sh(["ip", "-d", "-j", "link", "show", dev], ns=ns).stdout)[0]
+
+
+@pytest.mark.parametrize("mode", ["kernel", "userspace", "mixed"])
+def test_demo_over_an_ipv6_underlay(prefix, tmp_path, mode, capsys):
+    from vtep import cli
+    from mtulab import read_pcap
+    cap = tmp_path / "demo6.pcap"
+    try:
+        code = cli.main(["lab", "demo", "--underlay", "ipv6", "--mode", mode, "--prefix",
+                         prefix, "--capture", str(cap), "--keep"])
+        out = capsys.readouterr()
+        assert code == 0, out.out + out.err
+        assert re.findall(r"^(?:PASS|FAIL)  ([^:]+):", out.out, re.M) == CHECKS, out.out
+        paths = {"kernel": ("kernel", "kernel"), "userspace": ("userspace", "userspace"),
+                 "mixed": ("kernel", "userspace")}[mode]
+        assert (f"mode {mode}: network-1 {paths[0]}, network-2 {paths[1]}; ipv6 underlay"
+                in out.out), out.out
+        assert "underlay fd00:1::/64 <-> router <-> fd00:2::/64" in out.out
+        assert "echo saw client 172.2.0.2 (the pod's own address: no NAT)" in out.out
+        assert "echo saw client 172.2.1.2 (the pod's own address: no NAT)" in out.out
+        # every VXLAN packet the router saw has an IPv6 outer header between the two nodes
+        vx = [p for p in read_pcap(cap) if p.vxlan]
+        assert len(vx) >= 12 and all(p.v6 for p in vx), vx[:3]
+        assert {(p.src, p.dst) for p in vx} == {tuple(UNDERLAY6.values()),
+                                                tuple(reversed(UNDERLAY6.values()))}
+        # overlay MTU 1500 - 70 (IPv6 40 + UDP 8 + VXLAN 8 + Ethernet 14) on the VTEP
+        # devices and on the pods
+        for (node, addr), path in zip(UNDERLAY6.items(), paths):
+            ns = prefix + node
+            assert link(ns, "vxlan0")["mtu"] == 1430
+            assert link(ns, "eth0")["mtu"] == 1500
+            pod = f"/run/netns/{ns}-pod1"
+            r = subprocess.run(["nsenter", f"--net={pod}", "ip", "-j", "link", "show", "eth0"],
+                               capture_output=True, text=True, check=True)
+            assert json.loads(r.stdout)[0]["mtu"] == 1430
+            if path == "kernel":
+                assert link(ns, "vxlan0")["linkinfo"]["info_data"]["local6"] == addr
+        # a demo on this lab asking for the other family is refused, the lab left as it is
+        code = cli.main(["lab", "demo", "--underlay", "ipv4", "--prefix", prefix])
+        err = capsys.readouterr().err
+        assert code == 2 and "is up with an ipv6 underlay, not --underlay ipv4" in err, err
+        assert len(ours(prefix)) == 5
+    finally:
+        assert vtep("lab", "down", "--prefix", prefix).returncode == 0
+    assert ours(prefix) == []

@@ -3,7 +3,7 @@ leaves nothing behind (also when a step fails)."""
 import pytest
 
 from vtep import netns
-from vtep.errors import LabError
+from vtep.errors import LabError, UsageError
 from vtep.lab.topology import Topology, seed
 
 pytestmark = pytest.mark.netns
@@ -30,6 +30,29 @@ def test_seed_underlay_routes_through_router(netns_prefix):
         p = t["router"].popen(["sleep", "60"])
     assert p.poll() is not None, "stop() must end the processes it started"
     assert ours(prefix) == []
+
+
+def test_seed_ipv6_twin_routes_from_the_first_packet(netns_prefix):
+    """The seed's IPv6 twin: the same links with fd00:1::/64 and fd00:2::/64. start()
+    returns with the underlay working: the very first ping crosses the router (an IPv6
+    device's neighbour discovery starts only when the kernel's link watch reports its
+    carrier, up to a second after it is up; start() waits for it)."""
+    prefix = netns_prefix + "topo6-"
+    with seed(prefix, underlay="ipv6") as t:
+        n1, n2 = t["network-1"], t["network-2"]
+        assert "inet6 fd00:1::8a/64" in n1.cmd(["ip", "-6", "address", "show", "eth0"]).stdout
+        r = n1.cmd(["ping", "-c", "1", "-W", "1", "fd00:2::8e"], check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ttl=63" in r.stdout  # one hop: the router decremented the hop limit
+        r = n2.cmd(["ping", "-c", "1", "-W", "1", "fd00:1::8a"], check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "tx-checksumming: off" in n1.cmd(["ethtool", "-k", "eth0"]).stdout
+    assert ours(prefix) == []
+
+
+def test_unknown_underlay_family_is_a_usage_error():
+    with pytest.raises(UsageError, match="--underlay ipx: use one of ipv4, ipv6"):
+        seed("vtt-never-", underlay="ipx")
 
 
 def test_forwarding_off_breaks_the_underlay(netns_prefix):

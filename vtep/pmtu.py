@@ -13,6 +13,15 @@ comes back; it is "too big" on EMSGSIZE, on an ICMP "fragmentation needed" /
 "packet too big" naming our probe (whose MTU narrows the search at once), or
 when nothing comes back at all (a path whose ICMP errors are filtered: the
 black hole itself). Every probe is bounded by a timeout and a retry count.
+
+A peer that not even a 576-byte probe reaches (no route to it, an ICMP
+"destination unreachable" naming our probe, or silence) is Unreachable; probe_each
+goes on with the other peers, so that one peer that is down does not hide the
+path MTU of the rest (`vtep run --mtu auto` starts with the reachable ones).
+
+The same holds over an IPv6 underlay (ICMPv6 echo, "packet too big"): IPv6 routers
+never fragment (RFC 8200 section 5), so the packet-too-big a router sends is the
+path's answer, and IPV6_PMTUDISC_PROBE sends each probe unfragmented at its size.
 """
 from __future__ import annotations
 
@@ -32,6 +41,9 @@ IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE = 23, 3
 ICMP_ECHO, ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_FRAG_NEEDED = 8, 0, 3, 4
 ICMP6_ECHO, ICMP6_ECHOREPLY, ICMP6_TOO_BIG = 128, 129, 2
+ICMP6_UNREACH = 1
+# sendto errors that say the peer cannot be reached at all (no route, neighbour failed)
+NO_ROUTE = (errno.ENETUNREACH, errno.EHOSTUNREACH)
 IPV4_HLEN, IPV6_HLEN, ICMP_HLEN = 20, 40, 8
 
 
@@ -48,6 +60,10 @@ class Unreachable(VtepError):
     """Not even a 576-byte probe reaches the peer."""
 
     exit_code = 1
+
+    def __init__(self, peer: str, address: str, why: str):
+        self.peer, self.address, self.why = peer, address, why
+        super().__init__(f"peer {peer} ({address}): {why}")
 
 
 class Prober:
@@ -75,6 +91,7 @@ class Prober:
         self.ident = os.getpid() & 0xFFFF
         self.seq = 0
         self.hlen = IPV6_HLEN if self.v6 else IPV4_HLEN
+        self.refused: str | None = None   # why the last probe could not reach its peer
 
     def close(self):
         self.sock.close()
@@ -94,11 +111,15 @@ class Prober:
         # ICMPv6's checksum covers a pseudo-header: the kernel fills it for raw ICMPv6
         csum = 0 if self.v6 else checksum(head + payload)
         msg = struct.pack("!BBHHH", kind, 0, csum, self.ident, self.seq) + payload
+        self.refused = None
         try:
             self.sock.sendto(msg, (dst, 0))
         except OSError as e:
             if e.errno == errno.EMSGSIZE:
                 return False, None  # larger than our own device's MTU
+            if e.errno in NO_ROUTE:
+                self.refused = e.strerror
+                return False, None
             raise VtepError(f"probing {dst}: {e.strerror}")
         deadline = time.monotonic() + self.timeout
         while True:
@@ -122,7 +143,8 @@ class Prober:
             return (True, None) if (ident, seq) == (self.ident, self.seq) else None
         too_big = (kind == ICMP6_TOO_BIG) if self.v6 else (
             kind == ICMP_UNREACH and code == ICMP_FRAG_NEEDED)
-        if not too_big:
+        unreach = not too_big and kind == (ICMP6_UNREACH if self.v6 else ICMP_UNREACH)
+        if not (too_big or unreach):
             return None
         mtu = struct.unpack_from("!I" if self.v6 else "!2xH", data, off + 4)[0]
         inner = off + 8  # the start of our own probe, quoted
@@ -132,6 +154,9 @@ class Prober:
         ident, seq = struct.unpack_from("!HH", data, inner + ihl + 4)
         if (ident, seq) != (self.ident, self.seq):
             return None
+        if unreach:  # a router (or the peer) says our probe cannot be delivered at all
+            self.refused = f"{src} answered destination unreachable (code {code})"
+            return False, None
         return False, (mtu or None)
 
     def path_mtu(self, name: str, dst: str, ceiling: int) -> PathMtu:
@@ -154,9 +179,9 @@ class Prober:
 
         lo, hi = MIN_MTU, max(ceiling, MIN_MTU)
         if not fits(lo):
-            raise Unreachable(f"peer {name} ({dst}): no {MIN_MTU}-byte probe with DF came "
-                              f"back in {self.tries} tries: the underlay path is down or "
-                              "drops ICMP echo")
+            raise Unreachable(name, dst, f"no {MIN_MTU}-byte probe with DF came back in "
+                              f"{self.tries} tries: " + (self.refused or "the underlay path "
+                                                         "is down or drops ICMP echo"))
         top = hi
         if fits(top):
             return PathMtu(name, dst, top, probes, learned)
@@ -171,7 +196,22 @@ class Prober:
         return PathMtu(name, dst, lo, probes, learned)
 
 
-def probe_peers(local: str, peers, ceiling: int, **kw) -> list[PathMtu]:
-    """Path MTU to every peer (name, underlay ip), one after another."""
+def probe_each(local: str, peers, ceiling: int, **kw) -> tuple[list[PathMtu], list[Unreachable]]:
+    """Path MTU to every peer (name, underlay ip), one after another: the peers that
+    answered, and one Unreachable per peer that did not (the others are still probed)."""
+    found, lost = [], []
     with Prober(local, **kw) as p:
-        return [p.path_mtu(name, ip, ceiling) for name, ip in peers]
+        for name, ip in peers:
+            try:
+                found.append(p.path_mtu(name, ip, ceiling))
+            except Unreachable as e:
+                lost.append(e)
+    return found, lost
+
+
+def probe_peers(local: str, peers, ceiling: int, **kw) -> list[PathMtu]:
+    """Path MTU to every peer; raises the first peer's Unreachable (all must answer)."""
+    found, lost = probe_each(local, peers, ceiling, **kw)
+    if lost:
+        raise lost[0]
+    return found

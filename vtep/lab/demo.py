@@ -8,9 +8,10 @@ overlay routes, it does not NAT). Meanwhile the router captures its network-1 si
 checks the capture against the plan. Each step prints PASS/FAIL with what it did;
 the exit status is 1 when any failed, and the last line names them.
 
-The checks are the same in every --mode (kernel, userspace, mixed): the pods cannot
-tell which data path carries them, and the router's capture must pass the same
-vxinspect --plan. After the checks, the counters of each userspace VTEP are shown
+The checks are the same in every --mode (kernel, userspace, mixed) and over either
+--underlay (ipv4, ipv6: the IPv6 twin of the seed, overlay MTU 1500 - 70 = 1430): the
+pods cannot tell which data path or underlay family carries them, and the router's
+capture must pass the same vxinspect --plan. After the checks, the counters of each userspace VTEP are shown
 (`vtep status`).
 
 When the lab was not up, demo brings it up in --mode and takes it down afterwards
@@ -154,16 +155,21 @@ def counters(lab: lablib.Lab) -> None:
 
 def run(lab: lablib.Lab, args) -> int:
     was_up = lab.exists
+    underlay = getattr(args, "underlay", None)  # an option of the `lab` subparser
     if was_up:
         lab.load()
         if args.mode and args.mode != lab.mode:
             raise UsageError(f"lab {lab.prefix} is up in mode {lab.mode}, not --mode "
                              f"{args.mode}: `vtep lab down --prefix {lab.prefix}` first")
-        print(f"lab {lab.prefix}: already up ({lablib.describe_mode(lab.mode)}); "
-              "checking it (it stays up)")
+        if underlay and underlay != lab.underlay:
+            raise UsageError(f"lab {lab.prefix} is up with an {lab.underlay} underlay, not "
+                             f"--underlay {underlay}: `vtep lab down --prefix {lab.prefix}` "
+                             "first")
+        print(f"lab {lab.prefix}: already up "
+              f"({lablib.describe_mode(lab.mode, lab.underlay)}); checking it (it stays up)")
     else:
-        lablib.up(lab, args.mode or "kernel")
-        print(f"lab {lab.prefix}: {lablib.describe_mode(lab.mode)}")
+        lablib.up(lab, args.mode or "kernel", underlay=underlay or "ipv4")
+        print(f"lab {lab.prefix}: {lablib.describe_mode(lab.mode, lab.underlay)}")
     capture = str(Path(args.capture).resolve()) if args.capture else str(lab.dir / "demo.pcap")
     try:
         plan = planlib.load(lab.plan_path)

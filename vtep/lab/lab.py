@@ -1,7 +1,8 @@
 """`vtep lab up|down`: the seed cluster in network namespaces, recorded so that `down`
 removes exactly what `up` made.
 
-up: the seed topology (topology.seed), the seed plan written to the lab dir, `vtep run`
+up: the seed topology (topology.seed; --underlay ipv6: its IPv6 twin, with the seed plan's
+twin SEED_PLAN6), the seed plan written to the lab dir, `vtep run`
 inside each node's namespace (--mode kernel: the kernel path on both nodes; userspace:
 `vtep run --userspace` on both; mixed: kernel on network-1, userspace on network-2), and
 on each node a pod `pod1` running the HTTP echo server on :8000. The underlay veths
@@ -16,6 +17,7 @@ still belongs to the process we started (its start time in /proc/PID/stat).
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -58,6 +60,19 @@ subnet = "172.2.1.0/24"
 """
 
 
+def seed_plan(underlay: str = "ipv4") -> str:
+    """The seed plan for the seed topology's `underlay` family: the same cluster, with
+    each node's underlay_ip the address topology.seed gives it in that family."""
+    text = SEED_PLAN
+    for name, (v4, _, _) in topology.SEED_UNDERLAY.items():
+        addr = topology.seed_underlay(underlay)[name][0].split("/")[0]
+        text = text.replace(f'"{v4.split("/")[0]}"', f'"{addr}"')
+    return text
+
+
+SEED_PLAN6 = seed_plan("ipv6")   # overlay MTU 1500 - 70 = 1430 (an IPv6 outer header)
+
+
 def node_mode(mode: str, node: str) -> str:
     """The data path `node` runs in a lab of `mode`: mixed puts the kernel path on
     network-1 and the userspace path on network-2."""
@@ -84,6 +99,7 @@ class Lab:
         self.processes: list[dict] = []
         self.pods: dict[str, dict] = {}  # node -> {"ns", "ip"}
         self.mode = "kernel"
+        self.underlay = "ipv4"
 
     # naming: every namespace carries the prefix
     def node_ns(self, node: str) -> str:
@@ -105,12 +121,14 @@ class Lab:
         self.processes = list(d.get("processes", []))
         self.pods = dict(d.get("pods", {}))
         self.mode = d.get("mode", "kernel")
+        self.underlay = d.get("underlay", "ipv4")
         return self
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"prefix": self.prefix, "mode": self.mode,
+                                   "underlay": self.underlay,
                                    "plan": str(self.plan_path), "namespaces": self.namespaces,
                                    "processes": self.processes, "pods": self.pods}, indent=2))
         os.replace(tmp, self.state_path)
@@ -131,9 +149,10 @@ class Lab:
 
 # --- up -------------------------------------------------------------------------------------
 
-def up(lab: Lab, mode: str = "kernel", say=print) -> Lab:
+def up(lab: Lab, mode: str = "kernel", say=print, underlay: str = "ipv4") -> Lab:
     if mode not in MODES:
         raise UsageError(f"lab --mode {mode}: use one of {', '.join(MODES)}")
+    topology.seed_underlay(underlay)  # an unknown family is a usage error, before anything
     if lab.exists:
         raise LabError(f"a lab with prefix {lab.prefix!r} is already up ({lab.dir}); "
                        f"`vtep lab down --prefix {lab.prefix}` first")
@@ -143,6 +162,7 @@ def up(lab: Lab, mode: str = "kernel", say=print) -> Lab:
         raise LabError(f"namespaces {', '.join(clash)} already exist (left by another lab? "
                        f"`vtep lab down --prefix {lab.prefix}` removes only what it recorded)")
     lab.mode = mode
+    lab.underlay = underlay
     lab.save()  # from here on, teardown knows where to look
     try:
         _build(lab, say)
@@ -154,16 +174,18 @@ def up(lab: Lab, mode: str = "kernel", say=print) -> Lab:
 
 
 def _build(lab: Lab, say) -> None:
-    lab.plan_path.write_text(SEED_PLAN)
+    lab.plan_path.write_text(seed_plan(lab.underlay))
     plan = planlib.load(lab.plan_path)
-    topo = topology.seed(lab.prefix)
+    topo = topology.seed(lab.prefix, underlay=lab.underlay)
     try:
         topo.start()
     finally:  # whatever start() managed to make is ours to remove
         lab.namespaces = list(topo.namespaces)
         lab.save()
+    nets = [str(ipaddress.ip_interface(a).network)
+            for a, _, _ in topology.seed_underlay(lab.underlay).values()]
     say(f"lab {lab.prefix}: namespaces {', '.join(lab.namespaces)}; underlay "
-        "192.168.1.0/24 <-> router <-> 192.168.2.0/24 (tx checksum offload off); plan "
+        f"{nets[0]} <-> router <-> {nets[1]} (tx checksum offload off); plan "
         + str(lab.plan_path))
 
     for name in NODES:
@@ -277,8 +299,9 @@ def stop_process(rec: dict, grace: float = STOP_GRACE) -> bool:
     return True
 
 
-def describe_mode(mode: str) -> str:
-    return f"mode {mode}: " + ", ".join(f"{n} {node_mode(mode, n)}" for n in NODES)
+def describe_mode(mode: str, underlay: str = "ipv4") -> str:
+    return (f"mode {mode}: " + ", ".join(f"{n} {node_mode(mode, n)}" for n in NODES)
+            + ("" if underlay == "ipv4" else f"; {underlay} underlay"))
 
 
 def _starttime(pid: int) -> str | None:
@@ -315,8 +338,9 @@ def command(args) -> int:
     require_net_admin(f"vtep lab {args.action}")
     lab = Lab(args.prefix)
     if args.action == "up":
-        up(lab, args.mode or "kernel")
-        print(f"lab {lab.prefix}: up ({describe_mode(lab.mode)}); "
+        # getattr: --underlay is an option of the `lab` subparser (vtep/cli.py)
+        up(lab, args.mode or "kernel", underlay=getattr(args, "underlay", None) or "ipv4")
+        print(f"lab {lab.prefix}: up ({describe_mode(lab.mode, lab.underlay)}); "
               f"`vtep lab down --prefix {lab.prefix}` removes it")
         return 0
     if args.action == "down":

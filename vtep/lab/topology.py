@@ -26,22 +26,27 @@ API:
   tx_offload=False turns tx checksum offload off on both ends: a veth otherwise leaves
   outer UDP checksums unfilled (CHECKSUM_PARTIAL), which a capture shows as bad and a
   userspace VTEP would drop.
-- seed(prefix, tx_offload=False): the issue's seed topology, unbuilt (use `with` or start()):
-  network-1 (eth0 192.168.1.138/24) -- router (eth1 192.168.1.213/24, eth2 192.168.2.216/24,
-  ip_forward=1) -- network-2 (eth0 192.168.2.142/24), and on each node a static route to
-  the other underlay subnet via the router. No VTEP.
+- seed(prefix, tx_offload=False, mtu=None, underlay="ipv4"): the issue's seed topology,
+  unbuilt (use `with` or start()): network-1 (eth0 192.168.1.138/24) -- router (eth1
+  192.168.1.213/24, eth2 192.168.2.216/24, forwarding on) -- network-2 (eth0
+  192.168.2.142/24), and on each node a static route to the other underlay subnet via the
+  router. No VTEP. underlay="ipv6": its twin, the same links with fd00:1::8a/64 --
+  fd00:1::1/64, fd00:2::1/64 -- fd00:2::8e/64 (SEED_UNDERLAY6) instead.
 """
 from __future__ import annotations
 
+import ipaddress
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 
 from .. import netns
-from ..errors import LabError
+from ..errors import LabError, UsageError
 
 NETNS_DIR = "/run/netns"
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL for a process we started
+IPV6_READY = 5.0  # seconds an IPv6 link may take to carry its first ping
 
 
 class Node:
@@ -94,6 +99,23 @@ class Link:
             node.cmd(["ip", "link", "set", dev, "up"])
 
 
+    def wait_ipv6(self, limit: float = IPV6_READY) -> None:
+        """Until an IPv6 link carries a ping from a to b. The kernel configures IPv6 on a
+        device (its multicast route, hence neighbour discovery) only when the link-watch
+        work reports the carrier, up to a second after `ip link set up`; until then a
+        neighbour solicitation is dropped and resent a second later (RetransTimer, RFC
+        4861), so the first packets of a fresh underlay would wait or be lost."""
+        if not (self.a_addr and self.b_addr and ":" in self.b_addr):
+            return
+        dst = self.b_addr.split("/")[0]
+        deadline = time.monotonic() + limit
+        while self.a.cmd(["ping", "-6", "-n", "-c", "1", "-W", "0.2", dst],
+                         check=False).returncode:
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.a.ns} {self.a_if} -> {dst}: IPv6 link not up within "
+                               f"{limit:g}s")
+
+
 class Topology:
     """Namespaces, veth links and static routes; built by start(), removed by stop()."""
 
@@ -138,12 +160,18 @@ class Topology:
                                    f"{self.prefix!r}? `vtep lab down --prefix {self.prefix}`)")
                 netns.add(n.ns)
                 self.namespaces.append(n.ns)
-                if n.forward:
-                    n.cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+                # No IPv6 duplicate address detection on the devices to come: every address
+                # here is ours alone, and a tentative address can be neither bound nor used
+                sysctls = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
+                if n.forward:  # both families: the seed has an IPv4 and an IPv6 twin
+                    sysctls += ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+                n.cmd(["sysctl", "-qw", *sysctls])
             for link in self.links:
                 link.create()
             for node, dst, via in self.routes:
                 node.cmd(["ip", "route", "add", dst, "via", via])
+            for link in self.links:
+                link.wait_ipv6()
         except BaseException:
             self.stop()
             raise
@@ -183,22 +211,41 @@ def end_process(p: subprocess.Popen, grace: float = STOP_GRACE) -> None:
         pass
 
 
+# node -> (its underlay address, the router's address on its side, the router's device)
 SEED_UNDERLAY = {
     "network-1": ("192.168.1.138/24", "192.168.1.213/24", "eth1"),
     "network-2": ("192.168.2.142/24", "192.168.2.216/24", "eth2"),
 }
+SEED_UNDERLAY6 = {   # the IPv6 twin: unique local addresses (RFC 4193), same links
+    "network-1": ("fd00:1::8a/64", "fd00:1::1/64", "eth1"),
+    "network-2": ("fd00:2::8e/64", "fd00:2::1/64", "eth2"),
+}
+UNDERLAYS = {"ipv4": SEED_UNDERLAY, "ipv6": SEED_UNDERLAY6}
 UNDERLAY_DEV = "eth0"  # each node's underlay device
 
 
-def seed(prefix: str, *, tx_offload: bool = False, mtu: int | None = None) -> Topology:
-    """The seed topology (unbuilt): two nodes on two underlay subnets joined by a router."""
+def seed_underlay(underlay: str = "ipv4") -> dict[str, tuple[str, str, str]]:
+    """The seed's addressing for an underlay family ("ipv4" or "ipv6")."""
+    try:
+        return UNDERLAYS[underlay]
+    except KeyError:
+        raise UsageError(f"--underlay {underlay}: use one of {', '.join(UNDERLAYS)}") from None
+
+
+def seed(prefix: str, *, tx_offload: bool = False, mtu: int | None = None,
+         underlay: str = "ipv4") -> Topology:
+    """The seed topology (unbuilt): two nodes on two underlay subnets joined by a router;
+    `underlay` picks the family of every underlay address (the overlay is IPv4 in both)."""
+    table = seed_underlay(underlay)
     t = Topology(prefix)
     router = t.add_node("router", forward=True)
-    for name, (node_addr, router_addr, router_if) in SEED_UNDERLAY.items():
+    for name, (node_addr, router_addr, router_if) in table.items():
         node = t.add_node(name)
         t.add_link(node, router, UNDERLAY_DEV, router_if, node_addr, router_addr, mtu=mtu,
                    tx_offload=tx_offload)
-    n1, n2 = t["network-1"], t["network-2"]
-    t.add_route(n1, "192.168.2.0/24", "192.168.1.213")
-    t.add_route(n2, "192.168.1.0/24", "192.168.2.216")
+    for name, (_, router_addr, _) in table.items():   # each node: the others via the router
+        for other, (other_addr, _, _) in table.items():
+            if other != name:
+                t.add_route(t[name], str(ipaddress.ip_interface(other_addr).network),
+                            router_addr.split("/")[0])
     return t
