@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix", default="vtl-", help="namespace name prefix (default vtl-)")
     s.add_argument("--keep", action="store_true", help="demo: leave the lab up afterwards")
     s.add_argument("--capture", metavar="FILE", help="demo: keep the router capture here")
+    s.add_argument("--underlay", choices=("ipv4", "ipv6"),
+                   help="up/demo: the underlay's address family (default ipv4; ipv6: the "
+                        "seed's IPv6 twin, overlay MTU 1430); demo on a lab that is up: must "
+                        "match it")
     s.set_defaults(handler="vtep.lab:command")
     return p
 
