@@ -131,3 +131,28 @@ def test_a_device_left_by_once_is_vtep_s_and_down_removes_it(netns_prefix, plan_
             n1.cmd(cmd.split())
         assert link(n1)["ifalias"] == "vtep:kernel:network-1"
         assert n1.cmd(VTEP + ["down", "--config", str(plan_file)], check=False).returncode == 0
+
+
+# --- defect 9: `--mtu auto` re-probes a peer that did not answer at start ---------------
+
+def test_mtu_auto_lowers_the_mtu_when_a_silent_peer_answers_later(netns_prefix, plan_file,
+                                                                  tmp_path):
+    with seed(netns_prefix + "h9-") as t:
+        # network-2 sits behind a 1400-byte link (path MTU 1400: overlay 1350, RFC 7348's
+        # 50 bytes), and the router forwards nothing yet: network-2 is silent at start
+        t["router"].cmd(["ip", "link", "set", "eth2", "mtu", "1400"])
+        t["network-2"].cmd(["ip", "link", "set", "eth0", "mtu", "1400"])
+        t["router"].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        n1 = t["network-1"]
+        v = Vtep(n1, "kernel", plan_file, tmp_path / "state", "--mtu", "auto",
+                 "--interval", "1")
+        assert link(n1)["mtu"] == 1450, v.output()   # the plan's: 1500 - 50
+        assert "no peer answered (network-2)" in v.output()
+        t["router"].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        assert wait_for(lambda: link(n1)["mtu"] == 1350, 15), v.output()
+        assert v.p.poll() is None
+        assert v.stop() == 0
+        out = v.output()
+        assert ("--mtu auto: network-2 answers now; path MTU 1400 to network-2: lowering "
+                "the overlay MTU from 1450 to 1350") in out, out
+        assert "Traceback" not in out

@@ -26,6 +26,7 @@ import threading
 import time
 
 from . import netlink
+from .reprobe import Reprobe
 from .errors import DeviceLost, VtepError
 
 log = logging.getLogger("vtep")
@@ -121,20 +122,21 @@ class _Signals:
         self.w.close()
 
 
-class _PlanReader:
-    """Reads the plan file in a thread on SIGHUP, so that however long a huge plan
-    takes to parse and validate, the loop keeps forwarding meanwhile; the thread wakes
-    select() through a socketpair when the plan (or the reason it is bad) is ready.
+class _Job:
+    """One function at a time run in a thread (a plan read on SIGHUP, a path MTU probe),
+    so that however long it takes the loop keeps forwarding meanwhile; the thread wakes
+    select() through a socketpair when the result (or the exception) is ready.
 
-    While it runs, the interpreter switches threads every SWITCH s instead of every
-    5 ms: a data path thread that returns from a system call waits at most that long
-    for the GIL the parser holds, so traffic slows down during a reload but never stops.
+    A job that computes (`cpu`: parsing and validating a huge plan) lowers the
+    interpreter's thread switch interval from 5 ms to SWITCH while it runs: the loop,
+    returning from each system call, waits at most that long for the GIL the job holds,
+    so traffic slows down while it runs but never stops.
     """
 
     SWITCH = 0.0002
 
-    def __init__(self, load):
-        self.load = load
+    def __init__(self, fn, cpu: bool = False):
+        self.fn, self.cpu = fn, cpu
         self.r, self.w = socket.socketpair()
         self.r.setblocking(False)
         self.thread: threading.Thread | None = None
@@ -150,25 +152,26 @@ class _PlanReader:
         return self.thread is not None
 
     def start(self) -> None:
-        if self.thread is not None:   # a SIGHUP while reading: read once more afterwards
+        if self.thread is not None:   # asked again while running: run once more afterwards
             self.again = True
             return
-        self.interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self.interval, self.SWITCH))
-        self.thread = threading.Thread(target=self._work, name="plan-reader", daemon=True)
+        if self.cpu:
+            self.interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.interval, self.SWITCH))
+        self.thread = threading.Thread(target=self._work, daemon=True)
         self.thread.start()
 
     def _work(self) -> None:
         try:
-            self.result = (self.load(), None)
+            self.result = (self.fn(), None)
         except Exception as e:   # handed to the loop: a VtepError is logged, a bug raised
             self.result = (None, e)
         finally:
             self.w.send(b"!")
 
     def take(self):
-        """(plan, None) or (None, exception) of the finished read; starts the next one
-        when a SIGHUP came in meanwhile (the file may have changed since)."""
+        """(result, None) or (None, exception) of the finished run; starts the next run
+        when it was asked for meanwhile (a SIGHUP: the file may have changed since)."""
         try:
             while self.r.recv(64):
                 pass
@@ -176,7 +179,8 @@ class _PlanReader:
             pass
         self.thread.join()
         self.thread = None
-        sys.setswitchinterval(self.interval)
+        if self.cpu:
+            sys.setswitchinterval(self.interval)
         result, self.result = self.result, None
         if self.again:
             self.again = False
@@ -184,7 +188,7 @@ class _PlanReader:
         return result
 
     def close(self) -> None:
-        if self.thread is not None:   # (a daemon thread: it never holds the exit up)
+        if self.thread is not None and self.cpu:   # (daemon threads never hold the exit up)
             sys.setswitchinterval(self.interval)
         self.r.close()
         self.w.close()
@@ -197,11 +201,16 @@ def serve(vt, args) -> int:
     status = StatusFile(getattr(args, "state_dir", None), vt.node.name, vt.device)
     sigs = _Signals()          # before the first pass: a SIGTERM then still cleans up
     events = netlink.Events()  # before the first pass: no drift goes unseen
-    reader = _PlanReader(vt.read_plan)
+    jobs = [_Job(vt.read_plan, cpu=True)]
+    auto = getattr(args, "mtu_auto", None)   # `--mtu auto`: what probing found at start
+    reprobe = Reprobe(vt, auto.unreachable) if auto is not None else None
+    if reprobe is not None:
+        jobs.append(_Job(reprobe.work))
     try:
-        return _loop(vt, args, interval, status, sigs, events, reader)
+        return _loop(vt, args, interval, status, sigs, events, jobs, reprobe)
     finally:
-        reader.close()
+        for job in jobs:
+            job.close()
         events.close()
         sigs.close()
 
@@ -227,7 +236,7 @@ def _forward(vt, lost: list) -> None:
             return
 
 
-def _loop(vt, args, interval, status, sigs, events, reader) -> int:
+def _loop(vt, args, interval, status, sigs, events, jobs, reprobe) -> int:
     """The control loop. A realiser with a data path of its own (the userspace VTEP)
     offers `io()`, {fd: handler} polled in the same select(), and `counters()`, which
     the status file republishes every STATUS_EVERY seconds."""
@@ -263,9 +272,12 @@ def _loop(vt, args, interval, status, sigs, events, reader) -> int:
     # TAP device or the data path, so they are rebuilt after each pass, not every wake-up
     # (under load a wake-up happens every few frames). Plain ints: select() then calls
     # no fileno() methods.
+    reader, prober = jobs[0], jobs[1] if reprobe is not None else None
     ev_fd, sig_fd, plan_fd = events.fileno(), sigs.r.fileno(), reader.fileno()
+    probe_fd = prober.fileno() if prober is not None else -1
+    base = [fd for fd in (ev_fd, sig_fd, plan_fd, probe_fd) if fd >= 0]
     io = vt.io() if counters else {}
-    fds = [ev_fd, sig_fd, plan_fd, *io]
+    fds = base + list(io)
     while True:
         now = time.monotonic()
         wake = next_resync if due is None else min(next_resync, due)
@@ -286,7 +298,7 @@ def _loop(vt, args, interval, status, sigs, events, reader) -> int:
                     log.info(f"{vt.device}: {e}; recreating it")
                     vt.device_lost()
                     io = {}
-                    fds = [ev_fd, sig_fd, plan_fd]
+                    fds = base
                     reasons.append("device lost")
                     due = time.monotonic()
                     break
@@ -316,6 +328,12 @@ def _loop(vt, args, interval, status, sigs, events, reader) -> int:
                 raise err   # a bug in reading plans: the CLI reports it
             if vt.reload(plan, err):
                 due, reasons = time.monotonic(), reasons + ["plan re-read"]
+        if probe_fd in ready and prober.busy:
+            found, err = prober.take()
+            if err is not None and not isinstance(err, VtepError):
+                raise err
+            if reprobe.apply(found, err):
+                due, reasons = time.monotonic(), reasons + ["path MTU re-probed"]
         if ev_fd in ready:
             relevant, why = events.drain(vt.watched(), echo, {vt.ifindex})
             if relevant:   # also cuts a failed pass's retry short: the cause may be gone
@@ -353,7 +371,9 @@ def _loop(vt, args, interval, status, sigs, events, reader) -> int:
             lost.clear()
         if counters:   # the pass may have recreated the TAP device or the data path
             io = vt.io()
-            fds = [ev_fd, sig_fd, plan_fd, *io]
+            fds = base + list(io)
         if full:
             next_resync = time.monotonic() + interval
+            if reprobe is not None and reprobe.wanted() and not prober.busy:
+                prober.start()   # off the loop: a silent peer costs seconds of waiting
         publish(full)
