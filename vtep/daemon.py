@@ -201,21 +201,28 @@ def serve(vt, args) -> int:
     status = StatusFile(getattr(args, "state_dir", None), vt.node.name, vt.device)
     sigs = _Signals()          # before the first pass: a SIGTERM then still cleans up
     events = netlink.Events()  # before the first pass: no drift goes unseen
-    jobs = [_Job(vt.read_plan, cpu=True)]
+    reader = _Job(vt.read_plan, cpu=True)
     auto = getattr(args, "mtu_auto", None)   # `--mtu auto`: what probing found at start
     reprobe = Reprobe(vt, auto.unreachable) if auto is not None else None
-    if reprobe is not None:
-        jobs.append(_Job(reprobe.work))
+    prober = _Job(reprobe.work) if reprobe is not None else None
     try:
-        return _loop(vt, args, interval, status, sigs, events, jobs, reprobe)
+        return _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober)
     finally:
-        for job in jobs:
-            job.close()
+        for job in (reader, prober):
+            if job is not None:
+                job.close()
         events.close()
         sigs.close()
 
 
 STATUS_EVERY = 1.0   # s: how often a data path with counters republishes them
+
+
+def _lose_device(vt, e: DeviceLost) -> None:
+    """Drift like any other: the next pass recreates the device. Until then its fds are
+    not polled (a dead TAP fd is always readable)."""
+    log.info(f"{vt.device}: {e}; recreating it")
+    vt.device_lost()
 
 
 def _forward(vt, lost: list) -> None:
@@ -230,13 +237,12 @@ def _forward(vt, lost: list) -> None:
         try:
             io[fd]()
         except DeviceLost as e:
-            log.info(f"{vt.device}: {e}; recreating it")
-            vt.device_lost()
+            _lose_device(vt, e)
             lost.append(str(e))
             return
 
 
-def _loop(vt, args, interval, status, sigs, events, jobs, reprobe) -> int:
+def _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober) -> int:
     """The control loop. A realiser with a data path of its own (the userspace VTEP)
     offers `io()`, {fd: handler} polled in the same select(), and `counters()`, which
     the status file republishes every STATUS_EVERY seconds."""
@@ -272,10 +278,9 @@ def _loop(vt, args, interval, status, sigs, events, jobs, reprobe) -> int:
     # TAP device or the data path, so they are rebuilt after each pass, not every wake-up
     # (under load a wake-up happens every few frames). Plain ints: select() then calls
     # no fileno() methods.
-    reader, prober = jobs[0], jobs[1] if reprobe is not None else None
     ev_fd, sig_fd, plan_fd = events.fileno(), sigs.r.fileno(), reader.fileno()
-    probe_fd = prober.fileno() if prober is not None else -1
-    base = [fd for fd in (ev_fd, sig_fd, plan_fd, probe_fd) if fd >= 0]
+    probe_fd = prober.fileno() if prober is not None else None
+    base = [ev_fd, sig_fd, plan_fd] + ([probe_fd] if probe_fd is not None else [])
     io = vt.io() if counters else {}
     fds = base + list(io)
     while True:
@@ -293,10 +298,7 @@ def _loop(vt, args, interval, status, sigs, events, jobs, reprobe) -> int:
                 try:
                     handler()
                 except DeviceLost as e:
-                    # drift like any other: the next pass recreates the device; until
-                    # then its fds are not polled (a dead TAP fd is always readable)
-                    log.info(f"{vt.device}: {e}; recreating it")
-                    vt.device_lost()
+                    _lose_device(vt, e)
                     io = {}
                     fds = base
                     reasons.append("device lost")
@@ -328,7 +330,7 @@ def _loop(vt, args, interval, status, sigs, events, jobs, reprobe) -> int:
                 raise err   # a bug in reading plans: the CLI reports it
             if vt.reload(plan, err):
                 due, reasons = time.monotonic(), reasons + ["plan re-read"]
-        if probe_fd in ready and prober.busy:
+        if probe_fd is not None and probe_fd in ready and prober.busy:
             found, err = prober.take()
             if err is not None and not isinstance(err, VtepError):
                 raise err
