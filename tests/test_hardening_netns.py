@@ -71,6 +71,31 @@ def test_a_deleted_tap_device_is_recreated_with_its_entries(netns_prefix, plan_f
         assert re.search(r"vxlan0: 4 changes after: .*(device lost|link deleted)", out), out
 
 
+def test_a_foreign_device_in_the_tap_s_place_is_left_alone(netns_prefix, plan_file, tmp_path):
+    with seed(netns_prefix + "h2-") as t:
+        n2 = t["network-2"]
+        v = Vtep(n2, "userspace", plan_file, tmp_path / "state")
+        # the agent stopped while its TAP is replaced by a veth of the same name (it would
+        # otherwise recreate the TAP within milliseconds, before anyone else could)
+        v.signal(signal.SIGSTOP)
+        try:
+            n2.cmd(["ip", "link", "del", "vxlan0"])
+            n2.cmd(["ip", "link", "add", "vxlan0", "type", "veth", "peer", "name", "vxp"])
+        finally:
+            v.signal(signal.SIGCONT)
+        assert wait_for(lambda: "made by: vtep vs someone else" in v.output(), 5), v.output()
+        assert link(n2)["linkinfo"]["info_kind"] == "veth"   # never removed
+        assert v.p.poll() is None
+        # once it is gone, the agent's TAP is back
+        n2.cmd(["ip", "link", "del", "vxlan0"])
+        assert wait_for(lambda: (link(n2) or {}).get("linkinfo", {}).get("info_kind") == "tun",
+                        5), v.output()
+        assert v.stop() == 0
+        out = v.output()
+        assert out.count("made by: vtep vs someone else") == 1, out   # said once, not per retry
+        assert "converges again" in out and "Traceback" not in out, out
+
+
 # --- defect 4: ownership on the device, whatever the state dir -------------------------
 
 def test_a_live_agent_owns_its_device_whatever_the_state_dir(netns_prefix, plan_file,

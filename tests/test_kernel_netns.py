@@ -342,7 +342,8 @@ def test_errors(netns_prefix, plan_file, tmp_path):
         # an incompatible device made by hand: --replace too leaves it alone (not vtep's)
         n1.cmd(["ip", "link", "add", "vxlan0", "type", "vxlan", "id", "42", "local",
                 "192.168.1.138", "dstport", "4789", "nolearning", "dev", "eth0"])
-        one_line(vtep(n1, *run), 5, "vni: 10 vs 42", "--replace")
+        one_line(vtep(n1, *run), 5, "vni: 10 vs 42", "made by: vtep vs someone else",
+                 "ip link del vxlan0")
         one_line(vtep(n1, "down", "--config", str(plan_file)), 5, "vni: 10 vs 42",
                  "not removing")
         one_line(vtep(n1, *run, "--replace"), 5, "made by: vtep vs someone else",

@@ -330,14 +330,16 @@ def enable_forwarding(df: str | None = None) -> list[str]:
     return done
 
 
-def require_made_by_vtep(name: str, have: dict) -> None:
+def require_made_by_vtep(name: str, have: dict, diffs=()) -> None:
     """`--replace` and `vtep down` delete only a device vtep made (its alias says so):
-    never a veth, a bridge or a hand-made vxlan device that happens to have the name."""
+    never a veth, a bridge or a hand-made vxlan device that happens to have the name.
+    `diffs`: how it differs from the plan besides, named in the same message."""
     if not owner.made_by_vtep(have.get("alias")):
         alias = f"alias {have['alias']!r}" if have.get("alias") else "no vtep alias"
-        raise NotOurs(name, [f"made by: vtep vs someone else (kind {have.get('kind') or 'none'}"
-                             f", {alias})"], f"remove it yourself (ip link del {name}) if it "
-                      "is not needed, or choose another --device")
+        raise NotOurs(name, [*diffs, f"made by: vtep vs someone else (kind "
+                                     f"{have.get('kind') or 'none'}, {alias})"],
+                      f"remove it yourself (ip link del {name}) if it is not needed, or "
+                      "choose another --device")
 
 
 def _facts(msg) -> dict:
@@ -530,10 +532,10 @@ class KernelVtep:
                 # the very device this run made or adopted, changed in place, is drift to
                 # repair; one found at start (or made by someone since) needs --replace
                 ours = not first and have["index"] == self.ifindex
+                if not ours:   # --replace would not help with a device vtep did not make
+                    require_made_by_vtep(want.name, have, bad)
                 if not (replace or ours):
                     raise Incompatible(want.name, bad)
-                if not ours:
-                    require_made_by_vtep(want.name, have)
                 self._delete(have["index"], want.name)
                 self._note(f"deleted {want.name} to recreate it ({', '.join(bad)}; "
                            "plan vs existing)")

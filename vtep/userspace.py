@@ -123,9 +123,10 @@ class UserspaceVtep(kernel.KernelVtep):
             # deleted, which is never ours to remove
             have = kernel._facts(msg)
             kind = have["kind"] or "none"
+            diffs = [f"kind: tap (this process's) vs {kind}"]
+            kernel.require_made_by_vtep(want.name, have, diffs)   # --replace would not help
             if not replace:
-                raise Incompatible(want.name, [f"kind: tap (this process's) vs {kind}"])
-            kernel.require_made_by_vtep(want.name, have)
+                raise Incompatible(want.name, diffs)
             self._delete(msg["index"], want.name)
             self._note(f"deleted {want.name} ({kind}) to create the TAP device")
             msg = None
