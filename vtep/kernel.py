@@ -137,6 +137,18 @@ def device_diffs(want: state.Device, have: dict, underlay_index: int, names: dic
     return bad, repairs
 
 
+def route_as_planned(r: netlink.RouteEntry, via: str) -> bool:
+    """Is this realised route exactly the one we create for a peer (encode_route): the
+    plan's gateway, onlink, unicast, scope universe, tagged ours, no nexthop object, tos
+    0, metric 0, main table? diff() and the echo filter both ask this: a route the filter
+    took for ours while diff() would change it (one through a nexthop object, one that
+    lost its onlink flag, one with a tos of its own) would wait for the periodic resync."""
+    return (r.gateway == via and r.onlink and r.type == RTN_UNICAST
+            and r.scope == netlink.RT_SCOPE_UNIVERSE and r.proto == RTPROT_VTEP
+            and not r.nh_id and not r.multipath and r.tos == 0 and r.priority == 0
+            and r.table == netlink.RT_TABLE_MAIN)
+
+
 def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> list[Change]:
     """The changes that turn `have` into `want`, in apply order: stale entries first
     (routes, fdb, neighbours), then per peer its neighbour, fdb entry and route, so
@@ -214,8 +226,7 @@ def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> lis
         if r is None:
             per_peer.append(Change(f"added route {rt.dst} via {rt.via} onlink on {dev}{tag}",
                                    (add_route,)))
-        elif (r.gateway != rt.via or not r.onlink or r.type != RTN_UNICAST
-              or r.scope != netlink.RT_SCOPE_UNIVERSE or r.proto != RTPROT_VTEP or r.nh_id):
+        elif not route_as_planned(r, rt.via):
             # on our device, so ours to change; a route with the plan's gateway but another
             # protocol (`ip route replace` by hand) is re-tagged, so that the tag lists
             # exactly the routes vtep stands behind. Not NLM_F_REPLACE: IPv4 replaces the
@@ -407,7 +418,7 @@ class KernelVtep:
             return None
         neigh = {(p.neighbour.ip, p.neighbour.mac) for p in self.want.peers}
         fdb = {(p.fdb.mac, p.fdb.dst) for p in self.want.peers}
-        routes = {(p.route.dst, p.route.via) for p in self.want.peers}
+        routes = {p.route.dst: p.route.via for p in self.want.peers}
         addr = netlink.AddrEntry(self.want.device.address, 32)
 
         def planned(e) -> bool:
@@ -417,8 +428,8 @@ class KernelVtep:
                 return bool(e.state & NUD_PERMANENT) and (e.ip, e.mac) in neigh
             if isinstance(e, netlink.FdbEntry):
                 return bool(e.state & NUD_PERMANENT) and not e.overridden and (e.mac, e.dst) in fdb
-            return (e.proto == RTPROT_VTEP and e.onlink and e.priority == 0
-                    and (e.dst, e.gateway) in routes)
+            via = routes.get(e.dst)
+            return via is not None and route_as_planned(e, via)
         return planned
 
     # pyroute2 calls: every kernel refusal becomes a one-line VtepError naming the action

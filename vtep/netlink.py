@@ -51,7 +51,7 @@ NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_MULTI, NLM_F_DUMP_INTR = 0x2, 0x10
-NLM_F_ACK_TLVS = 0x200
+NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
 NLMSGERR_ATTR_MSG = 1
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
@@ -300,12 +300,14 @@ def _messages(buf, n):
 def _error(buf, a, end):
     """(errno, seq of the request, extended-ack text) from an NLMSG_ERROR payload."""
     code = -struct.unpack_from("=i", buf, a)[0]
-    seq = _HDR.unpack_from(buf, a + 4)[3]
+    req_len, _, _, seq, _ = _HDR.unpack_from(buf, a + 4)
     text = ""
-    # NETLINK_CAP_ACK: only the request's header is echoed, then the TLVs
     hdr_flags = _HDR.unpack_from(buf, a - 16)[2]
     if hdr_flags & NLM_F_ACK_TLVS:
-        for typ, x, y in _attrs(buf, a + 4 + 16, end):
+        # the TLVs follow the echoed request (netlink_ack): only its header when the
+        # kernel says NLM_F_CAPPED (NETLINK_CAP_ACK, or a success), else all of it
+        tlvs = a + 4 + (16 if hdr_flags & NLM_F_CAPPED else (req_len + 3) & ~3)
+        for typ, x, y in _attrs(buf, tlvs, end):
             if typ == NLMSGERR_ATTR_MSG:
                 text = bytes(buf[x:y]).rstrip(b"\0").decode(errors="replace")
     return code, seq, text
@@ -350,12 +352,15 @@ class Rtnl:
     def _dump(self, msg, what: str):
         """Send one dump request (a pyroute2 message); return [(type, buf, off, end)], one
         per reply message, read until NLMSG_DONE."""
+        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+        msg.encode()
+        # encoded once: pyroute2 0.9 appends to msg.data on a second encode(), so a redone
+        # dump would carry the old bytes behind the request; only the sequence number changes
+        request = bytearray(msg.data[:msg["header"]["length"]])
         for _attempt in range(5):
             seq = self._next_seq()
-            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-            msg["header"]["sequence_number"] = seq
-            msg.encode()
-            self.sock.send(msg.data)
+            _U32.pack_into(request, 8, seq)   # nlmsghdr.nlmsg_seq
+            self.sock.send(request)
             out, interrupted = [], False
             while True:
                 n = self.sock.recv_into(self.buf)
