@@ -1,12 +1,22 @@
-"""Helpers shared by the namespace tests that drive the seed topology."""
+"""Helpers shared by the namespace tests that drive the seed topology: the seed plan, a
+bounded poll that does not hide a broken check, a netlink monitor run inside a node's
+namespace, and a marker frame that tells when a capture has written everything before it."""
 from __future__ import annotations
 
+import os
+import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from vtep import state
+from vtep import netns, state
+from vtep.errors import LabError
 from vtep.lab.lab import SEED_PLAN
+from vtep.lab.topology import end_process
 
 
 @pytest.fixture
@@ -30,14 +40,162 @@ def hand_configure(node, plan, name):
     return s
 
 
-def wait_for(pred, limit=3.0, step=0.01):
-    """Seconds until pred() held (polling; an exception counts as not yet), or None."""
+# What a system that is not there yet raises: a file not written yet or half written
+# (OSError, ValueError from json), a command that fails or times out (LabError from
+# Node.cmd, subprocess errors). Anything else is a broken check and propagates at once.
+NOT_YET = (OSError, ValueError, LabError, subprocess.SubprocessError)
+
+
+def wait_for(pred, limit=10.0, step=0.01):
+    """Seconds until pred() held (polling), or None after `limit` seconds. An exception
+    in NOT_YET counts as "not yet"; any other (a KeyError, a TypeError: the check itself
+    is wrong) propagates with its traceback instead of passing for a timeout."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
         try:
             if pred():
                 return time.monotonic() - t0
-        except Exception:
+        except NOT_YET:
             pass
         time.sleep(step)
     return None
+
+
+# --- a netlink monitor inside a node's namespace -------------------------------------------
+
+# Subscribed to RTMGRP_LINK (0x1), RTMGRP_NEIGH (0x4, which carries bridge fdb
+# notifications too) and RTMGRP_IPV4_ROUTE (0x40): every datagram is written with the
+# CLOCK_MONOTONIC time it was read. The kernel queues notifications in the order it made
+# the changes, so the file holds them in kernel order.
+MONITOR = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)   # SO_RCVBUFFORCE: lose nothing in a burst
+s.bind((0, 0x1 | 0x4 | 0x40))
+out = open(sys.argv[1], "wb", buffering=0)
+print("ready", flush=True)
+while True:
+    data = s.recv(1 << 20)
+    out.write(struct.pack("=dI", time.monotonic(), len(data)) + data)
+"""
+RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
+
+
+class Event(NamedTuple):
+    """One notification, decoded by pyroute2 (not by vtep's own decoder)."""
+    t: float            # CLOCK_MONOTONIC when the monitor read it
+    type: int           # RTM_NEWNEIGH, RTM_DELNEIGH, RTM_NEWROUTE, RTM_DELROUTE
+    family: int
+    ifindex: int | None  # a neighbour's ndm_ifindex, a route's RTA_OIF
+    what: str | None    # NDA_DST of a neighbour or fdb entry, "dst/len" of a route
+    table: int | None = None   # a route's RTA_TABLE
+    state: int | None = None   # a neighbour's ndm_state
+
+
+class Monitor:
+    """Kernel notifications of a node's namespace, recorded from start() to stop()."""
+
+    def __init__(self, node, path):
+        self.path = Path(path)
+        self.proc = node.popen([sys.executable, "-c", MONITOR, str(self.path)],
+                               stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.strip() == "ready", f"netlink monitor did not start: {line!r}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            end_process(self.proc)
+        self.proc.stdout.close()
+
+    def events(self) -> list[Event]:
+        """The neighbour, fdb and route notifications so far, in kernel order."""
+        from pyroute2.netlink.rtnl.ndmsg import ndmsg
+        from pyroute2.netlink.rtnl.rtmsg import rtmsg
+        data, off, out = self.path.read_bytes(), 0, []
+        while off + 12 <= len(data):
+            t, n = struct.unpack_from("=dI", data, off)
+            off += 12
+            dgram, off = data[off:off + n], off + n
+            pos = 0
+            while pos + 16 <= len(dgram):
+                ln, typ = struct.unpack_from("=IH", dgram, pos)
+                msg = dgram[pos:pos + ln]
+                pos += (ln + 3) & ~3
+                if typ in (RTM_NEWNEIGH, RTM_DELNEIGH):
+                    m = ndmsg(msg)
+                    m.decode()
+                    out.append(Event(t, typ, m["family"], m["ifindex"], m.get_attr("NDA_DST"),
+                                     state=m["state"]))
+                elif typ in (RTM_NEWROUTE, RTM_DELROUTE):
+                    m = rtmsg(msg)
+                    m.decode()
+                    out.append(Event(t, typ, m["family"], m.get_attr("RTA_OIF"),
+                                     f"{m.get_attr('RTA_DST')}/{m['dst_len']}",
+                                     table=m.get_attr("RTA_TABLE") or m["table"]))
+        return out
+
+
+# --- knowing that a capture holds everything sent before a point -----------------------------
+
+MARKER_TYPE = 0x88B5   # IEEE 802 "local experimental" EtherType: nothing in a lab speaks it
+MARKER_SENDER = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.send(bytes.fromhex(sys.argv[2]))
+"""
+MARKER_FILTER = f"ether proto 0x{MARKER_TYPE:04x}"   # to add to a capture filter with `or`
+
+
+def _records(data: bytes):
+    """(offset, frame) of each complete record of a classic pcap file (either byte order,
+    micro- or nanosecond); a record tcpdump is still writing is left out."""
+    if len(data) < 24:
+        return []
+    e = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    out, off = [], 24
+    while off + 16 <= len(data):
+        caplen = struct.unpack_from(e + "I", data, off + 8)[0]
+        if off + 16 + caplen > len(data):
+            break
+        out.append((off, data[off + 16:off + 16 + caplen]))
+        off += 16 + caplen
+    return out
+
+
+def _is_marker(frame: bytes) -> bool:
+    return frame[12:14] == struct.pack("!H", MARKER_TYPE) and frame[14:25] == b"vtep-marker"
+
+
+def flush_capture(ns: str, iface: str, path, proc: subprocess.Popen,
+                  limit: float = 30.0) -> None:
+    """Wait until tcpdump (`proc`, capturing `iface` in namespace `ns` into `path`, with
+    -U) has written everything the interface carried so far: a marker frame sent out of
+    `iface` now reaches tcpdump's socket after every packet before it (the kernel hands
+    them over in order), so once the marker is in the file so is the rest. No fixed
+    sleep: on a loaded machine tcpdump may be seconds behind. Ends early if tcpdump
+    itself ended (its count or time bound): its file is then complete. The caller
+    removes the marker with cut_marker() once tcpdump is stopped."""
+    tag = os.urandom(4).hex().encode()
+    frame = (b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", MARKER_TYPE)
+             + b"vtep-marker " + tag).ljust(60, b"\0")
+    netns.sh([sys.executable, "-c", MARKER_SENDER, iface, frame.hex()], ns=ns)
+    deadline = time.monotonic() + limit
+    while True:
+        if any(f == frame for _, f in _records(Path(path).read_bytes())):
+            return
+        if proc.poll() is not None:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"capture {path} on {ns}:{iface}: the marker frame was not "
+                                 f"written within {limit:g}s")
+        time.sleep(0.02)
+
+
+def cut_marker(path) -> None:
+    """The capture file without its marker frames (and so as the test's traffic left it:
+    record numbers unchanged, since the marker comes last)."""
+    data = Path(path).read_bytes()
+    recs = _records(data)
+    keep = [data[:24]] + [data[off:off + 16 + len(f)] for off, f in recs if not _is_marker(f)]
+    Path(path).write_bytes(b"".join(keep))

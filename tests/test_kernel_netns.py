@@ -6,7 +6,6 @@ namespace carries the run's prefix, and the topology is removed in `finally`
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from vtep import plan as planlib, state
 from vtep.lab.topology import seed
 from vtep.lab.lab import SEED_PLAN
-from seedlab import hand_configure, messages, plan_file, wait_for  # noqa: F401 (fixture)
+from seedlab import Monitor, hand_configure, messages, plan_file, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
@@ -28,8 +27,9 @@ name = "network-3"
 underlay_ip = "192.168.3.33"
 subnet = "172.2.2.0/24"
 """
-REPAIR_LIMIT = 1.0   # s: the issue's bound for repairing drift
-POLL_LIMIT = 3.0     # s: how long we wait before calling it failed
+REPAIR_LIMIT = 1.0   # s: the issue's bound for repairing drift, as the daemon times it
+POLL_LIMIT = 10.0    # s: how long we wait for a state to come back before calling it failed
+                     # (only whether it comes back: a loaded machine may be slow to show it)
 
 
 def vtep(node, *argv, check=None, timeout=30):
@@ -87,7 +87,40 @@ class Daemon:
 
     def ready(self):
         """The status file names this process (written after the first pass)."""
-        return json.loads(self.status.read_text())["pid"] == self.p.pid
+        return self.doc()["pid"] == self.p.pid
+
+    def doc(self):
+        return json.loads(self.status.read_text())
+
+    def repair_since(self, t0, limit=POLL_LIMIT):
+        """The daemon's record of its last repairing pass ({noticed, ended, changes, cause};
+        CLOCK_MONOTONIC seconds, comparable with time.monotonic() here), once it is of a
+        pass that ended after `t0`; None if none shows up within `limit`. (`noticed` may be
+        a little before `t0`: a pass already due, for a notification of the previous
+        repair, takes the drift along; the latency then counts from that earlier moment,
+        which only makes it larger.)"""
+        found = []
+
+        def seen():
+            rep = self.doc()["last_repair"]
+            found[:] = [rep]
+            return rep is not None and rep["ended"] >= t0
+        return found[0] if wait_for(seen, limit) is not None else None
+
+    def caused(self, reason, limit=POLL_LIMIT):
+        """Did `reason` (a notification, as the daemon names it) schedule a pass: the last
+        repairing one, or the last one? (A pass already due may repair the drift before
+        the daemon reads the drift's own notification, which then schedules one more
+        pass that finds nothing to do.)"""
+        return wait_for(lambda: reason in self.doc()["last_repair"]["cause"]
+                        or reason in self.doc()["last_cause"], limit) is not None
+
+    def passes(self, more, limit=20.0):
+        """Wait until the daemon has finished `more` passes beyond those it has now (its own
+        count, in the status file): a number of resyncs, whatever the machine's speed."""
+        target = self.doc()["passes"] + more
+        assert wait_for(lambda: self.doc()["passes"] >= target, limit) is not None, \
+            f"fewer than {more} passes in {limit:g}s:\n{self.output()}"
 
     def output(self):
         self.log.flush()
@@ -172,9 +205,14 @@ def test_second_once_changes_nothing(netns_prefix, plan_file):
 # --- 4. drift repair --------------------------------------------------------------------------
 
 def test_drift_is_repaired_within_a_second(netns_prefix, plan_file, tmp_path):
+    """Every drift comes back (checked with `ip`, as long as a loaded machine needs), and
+    the pass that repaired it ended within REPAIR_LIMIT of the daemon noticing it. Both
+    times are the daemon's own (its status file's last_repair): polling with `ip`, several
+    processes a poll, measures the poll, not the repair. --interval 60: the periodic
+    resync is never what repairs it, the notification is."""
     with seed(netns_prefix + "k4-") as t:
         n1 = t["network-1"]
-        d = Daemon(n1, plan_file, tmp_path / "state")
+        d = Daemon(n1, plan_file, tmp_path / "state", "--interval", "60")
         plan = seed_plan(plan_file)
         mac1, mac2 = plan.node("network-1").vtep_mac, plan.node("network-2").vtep_mac
         want = entries(n1)
@@ -202,18 +240,94 @@ def test_drift_is_repaired_within_a_second(netns_prefix, plan_file, tmp_path):
             ("device learning", ["ip", "link", "set", "vxlan0", "type", "vxlan", "learning"]),
         ]
         for what, cmd in drifts:
+            t0 = time.monotonic()
             n1.cmd(cmd)
-            took = wait_for(restored)
-            assert took is not None, f"{what}: not repaired within {POLL_LIMIT}s:\n{d.output()}"
-            assert took <= REPAIR_LIMIT, f"{what}: repaired after {took:.2f}s"
+            assert wait_for(restored, POLL_LIMIT) is not None, \
+                f"{what}: not repaired within {POLL_LIMIT}s:\n{d.output()}"
+            rep = d.repair_since(t0)
+            assert rep is not None, f"{what}: no repairing pass after {t0} in {d.doc()}:\n{d.output()}"
+            assert rep["cause"] != "periodic resync", (what, rep)
+            if what == "route":   # the notification is what brought it back
+                assert d.caused("route 172.2.1.0/24 deleted"), (d.doc(), d.output())
+            took = rep["ended"] - rep["noticed"]
+            assert 0 <= took <= REPAIR_LIMIT, f"{what}: repaired {took:.3f}s after noticing it"
         d.signal(signal.SIGTERM)
         assert d.wait() == 0
         out = d.output()
         assert "added route 172.2.1.0/24 via 172.2.1.0 onlink on vxlan0 (peer network-2)" in out
-        assert re.search(r"vxlan0: 1 change after: .*route 172.2.1.0/24 deleted", out), out
         assert "created vxlan0" in out and "changed vxlan0 mtu 1450 (was 1400)" in out
         assert "deleted vxlan0 to recreate it (learning: off vs on" in out
         assert "Traceback" not in out
+
+
+# --- 4b. the order the kernel sees the changes in ---------------------------------------------
+
+FOURTH_NODE = """
+[[nodes]]
+name = "network-4"
+underlay_ip = "192.168.4.44"
+subnet = "172.2.3.0/24"
+"""
+RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
+AF_INET, AF_BRIDGE, RT_TABLE_MAIN = 2, 7, 254
+
+
+NUD_FAILED = 0x20
+
+
+def on_device(events, ifindex):
+    """(type, family, what) of the notifications about vxlan0's neighbours, fdb remotes
+    and main-table IPv4 routes, in kernel order. A neighbour's deletion is announced
+    twice (neigh_del: an RTM_NEWNEIGH in state NUD_FAILED, then RTM_DELNEIGH): the first
+    is left out."""
+    out = []
+    for e in events:
+        if e.ifindex != ifindex or e.what is None:
+            continue
+        if e.type == RTM_NEWNEIGH and e.state == NUD_FAILED:
+            continue
+        if e.type in (RTM_NEWNEIGH, RTM_DELNEIGH) and e.family in (AF_INET, AF_BRIDGE):
+            out.append((e.type, e.family, e.what))
+        elif (e.type in (RTM_NEWROUTE, RTM_DELROUTE) and e.family == AF_INET
+              and e.table == RT_TABLE_MAIN):
+            out.append((e.type, e.family, e.what))
+    return out
+
+
+def test_changes_reach_the_kernel_neighbour_then_fdb_then_route(netns_prefix, plan_file,
+                                                                tmp_path):
+    """What the kernel did, in its own order (a netlink monitor in the node's namespace):
+    per peer the neighbour (AF_INET), the fdb remote (AF_BRIDGE), then the route, which the
+    kernel would accept first and then resolve by ARP across the tunnel; a peer leaving the
+    plan loses its route before its fdb remote and neighbour."""
+    three = tmp_path / "three.toml"
+    three.write_text(SEED_PLAN + THIRD_NODE)
+    four = tmp_path / "four.toml"   # network-2 leaves, network-4 joins
+    four.write_text("[[nodes]]".join(SEED_PLAN.split("[[nodes]]")[:2]) + THIRD_NODE
+                    + FOURTH_NODE)
+    with seed(netns_prefix + "k4b-") as t:
+        n1 = t["network-1"]
+        mon = Monitor(n1, tmp_path / "first.events")
+        try:
+            vtep(n1, "run", "--kernel", "--once", "--config", str(three), check=0)
+        finally:
+            mon.stop()
+        idx = js(n1, "ip", "-j", "link", "show", "vxlan0")[0]["ifindex"]
+        assert on_device(mon.events(), idx) == [
+            (RTM_NEWNEIGH, AF_INET, "172.2.1.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.2.142"),
+            (RTM_NEWROUTE, AF_INET, "172.2.1.0/24"),
+            (RTM_NEWNEIGH, AF_INET, "172.2.2.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.3.33"),
+            (RTM_NEWROUTE, AF_INET, "172.2.2.0/24")]
+        mon = Monitor(n1, tmp_path / "second.events")
+        try:
+            vtep(n1, "run", "--kernel", "--once", "--config", str(four), check=0)
+        finally:
+            mon.stop()
+        assert on_device(mon.events(), idx) == [
+            (RTM_DELROUTE, AF_INET, "172.2.1.0/24"), (RTM_DELNEIGH, AF_BRIDGE, "192.168.2.142"),
+            (RTM_DELNEIGH, AF_INET, "172.2.1.0"),
+            (RTM_NEWNEIGH, AF_INET, "172.2.3.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.4.44"),
+            (RTM_NEWROUTE, AF_INET, "172.2.3.0/24")]
 
 
 # --- 5. SIGHUP: a peer added, one removed -----------------------------------------------------

@@ -10,7 +10,14 @@ matter, only that something concerning us changed. A lost notification
 
 The status file, <state_dir>/<device>.<node>.json, says who manages the
 device (pid, network namespace) and how the last pass went, for `vtep down`
-(which refuses while the owner lives) and a later `vtep status`.
+(which refuses while the owner lives) and a later `vtep status`. It also
+counts the passes, names what scheduled the last one (`last_cause`), and
+times the last one that changed something
+(`last_repair`): when the daemon noticed what that pass repaired (the wake-up
+that read the notification, signal or finished job which scheduled it; the
+pass's own start for a periodic resync) and when the pass ended, in seconds
+of CLOCK_MONOTONIC, the clock every process on the host shares. So the repair
+latency is measured by the agent itself, not by whoever polls the device.
 """
 from __future__ import annotations
 
@@ -250,7 +257,8 @@ def _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober) -> 
     info = {"pid": os.getpid(), "mode": getattr(vt, "mode", "kernel"), "node": vt.node.name,
             "device": vt.device,
             "plan": os.path.abspath(args.config), "netns": _netns_inode(),
-            "started": _now(), "changes": 0, "last_change": None, "error": None}
+            "started": _now(), "changes": 0, "last_change": None, "error": None,
+            "passes": 0, "last_repair": None, "last_cause": "start"}
 
     counters = getattr(vt, "counters", None)
 
@@ -269,9 +277,12 @@ def _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober) -> 
     lines = vt.converge(first=True, replace=args.replace)
     _summary(vt, lines)
     info["changes"] += len(lines)
+    info["passes"] += 1
     publish(True)
     next_resync = time.monotonic() + interval
     due, reasons, last_error = None, [], None
+    # when the loop first learnt of what the next pass repairs (see the module docstring)
+    noticed: float | None = None
     echo = vt.echo()
     next_status = time.monotonic() + STATUS_EVERY
     # The data path's {fd: handler} and the fd list change only when a pass recreates the
@@ -292,6 +303,7 @@ def _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober) -> 
             ready, _, _ = select.select(fds, [], [], max(0.0, wake - now))
         except InterruptedError:
             ready = []
+        woke = time.monotonic()
         for fd in ready:
             handler = io.get(fd)
             if handler is not None:
@@ -303,6 +315,7 @@ def _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober) -> 
                     fds = base
                     reasons.append("device lost")
                     due = time.monotonic()
+                    noticed = woke if noticed is None else noticed
                     break
         if counters and time.monotonic() >= next_status:
             next_status = time.monotonic() + STATUS_EVERY
@@ -330,22 +343,26 @@ def _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober) -> 
                 raise err   # a bug in reading plans: the CLI reports it
             if vt.reload(plan, err):
                 due, reasons = time.monotonic(), reasons + ["plan re-read"]
+                noticed = woke if noticed is None else noticed
         if probe_fd is not None and probe_fd in ready and prober.busy:
             found, err = prober.take()
             if err is not None and not isinstance(err, VtepError):
                 raise err
             if reprobe.apply(found, err):
                 due, reasons = time.monotonic(), reasons + ["path MTU re-probed"]
+                noticed = woke if noticed is None else noticed
         if ev_fd in ready:
             relevant, why = events.drain(vt.watched(), echo, {vt.ifindex})
             if relevant:   # also cuts a failed pass's retry short: the cause may be gone
                 reasons += why
                 soon = time.monotonic() + DEBOUNCE
                 due = soon if due is None else min(due, soon)
+                noticed = woke if noticed is None else noticed
         now = time.monotonic()
         full = now >= next_resync
         if not (full or (due is not None and now >= due)):
             continue
+        started = time.monotonic()
         try:
             lines = vt.converge()
             echo = vt.echo()
@@ -356,20 +373,27 @@ def _loop(vt, args, interval, status, sigs, events, reader, reprobe, prober) -> 
                           f"at most {RETRY:g} s from now")
                 last_error = info["error"] = msg
             due = time.monotonic() + RETRY
+            noticed = started if noticed is None else noticed   # repaired by a retry
         else:
             if last_error:
                 log.info(f"{vt.device} converges again")
                 last_error = info["error"] = None
+            cause = (", ".join(dict.fromkeys(reasons)) if reasons
+                     else "periodic resync" if full else "a netlink notification")
+            info["last_cause"] = cause   # of every pass, also one that found nothing to do
             if lines:
-                cause = (", ".join(dict.fromkeys(reasons)) if reasons
-                         else "periodic resync" if full else "a netlink notification")
                 log.info(f"{vt.device}: {len(lines)} change{'s' if len(lines) != 1 else ''} "
                          f"after: {cause}")
                 info["changes"] += len(lines)
                 info["last_change"] = _now()
-            due, reasons = None, []
+                info["last_repair"] = {"noticed": started if noticed is None else noticed,
+                                       "ended": time.monotonic(), "changes": len(lines),
+                                       "cause": cause}
+            due, reasons, noticed = None, [], None
+        info["passes"] += 1
         if lost:   # the TAP went away while the pass ran: another pass recreates it
             reasons, due = reasons + ["device lost"], time.monotonic()
+            noticed = time.monotonic() if noticed is None else noticed
             lost.clear()
         if counters:   # the pass may have recreated the TAP device or the data path
             io = vt.io()
