@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seedlab import cut_marker, flush_capture
 from vtep import netns
 from vtep.lab import lab as lablib
 from vtep.lab.topology import SEED_UNDERLAY6, Topology, end_process, seed
@@ -231,7 +232,7 @@ class Cluster:
     def counters(self, node: str) -> dict:
         return self.status(node)["counters"]
 
-    def wait_counters(self, node: str, pred, limit: float = 5.0) -> dict:
+    def wait_counters(self, node: str, pred, limit: float = 15.0) -> dict:
         """The counters (republished every second) once pred(counters) holds."""
         deadline = time.monotonic() + limit
         while True:
@@ -283,11 +284,15 @@ class Capture:
                             seconds=CAPTURE_SECONDS, snaplen=self.snaplen)
         return self
 
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.2)   # what is in flight lands before tcpdump goes
-        end_process(self.proc)
-        if self.proc.stderr:
-            self.proc.stderr.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is None:   # everything the block sent is in the file before it ends
+                flush_capture(self.c.router, self.iface, self.path, self.proc)
+        finally:
+            end_process(self.proc)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+        cut_marker(self.path)
 
     def packets(self) -> list["Pkt"]:
         return read_pcap(self.path)

@@ -28,7 +28,7 @@ from scapy.utils import rdpcap
 
 from vtep import plan as planlib, state
 from vtep.lab.lab import SEED_PLAN
-from vtep.lab.topology import seed
+from vtep.lab.topology import end_process, seed
 import seedlab
 from seedlab import hand_configure, messages, plan_file  # noqa: F401 (fixture)
 
@@ -47,7 +47,7 @@ PING = ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2"]
 RX_REASONS = ("short", "flags", "reserved", "vni", "runt", "source")
 
 
-def wait_for(pred, limit=5.0, step=0.05):
+def wait_for(pred, limit=10.0, step=0.05):
     return seedlab.wait_for(pred, limit, step) is not None
 
 
@@ -80,7 +80,7 @@ class Vtep:
     def counters(self):
         return self.status()["counters"]
 
-    def wait_counters(self, pred, limit=5.0):
+    def wait_counters(self, pred, limit=15.0):
         """Counters (republished every second) once pred(counters) holds; fails after limit."""
         seen = []
 
@@ -255,11 +255,13 @@ def mask_outer(frame: bytes) -> bytes:
 
 def capture(router, path, send):
     """tcpdump on the router's network-1 side around send(), bounded in count and time;
-    returns the VXLAN frames network-1 sent whose inner packet is IPv4 from the pod."""
+    returns the VXLAN frames network-1 sent whose inner packet is IPv4 from the pod.
+    Stopped once a marker frame sent after send() is in the file (seedlab.flush_capture),
+    not after a fixed sleep: on a loaded machine tcpdump may be seconds behind."""
     # --immediate-mode: without it, packets of the last buffer timeout stay in the ring
     p = router.popen(["tcpdump", "-i", "eth1", "-n", "-U", "--immediate-mode", "-Z", "root",
-                      "-c", "1000", "-w",
-                      str(path), f"udp dst port 4789 and src host {N1_IP}"],
+                      "-c", "1000", "-w", str(path),
+                      f"(udp dst port 4789 and src host {N1_IP}) or {seedlab.MARKER_FILTER}"],
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = b""
     while b"listening on" not in seen:
@@ -268,10 +270,11 @@ def capture(router, path, send):
         seen += line
     try:
         send()
-        time.sleep(0.3)
+        seedlab.flush_capture(router.ns, "eth1", path, p)
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=10)
+        end_process(p)
+        p.stderr.close()
+    seedlab.cut_marker(path)
     frames = []
     for pkt in rdpcap(str(path)):
         raw = bytes(pkt)

@@ -28,9 +28,15 @@ def narrow(tmp_path, netns_prefix):
         yield t, plan
 
 
+# Per-probe wait for the black-hole searches: a probe that fits must have its reply back
+# within it, so on a loaded machine 0.2 s would call a fitting size too big. 1 s costs
+# ~2 s per too-big size (2 tries), ~6 of them per search; correctness never depends on it.
+PROBE_TIMEOUT = "1.0"
+
+
 def vtep_mtu(node, plan, *extra):
     return node.cmd(VTEP + ["mtu", "--config", str(plan), "--node", node.name, *extra],
-                    check=False, timeout=60)
+                    check=False, timeout=120)
 
 
 def test_finds_1400_and_recommends_1350_naming_the_peer(narrow):
@@ -52,7 +58,7 @@ def test_black_hole_still_found_by_binary_search(narrow):
     t["router"].cmd(["nft", "add table inet vtep_test; add chain inet vtep_test out "
                      "{ type filter hook output priority 0; }; add rule inet vtep_test out "
                      "icmp type destination-unreachable drop"])
-    r = vtep_mtu(t["network-1"], plan, "--timeout", "0.2")
+    r = vtep_mtu(t["network-1"], plan, "--timeout", PROBE_TIMEOUT)
     assert r.returncode == 1
     assert "path MTU 1400, overlay MTU 1350" in r.stdout and "binary search" in r.stdout
 
@@ -72,6 +78,7 @@ def test_unreachable_peer_is_a_clear_error(netns_prefix, tmp_path):
     plan.write_text(SEED_PLAN)
     with seed(netns_prefix + "mtu2-") as t:
         t["router"].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        # nothing ever comes back (no forwarding, no ICMP): the short wait only saves time
         r = vtep_mtu(t["network-1"], plan, "--timeout", "0.1")
         assert r.returncode == 1
         assert "peer network-2 (192.168.2.142): no 576-byte probe" in r.stderr
@@ -134,7 +141,7 @@ def test_run_mtu_auto_starts_without_an_unreachable_peer(narrow, tmp_path, route
     routes = n1.cmd(["ip", "-4", "route", "show", "dev", "vxlan0"]).stdout
     assert "172.2.1.0/24" in routes and "172.2.2.0/24" in routes, routes
     # `vtep mtu` reports both: the reachable peer's path, and network-3 by name (exit 1)
-    r = vtep_mtu(n1, plan, "--timeout", "0.2")
+    r = vtep_mtu(n1, plan, "--timeout", PROBE_TIMEOUT)
     assert r.returncode == 1
     assert "peer network-2 (192.168.2.142): path MTU 1400, overlay MTU 1350" in r.stdout
     assert "peer network-3 (192.168.3.7): unreachable" in r.stdout
@@ -190,7 +197,7 @@ def test_ipv6_black_hole_found_by_binary_search(narrow6):
     t["router"].cmd(["nft", "add table inet vtep_test; add chain inet vtep_test out "
                      "{ type filter hook output priority 0; }; add rule inet vtep_test out "
                      "icmpv6 type packet-too-big drop"])
-    r = vtep_mtu(t["network-1"], plan, "--timeout", "0.2")
+    r = vtep_mtu(t["network-1"], plan, "--timeout", PROBE_TIMEOUT)
     assert r.returncode == 1, r.stdout + r.stderr
     assert re.search(r"peer network-2 \(fd00:2::8e\): path MTU 1400, overlay MTU 1330 "
                      r"\(\d+ probes, binary search\)", r.stdout), r.stdout
