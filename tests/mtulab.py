@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import select
-import signal
 import struct
 import subprocess
 import sys

@@ -32,6 +32,17 @@ def messages(r):
     return [x for x in r.stderr.splitlines() if not x.startswith("vtep: warning:")]
 
 
+def one_line(r, code, *needles):
+    """The run exited `code` with exactly one message line (warnings aside) and no
+    traceback, and that line holds every needle; returns it."""
+    assert r.returncode == code, f"exit {r.returncode}:\n{r.stderr}"
+    msg = messages(r)
+    assert len(msg) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in msg[0], msg[0]
+    return msg[0]
+
+
 def hand_configure(node, plan, name):
     """The seed's iproute2 commands for `name`, typed in its namespace (no vtep there)."""
     s = state.desired(plan, name, underlay_dev="eth0", underlay_mtu=1500)

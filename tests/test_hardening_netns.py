@@ -7,12 +7,11 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
-from seedlab import messages, plan_file, wait_for  # noqa: F401 (fixture)
+from seedlab import one_line, plan_file, wait_for  # noqa: F401 (fixture)
 from test_userspace_netns import VTEP, Vtep, add_pods, assert_pings
 from vtep import plan as planlib
 from vtep.lab.topology import seed
@@ -32,15 +31,6 @@ def link(node, dev="vxlan0"):
     """`ip -d -j link show DEV` as a dict, or None when there is no such device."""
     r = node.cmd(["ip", "-d", "-j", "link", "show", dev], check=False)
     return json.loads(r.stdout)[0] if r.returncode == 0 else None
-
-
-def one_line(r, code, *needles):
-    assert r.returncode == code, f"exit {r.returncode}:\n{r.stderr}"
-    msg = messages(r)
-    assert len(msg) == 1 and "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in msg[0], msg[0]
-    return msg[0]
 
 
 # --- defect 1: the userspace TAP device deleted under the agent ------------------------

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from vtep import plan as planlib, state
+from vtep import plan as planlib
 from vtep.lab.topology import seed
 from vtep.lab.lab import SEED_PLAN
-from seedlab import Monitor, hand_configure, messages, plan_file, wait_for  # noqa: F401
+from seedlab import Monitor, hand_configure, messages, one_line, plan_file, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
@@ -422,16 +422,6 @@ def test_after_kill_9_run_converges_without_duplicates(netns_prefix, plan_file, 
 
 
 # --- 8. errors: one line, documented exit code, nothing left behind ---------------------------
-
-def one_line(r, code, *needles):
-    assert r.returncode == code, f"exit {r.returncode}:\n{r.stderr}"
-    msg = messages(r)
-    assert len(msg) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in msg[0], msg[0]
-    return msg[0]
-
 
 def test_errors(netns_prefix, plan_file, tmp_path):
     run = ["run", "--kernel", "--once", "--config", str(plan_file)]

@@ -11,8 +11,6 @@ the lab's seed plan the captures were recorded with.
 from __future__ import annotations
 
 import json
-import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path

@@ -14,16 +14,14 @@ Expected values are literal kernel/iproute2 facts: protocol 118, "kernel", "boot
 scope "link", and `ip -d -j route` output. Every vtep process runs inside a node's
 namespace; the topology goes away in `finally` (seed(...) as a context manager).
 """
-import re
 import signal
-import subprocess
 import time
 
 import pytest
 
 from vtep.lab.topology import seed
 from seedlab import messages, plan_file, wait_for  # noqa: F401 (fixture)
-from test_kernel_netns import VTEP, Daemon, has_vxlan0, js, vtep
+from test_kernel_netns import Daemon, has_vxlan0, js, vtep
 
 pytestmark = pytest.mark.netns
 

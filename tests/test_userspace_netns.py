@@ -18,7 +18,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -26,11 +25,11 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-from vtep import plan as planlib, state
+from vtep import plan as planlib
 from vtep.lab.lab import SEED_PLAN
 from vtep.lab.topology import end_process, seed
 import seedlab
-from seedlab import hand_configure, messages, plan_file  # noqa: F401 (fixture)
+from seedlab import hand_configure, one_line, plan_file  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.netns
 
@@ -468,15 +467,6 @@ def test_sighup_fdb_follows_the_plan(netns_prefix, plan_file, tmp_path):
 
 
 # --- 5. errors ----------------------------------------------------------------------------
-
-def one_line(r, code, *needles):
-    assert r.returncode == code, f"exit {r.returncode}:\n{r.stderr}"
-    msg = messages(r)
-    assert len(msg) == 1 and "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in msg[0], msg[0]
-    return msg[0]
-
 
 def test_errors(netns_prefix, plan_file, tmp_path):
     run = VTEP + ["run", "--userspace", "--config", str(plan_file), "--state-dir",

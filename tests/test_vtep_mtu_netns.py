@@ -6,7 +6,6 @@ and over its IPv6 twin (topology.seed(underlay="ipv6"), plan SEED_PLAN6).
 """
 import json
 import re
-import subprocess
 import sys
 
 import pytest
