@@ -13,7 +13,8 @@ from __future__ import annotations
 import struct
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
+from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
+                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PadN)
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
@@ -145,6 +146,56 @@ def inner_ipv6_of_len(total_len: int, **eth) -> Packet:
         UDP(sport=1, dport=2) / Raw(b"y" * (total_len - 48))
     assert len(p[IPv6]) == total_len
     return p
+
+
+# ---------------------------------------------------------------- IPv6 extension headers
+#
+# Lengths are chosen so that every header is longer than 8 bytes (Hdr Ext Len > 0): a
+# decoder that gets the length rule ((Hdr Ext Len + 1) * 8, RFC 8200 section 4) wrong in
+# any way lands somewhere else.
+
+def hop_by_hop(pad: int = 12) -> Packet:
+    """Hop-by-Hop Options, 2 + 2 + pad bytes (16 by default: Hdr Ext Len 1)."""
+    return IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * pad)])
+
+
+def dest_opts(pad: int = 20) -> Packet:
+    """Destination Options, 2 + 2 + pad bytes (24 by default: Hdr Ext Len 2)."""
+    return IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * pad)])
+
+
+def routing(*addresses: str, segleft: int | None = None) -> Packet:
+    """Type 0 Routing header (8 + 16 per address); segments left defaults to all."""
+    return IPv6ExtHdrRouting(addresses=list(addresses),
+                             segleft=len(addresses) if segleft is None else segleft)
+
+
+def atomic_fragment(frag_id: int = 0x55) -> Packet:
+    """A Fragment header with offset 0 and M clear: the whole packet (RFC 8021)."""
+    return IPv6ExtHdrFragment(m=0, offset=0, id=frag_id)
+
+
+def _chain(ip: Packet, exts) -> Packet:
+    for e in exts:
+        ip = ip / e.copy()
+    return ip
+
+
+def inner_ipv6_ext(exts, l4=None, **eth) -> Packet:
+    """Inner Ethernet/IPv6/<exts>/L4 (UDP to port 53 with a payload by default)."""
+    if l4 is None:
+        l4 = UDP(sport=40004, dport=53) / Raw(b"\x9a\xbcext-query")
+    return inner_eth(**eth) / _chain(IPv6(src=INNER6_SRC, dst=INNER6_DST), exts) / l4
+
+
+def vxlan_ipv6_ext(exts, inner, vni: int = 10, udp_chksum: int | None = None) -> Packet:
+    """IPv6 outer with extension headers `exts` before UDP/VXLAN/`inner`."""
+    udp = UDP(sport=51234, dport=VXLAN_PORT)
+    if udp_chksum is not None:
+        udp.chksum = udp_chksum
+    return Ether(src=OUTER_SMAC, dst=OUTER_DMAC) / \
+        _chain(IPv6(src=UNDER6_SRC, dst=UNDER6_DST, hlim=64), exts) / udp / \
+        Raw(vxlan_header(vni) + _v6_host(bytes(inner)))
 
 
 # ---------------------------------------------------------------- outer frames

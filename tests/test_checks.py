@@ -508,6 +508,23 @@ def test_mtu_thresholds_ipv6_outer(tmp_path):
     assert_fired(d, {"inner-too-big": [1, 2, 4], "outer-too-big": [1, 2, 4]})
 
 
+@pytest.mark.parametrize("outer6", [False, True], ids=["ipv4-underlay", "ipv6-underlay"])
+def test_overlay_mtu_boundary_with_default_options(tmp_path, outer6):
+    # underlay MTU 1500 (the default): the overlay carries 1500 - 50 = 1450 over IPv4 and
+    # 1500 - 70 = 1430 over IPv6 (RFC 7348 s4.3: no fragmentation), whatever the inner IP
+    limit = 1430 if outer6 else 1450
+    frames = [C.vxlan(C.inner_ipv4_of_len(limit), outer6=outer6),
+              C.vxlan(C.inner_ipv4_of_len(limit + 1), outer6=outer6),
+              C.vxlan(C.inner_ipv6_of_len(limit), outer6=outer6),
+              C.vxlan(C.inner_ipv6_of_len(limit + 1), outer6=outer6)]
+    assert [len(f[IPv6 if outer6 else IP]) for f in frames] == [1500, 1501, 1500, 1501]
+    d = inspect(tmp_path, frames)
+    assert_fired(d, {"inner-too-big": [2, 4], "outer-too-big": [2, 4]})
+    # with room in the underlay only the inner check is left, still at the same limit
+    d = inspect(tmp_path, frames, Options(underlay_mtu=9000, mtu=limit))
+    assert_fired(d, {"inner-too-big": [2, 4]})
+
+
 def _checksum_faults():
     return [
         C.vxlan(C.inner_icmp()),
@@ -787,3 +804,115 @@ def test_cli_several_files(tmp_path):
     assert docs[0]["ok"] is True and docs[1]["ok"] is False
     r = _cli(good, good, "--json")
     assert r.returncode == 0
+
+
+# --------------------------------------------------------------------------- IPv6 extension headers
+#
+# Each header below is longer than 8 bytes, so a decoder that skips an extension header by
+# any length but (Hdr Ext Len + 1) * 8 (RFC 8200 section 4) reads UDP, VXLAN or the inner L4
+# header at the wrong place: a clean frame stops being VXLAN or fires a check, a wrong
+# checksum or VNI behind the headers no longer fires. Expectations are written by hand and
+# the capture is also read with tshark, an independent decoder.
+
+_HBH, _DST = C.hop_by_hop(), C.dest_opts()
+_ROUTED = C.routing("fd00:3::1")                  # segments left 1: dst is not the final one
+_ROUTED_DONE = C.routing("fd00:3::1", segleft=0)  # segments left 0: dst is the final one
+
+
+def _wrong_outer_udp(p):
+    return _wrong(p, UDP)
+
+
+EXT_CASES = [
+    # (name, frame, checks it fires)
+    ("outer-hbh", lambda: C.vxlan_ipv6_ext([_HBH], C.inner_icmp()), {}),
+    ("outer-hbh-dst", lambda: C.vxlan_ipv6_ext([_HBH, _DST], C.inner_tcp()), {}),
+    ("outer-hbh-dst-atomic-frag",
+     lambda: C.vxlan_ipv6_ext([_HBH, _DST, C.atomic_fragment()], C.inner_icmp()), {}),
+    ("outer-routing-done", lambda: C.vxlan_ipv6_ext([_ROUTED_DONE], C.inner_icmp()), {}),
+    # RFC 8200 8.1: the outer UDP checksum covers the final destination (in the routing
+    # header), not dst; vxinspect does not verify it then, tshark does and finds it right
+    ("outer-routing-left", lambda: C.vxlan_ipv6_ext([_ROUTED], C.inner_icmp()), {}),
+    ("outer-dst-routing-dst",
+     lambda: C.vxlan_ipv6_ext([_DST, _ROUTED, C.dest_opts(4)], C.inner_icmp()), {}),
+    ("outer-hbh-dst-vni11", lambda: C.vxlan_ipv6_ext([_HBH, _DST], C.inner_icmp(), vni=11),
+     {"vni-mismatch"}),
+    ("outer-hbh-dst-bad-udp",
+     lambda: _wrong_outer_udp(C.vxlan_ipv6_ext([_HBH, _DST], C.inner_icmp())), {"udp-checksum"}),
+    ("outer-routing-done-bad-udp",
+     lambda: _wrong_outer_udp(C.vxlan_ipv6_ext([_ROUTED_DONE], C.inner_icmp())),
+     {"udp-checksum"}),
+    ("outer-hbh-dst-bad-inner-tcp",
+     lambda: C.vxlan_ipv6_ext([_HBH, _DST], _wrong(C.inner_tcp(), TCP)), {"inner-l4-checksum"}),
+    ("inner-hbh-udp", lambda: C.vxlan(C.inner_ipv6_ext([_HBH])), {}),
+    ("inner-hbh-dst-udp", lambda: C.vxlan(C.inner_ipv6_ext([_HBH, _DST])), {}),
+    ("inner-hbh-tcp", lambda: C.vxlan(C.inner_ipv6_ext([_HBH], TCP(sport=1, dport=2) / Raw(b"t" * 33))),
+     {}),
+    ("inner-hbh-dst-udp-over-ipv6",
+     lambda: C.vxlan(C.inner_ipv6_ext([_HBH, _DST]), outer6=True), {}),
+    ("inner-hbh-dst-bad-udp", lambda: C.vxlan(_wrong(C.inner_ipv6_ext([_HBH, _DST]), UDP)),
+     {"inner-l4-checksum"}),
+    ("inner-dst-bad-tcp",
+     lambda: C.vxlan(_wrong(C.inner_ipv6_ext([_DST], TCP(sport=1, dport=2) / Raw(b"t" * 33)), TCP)),
+     {"inner-l4-checksum"}),
+    ("inner-hbh-dst-bad-icmpv6",
+     lambda: C.vxlan(_wrong(C.inner_ipv6_ext([_HBH, _DST], ICMPv6EchoRequest(data=b"q" * 9)),
+                            ICMPv6EchoRequest)), {"inner-l4-checksum"}),
+    # VXLAN nested behind the inner extension headers: its VNI is read only if they are skipped right
+    ("inner-dst-nested-vni11",
+     lambda: C.vxlan(C.inner_ipv6_ext([_DST], UDP(sport=9, dport=4789) /
+                                      Raw(C.vxlan_header(11) + bytes(C.inner_icmp())))),
+     {"vni-mismatch"}),
+    # not verified (the final destination is elsewhere / a fragment), the checksum is right anyway
+    ("inner-routing-left-udp", lambda: C.vxlan(C.inner_ipv6_ext([_ROUTED])), {}),
+    ("inner-atomic-frag-udp", lambda: C.vxlan(C.inner_ipv6_ext([C.atomic_fragment()])), {}),
+]
+
+
+def _tshark_fields(path, *fields):
+    out = subprocess.run(
+        ["tshark", "-n", "-r", str(path), "-o", "udp.check_checksum:TRUE",
+         "-o", "tcp.check_checksum:TRUE", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
+         *[a for f in fields for a in ("-e", f)]],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    return [[c.split(",") if c else [] for c in line.split("\t")] for line in out.splitlines()]
+
+
+def test_ipv6_extension_headers_outer_and_inner(tmp_path):
+    frames = [make() for _, make, _ in EXT_CASES]
+    d = inspect(tmp_path, frames, name="ext.pcap")
+    expected = {}
+    for i, (_, _, checks) in enumerate(EXT_CASES, 1):
+        for c in checks:
+            expected.setdefault(c, []).append(i)
+    assert_fired(d, expected)
+    assert d["vxlan_packets"] == len(frames)
+    assert d["vnis"] == {"10": len(frames) - 1, "11": 1}
+
+
+def test_ipv6_extension_headers_agree_with_tshark(tmp_path):
+    """tshark decodes every header chain the same way: the VNIs it finds, and the frames
+    whose checksums it finds wrong (status 0) are the ones vxinspect flags."""
+    frames = [make() for _, make, _ in EXT_CASES]
+    path = write_pcap(tmp_path / "ext.pcap", [bytes(f) for f in frames])
+    d = inspect_file(path, Options()).to_dict()
+    rows = _tshark_fields(path, "vxlan.vni", "udp.checksum.status", "tcp.checksum.status",
+                          "icmpv6.checksum.status")
+    assert len(rows) == len(frames)
+    for i, ((name, _, _), (vnis, udp, tcp, icmp6)) in enumerate(zip(EXT_CASES, rows), 1):
+        assert vnis and vnis[0] == ("11" if name.startswith("outer") and "vni11" in name
+                                    else "10"), (name, vnis)
+        assert (i in d["checks"]["vni-mismatch"]["packets"]) == ("11" in vnis), name
+        # tshark's first UDP is the outer one; every later checksum is an inner L4 one
+        assert (i in d["checks"]["udp-checksum"]["packets"]) == (udp[:1] == ["0"]), name
+        inner_bad = "0" in udp[1:] + tcp + icmp6
+        assert (i in d["checks"]["inner-l4-checksum"]["packets"]) == inner_bad, name
+
+
+def test_inner_extension_header_longer_than_the_payload_is_truncated(tmp_path):
+    # a Hop-by-Hop header of 16 bytes in an IPv6 packet whose payload length says 8
+    inner = C.inner_ipv6_ext([_HBH])
+    inner[IPv6].plen = 8
+    clean = C.vxlan(C.inner_ipv6_ext([_HBH]))
+    d = inspect(tmp_path, [clean, C.vxlan(bytes(inner)[:14 + 48])])
+    assert_fired(d, {"truncated": [2]})

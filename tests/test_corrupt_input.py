@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pcapwrite import write_pcap, write_pcapng  # noqa: E402
 
 from vxinspect import Options, inspect_file  # noqa: E402
+from vxinspect.decode import make_decoder  # noqa: E402
+from vxinspect.report import Tally  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PCAP_HDR = 24
@@ -307,6 +309,16 @@ def test_file_cut_at_every_byte(tmp_path, kind):
 
 # ---- garbage inside intact records --------------------------------------------------------
 
+def decode_without_net(frames, linktype=1):
+    """Each frame alone in its own buffer, through the decoder with its safety net off (a
+    read past the frame's end raises instead of counting as truncated): {check: count}."""
+    tally = Tally()
+    decode_batch = make_decoder(Options(), tally, safety_net=False)
+    for no, f in enumerate(frames):
+        decode_batch(f, [(0, len(f), len(f), linktype)], no)
+    return {c: h[0] for c, h in tally.hits.items()}
+
+
 def test_frames_cut_at_every_length_are_checks_not_errors(tmp_path):
     """Records are intact, only the frames inside are short: that is the `truncated` check,
     not a read error, and decoding must not raise."""
@@ -324,6 +336,8 @@ def test_frames_cut_at_every_length_are_checks_not_errors(tmp_path):
     assert len(f) - 42 <= n <= len(f)
     assert d["vxlan_packets"] >= len(f) - 42 + 1
     assert d["ok"] is False
+    # decoding does not raise: not even with the safety net that would count it as truncated
+    assert decode_without_net(frames) == {c: v["count"] for c, v in d["checks"].items()}
 
 
 def test_random_garbage_frames_never_raise(tmp_path):
@@ -342,6 +356,7 @@ def test_random_garbage_frames_never_raise(tmp_path):
         assert d["error"] is None, (lt, d["error"])
         assert d["packets"] == len(frames)
         assert d["vxlan_packets"] + d["other_packets"] == len(frames)
+        assert decode_without_net(frames, lt) == {c: v["count"] for c, v in d["checks"].items()}
     r = run_cli(path, "--json")
     assert "Traceback" not in r.stderr
     assert r.returncode in (0, 1)

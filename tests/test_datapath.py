@@ -6,7 +6,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from vtep import datapath, wire
+from vtep import datapath
 
 PEER_A, PEER_B = "192.168.2.142", "192.168.3.7"
 MAC_A, MAC_B = "5a:0c:71:86:59:11", "6e:11:22:33:44:55"
@@ -18,6 +18,7 @@ class FakeIO:
         self.tap_in = collections.deque()
         self.udp_in = collections.deque()
         self.sent = []
+        self.tried = []  # every sendto call, failed ones too
         self.tap_out = []
         self.fail_send = None
 
@@ -33,6 +34,7 @@ class FakeIO:
         return len(view)
 
     def sendto(self, view, addr):
+        self.tried.append((bytes(view), addr))
         if self.fail_send:
             raise self.fail_send
         self.sent.append((bytes(view), addr))
@@ -69,7 +71,7 @@ def test_unicast_encapsulation_matches_scapy_byte_for_byte():
     sport = int.from_bytes(data[0:2], "big")
     ref = bytes(UDP(sport=sport, dport=4789, chksum=0) / VXLAN(flags=0x08, vni=10) / Ether(frame))
     assert data == ref
-    assert wire.unpack(data, 8).valid
+    assert data[8:16] == bytes([0x08, 0, 0, 0, 0, 0, 10, 0])  # I flag, VNI 10 (RFC 7348 s5)
     assert 32768 <= sport <= 60999
     # bytes count the VXLAN payload (header + frame), as the receiving side counts them
     assert dp.counters.tx == [1, len(data) - 8]
@@ -109,6 +111,36 @@ def test_broadcast_is_replicated_to_every_peer_unknown_unicast_dropped():
     assert dp.counters.tx_drops["unknown-unicast"] == 1
 
 
+@pytest.mark.parametrize("dst", [
+    "33:33:00:00:00:01",   # IPv6 all-nodes (RFC 2464 section 7: 33:33 + low 32 bits)
+    "33:33:ff:00:00:02",   # IPv6 solicited-node: neighbour discovery over the overlay
+    "01:00:5e:00:00:fb",   # IPv4 224.0.0.251 (RFC 1112 section 6.4: 01:00:5e + low 23 bits)
+    "01:80:c2:00:00:0e",   # any other group address (the I/G bit) floods too
+])
+def test_multicast_is_replicated_to_every_peer(dst):
+    # head-end replication, as the kernel does with its all-zero fdb entries: a multicast
+    # frame is not unknown unicast, and not only ff:ff:ff:ff:ff:ff floods
+    io = FakeIO()
+    dp = make(io)
+    frame = bytes(Ether(src=ME, dst=dst) / IP(src="172.2.0.2", dst="224.0.0.251") /
+                  UDP(sport=5353, dport=5353) / b"mdns")
+    io.tap_in.append(frame)
+    assert dp.tx_batch() == 1
+    assert sorted(a for _, a in io.sent) == [(PEER_A, 4789), (PEER_B, 4789)]
+    assert all(d[16:] == frame for d, _ in io.sent)
+    assert dp.counters.tx_drops["unknown-unicast"] == 0 and dp.counters.tx[0] == 2
+
+
+def test_unicast_never_floods():
+    # the I/G bit is the lowest bit of the first byte; 02:... (locally administered) and
+    # 5a:... are unicast: a unicast MAC the fdb knows goes to its peer only
+    io = FakeIO()
+    dp = make(io)
+    io.tap_in.append(icmp_frame(dst_mac=MAC_B))
+    dp.tx_batch()
+    assert [a for _, a in io.sent] == [(PEER_B, 4789)]
+
+
 def test_source_port_follows_the_flow():
     io = FakeIO()
     dp = make(io)
@@ -126,13 +158,46 @@ def test_source_port_follows_the_flow():
     assert len(set(ports[3:])) > 20  # different flows spread
 
 
-def test_too_big_is_dropped_and_counted_never_fragmented():
+def test_too_big_is_dropped_and_counted_not_split_or_retried():
     io = FakeIO()
     dp = make(io)
     io.fail_send = OSError(90, "Message too long")
-    io.tap_in.append(icmp_frame(size=1400))
+    frame = icmp_frame(size=1400)
+    io.tap_in.append(frame)
     dp.tx_batch()
     assert dp.counters.tx_drops["too-big"] == 1 and dp.counters.tx == [0, 0]
+    # one attempt with the whole datagram; no smaller pieces and no second try
+    assert [len(d) for d, _ in io.tried] == [16 + len(frame)]
+    assert io.sent == []
+
+
+# Literal values from <linux/in.h> and <linux/in6.h>: the socket option and the mode
+# that sets DF on every packet and never fragments locally (EMSGSIZE instead).
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
+
+
+@pytest.mark.netns  # the send socket is raw: root (CAP_NET_RAW) only, as netns tests run
+@pytest.mark.parametrize("local", ["127.0.0.1", "::1"])
+def test_send_socket_never_fragments(local):
+    """RFC 7348 section 4.3: a VTEP must not fragment. The userspace data path's send
+    socket has path MTU discovery in `do` mode: DF on every datagram, and a datagram
+    larger than the path is refused with EMSGSIZE (the too-big drop above), never split.
+    Sockets on loopback only, bound to an ephemeral port; nothing is sent."""
+    import socket
+
+    from vtep import userspace
+    rx, tx = userspace.open_sockets(local, 0)
+    try:
+        if ":" in local:
+            got = tx.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER)
+            assert got == IPV6_PMTUDISC_DO
+        else:
+            assert tx.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == IP_PMTUDISC_DO
+        assert tx.type == socket.SOCK_RAW and rx.type & socket.SOCK_DGRAM
+    finally:
+        rx.close()
+        tx.close()
 
 
 def vx(inner, vni=10, flags=0x08, res1=0, res2=0):

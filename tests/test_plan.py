@@ -44,10 +44,34 @@ def test_defaults_for_vni_and_port(tmp_path):
     assert (p.vni, p.port) == (10, 4789)
 
 
-def test_derived_macs_are_stable_unicast_local_and_unique(tmp_path):
+# The seed plan's VTEP MACs, as `vtep plan` prints them on any machine. Derivation (the
+# spec, README): the first 6 bytes of sha256("vtep:<name>:<subnet>"), with the U/L bit
+# (0x02) set and the I/G bit (0x01) clear. Worked out by hand once with hashlib:
+#   network-1 172.2.0.0/24: hash starts 05 b3 ... (I/G set, U/L clear: both bits change)
+#   network-2 172.2.1.0/24: hash starts 5a 0c ... (both bits already right)
+SEED_MACS = {"network-1": "06:b3:31:77:ab:d9", "network-2": "5a:0c:71:86:59:11"}
+
+
+def test_seed_plan_macs_are_the_published_literals(tmp_path):
+    # a MAC stable only within one process (hash(), a random salt) or derived from
+    # anything else (the position in the file, another separator) gives other values
+    p = planlib.load(write(tmp_path, SEED))
+    assert {n.name: n.vtep_mac for n in p.nodes} == SEED_MACS
+
+
+@pytest.mark.parametrize("name,subnet,mac", [
+    ("node-1", "10.1.0.0/24", "ea:be:56:31:34:a0"),  # hash starts e8: U/L to set
+    ("node-2", "10.2.0.0/24", "22:f4:3d:87:ca:e0"),  # hash starts 23: I/G to clear
+    ("node-9", "10.9.0.0/24", "c2:77:ca:24:7c:30"),  # hash starts c1: both
+    ("node-7", "10.7.0.0/24", "4e:fd:49:7f:4c:fe"),  # hash starts 4e: neither
+])
+def test_derived_mac_bits_for_every_first_byte_case(name, subnet, mac):
+    # literal values, worked out by hand as above; one per combination of the two bits
+    assert planlib.derive_mac(name, ipaddress.ip_network(subnet)) == mac
+
+
+def test_derived_macs_are_unicast_local_unique_and_independent_of_order(tmp_path):
     a = planlib.load(write(tmp_path, SEED))
-    b = planlib.load(write(tmp_path, SEED, "again.toml"))
-    assert [n.vtep_mac for n in a.nodes] == [n.vtep_mac for n in b.nodes]  # stable across loads
     macs = {n.vtep_mac for n in a.nodes}
     assert len(macs) == 2
     for mac in macs:
@@ -126,6 +150,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     text = SEED.replace("vni = 10", "vni = 0").replace("port = 4789", "port = 0")
     found = problems(tmp_path, text)
     assert len(found) == 2
+    assert ": cluster.vni: 0 is outside" in found[0] and ": cluster.port: 0 is outside" in found[1]
 
 
 def test_unreadable_and_invalid_files(tmp_path):
@@ -150,10 +175,10 @@ def test_unknown_node_and_local_node_selection(tmp_path):
 def test_desired_state_and_iproute2_commands(tmp_path):
     p = planlib.load(write(tmp_path, SEED))
     s = state.desired(p, "network-1", underlay_dev="eth0", underlay_mtu=1500)
-    mac2 = p.node("network-2").vtep_mac
+    mac2 = SEED_MACS["network-2"]
     assert s.device.mtu == 1450 and s.device.address == "172.2.0.0"
     assert state.iproute2(s) == [
-        f"ip link add vxlan0 address {p.node('network-1').vtep_mac} mtu 1450 type vxlan id 10 "
+        f"ip link add vxlan0 address {SEED_MACS['network-1']} mtu 1450 type vxlan id 10 "
         "local 192.168.1.138 dstport 4789 nolearning dev eth0",
         "ip link set vxlan0 alias vtep:kernel:network-1",  # the ownership mark (issue 8)
         "ip address add 172.2.0.0/32 dev vxlan0",
@@ -184,7 +209,10 @@ def test_vtep_plan_command_prints_the_seed_commands(tmp_path):
     r = run_vtep("plan", "--config", str(path), "--node", "network-2")
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if not l.startswith("#")]
-    assert lines[0].startswith("ip link add vxlan0 address ")
+    # another process prints the same MACs (a per-process hash would not)
+    assert lines[0].startswith(f"ip link add vxlan0 address {SEED_MACS['network-2']} ")
+    assert f"bridge fdb add {SEED_MACS['network-1']} dev vxlan0 dst 192.168.1.138 self " \
+        "permanent" in lines
     assert "type vxlan id 10 local 192.168.2.142 dstport 4789 nolearning dev" in lines[0]
     assert lines[-1] == "ip route add 172.2.0.0/24 via 172.2.0.0 dev vxlan0 onlink proto 118"
     assert "not private address space" in r.stderr  # the warning, on stderr
@@ -404,3 +432,47 @@ def test_unknown_node_in_a_large_plan_is_one_short_line():
     with pytest.raises(PlanError) as e:
         p.node("nope")
     assert len(str(e.value)) < 300 and "and 19990 more" in str(e.value)
+
+
+# --- kernel.check_mtu at its boundaries (a pure function: no root needed) ---------------------
+# RFC 7348 section 4.3: the overlay MTU must fit the underlay's, 50 bytes of encapsulation
+# over IPv4 and 70 over IPv6; and no default may fall below 576 (RFC 791).
+
+def _plan_with_mtu(tmp_path, mtu, ipv6=False):
+    text = SEED if mtu is None else SEED.replace("port = 4789\n", f"port = 4789\nmtu = {mtu}\n")
+    if ipv6:
+        text = text.replace('"192.168.1.138"', '"fd00:1::138"').replace('"192.168.2.142"',
+                                                                         '"fd00:2::142"')
+    return planlib.load(write(tmp_path, text, f"mtu-{mtu}-{ipv6}.toml"))
+
+
+@pytest.mark.parametrize("ipv6,underlay,mtu,fits", [
+    (False, 1500, 1450, True), (False, 1500, 1451, False),
+    (True, 1500, 1430, True), (True, 1500, 1431, False),
+    (False, 9000, 8950, True), (False, 9000, 8951, False),
+])
+def test_check_mtu_boundary(tmp_path, ipv6, underlay, mtu, fits):
+    from vtep import kernel
+    p = _plan_with_mtu(tmp_path, mtu, ipv6)
+    assert p.mtu == mtu
+    node = p.node("network-1")
+    if fits:
+        kernel.check_mtu(p, node, "eth0", underlay)
+    else:
+        with pytest.raises(PlanError, match=rf"cluster.mtu: {mtu} is more than .* = {mtu - 1}\)"):
+            kernel.check_mtu(p, node, "eth0", underlay)
+        kernel.check_mtu(p, node, "eth0", underlay, forced=True)  # --mtu N only warns
+
+
+@pytest.mark.parametrize("ipv6,underlay,fits", [
+    (False, 626, True), (False, 625, False), (True, 646, True), (True, 645, False),
+])
+def test_check_mtu_default_floor_is_576(tmp_path, ipv6, underlay, fits):
+    from vtep import kernel
+    p = _plan_with_mtu(tmp_path, None, ipv6)
+    node = p.node("network-1")
+    if fits:
+        kernel.check_mtu(p, node, "eth0", underlay)
+    else:
+        with pytest.raises(PlanError, match=r"= 575\) is below 576"):
+            kernel.check_mtu(p, node, "eth0", underlay)

@@ -161,39 +161,62 @@ class Prober:
 
     def path_mtu(self, name: str, dst: str, ceiling: int) -> PathMtu:
         """Binary search for the largest size that fits, between 576 and `ceiling`."""
-        probes = 0
-        learned = False
-
-        def fits(size: int) -> bool:
-            nonlocal probes, hi, learned
-            for _ in range(self.tries):
-                probes += 1
-                ok, mtu = self.probe(dst, size)
-                if ok:
-                    return True
-                if mtu:  # the bottleneck said how big it is: no need to search above
-                    learned = True
-                    hi = min(hi, max(mtu, MIN_MTU))
-                    return False
-            return False
-
-        lo, hi = MIN_MTU, max(ceiling, MIN_MTU)
-        if not fits(lo):
+        mtu, probes, learned = search(lambda size: self.probe(dst, size), ceiling, self.tries)
+        if mtu is None:
             raise Unreachable(name, dst, f"no {MIN_MTU}-byte probe with DF came back in "
                               f"{self.tries} tries: " + (self.refused or "the underlay path "
                                                          "is down or drops ICMP echo"))
-        top = hi
-        if fits(top):
-            return PathMtu(name, dst, top, probes, learned)
-        if hi == top:  # not narrowed by an ICMP error: the ceiling itself is too big
-            hi = top - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = min(hi, mid - 1)
-        return PathMtu(name, dst, lo, probes, learned)
+        return PathMtu(name, dst, mtu, probes, learned)
+
+
+def search(probe, ceiling: int, tries: int) -> tuple[int | None, int, bool]:
+    """The largest packet size in MIN_MTU..ceiling that `probe(size) -> (fits, named MTU)`
+    says fits: (size or None when not even MIN_MTU does, probes sent, whether an ICMP
+    error named the bottleneck's MTU).
+
+    Each size is tried up to `tries` times (a lost reply is not a verdict), except that an
+    ICMP error naming an MTU is one at once. The ceiling is probed right after the floor:
+    on most paths it fits, in two probes. An MTU an ICMP error names is probed next, as
+    named (the bottleneck said so: three probes in all); only silence (a black hole, or a
+    named MTU that does not fit either) leaves a binary search to do.
+    Pure: the socket is behind `probe`, so tests drive it with a fake path.
+    """
+    probes = 0
+    learned = False
+    lo, hi = MIN_MTU, max(ceiling, MIN_MTU)
+
+    def fits(size: int) -> bool:
+        nonlocal probes, hi, learned
+        for _ in range(tries):
+            probes += 1
+            ok, mtu = probe(size)
+            if ok:
+                return True
+            if mtu:  # the bottleneck said how big it is: no need to search above
+                learned = True
+                hi = min(hi, max(mtu, MIN_MTU))
+                return False
+        return False
+
+    if not fits(lo):
+        return None, probes, learned
+    size = hi  # the ceiling first
+    while not fits(size):
+        if hi == size:  # not narrowed by an ICMP error: this size itself is too big
+            hi = size - 1
+            break
+        if hi <= lo:  # named at or below the floor, which fits
+            return lo, probes, learned
+        size = hi  # an ICMP error named a smaller MTU: try it as named
+    else:
+        return size, probes, learned
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = min(hi, mid - 1)
+    return lo, probes, learned
 
 
 def probe_each(local: str, peers, ceiling: int, **kw) -> tuple[list[PathMtu], list[Unreachable]]:

@@ -9,7 +9,6 @@ Header layout (RFC 7348 section 5)::
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
 VXLAN_PORT = 4789
 """IANA-assigned destination port (RFC 7348 section 5)."""
@@ -35,36 +34,12 @@ OVERHEAD_IPV6 = IPV6_HLEN + UDP_HLEN + HEADER_LEN + ETH_HLEN
 """70: the same over an IPv6 underlay."""
 
 HEADER = struct.Struct("!II")
-
-
-class Header(NamedTuple):
-    flags: int
-    reserved1: int  # 24 bits after the flags byte
-    vni: int
-    reserved2: int  # the last byte
-
-    @property
-    def valid(self) -> bool:
-        """True for a strict RFC 7348 header: I set, every reserved bit zero."""
-        return self.flags == FLAG_I and not self.reserved1 and not self.reserved2
-
-
-def pack(vni: int, flags: int = FLAG_I) -> bytes:
-    """The 8-byte header for `vni`, reserved fields zero."""
-    if not 0 <= vni <= VNI_MAX:
-        raise ValueError(f"VNI {vni} is outside 0..{VNI_MAX}")
-    return HEADER.pack(flags << 24, vni << 8)
+"""The header as two 32-bit words: flags and reserved bits, then VNI and a reserved byte."""
 
 
 def pack_into(buf, offset: int, vni: int, flags: int = FLAG_I) -> None:
     """Write the header into a preallocated buffer (the data paths' hot loops)."""
     HEADER.pack_into(buf, offset, flags << 24, vni << 8)
-
-
-def unpack(buf, offset: int = 0) -> Header:
-    """Decode the header at `offset`; raises struct.error when fewer than 8 bytes remain."""
-    w0, w1 = HEADER.unpack_from(buf, offset)
-    return Header(w0 >> 24, w0 & 0xFFFFFF, w1 >> 8, w1 & 0xFF)
 
 
 def overhead(ipv6: bool) -> int:
