@@ -23,8 +23,8 @@ Figures (1500-byte underlay): overlay MTU 1450, the largest DF ping `-s 1422` (i
 narrows the router's link towards network-2 to 1400 (both ends): path MTU 1400, overlay
 MTU 1350.
 
-`over(..., xfail=...)` marks known vtep bugs as strict xfails (the day one passes, its
-mark must go); none is open.
+`over(..., xfail=...)` marks known vtep bugs as strict xfails naming the exception
+they raise (the day one passes, its mark must go); none is open.
 """
 from __future__ import annotations
 
@@ -51,13 +51,16 @@ NFT_DROP_ICMP = ("add table inet vtep_mtu; add chain inet vtep_mtu out { type fi
                  "destination-unreachable drop")
 
 
-def over(fixture: str, *paths: str, xfail: dict[str, str] | None = None):
+def over(fixture: str, *paths: str,
+         xfail: dict[str, tuple[str, type[BaseException]]] | None = None):
     """Parametrize a test over `paths`; `fixture` (class-scoped) gets each path's lab mode,
-    so that the paths of one mode share one cluster. xfail: path -> the known bug that makes
-    it fail (strict: the day it passes, the mark must go)."""
+    so that the paths of one mode share one cluster. xfail: path -> (the known bug that
+    makes it fail, the exception it raises: conftest refuses an xfail without raises=;
+    strict: the day it passes, the mark must go)."""
     xfail = xfail or {}
     params = [pytest.param(PATHS[p][0], p, id=p, marks=[pytest.mark.xfail(
-        strict=True, reason=xfail[p])] if p in xfail else []) for p in paths]
+        strict=True, reason=xfail[p][0], raises=xfail[p][1])] if p in xfail else [])
+        for p in paths]
     return pytest.mark.parametrize(f"{fixture},path", params, indirect=[fixture],
                                    scope="class")
 
