@@ -1,5 +1,4 @@
 """The userspace data path's loops, driven through injected I/O (no root needed)."""
-import collections
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -7,44 +6,11 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from vtep import datapath
+from fakeio import FakeIO
 
 PEER_A, PEER_B = "192.168.2.142", "192.168.3.7"
 MAC_A, MAC_B = "5a:0c:71:86:59:11", "6e:11:22:33:44:55"
 ME = "06:b3:31:77:ab:d9"
-
-
-class FakeIO:
-    def __init__(self):
-        self.tap_in = collections.deque()
-        self.udp_in = collections.deque()
-        self.sent = []
-        self.tried = []  # every sendto call, failed ones too
-        self.tap_out = []
-        self.fail_send = None
-
-    def tap_readv(self, buffers):
-        if not self.tap_in:
-            raise BlockingIOError
-        frame = self.tap_in.popleft()
-        buffers[0][:len(frame)] = frame
-        return len(frame)
-
-    def tap_write(self, view):
-        self.tap_out.append(bytes(view))
-        return len(view)
-
-    def sendto(self, view, addr):
-        self.tried.append((bytes(view), addr))
-        if self.fail_send:
-            raise self.fail_send
-        self.sent.append((bytes(view), addr))
-
-    def recvfrom_into(self, buf):
-        if not self.udp_in:
-            raise BlockingIOError
-        data, src = self.udp_in.popleft()
-        buf[:len(data)] = data
-        return len(data), (src, 4789)
 
 
 def make(io, **kw):

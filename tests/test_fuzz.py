@@ -29,7 +29,6 @@ the whole file in seconds.
 from __future__ import annotations
 
 import collections
-import errno
 import struct
 import sys
 from pathlib import Path
@@ -50,6 +49,7 @@ from vtep import datapath, icmp  # noqa: E402
 from vxinspect import Options  # noqa: E402
 from vxinspect.decode import make_decoder  # noqa: E402
 from vxinspect.report import Tally  # noqa: E402
+from fakeio import FakeIO
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -342,37 +342,6 @@ MAC_A, MAC_B = bytes.fromhex("5a0c71865911"), bytes.fromhex("6e1122334455")
 ME = "06:b3:31:77:ab:d9"
 VNI = 0x00ABCD
 HEADER = bytes([0x08, 0, 0, 0, 0x00, 0xAB, 0xCD, 0])  # RFC 7348 section 5, VNI 0x00abcd
-
-
-class FakeIO:
-    def __init__(self, tap_in=(), udp_in=(), too_big_above=None):
-        self.tap_in = collections.deque(tap_in)
-        self.udp_in = collections.deque(udp_in)
-        self.sent, self.tap_out = [], []
-        self.too_big_above = too_big_above
-
-    def tap_readv(self, buffers):
-        if not self.tap_in:
-            raise BlockingIOError
-        frame = self.tap_in.popleft()
-        buffers[0][:len(frame)] = frame
-        return len(frame)
-
-    def tap_write(self, view):
-        self.tap_out.append(bytes(view))
-        return len(view)
-
-    def sendto(self, view, addr):
-        if self.too_big_above is not None and len(view) > self.too_big_above:
-            raise OSError(errno.EMSGSIZE, "Message too long")
-        self.sent.append((bytes(view), addr))
-
-    def recvfrom_into(self, buf):
-        if not self.udp_in:
-            raise BlockingIOError
-        data, src = self.udp_in.popleft()
-        buf[:len(data)] = data
-        return len(data), (src, 4789)
 
 
 def make(io, **kw):
