@@ -161,11 +161,8 @@ def _status_files(state_dir: str):
 
 
 def _netns_inode(pid="self") -> int | None:
-    import os
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino
-    except OSError:   # gone, or not ours to look at (not root)
-        return None
+    from .daemon import _netns_inode   # one reader of /proc/PID/ns/net: the status file's
+    return _netns_inode(pid)
 
 
 def _netns_names() -> dict[int, str]:

@@ -67,16 +67,6 @@ class StatusFile:
         except (OSError, ValueError):
             return None
 
-    def live_owner(self) -> int | None:
-        """The pid of another live `vtep run` that manages this device in this namespace."""
-        data = self.read() or {}
-        pid = data.get("pid")
-        if not isinstance(pid, int) or pid == os.getpid():
-            return None
-        ns = _netns_inode(pid)
-        # a dead pid, or one reused by a process elsewhere, owns nothing here
-        return pid if ns is not None and ns == data.get("netns") == _netns_inode() else None
-
     def write(self, data: dict) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
