@@ -11,7 +11,7 @@ named vtb<pid>-bench, removed in `finally`):
    missing), and for each N writes a plan of N+1 nodes: overlay
    100.64.0.0/10, one /24 per node, underlay 10.x.y.1, VNI 10, port 4789.
 2. For each N, R times (best and median reported):
-     converge from nothing   KernelVtep.converge(first=True) with no device:
+     converge from nothing   Reconciler.converge(first=True) with no device:
                              device, /32, up, then N neighbour, N fdb and N route
                              entries (change logging on, written to /dev/null);
      no-op pass              converge() again on the converged state (largest N);
@@ -61,18 +61,18 @@ def plan_text(n_peers: int) -> str:
 
 def inner(plan_path: str, repeat: int, noop: bool) -> dict:
     import logging
-    from types import SimpleNamespace
 
-    from vtep import kernel, netlink, state
+    from vtep import commands, netlink, state
     from vtep import plan as planlib
+    from vtep.config import RunConfig
 
-    kernel.setup_logging()
+    commands.setup_logging()
     sink = open(os.devnull, "w")
-    for h in kernel.log.handlers:
+    for h in commands.log.handlers:
         h.setStream(sink)   # format every change line, as a real run does, but quietly
     plan = planlib.load(plan_path)
     n = len(plan.nodes) - 1
-    args = SimpleNamespace(node="n0", device="vxlan0", df=None, config=plan_path)
+    config = RunConfig(mode="kernel", plan_path=plan_path, node="n0", device="vxlan0")
     res = {"peers": n, "converge": [], "noop": [], "ip_batch": [], "ip_read": []}
 
     def check(vt):
@@ -85,7 +85,7 @@ def inner(plan_path: str, repeat: int, noop: bool) -> dict:
     def wipe():
         subprocess.run(["ip", "link", "del", "vxlan0"], capture_output=True)
 
-    vt = kernel.KernelVtep(args, plan)
+    vt = commands.reconciler(config, plan)
     try:
         wipe()
         for _ in range(repeat):
@@ -104,7 +104,7 @@ def inner(plan_path: str, repeat: int, noop: bool) -> dict:
                         raise SystemExit(f"no-op pass changed things: {lines[:3]}")
             wipe()
         # the reference: what `vtep plan` prints, as batches
-        want = vt.desired()
+        want = vt.want
         cmds = state.iproute2(want)
         ip1 = [c[3:] for c in cmds if c.startswith("ip ") and " route " not in c]
         br = [c[7:] for c in cmds if c.startswith("bridge ")]
@@ -123,7 +123,7 @@ def inner(plan_path: str, repeat: int, noop: bool) -> dict:
                     if r.returncode:
                         raise SystemExit(f"{tool} -batch failed: {r.stderr.strip()[:200]}")
                 res["ip_batch"].append(time.perf_counter() - t)
-                vt.ifindex = vt.ipr.link_lookup(ifname="vxlan0")[0]
+                vt.backend.ifindex = vt.links.index_of("vxlan0")
                 check(vt)
                 t = time.perf_counter()
                 for cmd in (["ip", "-j", "neigh", "show", "dev", "vxlan0"],

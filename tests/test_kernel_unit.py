@@ -1,5 +1,6 @@
 """The kernel data path's pure parts, without root: the entry diff, the device
-comparison, the MTU rule, the netlink codec, port and status-file helpers."""
+comparison, the MTU rule, the netlink codec, the reconciler's pass order, port and
+status-file helpers."""
 import dataclasses
 import os
 import socket
@@ -11,8 +12,10 @@ import pytest
 from pyroute2.netlink.rtnl.ndmsg import ndmsg   # independent decoders of what we encode
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from vtep import daemon, kernel, netlink, plan as planlib, state
-from vtep.errors import PermissionDenied, PlanError
+from vtep import commands, host, kernel, linkfacts, netlink, plan as planlib, state, status
+from vtep.config import RunConfig
+from vtep.errors import Incompatible, PermissionDenied, PlanError
+from vtep.reconcile import Reconciler
 from vtep.netlink import FdbEntry, NeighEntry, Op, Realised, RouteEntry
 
 PLAN = {
@@ -273,10 +276,30 @@ def test_a_route_that_lost_its_onlink_flag_is_made_onlink_again(want):
                      Op("route", "set", b.route.dst, b.route.via))
 
 
+class NoBackend:
+    """A device backend whose device step is skipped: the device is ifindex 7."""
+    mode, kernel_fdb, df, ifindex = "kernel", True, None, 7
+
+    def ensure(self, want, under, first, replace):
+        return 7, False
+
+
+class NoLinks:
+    notes = []
+
+    def note(self, line):
+        self.notes.append(line)
+
+
+def reconciler(plan, rtnl=None) -> Reconciler:
+    return Reconciler(plan, RunConfig(mode="kernel", plan_path="plan.toml", node="a"),
+                      NoBackend(), NoLinks(), rtnl)
+
+
 def echo_of(want):
-    vt = kernel.KernelVtep.__new__(kernel.KernelVtep)   # echo() reads only .want
-    vt.want = want
-    return vt.echo()
+    rec = reconciler(planlib.parse(PLAN, "plan.toml"))
+    rec.want = want
+    return rec.echo()
 
 
 def test_only_the_route_we_create_is_an_echo_of_ours(want):
@@ -331,17 +354,15 @@ def test_only_permanent_planned_neighbours_and_remotes_are_echoes(want):
 # --- the order changes reach the kernel in --------------------------------------------------
 
 def recording_vtep(monkeypatch, want, have):
-    """A KernelVtep whose device step is skipped and whose rtnetlink socket records what a
+    """A reconciler whose device step is skipped and whose rtnetlink socket records what a
     pass sends (and acknowledges it); nothing on the host is touched."""
     rt = rtnl_on(FakeKernel(acks()))
     monkeypatch.setattr(rt, "read", lambda idx: have)
-    monkeypatch.setattr(kernel, "enable_forwarding", lambda df=None: [])
-    vt = kernel.KernelVtep.__new__(kernel.KernelVtep)
-    vt.rtnl, vt.df, vt.replace_next, vt.want, vt.changes = rt, None, False, None, []
-    vt.report_conflicts, vt._reported, vt.conflicts = True, set(), []
-    vt.desired = lambda: want
-    vt.ensure_device = lambda dev, first, replace: (7, False)
-    return vt, rt.sock
+    monkeypatch.setattr(host, "enable_forwarding", lambda df=None: [])
+    monkeypatch.setattr(host, "underlay_facts", lambda node: host.Underlay("eth0", 1500, 2))
+    rec = reconciler(planlib.parse(PLAN, "plan.toml"), rt)
+    rec.desired = lambda plan, node, under: want
+    return rec, rt.sock
 
 
 def sent_in_order(fake):
@@ -413,35 +434,46 @@ def test_a_route_conflict_is_exit_4_one_line_per_route():
 # --- the device -------------------------------------------------------------------------------
 
 def facts(**over):
-    f = {"kind": "vxlan", "vni": 10, "local": "192.168.1.138", "port": 4789, "link": 2,
-         "learning": False, "external": False, "group": None, "mtu": 1450, "up": True,
-         "df": 0}
-    return {**f, **over}
+    f = dict(kind="vxlan", index=9, vni=10, local="192.168.1.138", port=4789, link=2,
+             learning=False, external=False, group=None, mtu=1450, up=True, df=0)
+    return linkfacts.LinkFacts(**{**f, **over})
 
 
 def test_device_differences(want):
     dev = want.device
-    f = facts(mac=dev.mac)
-    assert kernel.device_diffs(dev, f, 2, {}) == ([], {})
-    bad, _ = kernel.device_diffs(dev, facts(mac=dev.mac, vni=42, learning=True, port=8472,
-                                            link=7, local="10.0.0.1"), 2, {7: "eth1"})
+    diffs = linkfacts.device_diffs
+    assert diffs(dev, facts(mac=dev.mac), 2, {}) == ([], {})
+    bad, _ = diffs(dev, facts(mac=dev.mac, vni=42, learning=True, port=8472, link=7,
+                              local="10.0.0.1"), 2, {7: "eth1"})
     assert bad == ["vni: 10 vs 42", "local: 192.168.1.138 vs 10.0.0.1", "port: 4789 vs 8472",
                    "dev: eth0 vs eth1", "learning: off vs on"]
-    assert kernel.device_diffs(dev, {"kind": "bridge"}, 2, {})[0] == ["kind: vxlan vs bridge"]
+    assert diffs(dev, linkfacts.LinkFacts("bridge", 9), 2, {})[0] == ["kind: vxlan vs bridge"]
     # a TAP (the userspace path's device) is no vxlan device but takes MTU/MAC repairs
-    bad, repairs = kernel.device_diffs(dev, {"kind": "tun", "mtu": 1400, "mac": dev.mac}, 2, {})
+    bad, repairs = diffs(dev, linkfacts.LinkFacts("tun", 9, mtu=1400, mac=dev.mac), 2, {})
     assert bad == ["kind: vxlan vs tun"] and repairs == {"mtu": dev.mtu}
-    bad, repairs = kernel.device_diffs(dev, facts(mac="02:00:00:00:00:09", mtu=1500, df=1), 2,
-                                       {}, df="unset")
+    bad, repairs = diffs(dev, facts(mac="02:00:00:00:00:09", mtu=1500, df=1), 2, {},
+                         df="unset")
     assert bad == [] and repairs == {"mtu": 1450, "mac": dev.mac, "df": "unset"}
 
 
+def test_run_and_down_ask_the_same_question_of_a_device(want):
+    """`vtep down` removes only the plan's device, by the same comparison `run` makes."""
+    dev = want.device
+    same = facts(mac=dev.mac, mtu=9000, link=None)   # drifted, but the plan's device
+    assert linkfacts.identity_diffs(10, 4789, "192.168.1.138", same) == []
+    other = facts(vni=42, port=8472, local="192.168.1.139")
+    assert linkfacts.identity_diffs(10, 4789, "192.168.1.138", other) == [
+        "vni: 10 vs 42", "local: 192.168.1.138 vs 192.168.1.139", "port: 4789 vs 8472"]
+    assert linkfacts.device_diffs(dev, other, 2, {})[0][:3] == \
+        linkfacts.identity_diffs(10, 4789, "192.168.1.138", other)
+
+
 def test_incompatible_message_reads_plan_vs_existing():
-    e = kernel.Incompatible("vxlan0", ["vni: 10 vs 42"])
+    e = Incompatible("vxlan0", ["vni: 10 vs 42"])
     assert str(e) == ("vxlan0 exists with incompatible settings: vni: 10 vs 42 "
                       "(plan vs existing; --replace recreates it)")
     assert e.exit_code == 5
-    assert "not removing it" in str(kernel.NotOurs("vxlan0", ["vni: 10 vs 42"]))
+    assert "not removing it" in str(linkfacts.NotOurs("vxlan0", ["vni: 10 vs 42"]))
 
 
 def test_mtu_must_fit_the_underlay(plan):
@@ -914,18 +946,18 @@ def test_udp_sockets_finds_a_bound_port():
     try:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        assert f"127.0.0.1:{port}" in kernel.udp_sockets(port, False)
+        assert f"127.0.0.1:{port}" in host.udp_sockets(port, False)
     finally:
         s.close()
-    assert f"127.0.0.1:{port}" not in kernel.udp_sockets(port, False)
+    assert f"127.0.0.1:{port}" not in host.udp_sockets(port, False)
 
 
 def test_status_file_path_write_and_remove(tmp_path):
     # (who owns the device is no longer read from here: see vtep.owner and test_owner.py)
-    st = daemon.StatusFile(str(tmp_path), "network-1", "vxlan0")
+    st = status.StatusFile(str(tmp_path), "network-1", "vxlan0")
     assert st.path == str(tmp_path / "vxlan0.network-1.json")
-    st.write({"pid": os.getpid(), "netns": daemon._netns_inode()})
-    assert st.read() == {"pid": os.getpid(), "netns": daemon._netns_inode()}
+    st.write({"pid": os.getpid(), "netns": status.netns_inode()})
+    assert st.read() == {"pid": os.getpid(), "netns": status.netns_inode()}
     st.remove()
     st.remove()                             # idempotent
     assert not os.path.exists(st.path)
@@ -941,21 +973,27 @@ def test_without_net_admin_nothing_is_touched(monkeypatch, plan):
             touched.append(name)
             return mock.MagicMock()
         return call
-    monkeypatch.setattr(kernel.host, "has_net_admin", lambda: False)
-    monkeypatch.setattr(kernel, "IPRoute", recorder("IPRoute"))
-    monkeypatch.setattr(kernel.netlink, "Rtnl", recorder("Rtnl"))
-    monkeypatch.setattr(kernel.netlink, "Events", recorder("Events"))
-    monkeypatch.setattr(kernel.owner, "Claim", recorder("owner.Claim"))
-    monkeypatch.setattr(kernel.owner, "refuse_if_managed", recorder("owner.refuse_if_managed"))
-    monkeypatch.setattr(kernel, "enable_forwarding", recorder("enable_forwarding"))
-    monkeypatch.setattr(daemon, "StatusFile", recorder("StatusFile"))
-    monkeypatch.setattr(daemon, "serve", recorder("daemon.serve"))
+    monkeypatch.setattr(host, "has_net_admin", lambda: False)
+    monkeypatch.setattr(commands, "Links", recorder("Links"))
+    monkeypatch.setattr(commands.netlink, "Rtnl", recorder("Rtnl"))
+    monkeypatch.setattr(commands.netlink, "Events", recorder("Events"))
+    monkeypatch.setattr(commands.owner, "Claim", recorder("owner.Claim"))
+    monkeypatch.setattr(commands.owner, "refuse_if_managed", recorder("owner.refuse_if_managed"))
+    monkeypatch.setattr(commands.vxlanlink, "IPRoute", recorder("IPRoute"))
+    monkeypatch.setattr(host, "enable_forwarding", recorder("enable_forwarding"))
+    monkeypatch.setattr(commands.daemon, "StatusFile", recorder("StatusFile"))
+    monkeypatch.setattr(commands.vxlanlink, "StatusFile", recorder("StatusFile"))
+    monkeypatch.setattr(commands.daemon, "serve", recorder("daemon.serve"))
+    monkeypatch.setattr(commands, "_load", lambda args: plan)
     args = Namespace(config="plan.toml", node="a", device="vxlan0", once=True, keep=False,
-                     replace=False, df=None, interval=10.0, state_dir="/nonexistent")
-    for once in (True, False):
-        args.once = once
-        with pytest.raises(PermissionDenied, match="vtep run --kernel needs root or CAP_NET_ADMIN"):
-            kernel.run(args, plan)
+                     replace=False, df=None, interval=10.0, state_dir="/nonexistent",
+                     mtu=None, accept_any_source=False)
+    for mode in ("kernel", "userspace"):
+        for once in (True, False):
+            args.once, args.mode = once, mode
+            with pytest.raises(PermissionDenied,
+                               match=f"vtep run --{mode} needs root or CAP_NET_ADMIN"):
+                commands.run(args)
     with pytest.raises(PermissionDenied, match="vtep down needs root"):
-        kernel.down(args, plan)
+        commands.down(args)
     assert touched == []

@@ -1,12 +1,43 @@
-"""The `vtep plan`, `run` and `down` commands: glue between the plan and a data path."""
+"""The `vtep plan`, `run`, `mtu`, `down` and `status` commands.
+
+`run` is the one place that composes the control plane: it builds the run
+configuration (config.RunConfig) from the command line, then the plan source
+(source.FileSource), the device backend (vxlanlink.VxlanLink or
+userspace.TapLink), the reconciler (reconcile.Reconciler) and hands them to
+the event loop (daemon.serve). Nothing below this module reads argparse
+objects.
+"""
 from __future__ import annotations
 
+import dataclasses
+import glob
+import json
+import logging
+import os
 import sys
-from typing import Iterable, NamedTuple
 
-from . import host, netns, plan as planlib, state
+from . import automtu, daemon, host, kernel, netlink, netns, owner, state, vxlanlink
+from . import plan as planlib
+from .config import RunConfig
+from .errors import HostMismatch, UsageError
+from .links import Links
+from .reconcile import Reconciler
+from .source import FileSource
+from .status import netns_inode
+from .userspace import TapLink, format_counters
+from .vxlanlink import VxlanLink
 
-AUTO_TIMEOUT = 0.4   # s per probe for `run --mtu auto` (2 tries per size)
+log = logging.getLogger("vtep")
+
+
+def setup_logging() -> None:
+    """One line per event on stderr, prefixed like the CLI's own messages."""
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("vtep: %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _load(args):
@@ -23,7 +54,7 @@ def plan(args) -> int:
     try:
         dev, mtu = host.underlay(node)
         note = f"underlay device {dev} (MTU {mtu}) found on this host"
-    except Exception:  # planning for another machine: show what we can
+    except HostMismatch:  # planning for another machine: show what we can
         dev, mtu = node.underlay_dev or f"<device holding {node.underlay_ip}>", 1500
         note = (f"{node.underlay_ip} is not on this host: assuming an underlay MTU of 1500"
                 + ("" if node.underlay_dev else "; the device is the one holding it"))
@@ -35,72 +66,96 @@ def plan(args) -> int:
     return 0
 
 
-class AutoMtu(NamedTuple):
-    """What `--mtu auto` found: the overlay MTU that fits every reachable peer's path
-    (None: no peer answered, or there are none; the plan's MTU applies), the peers
-    that did not answer, and the peer with the narrowest path (with its path MTU)."""
-    overlay_mtu: int | None
-    unreachable: tuple[str, ...]
-    narrowest: str | None
-    path_mtu: int | None = None
-    why: tuple[str, ...] = ()     # one line per unreachable peer, naming it
+def run_config(args, mtu: int | None = None,
+               reprobe: tuple[str, ...] | None = None) -> RunConfig:
+    """The run configuration, from `vtep run`'s command line (and what --mtu auto found)."""
+    return RunConfig(mode=args.mode, plan_path=args.config, node=args.node, device=args.device,
+                     interval=float(args.interval), once=args.once, keep=args.keep,
+                     replace=args.replace, df=args.df, state_dir=args.state_dir, mtu=mtu,
+                     reprobe=reprobe, accept_any_source=args.accept_any_source)
 
 
-def auto_mtu(plan, node, underlay_mtu: int, timeout: float = AUTO_TIMEOUT,
-             peers: Iterable[str] | None = None) -> AutoMtu:
-    """Probe the underlay path to every peer of `node` (or only those named in `peers`)
-    and return the overlay MTU that fits all the reachable ones. Never raises for a
-    peer that does not answer: it is listed in `unreachable` instead. Blocking: about
-    2 x timeout per unreachable peer, up to ~12 x 2 x timeout per peer behind a black
-    hole (binary search); PermissionDenied/HostMismatch when this host cannot probe."""
-    found, lost = _probe(plan, node, underlay_mtu, timeout, peers)
-    unreachable = tuple(e.peer for e in lost)
-    why = tuple(str(e) for e in lost)
-    if not found:
-        return AutoMtu(None, unreachable, None, None, why)
-    narrow = min(found, key=lambda r: r.mtu)
-    return AutoMtu(narrow.mtu - plan.overhead, unreachable, narrow.peer, narrow.mtu, why)
-
-
-def _probe(plan, node, underlay_mtu: int, timeout: float, only=None):
-    """(path MTUs of the peers that answered, pmtu.Unreachable of those that did not)."""
-    from . import pmtu
-    host.require_net_admin("probing the path MTU")
-    wanted = None if only is None else set(only)
-    peers = [(n.name, str(n.underlay_ip)) for n in plan.peers(node.name)
-             if wanted is None or n.name in wanted]
-    return pmtu.probe_each(str(node.underlay_ip), peers, underlay_mtu, timeout=timeout)
+def _auto(p, args) -> automtu.AutoMtu:
+    """`--mtu auto`: probe every peer's path at start and say what was found."""
+    node = host.select_node(p, args.node)
+    _dev, umtu = host.underlay(node)
+    found = automtu.auto_mtu(p, node, umtu, automtu.AUTO_TIMEOUT)
+    for line in found.why:
+        print(f"vtep: warning: --mtu auto: {line}", file=sys.stderr)
+    if found.overlay_mtu is not None:
+        print(f"vtep: --mtu auto: overlay MTU {found.overlay_mtu} (narrowest path: "
+              f"{found.narrowest}, {found.path_mtu}"
+              + (f"; not counting unreachable {', '.join(found.unreachable)}"
+                 if found.unreachable else "") + ")", file=sys.stderr)
+    elif found.unreachable:
+        print(f"vtep: warning: --mtu auto: no peer answered "
+              f"({', '.join(found.unreachable)}): starting with the plan's overlay MTU "
+              f"{state.overlay_mtu(p, umtu)}", file=sys.stderr)
+    return found
 
 
 def run(args) -> int:
     p = _load(args)
-    args.mtu_override = None
     if args.mtu == "auto":
-        node = host.select_node(p, args.node)
-        dev, umtu = host.underlay(node)
-        found = args.mtu_auto = auto_mtu(p, node, umtu, AUTO_TIMEOUT)
-        args.mtu_override = found.overlay_mtu
-        for line in found.why:
-            print(f"vtep: warning: --mtu auto: {line}", file=sys.stderr)
-        if found.overlay_mtu is not None:
-            print(f"vtep: --mtu auto: overlay MTU {found.overlay_mtu} (narrowest path: "
-                  f"{found.narrowest}, {found.path_mtu}"
-                  + (f"; not counting unreachable {', '.join(found.unreachable)}"
-                     if found.unreachable else "") + ")", file=sys.stderr)
-        elif found.unreachable:
-            print(f"vtep: warning: --mtu auto: no peer answered "
-                  f"({', '.join(found.unreachable)}): starting with the plan's overlay MTU "
-                  f"{state.overlay_mtu(p, umtu)}", file=sys.stderr)
-    elif args.mtu is not None:
-        args.mtu_override = args.mtu
-    if args.mtu_override is not None:
-        import dataclasses
-        p = dataclasses.replace(p, mtu=args.mtu_override)
-    if args.mode == "kernel":
-        from . import kernel
-        return kernel.run(args, p)
-    from . import userspace
-    return userspace.run(args, p)
+        found = _auto(p, args)
+        config = run_config(args, found.overlay_mtu, found.unreachable)
+    else:
+        config = run_config(args, args.mtu)
+    return run_with(config, p)
+
+
+def reconciler(config: RunConfig, p) -> Reconciler:
+    """The reconciler of a run, with the device backend its mode names."""
+    links = Links()
+    try:
+        rtnl = netlink.Rtnl()
+    except BaseException:
+        links.close()
+        raise
+    node = host.select_node(p, config.node).name
+    config = dataclasses.replace(config, node=node)   # found once: by address, maybe
+    if config.mode == "kernel":
+        backend = VxlanLink(links, node, config.df)
+    else:
+        backend = TapLink(links, node, config.accept_any_source)
+    try:
+        return Reconciler(p, config, backend, links, rtnl)
+    except BaseException:
+        links.close()
+        rtnl.close()
+        raise
+
+
+def run_with(config: RunConfig, p) -> int:
+    """The one composition point of `vtep run`: the plan source, the device backend and
+    the reconciler, built from the configuration and handed to the event loop (or, with
+    --once, one pass)."""
+    setup_logging()
+    host.require_net_admin(f"vtep run --{config.mode}")
+    if config.mode == "userspace":
+        for flag in ("once", "keep"):
+            if getattr(config, flag):
+                raise UsageError(f"--{flag} does not apply to --userspace: its TAP device "
+                                 "lives only as long as the process that reads it")
+    if config.mtu is not None:
+        p = dataclasses.replace(p, mtu=config.mtu)
+    with owner.Claim(config.device):   # before anything is touched, --once included
+        rec = reconciler(config, p)
+        try:
+            if config.once:
+                rec.report_conflicts = False   # said once, as this run's error
+                lines = rec.converge(first=True, replace=config.replace)
+                if rec.conflicts:   # the rest is applied; exit 4, one line per route
+                    raise kernel.RouteConflict(rec.conflicts)
+                rec.summary(lines)
+                return 0
+            source = FileSource(config.plan_path)
+            try:
+                return daemon.serve(rec, source, config)
+            finally:
+                source.close()
+        finally:
+            rec.close()
 
 
 def mtu(args) -> int:
@@ -110,7 +165,7 @@ def mtu(args) -> int:
     p = _load(args)
     node = host.select_node(p, args.node)
     dev, umtu = host.underlay(node)
-    results, lost = _probe(p, node, umtu, args.timeout)
+    results, lost = automtu.probe(p, node, umtu, args.timeout)
     configured = state.overlay_mtu(p, umtu)
     source = "cluster.mtu" if p.mtu is not None else f"{dev} MTU {umtu} - {p.overhead}"
     print(f"node {node.name}: underlay {dev} MTU {umtu}; configured overlay MTU {configured} "
@@ -140,8 +195,11 @@ def mtu(args) -> int:
 
 
 def down(args) -> int:
-    from . import kernel
-    return kernel.down(args, _load(args))
+    p = _load(args)
+    setup_logging()
+    host.require_net_admin("vtep down")
+    node = host.select_node(p, args.node)
+    return vxlanlink.down(p, node, args.device, args.state_dir)
 
 
 NETNS_DIR = "/run/netns"   # where `ip netns` keeps its named namespaces
@@ -151,8 +209,6 @@ def _status_files(state_dir: str):
     """(path, lab prefix or None) of every candidate status file: <state-dir>/*.json, then
     those of the labs kept under it (<state-dir>/lab-PREFIX/NODE/*.json: `vtep lab up`
     gives each node's agent a state dir of its own there, see vtep.lab.lab)."""
-    import glob
-    import os
     for path in sorted(glob.glob(os.path.join(glob.escape(state_dir), "*.json"))):
         yield path, None
     for lab_dir in sorted(glob.glob(os.path.join(glob.escape(state_dir), "lab-*"))):
@@ -160,14 +216,8 @@ def _status_files(state_dir: str):
             yield path, os.path.basename(lab_dir)[len("lab-"):]
 
 
-def _netns_inode(pid="self") -> int | None:
-    from .daemon import _netns_inode   # one reader of /proc/PID/ns/net: the status file's
-    return _netns_inode(pid)
-
-
 def _netns_names() -> dict[int, str]:
     """Network namespace inode -> its name under /run/netns (`ip netns list`)."""
-    import os
     names = {}
     try:
         for e in os.scandir(NETNS_DIR):
@@ -186,7 +236,7 @@ def _running(pid, ns) -> bool:
     (not root), that it lives is all we can tell."""
     if not isinstance(pid, int) or not netns.alive(pid):
         return False
-    now = _netns_inode(pid)
+    now = netns_inode(pid)
     return now is None or not isinstance(ns, int) or now == ns
 
 
@@ -196,10 +246,8 @@ def status(args) -> int:
 
     An agent in another network namespace (a lab node's, or one started with
     `ip netns exec`) is shown with that namespace's name."""
-    import json
-
     docs = []
-    here = _netns_inode()
+    here = netns_inode()
     names = _netns_names()
     for path, lab in _status_files(args.state_dir):
         try:
@@ -222,7 +270,6 @@ def status(args) -> int:
     if not docs:
         print(f"no vtep runs recorded under {args.state_dir}")
         return 0
-    from .userspace import format_counters
     for d in docs:
         state = "running" if d["running"] else "not running (stale status file)"
         where = [f"lab {d['lab']}"] if d["lab"] else []

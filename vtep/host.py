@@ -1,12 +1,18 @@
-"""What this host has: addresses, devices, MTUs, privileges (read-only, via netlink).
+"""What this host has, and the host-wide settings vtep needs.
 
 Everything that asks the kernel about the current network namespace lives
-here, so that the plan stays pure data and the data paths share one view.
+here (addresses, devices, MTUs, bound UDP ports, privileges), so that the plan
+and the desired state stay pure data: a pass gathers the facts it needs in one
+step (underlay_facts) and hands them to the pure functions. The forwarding
+sysctls, the one host-wide setting a node needs, are turned on here too.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import struct
+from typing import NamedTuple
 
 from .errors import HostMismatch, PermissionDenied
 
@@ -55,22 +61,46 @@ def device_mtu(name: str) -> int:
         return ipr.get_links(links[0])[0].get_attr("IFLA_MTU")
 
 
-def underlay(node) -> tuple[str, int]:
-    """(device, MTU) of the node's underlay: the plan's underlay_dev, or the device
-    that holds its underlay_ip. Raises HostMismatch when neither is here."""
-    held = addresses()
+class Underlay(NamedTuple):
+    """The node's underlay device as this host has it."""
+    dev: str
+    mtu: int
+    index: int
+
+
+def underlay_facts(node) -> Underlay:
+    """The node's underlay: the plan's underlay_dev, or the device that holds its
+    underlay_ip; with its MTU and index, read through one netlink socket. Raises
+    HostMismatch when neither is here."""
+    with _ipr() as ipr:
+        links = {m["index"]: (m.get_attr("IFLA_IFNAME"), m.get_attr("IFLA_MTU"))
+                 for m in ipr.get_links()}
+        held = {}
+        for a in ipr.get_addr():
+            ip = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
+            if ip:
+                held[ip] = a["index"]
     ip = str(node.underlay_ip)
     if node.underlay_dev:
-        mtu = device_mtu(node.underlay_dev)
+        index = next((i for i, (name, _) in links.items() if name == node.underlay_dev), None)
+        if index is None:
+            raise HostMismatch(f"underlay device {node.underlay_dev} does not exist here")
         if ip not in held:
             raise HostMismatch(f"underlay_ip {ip} of node {node.name!r} is not an address of "
                                "this host")
-        return node.underlay_dev, mtu
-    dev = held.get(ip)
-    if dev is None:
+        return Underlay(node.underlay_dev, links[index][1], index)
+    index = held.get(ip)
+    if index is None:
         raise HostMismatch(f"underlay_ip {ip} of node {node.name!r} is not an address of this "
                            f"host (it has {', '.join(sorted(held, key=_ipkey)) or 'none'})")
-    return dev, device_mtu(dev)
+    name, mtu = links.get(index, ("?", None))
+    return Underlay(name, mtu, index)
+
+
+def underlay(node) -> tuple[str, int]:
+    """(device, MTU) of the node's underlay (see underlay_facts)."""
+    u = underlay_facts(node)
+    return u.dev, u.mtu
 
 
 def _ipkey(a: str):
@@ -83,3 +113,62 @@ def select_node(plan, name: str | None):
     if name:
         return plan.node(name)
     return plan.node_for_local(addresses())
+
+
+def udp_sockets(port: int, ipv6: bool) -> list[str]:
+    """Local addresses of the UDP sockets bound to `port` in this namespace."""
+    path = "/proc/net/udp6" if ipv6 else "/proc/net/udp"
+    out = []
+    try:
+        with open(path) as f:
+            next(f, None)
+            for line in f:
+                local = line.split()[1]
+                addr, p = local.rsplit(":", 1)
+                if int(p, 16) != port:
+                    continue
+                # /proc prints each 32-bit word of the address as a host-order integer
+                words = [int(addr[i:i + 8], 16) for i in range(0, len(addr), 8)]
+                packed = b"".join(struct.pack("=I", w) for w in words)
+                fam = socket.AF_INET6 if ipv6 else socket.AF_INET
+                out.append(f"{socket.inet_ntop(fam, packed)}:{port}")
+    except FileNotFoundError:
+        pass
+    return out
+
+
+# CNI's bridge plugin turns these on for the same reason: the node routes between
+# its pods' bridge and the overlay device.
+FORWARDING = (("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+              ("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"))
+PMTU_SYSCTL = ("/proc/sys/net/ipv4/ip_forward_use_pmtu", "net.ipv4.ip_forward_use_pmtu")
+
+
+def enable_forwarding(df: str | None = None) -> list[str]:
+    """Turn forwarding on; returns what it changed. Left on at exit: pods and other
+    overlays on this node may rely on it by then, and a sysctl does not record who
+    set it, so turning it off could cut traffic that is not ours.
+
+    With `--df set` also net.ipv4.ip_forward_use_pmtu: a forwarding host ignores the
+    path MTU it learns unless told otherwise, so the MTU the tunnel learns from the
+    underlay's ICMP errors would never reach the pods whose traffic it routes."""
+    done = []
+    wanted = FORWARDING + ((PMTU_SYSCTL,) if df == "set" else ())
+    for path, name in wanted:
+        try:
+            with open(path) as f:
+                cur = f.read().strip()
+        except FileNotFoundError:
+            continue   # IPv6 disabled in this kernel: nothing to forward
+        if cur == "1":
+            continue
+        try:
+            with open(path, "w") as f:
+                f.write("1\n")
+        except OSError as e:
+            raise PermissionDenied(f"cannot turn on {name} ({path}: {e.strerror})")
+        why = ("forwarded pod traffic then honours the path MTU the tunnel learns (--df set)"
+               if name == PMTU_SYSCTL[1] else "this node routes between its pods' bridge and "
+               "the overlay, as the CNI bridge plugin does")
+        done.append(f"turned on {name} (was {cur}): {why}")
+    return done

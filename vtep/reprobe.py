@@ -3,8 +3,8 @@
 At start `--mtu auto` probes every peer's underlay path and takes the narrowest
 of those that answered; a peer that did not (down, still booting, behind a
 firewall) is left out, so that one dead node does not keep the others' pods off
-the overlay (commands.auto_mtu). Those peers, and peers a re-read plan adds, are
-probed again at every periodic resync, in a thread (daemon._Job: a silent peer
+the overlay (automtu.auto_mtu). Those peers, and peers a re-read plan adds, are
+probed again at every periodic resync, in a thread (jobs.Job: a silent peer
 costs seconds of waiting). When one answers with a narrower path, the overlay
 MTU is lowered to fit it (RFC 7348 section 4.3: VTEPs must not fragment) and the
 next pass applies it; a path as wide as the current MTU or wider changes
@@ -12,10 +12,9 @@ nothing. The MTU never goes back up by itself: a restart probes afresh.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
-from . import commands, host
+from . import automtu, host
 
 log = logging.getLogger("vtep")
 
@@ -23,23 +22,23 @@ log = logging.getLogger("vtep")
 class Reprobe:
     """Which peers still owe an answer, and what to do when they give one."""
 
-    def __init__(self, vt, unreachable):
-        self.vt = vt
+    def __init__(self, rec, unreachable):
+        self.rec = rec   # the reconciler: its current plan, node and desired state
         # peers whose path is known; everything else in the plan is probed again
-        self.known = {p.name for p in vt.plan.peers(vt.node.name)} - set(unreachable)
+        self.known = {p.name for p in rec.plan.peers(rec.node.name)} - set(unreachable)
         self.asked: tuple[str, ...] = ()
 
     def wanted(self) -> bool:
         """Whether some peer of the current plan has not answered yet (and which: asked)."""
-        peers = {p.name for p in self.vt.plan.peers(self.vt.node.name)}
+        peers = {p.name for p in self.rec.plan.peers(self.rec.node.name)}
         self.asked = tuple(sorted(peers - self.known))
         return bool(self.asked)
 
     def work(self):
         """Probe the asked peers (in a thread: it only reads immutable plan data)."""
-        plan, node, asked = self.vt.plan, self.vt.node, self.asked
+        plan, node, asked = self.rec.plan, self.rec.node, self.asked
         _dev, underlay_mtu = host.underlay(node)
-        return commands.auto_mtu(plan, node, underlay_mtu, commands.AUTO_TIMEOUT, peers=asked)
+        return automtu.auto_mtu(plan, node, underlay_mtu, automtu.AUTO_TIMEOUT, peers=asked)
 
     def apply(self, found, error) -> bool:
         """Take a probe's result; True when the overlay MTU was lowered (a pass is due)."""
@@ -50,13 +49,12 @@ class Reprobe:
         self.known.update(answered)
         if not answered or found.overlay_mtu is None:
             return False
-        current = self.vt.want.device.mtu if self.vt.want else None
+        current = self.rec.want.device.mtu if self.rec.want else None
         who = f"{', '.join(answered)} answer{'s' if len(answered) == 1 else ''} now"
         if current is None or found.overlay_mtu < current:
             log.info(f"--mtu auto: {who}; path MTU {found.path_mtu} to {found.narrowest}: "
                      f"lowering the overlay MTU from {current} to {found.overlay_mtu}")
-            self.vt.mtu_override = found.overlay_mtu
-            self.vt.plan = dataclasses.replace(self.vt.plan, mtu=found.overlay_mtu)
+            self.rec.lower_mtu(found.overlay_mtu)
             return True
         log.info(f"--mtu auto: {who}; path MTU {found.path_mtu} fits the overlay MTU "
                  f"{current}")

@@ -1,11 +1,18 @@
-"""`vtep run --userspace`: the VTEP as a process, a TAP device read in userspace.
+"""`vtep run --userspace`: the userspace path's device backend, a TAP device read in
+userspace (TapLink).
 
 The node state seen from the pods is the kernel path's: a device of the same
 name with the node's derived MAC, MTU and VTEP address /32, the same permanent
-neighbour entries and onlink routes (realised and kept converged by the
-kernel path's machinery, vtep.kernel.KernelVtep, minus kernel fdb entries).
-The fdb (inner MAC -> peer underlay IP) lives in the process instead, and is
-rebuilt from the plan on SIGHUP.
+neighbour entries and onlink routes, realised and kept converged by the same
+reconciler (vtep.reconcile), which is given this backend in place of the
+vxlan link and leaves kernel fdb entries alone (kernel_fdb = False). The fdb
+(inner MAC -> peer underlay IP) lives in the process instead, rebuilt from
+each new desired state.
+
+Data flow: pod -> TAP fd -> Datapath.tx_batch (fdb lookup, encapsulate) -> raw
+socket -> peer; peer -> UDP socket -> Datapath.rx_batch (check, decapsulate)
+-> TAP fd -> pod. The event loop (vtep.daemon) polls the two fds that io()
+names in the same select() as netlink events and signals.
 
 Sockets: one UDP socket bound to the node's underlay IP and the plan's port
 receives (and holds the port, so a kernel vxlan device on the same port is a
@@ -17,9 +24,6 @@ counted, never fragmented. A BPF filter that accepts nothing keeps the raw
 socket's receive queue empty (a raw socket would get a copy of every UDP
 packet). The outer UDP checksum is zero over IPv4, as the kernel sends it by
 default (RFC 7348 section 5 allows it); over IPv6 the kernel fills it in.
-
-The hot loops are vtep.datapath's; vtep.daemon polls their fds in the same
-select() as netlink events and signals.
 """
 from __future__ import annotations
 
@@ -31,8 +35,10 @@ import os
 import socket
 import struct
 
-from . import datapath, kernel, owner
-from .errors import HostMismatch, Incompatible, UsageError, VtepError
+from . import datapath, host, state, wire
+from .errors import HostMismatch, Incompatible, VtepError
+from .linkfacts import device_diffs, facts, require_made_by_vtep
+from .links import Links
 from .netlink import NetlinkRefused
 
 log = logging.getLogger("vtep")
@@ -86,14 +92,16 @@ def fdb_of(want) -> dict[bytes, str]:
     return {bytes.fromhex(p.fdb.mac.replace(":", "")): p.fdb.dst for p in want.peers}
 
 
-class UserspaceVtep(kernel.KernelVtep):
-    """KernelVtep's realiser with a TAP device in place of the vxlan device."""
+class TapLink:
+    """The TAP device of one node and the userspace data path that serves it."""
 
     mode = "userspace"
+    kernel_fdb = False   # the fdb lives in the process (Datapath.fdb)
+    df = None            # a TAP device has no DF policy: the raw socket always sets DF
 
-    def __init__(self, args, plan):
-        super().__init__(args, plan)
-        self.df = None  # a TAP device has no DF policy: the raw socket always sets DF
+    def __init__(self, links: Links, node: str, accept_any_source: bool = False):
+        self.links, self.node, self.accept_any_source = links, node, accept_any_source
+        self.ifindex: int | None = None
         self.tap = None
         self.rx = self.tx = None
         self.bound: tuple[str, int] | None = None   # (local, port) of the sockets
@@ -101,89 +109,91 @@ class UserspaceVtep(kernel.KernelVtep):
         self.dp: datapath.Datapath | None = None
         self.dp_for = None   # (vni, port, rx socket) the data path was built for
         self.dp_peers = None  # the desired peers its fdb was built from
-        self.accept_any_source = getattr(args, "accept_any_source", False)
 
-    def diff(self, want, have):
-        return kernel.diff(want, have, fdb=False)
-
-    def ensure_device(self, want, first, replace):
-        # `want` is the device; the in-process fdb comes from self.pending, the whole state
-        # of the pass (set by KernelVtep.converge)
-        if self.rx is not None and self.bound != (want.local, want.port):
+    def ensure(self, want: state.NodeState, under: host.Underlay, first: bool,
+               replace: bool) -> tuple[int, bool]:
+        """The TAP's ifindex, (re)creating it, its sockets and its data path as needed.
+        Returns (ifindex, created)."""
+        dev, links = want.device, self.links
+        if self.rx is not None and self.bound != (dev.local, dev.port):
             # a re-read plan moved the node's underlay IP or the port: rebind (the kernel
             # path recreates its device for the same reason)
-            self._note(f"rebinding UDP {want.local} port {want.port} (was "
+            links.note(f"rebinding UDP {dev.local} port {dev.port} (was "
                        f"{self.bound[0]} port {self.bound[1]})")
             self._close_sockets()
-        msg = self._link(want.name)
+        msg = links.get(dev.name)
         created = False
         if msg is not None and (self.tap is None or msg["index"] != self.ifindex):
             # a device of that name that is not this process's TAP: one left by a kernel
             # run (--replace takes it), or one made by someone else since ours was
             # deleted, which is never ours to remove
-            have = kernel._facts(msg)
-            kind = have["kind"] or "none"
+            have = facts(msg)
+            kind = have.kind or "none"
             diffs = [f"kind: tap (this process's) vs {kind}"]
-            kernel.require_made_by_vtep(want.name, have, diffs)   # --replace would not help
+            require_made_by_vtep(dev.name, have, diffs)   # --replace would not help
             if not replace:
-                raise Incompatible(want.name, diffs)
-            self._delete(msg["index"], want.name)
-            self._note(f"deleted {want.name} ({kind}) to create the TAP device")
+                raise Incompatible(dev.name, diffs)
+            links.delete(have.index, dev.name)
+            links.note(f"deleted {dev.name} ({kind}) to create the TAP device")
             msg = None
         if self.rx is None:
             # the port before the TAP: when it is held (a kernel vxlan device, another VTEP)
             # the run fails with one line having created nothing (a device of ours that
             # --replace deleted above freed its port by now)
-            self.rx, self.tx = open_sockets(want.local, want.port)
-            self.bound = (want.local, want.port)
+            self.rx, self.tx = open_sockets(dev.local, dev.port)
+            self.bound = (dev.local, dev.port)
         if msg is None:
             self._close_tap()
-            self._open_tap(want)
+            self._open_tap(dev)
             created = True
-            msg = self._link(want.name)
+            msg = links.get(dev.name)
             if msg is None:
-                raise NetlinkRefused(f"{want.name} vanished right after its creation")
-        have = kernel._facts(msg)
-        idx = have["index"]
-        self._mark(want.name, idx, have.get("alias"))
-        _, repairs = kernel.device_diffs(want, have, self.underlay_index, {}, None)
-        repairs.pop("df", None)
-        self._repair(want, idx, have, repairs)
-        self._addresses(want, idx)
-        if not have["up"]:
-            self._call(f"setting {want.name} up", self.ipr.link, "set", index=idx, state="up")
+                raise NetlinkRefused(f"{dev.name} vanished right after its creation")
+        have = facts(msg)
+        idx = have.index
+        links.mark(dev.name, idx, have.alias, self.node, self.mode)
+        _, repairs = device_diffs(dev, have, under.index, {}, None)
+        links.repair(dev, have, repairs)
+        links.addresses(dev, idx)
+        if not have.up:
+            links.call(f"setting {dev.name} up", links.ipr.link, "set", index=idx, state="up")
             if not created:
-                self._note(f"set {want.name} up (it was down)")
-        old = self.dp
-        if old is None or self.dp_for != (want.vni, want.port, self.rx):
-            # new VNI, port or sockets: a new data path (the VNI is written once into its
-            # transmit buffer); the counters carry over
-            self.dp_for = (want.vni, want.port, self.rx)
-            self.dp = datapath.Datapath(
-                vni=want.vni, port=want.port, fdb={}, peers=(),
-                tap_readv=None, tap_write=None, sendto=self.tx.sendto, addr_port=0,
-                recvfrom_into=self.rx.recvfrom_into, accept_any_source=self.accept_any_source,
-                path_mtu=self.path_mtu, overhead=self.plan.overhead)
-            if old is not None:
-                self.dp.counters = old.counters
-            self.dp_peers = None
-        if self.dp_peers is not self.pending.peers:
-            # a new desired state (first pass, plan re-read): a new fdb. Not on every pass:
-            # at 20,000 peers rebuilding it costs a quarter of a second of forwarding
-            self.dp.set_fdb(fdb_of(self.pending), [p.fdb.dst for p in self.pending.peers])
-            # path MTU discovery through the tunnel: errors come from the peer's VTEP address
-            self.dp.vtep_ips = {p.fdb.dst: socket.inet_aton(p.neighbour.ip)
-                                for p in self.pending.peers}
-            self.dp.overhead = self.plan.overhead
-            self.dp_peers = self.pending.peers
-        fd = self.tap.fileno()
-        self.dp.tap_readv = functools.partial(os.readv, fd)  # no Python frame per packet
-        self.dp.tap_write = functools.partial(os.write, fd)
+                links.note(f"set {dev.name} up (it was down)")
+        self._serve(want)
         self.ifindex = idx
         return idx, created
 
-    def _open_tap(self, want) -> None:
-        import pytun
+    def _serve(self, want: state.NodeState) -> None:
+        """The data path for this desired state, on the current TAP and sockets."""
+        dev = want.device
+        old = self.dp
+        if old is None or self.dp_for != (dev.vni, dev.port, self.rx):
+            # new VNI, port or sockets: a new data path (the VNI is written once into its
+            # transmit buffer); the counters carry over
+            self.dp_for = (dev.vni, dev.port, self.rx)
+            self.dp = datapath.Datapath(
+                vni=dev.vni, port=dev.port, fdb={}, peers=(),
+                tap_readv=None, tap_write=None, sendto=self.tx.sendto, addr_port=0,
+                recvfrom_into=self.rx.recvfrom_into, accept_any_source=self.accept_any_source,
+                path_mtu=self.path_mtu, overhead=wire.overhead(":" in dev.local))
+            if old is not None:
+                self.dp.counters = old.counters
+            self.dp_peers = None
+        if self.dp_peers is not want.peers:
+            # a new desired state (first pass, plan re-read): a new fdb. Not on every pass:
+            # at 20,000 peers rebuilding it costs a quarter of a second of forwarding
+            self.dp.set_fdb(fdb_of(want), [p.fdb.dst for p in want.peers])
+            # path MTU discovery through the tunnel: errors come from the peer's VTEP address
+            self.dp.vtep_ips = {p.fdb.dst: socket.inet_aton(p.neighbour.ip)
+                                for p in want.peers}
+            self.dp.overhead = wire.overhead(":" in dev.local)
+            self.dp_peers = want.peers
+        fd = self.tap.fileno()
+        self.dp.tap_readv = functools.partial(os.readv, fd)  # no Python frame per packet
+        self.dp.tap_write = functools.partial(os.write, fd)
+
+    def _open_tap(self, want: state.Device) -> None:
+        import pytun   # only this backend needs it: the other commands run without it
         try:
             tap = pytun.TunTapDevice(name=want.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
         except pytun.Error as e:
@@ -192,18 +202,18 @@ class UserspaceVtep(kernel.KernelVtep):
         tap.mtu = want.mtu
         os.set_blocking(tap.fileno(), False)
         self.tap = tap
-        self._note(f"created {want.name}: TAP (userspace VTEP) mtu {want.mtu} address "
-                   f"{want.mac}; vxlan id {want.vni} over UDP {want.local} port {want.port}")
+        self.links.note(f"created {want.name}: TAP (userspace VTEP) mtu {want.mtu} address "
+                        f"{want.mac}; vxlan id {want.vni} over UDP {want.local} port {want.port}")
 
     def _close_tap(self) -> None:
         if self.tap is not None:
             try:
                 self.tap.close()  # a non-persistent TAP goes away with its last fd
-            except Exception:
-                pass
+            except OSError:
+                pass   # its device deleted under it: the fd is closed all the same
             self.tap = None
 
-    def device_lost(self) -> None:
+    def lost(self) -> None:
         """The TAP fd failed (its device was deleted): close it, so that the next pass
         opens a new TAP and restores its address, neighbours and routes."""
         self._close_tap()
@@ -216,22 +226,21 @@ class UserspaceVtep(kernel.KernelVtep):
     def counters(self) -> dict:
         return self.dp.counters.to_dict() if self.dp else {}
 
-    def teardown(self) -> bool:
-        msg = self._link(self.device)
+    def remove(self, name: str, peers: int) -> bool:
+        """Close our TAP: the kernel deletes it with its last fd, and its entries with it."""
+        msg = self.links.get(name)
         ours = msg is not None and self.tap is not None and msg["index"] == self.ifindex
-        n = len(self.want.peers) if self.want else 0
         self._close_tap()
         if ours:
-            log.info(f"removed {self.device}; its {n} neighbour and {n} route entries went "
+            log.info(f"removed {name}; its {peers} neighbour and {peers} route entries went "
                      "with it")
         return ours
 
-    def close(self):
+    def close(self) -> None:
         if self.dp is not None:
             log.info(f"counters: {format_counters(self.dp.counters.to_dict())}")
         self._close_tap()
         self._close_sockets()
-        super().close()
 
     def path_mtu(self, peer: str) -> int | None:
         """The kernel's path MTU towards `peer`: the route's, lowered by any ICMP
@@ -244,7 +253,7 @@ class UserspaceVtep(kernel.KernelVtep):
                 v6 = ":" in peer
                 s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
                 self.mtu_socks[peer] = s
-                s.connect((peer, self.bound[1] if self.bound else 4789))
+                s.connect((peer, self.bound[1] if self.bound else wire.VXLAN_PORT))
             if s.family == socket.AF_INET6:
                 return s.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
             return s.getsockopt(socket.IPPROTO_IP, IP_MTU)
@@ -267,20 +276,3 @@ def format_counters(c: dict) -> str:
     icmp = f", ICMP too-big sent {c['icmp_too_big']}" if c.get("icmp_too_big") else ""
     return (f"tx {c['tx']['packets']} packets {c['tx']['bytes']} bytes, rx {c['rx']['packets']} "
             f"packets {c['rx']['bytes']} bytes, drops " + (", ".join(drops) or "none") + icmp)
-
-
-def run(args, plan) -> int:
-    kernel.setup_logging()
-    from . import daemon, host
-    host.require_net_admin("vtep run --userspace")
-    for flag in ("once", "keep"):
-        if getattr(args, flag, False):
-            raise UsageError(f"--{flag} does not apply to --userspace: its TAP device lives "
-                             "only as long as the process that reads it")
-    with owner.Claim(args.device):   # before anything is touched: one agent per device
-        vt = UserspaceVtep(args, plan)
-        vt.mtu_override = getattr(args, "mtu_override", None)
-        try:
-            return daemon.serve(vt, args)
-        finally:
-            vt.close()

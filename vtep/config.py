@@ -1,0 +1,41 @@
+"""What `vtep run` was asked to do, as one frozen value.
+
+`commands.run` builds a RunConfig once from the command line (and, for
+`--mtu auto`, from what probing found) and hands it to the pieces it composes:
+the plan source, the device backend, the reconciler and the event loop. Nothing
+below the CLI reads argparse objects; tests and benchmarks build a RunConfig
+directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_DEVICE = "vxlan0"
+DEFAULT_STATE_DIR = "/run/vtep"
+DEFAULT_INTERVAL = 10.0
+MODES = ("kernel", "userspace")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    mode: str                          # "kernel": the Linux vxlan device; "userspace": a TAP
+    plan_path: str                     # the plan file (re-read on SIGHUP)
+    node: str | None = None            # None: the node whose underlay_ip is local
+    device: str = DEFAULT_DEVICE
+    interval: float = DEFAULT_INTERVAL  # s between full resyncs
+    once: bool = False                 # converge once and exit (kernel only)
+    keep: bool = False                 # leave the device in place on exit (kernel only)
+    replace: bool = False              # recreate a device of ours whose settings differ
+    df: str | None = None              # the vxlan device's outer DF policy (kernel only)
+    state_dir: str = DEFAULT_STATE_DIR
+    # an overlay MTU that outranks the plan's, kept across plan re-reads: `--mtu N`, or
+    # what `--mtu auto` found at start
+    mtu: int | None = None
+    # `--mtu auto` only: the peers that did not answer at start, probed again at every
+    # periodic resync (vtep.reprobe); None without `--mtu auto`
+    reprobe: tuple[str, ...] | None = None
+    accept_any_source: bool = False    # userspace: VXLAN from any source, not only peers
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
