@@ -8,9 +8,10 @@
 What it does (root; everything inside namespaces it creates, named vtb<pid>-...,
 removed in `finally`; every process it starts is ended by its PID):
 
-1. Builds the seed topology (vtep.lab.topology.seed, tx checksum offload off on
-   the underlay veths: the userspace path needs filled checksums) and writes the
-   seed plan (vtep.lab.lab.SEED_PLAN) to a temporary directory.
+1. Builds the seed lab with the project's lab builder (vtep.lab.lab.build,
+   LabSpec(pods=False, agents=False): the seed topology, tx checksum offload off on
+   the underlay veths since the userspace path needs filled checksums, and the seed
+   plan, recorded in a temporary directory).
 2. For each pairing (network-1 <-> network-2):
      kernel-kernel          `vtep run --kernel` on both nodes,
      userspace-kernel       `vtep run --userspace` on network-1, `--kernel` on network-2,
@@ -51,12 +52,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from vtep import netns  # noqa: E402
 from vtep.errors import LabError  # noqa: E402
-from vtep.lab import lab as lablib, topology  # noqa: E402
+from vtep.lab import lab as lablib, record  # noqa: E402
+from vtep.lab.topology import end_process  # noqa: E402
 
 TARGET_GBPS = 0.5
-NODES = ("network-1", "network-2")
-VTEP_IP = {"network-1": "172.2.0.0", "network-2": "172.2.1.0"}
+NODES = lablib.NODES
+VTEP_IP = {"network-1": "172.2.0.0", "network-2": "172.2.1.0"}   # the seed plan's VTEPs
 PAIRINGS = {
     "kernel-kernel": ("kernel", "kernel"),
     "userspace-kernel": ("userspace", "kernel"),    # userspace on network-1
@@ -75,49 +78,35 @@ class BenchError(Exception):
 def end(p: subprocess.Popen | None, grace: float = 5.0) -> None:
     """SIGTERM this Popen's own PID, SIGKILL after `grace`."""
     if p is not None:
-        topology.end_process(p, grace)
+        end_process(p, grace)
 
 
 class Pairing:
-    """Two `vtep run` processes, one per node namespace, and what is measured between them."""
+    """Two `vtep run` processes, one per node namespace (lablib.start_agent, recorded in the
+    lab), and what is measured between them."""
 
-    def __init__(self, topo, name, modes, plan_path, work, args, run=0):
-        self.topo, self.name, self.modes, self.plan_path = topo, name, modes, plan_path
-        self.work = os.path.join(work, f"{name}.{run}")
-        os.makedirs(self.work)
+    def __init__(self, lab, name, modes, args):
+        self.lab, self.topo, self.name, self.modes = lab, lab.topology, name, modes
         self.args = args
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, str] = {}
+        self.procs: dict[str, dict] = {}     # node -> the lab's record of its `vtep run`
         self.result: dict = {"pairing": name, "modes": dict(zip(NODES, modes))}
 
     def state_dir(self, node):
-        return os.path.join(self.work, f"state-{node}")
+        return str(self.lab.dir / node)
 
     def start(self):
         for node, mode in zip(NODES, self.modes):
-            log = self.logs[node] = os.path.join(self.work, f"{node}.log")
-            with open(log, "w") as f:
-                self.procs[node] = self.topo[node].popen(
-                    [sys.executable, "-m", "vtep.cli", "run", f"--{mode}", "--config",
-                     self.plan_path, "--node", node, "--state-dir", self.state_dir(node)],
-                    stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+            self.procs[node] = lablib.start_agent(self.lab, node, path=mode)
 
     def alive(self):
-        for node, p in self.procs.items():
-            if p.poll() is not None:
-                raise BenchError(f"{self.name}: vtep run on {node} exited {p.returncode}: "
-                                 f"{self.tail(node)}")
-
-    def tail(self, node):
-        try:
-            with open(self.logs[node]) as f:
-                return " | ".join(f.read().strip().splitlines()[-3:])
-        except OSError:
-            return ""
+        for node, rec in self.procs.items():
+            if not record.alive(rec):
+                raise BenchError(f"{self.name}: vtep run on {node} exited: "
+                                 f"{record.tail(rec['log'])}")
 
     def stop(self):
-        for p in self.procs.values():
-            end(p)
+        for node in self.procs:
+            lablib.stop_agent(self.lab, node)
         self.procs.clear()
 
     def wait_converged(self):
@@ -195,7 +184,7 @@ class Pairing:
                 out = os.path.join(outdir, f"{self.name}-{node}.folded")
                 spies.append(subprocess.Popen(
                     [exe, "record", "-r", "500", "-d", str(seconds), "-f", "raw", "-o", out, "-p",
-                     str(self.procs[node].pid)], stdout=subprocess.DEVNULL,
+                     str(self.procs[node]["pid"])], stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL))
         time.sleep(0.5)  # attached before the traffic starts
         return spies
@@ -206,7 +195,7 @@ class Pairing:
         for node, mode in zip(NODES, self.modes):
             if mode == "userspace":
                 try:
-                    with open(f"/proc/{self.procs[node].pid}/stat") as f:
+                    with open(f"/proc/{self.procs[node]['pid']}/stat") as f:
                         fields = f.read().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
@@ -423,20 +412,19 @@ def main() -> int:
 
     prefix = f"vtb{os.getpid()}-"
     work = tempfile.mkdtemp(prefix="vtep-dpbench-")
-    plan_path = os.path.join(work, "plan.toml")
-    with open(plan_path, "w") as f:
-        f.write(lablib.SEED_PLAN)
-    topo = topology.seed(prefix, tx_offload=False)
+    # the agents run this tree's vtep, wherever the benchmark is started from
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    lab = lablib.Lab(prefix, base=work)
     results, failed, left = [], False, []
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still run `finally`
     try:
-        topo.start()
-        print(f"seed topology up (prefix {prefix}); plan {plan_path}")
+        lablib.build(lab, lablib.LabSpec(pods=False, agents=False), say=lablib.silent)
+        print(f"seed topology up (prefix {prefix}); plan {lab.plan_path}")
         for name in names:
             runs = []
             for i in range(args.repeat):
                 print(f"{name}: ", end="", flush=True)
-                r = Pairing(topo, name, PAIRINGS[name], plan_path, work, args, i).run(
+                r = Pairing(lab, name, PAIRINGS[name], args).run(
                     args.profile if i == 0 else None)
                 runs.append(r)
                 print(f"converged in {r['converge_s']}s; TCP "
@@ -447,9 +435,9 @@ def main() -> int:
         print(f"\ndatapath_bench: {e}", file=sys.stderr)
         failed = True
     finally:
-        topo.stop()
+        lablib.teardown(lab)
         signal.signal(signal.SIGTERM, old_term)
-        left = [n for n in topology.netns.list_namespaces() if n.startswith(prefix)]
+        left = [n for n in netns.list_namespaces() if n.startswith(prefix)]
         print(f"teardown: namespaces with prefix {prefix} left: {left or 'none'}")
         shutil.rmtree(work, ignore_errors=True)
     if results:

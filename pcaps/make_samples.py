@@ -6,51 +6,70 @@
 Two kinds of sample:
 
 * RECORDED (``lab-*``): real traffic between two Linux kernel VTEPs (``vxlan0``,
-  VNI 10, dstport 4789) in a throw-away namespace lab, captured on the router
-  namespace in between with tcpdump / dumpcap. Needs root. Every namespace is
-  named with a per-run prefix ``vxs<pid>-`` and deleted in ``finally``; nothing
-  is added to the root namespace and traffic only goes to addresses inside the
-  lab. Recorded bytes vary from run to run (timestamps, IP ids, ICMP ids, UDP
-  source ports) but the packet counts, sizes and verdicts do not.
+  VNI 10, dstport 4789, configured by hand below, not by vtep) in a throw-away
+  seed lab, captured on the router namespace in between with tcpdump / dumpcap.
+  Needs root. The lab is the project's (vtep.lab.lab.build with
+  LabSpec(pods=False, agents=False): the seed topology and nothing else); every
+  namespace is named with a per-run prefix ``vxs<pid>-`` and deleted in
+  ``finally``; nothing is added to the root namespace and traffic only goes to
+  addresses inside the lab. Recorded bytes vary from run to run (timestamps, IP
+  ids, ICMP ids, UDP source ports) but the packet counts, sizes and verdicts do
+  not.
 
 * CRAFTED (``crafted-*``): scapy-built frames for faults a healthy kernel will
   not produce. Fully deterministic: fixed MACs, addresses, IP ids, ports and
   timestamps, written by the small pcap writer below, so a rerun gives identical
   bytes. Does not need root.
 
-Topology (underlay 192.168.1.0/24 and 192.168.2.0/24 joined by ``router``)::
+Topology (vtep.lab.seed: underlay 192.168.1.0/24 and 192.168.2.0/24 joined by
+``router``; every veth's MAC is 02:00 and its IPv4 address, as in the crafted frames)::
 
     network-1                      router                        network-2
-    veth0 192.168.1.138 ---- r1 192.168.1.213
-                                 r2 192.168.2.216 ---- veth0 192.168.2.142
+    eth0 192.168.1.138 ---- eth1 192.168.1.213
+                                 eth2 192.168.2.216 ---- eth0 192.168.2.142
     vxlan0 172.2.0.0/32  ==== VXLAN VNI 10, UDP 4789 ====  vxlan0 172.2.1.0/32
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import select
-import signal
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from vtep import wire
+from vtep.errors import LabError
+from vtep.lab import lab as lablib
+from vtep.lab.seed import SEED, address, mac
 
 HERE = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------------------
 # Addressing shared by the lab and the crafted frames (so crafted frames look
-# like the recorded ones).
+# like the recorded ones): the seed's (vtep.lab.seed), and the MACs of the
+# sample VTEPs, which are configured by hand here (not vtep's derived ones)
+# and follow the seed's rule for a fixed MAC: 02:00 and the IPv4 address.
 # ---------------------------------------------------------------------------
-N1_UL_IP, N2_UL_IP = "192.168.1.138", "192.168.2.142"
-R1_IP, R2_IP = "192.168.1.213", "192.168.2.216"
-N1_UL_MAC, N2_UL_MAC = "02:00:c0:a8:01:8a", "02:00:c0:a8:02:8e"
-R1_MAC, R2_MAC = "02:00:c0:a8:01:d5", "02:00:c0:a8:02:d8"
-N1_VTEP_IP, N2_VTEP_IP = "172.2.0.0", "172.2.1.0"
-N1_VTEP_MAC, N2_VTEP_MAC = "02:00:ac:02:00:00", "02:00:ac:02:01:00"
-VNI = 10
-VXLAN_PORT, LEGACY_PORT = 4789, 8472
+N1, N2 = SEED.nodes
+N1_UL_IP, N2_UL_IP = address(N1.ipv4.node), address(N2.ipv4.node)
+R1_IP, R2_IP = address(N1.ipv4.router), address(N2.ipv4.router)
+N1_UL_MAC, N2_UL_MAC = mac(N1.ipv4.node), mac(N2.ipv4.node)
+R1_MAC, R2_MAC = mac(N1.ipv4.router), mac(N2.ipv4.router)
+N1_UL6_IP, N2_UL6_IP = address(N1.ipv6.node), address(N2.ipv6.node)
+N1_VTEP_IP, N2_VTEP_IP = (str(ipaddress.ip_network(n.subnet).network_address)
+                          for n in (N1, N2))
+N1_VTEP_MAC, N2_VTEP_MAC = mac(N1_VTEP_IP), mac(N2_VTEP_IP)
+VNI = SEED.vni
+VXLAN_PORT, LEGACY_PORT = SEED.port, wire.VXLAN_PORT_LINUX_LEGACY
+UL_DEV = SEED.underlay_dev         # each node's underlay veth
+CAPTURE_IF = N1.router_if          # the router's network-1 side
+OVERLAY_MTU = SEED.underlay_mtu - 50   # IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
 LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2 = 1, 113, 276
 
@@ -104,77 +123,45 @@ def capture_summary(path: Path) -> tuple[str, int, int]:
 
 
 # ---------------------------------------------------------------------------
-# RECORDED samples: the namespace lab.
+# RECORDED samples: the seed lab, two kernel VTEPs typed in by hand.
 # ---------------------------------------------------------------------------
-class LabError(RuntimeError):
-    pass
+class SampleLab:
+    """The project's seed lab (topology only) and what the samples add to it: a kernel
+    VTEP per node, captures on the router, traffic between the VTEPs."""
 
+    def __init__(self, lab: lablib.Lab):
+        self.lab = lab
 
-def run(cmd, *, check=True, timeout=30, quiet=False):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} -> rc {r.returncode}: {r.stderr.strip()}")
-    if not quiet and r.stderr.strip() and r.returncode != 0:
-        print(r.stderr.strip(), file=sys.stderr)
-    return r
-
-
-class Lab:
-    NODES = ("network-1", "network-2", "router")
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.made: list[str] = []     # namespaces this run created, and nothing else
-        self.procs: list[subprocess.Popen] = []
-
-    def ns(self, node: str) -> str:
-        return self.prefix + node
-
-    def ip(self, node: str, *args: str):
-        return run(["ip", "-n", self.ns(node), *args])
+    def node(self, name: str):
+        return self.lab.topology[name]
 
     def exec(self, node: str, *args: str, **kw):
-        return run(["ip", "netns", "exec", self.ns(node), *args], **kw)
+        return self.node(node).cmd(list(args), **kw)
 
-    # -- build / tear down -------------------------------------------------
-    def build(self) -> None:
-        for node in self.NODES:
-            name = self.ns(node)
-            run(["ip", "netns", "add", name])
-            self.made.append(name)
-            self.ip(node, "link", "set", "lo", "up")
-        # veth pairs created directly inside the namespaces (never in the root ns)
-        for node, rdev, mac, rmac in (("network-1", "r1", N1_UL_MAC, R1_MAC),
-                                      ("network-2", "r2", N2_UL_MAC, R2_MAC)):
-            self.ip(node, "link", "add", "veth0", "address", mac, "type", "veth",
-                    "peer", "name", rdev, "address", rmac, "netns", self.ns("router"))
-        self.exec("router", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for dev, addr in (("r1", R1_IP), ("r2", R2_IP)):
-            self.ip("router", "addr", "add", f"{addr}/24", "dev", dev)
-            self.ip("router", "link", "set", dev, "up")
-            self.exec("router", "ethtool", "-K", dev, "tx", "off")
+    def ip(self, node: str, *args: str):
+        return self.exec(node, "ip", *args)
+
+    def configure_vteps(self) -> None:
+        """On each node the commands of pcaps/README.md: vxlan0 with a fixed MAC, a
+        permanent neighbour entry and an fdb entry for the peer, a route to its subnet."""
         nodes = (
-            ("network-1", N1_UL_IP, R1_IP, "192.168.2.0/24", N1_VTEP_IP, N1_VTEP_MAC,
-             N2_VTEP_IP, N2_VTEP_MAC, N2_UL_IP, "172.2.1.0/24"),
-            ("network-2", N2_UL_IP, R2_IP, "192.168.1.0/24", N2_VTEP_IP, N2_VTEP_MAC,
-             N1_VTEP_IP, N1_VTEP_MAC, N1_UL_IP, "172.2.0.0/24"),
+            ("network-1", N1_UL_IP, N1_VTEP_IP, N1_VTEP_MAC,
+             N2_VTEP_IP, N2_VTEP_MAC, N2_UL_IP, N2.subnet),
+            ("network-2", N2_UL_IP, N2_VTEP_IP, N2_VTEP_MAC,
+             N1_VTEP_IP, N1_VTEP_MAC, N1_UL_IP, N1.subnet),
         )
-        for (node, ul_ip, gw, far_ul, vtep_ip, vtep_mac,
+        for (node, ul_ip, vtep_ip, vtep_mac,
              peer_vtep_ip, peer_vtep_mac, peer_ul_ip, peer_overlay) in nodes:
-            self.ip(node, "addr", "add", f"{ul_ip}/24", "dev", "veth0")
-            self.ip(node, "link", "set", "veth0", "up")
-            # tx checksum offload off so the checksums on the wire are filled in
-            self.exec(node, "ethtool", "-K", "veth0", "tx", "off")
-            self.ip(node, "route", "add", far_ul, "via", gw)
             self.ip(node, "link", "add", "vxlan0", "type", "vxlan", "id", str(VNI),
-                    "local", ul_ip, "dstport", str(VXLAN_PORT), "nolearning", "dev", "veth0")
-            self.ip(node, "link", "set", "vxlan0", "address", vtep_mac, "mtu", "1450")
+                    "local", ul_ip, "dstport", str(VXLAN_PORT), "nolearning", "dev", UL_DEV)
+            self.ip(node, "link", "set", "vxlan0", "address", vtep_mac, "mtu",
+                    str(OVERLAY_MTU))
             self.ip(node, "addr", "add", f"{vtep_ip}/32", "dev", "vxlan0")
             self.ip(node, "link", "set", "vxlan0", "up")
             self.ip(node, "neigh", "add", peer_vtep_ip, "lladdr", peer_vtep_mac,
                     "dev", "vxlan0", "nud", "permanent")
-            run(["bridge", "-n", self.ns(node), "fdb", "append", peer_vtep_mac,
-                 "dev", "vxlan0", "dst", peer_ul_ip])
+            self.exec(node, "bridge", "fdb", "append", peer_vtep_mac, "dev", "vxlan0",
+                      "dst", peer_ul_ip)
             self.ip(node, "route", "add", peer_overlay, "via", peer_vtep_ip,
                     "dev", "vxlan0", "onlink")
         # warm up: underlay ARP resolved, overlay reachable both ways
@@ -182,24 +169,9 @@ class Lab:
         self.exec("network-1", "ping", "-c", "1", "-W", "2", N2_VTEP_IP, timeout=10)
         self.exec("network-2", "ping", "-c", "1", "-W", "2", N1_VTEP_IP, timeout=10)
 
-    def teardown(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)  # the group of the process we started
-                    p.wait(timeout=5)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-        for name in reversed(self.made):
-            run(["ip", "netns", "del", name], check=False)
-        self.made.clear()
-
     # -- capture -----------------------------------------------------------
     def capture(self, path: Path, *, count: int, traffic, tool: str = "tcpdump",
-                iface: str = "r1", bpf: str = f"udp dst port {VXLAN_PORT}",
+                iface: str = CAPTURE_IF, bpf: str = f"udp dst port {VXLAN_PORT}",
                 extra: tuple[str, ...] = ()) -> Path:
         """Capture exactly `count` packets on the router while `traffic()` runs."""
         if path.exists():
@@ -212,10 +184,9 @@ class Lab:
             cmd = ["dumpcap", "-i", iface, "-c", str(count), "-s", "262144", "-f", bpf,
                    "-a", "duration:20", *extra, "-w", str(path)]
             ready = "Capturing on"
-        full = ["ip", "netns", "exec", self.ns("router"), "timeout", "20", *cmd]
-        p = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             start_new_session=True)
-        self.procs.append(p)
+        # ended by PID (Topology.popen records it) if it outlives its bounds
+        p = self.node(SEED.router).popen(["timeout", "20", *cmd], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
         seen, deadline = b"", time.monotonic() + 10
         while ready.encode() not in seen:
             if p.poll() is not None or time.monotonic() > deadline:
@@ -228,8 +199,8 @@ class Lab:
         try:
             p.wait(timeout=25)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout=5)
+            self.lab.topology.end_processes()
+        p.stderr.close()
         # tcpdump writes as its drop-privileges user, dumpcap with mode 0600
         os.chown(path, os.getuid(), os.getgid())
         path.chmod(0o644)
@@ -262,10 +233,13 @@ class Lab:
 def make_recorded(out: Path) -> None:
     if os.geteuid() != 0:
         raise SystemExit("the recorded samples need root (network namespaces)")
-    lab = Lab(f"vxs{os.getpid()}-")
+    work = tempfile.mkdtemp(prefix="vtep-samples-")
+    record = lablib.Lab(f"vxs{os.getpid()}-", base=work)
+    lab = SampleLab(record)
     try:
-        lab.build()
-        # 3 x 56-byte pings VTEP to VTEP: 3 requests + 3 replies cross r1
+        lablib.build(record, lablib.LabSpec(pods=False, agents=False), say=lablib.silent)
+        lab.configure_vteps()
+        # 3 x 56-byte pings VTEP to VTEP: 3 requests + 3 replies cross eth1
         lab.capture(out / "lab-kernel-ping.pcap", count=6,
                     traffic=lab.ping("network-1", N2_VTEP_IP, count=3),
                     bpf=f"udp port {VXLAN_PORT}")
@@ -275,7 +249,7 @@ def make_recorded(out: Path) -> None:
                                      count=2),
                     bpf=f"udp port {VXLAN_PORT}")
         # tcpdump -i any: cooked capture (SLL2 with libpcap >= 1.10), each packet
-        # seen twice (in on r1, out on r2): 2 requests + 2 replies -> 8 records
+        # seen twice (in on eth1, out on eth2): 2 requests + 2 replies -> 8 records
         lab.capture(out / "lab-kernel-any-sll2.pcap", count=8, iface="any",
                     traffic=lab.ping("network-1", N2_VTEP_IP, count=2),
                     bpf=f"udp port {VXLAN_PORT}")
@@ -289,19 +263,20 @@ def make_recorded(out: Path) -> None:
                     traffic=lab.ping("network-1", N2_VTEP_IP, count=2),
                     bpf=f"udp port {VXLAN_PORT}")
         # inner UDP (no listener): the inner UDP checksum is filled because tx
-        # checksum offload is off on veth0; only the 3 datagrams are captured
+        # checksum offload is off on eth0; only the 3 datagrams are captured
         lab.capture(out / "lab-kernel-udp.pcap", count=3,
                     traffic=lab.udp("network-1", N1_VTEP_IP, N2_VTEP_IP, count=3),
                     bpf=f"udp dst port {VXLAN_PORT} and src host {N1_UL_IP}")
         # the same with tx checksum offload left ON at the sender: the inner UDP
         # checksum leaves network-1 unfilled (partial) and is captured that way
-        lab.exec("network-1", "ethtool", "-K", "veth0", "tx", "on")
+        lab.exec("network-1", "ethtool", "-K", UL_DEV, "tx", "on")
         lab.capture(out / "lab-kernel-udp-offload.pcap", count=3,
                     traffic=lab.udp("network-1", N1_VTEP_IP, N2_VTEP_IP, count=3),
                     bpf=f"udp dst port {VXLAN_PORT} and src host {N1_UL_IP}")
-        lab.exec("network-1", "ethtool", "-K", "veth0", "tx", "off")
+        lab.exec("network-1", "ethtool", "-K", UL_DEV, "tx", "off")
     finally:
-        lab.teardown()
+        lablib.teardown(record)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
@@ -353,7 +328,7 @@ def make_crafted(out: Path) -> None:
         if udp_chksum is not None:
             udp.chksum = udp_chksum
         return (Ether(src=N1_UL_MAC, dst=R1_MAC)
-                / IPv6(src="fd00:1::8a", dst="fd00:2::8e", hlim=64, fl=0)
+                / IPv6(src=N1_UL6_IP, dst=N2_UL6_IP, hlim=64, fl=0)
                 / udp / VXLAN(flags=0x08, vni=VNI) / inn)
 
     def fragments(inn, *, frag_bytes, ipid):

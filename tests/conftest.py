@@ -102,3 +102,13 @@ def netns_prefix():
     yield prefix
     left = netns.sweep(prefix)
     assert not left, f"tests leaked namespaces: {left}"
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    """The seed plan (vtep.lab.seed.SEED_PLAN), written to a file (vtep reads plans from
+    files)."""
+    from vtep.lab.seed import SEED_PLAN   # as netns_prefix: conftest loads without vtep
+    p = tmp_path / "plan.toml"
+    p.write_text(SEED_PLAN)
+    return p

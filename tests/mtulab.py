@@ -3,17 +3,14 @@ vxinspect's verdict, and the programs run inside pods.
 
 Used by tests/test_mtu_suite_netns.py and pcaps/mtu/make_mtu_pcaps.py.
 
-Two ways to get the seed cluster, with the same interface (Cluster):
-- Cluster.lab(prefix, mode): the project's own lab (`vtep lab up --mode M` through
-  vtep.lab.lab.up): topology, plan, `vtep run` per node, a pod on each node.
-- Cluster.custom(prefix, mode, ...): the same cluster built here because a case needs what
-  the lab does not offer: an underlay MTU of 9000, an IPv6 underlay, the router's link
-  towards network-2 at 1400, `vtep run --mtu N|auto` or `--df set`, a plan with
-  cluster.mtu. The nodes and pods
-  are namespaces of a vtep.lab.topology.Topology (all named with the prefix), the VTEPs are
-  `vtep run` in the nodes and the pods are attached by `vtep pod add`, as the lab does.
-Either is removed by stop() (processes ended by PID, namespaces deleted); callers call it
-in `finally`.
+A Cluster is a view of the project's own lab (vtep.lab.lab.build) that the suite asks
+things of: Cluster.up(prefix, LabSpec(...), base) builds the seed cluster the spec
+describes (`vtep lab up --mode M` is LabSpec(mode=M) under /run/vtep; the cases that need
+more name it in the spec: an underlay MTU of 9000, an IPv6 underlay, the router's link
+towards network-2 at 1400, `vtep run --mtu N|auto` or `--df set`, a plan with
+cluster.mtu). Nodes and pods are namespaces named with the prefix, the VTEPs are
+`vtep run` in the nodes, the pods are attached by `vtep pod add`. stop() removes it all
+(processes ended by PID, namespaces deleted); callers call it in `finally`.
 
 Network safety (DEVELOPERS.md): everything happens inside namespaces carrying the prefix;
 traffic goes only to addresses inside them; every capture, transfer and ping is bounded in
@@ -31,17 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seedlab import cut_marker, flush_capture
-from vtep import netns
-from vtep.lab import lab as lablib
-from vtep.lab.topology import SEED_UNDERLAY6, Topology, end_process, seed
+from vtep import netns, plan as planlib
+from vtep.lab import lab as lablib, seed
+from vtep.lab.demo import tcpdump
+from vtep.lab.lab import LabSpec
+from vtep.lab.topology import end_process
 
 VTEP = [sys.executable, "-m", "vtep.cli"]
-NODES = lablib.NODES                       # ("network-1", "network-2")
-UNDERLAY = {"network-1": "192.168.1.138", "network-2": "192.168.2.142"}
-ROUTER_IF = {"network-1": "eth1", "network-2": "eth2"}   # the router's side towards each node
-# the seed's IPv6 twin, as the lab builds it (topology.seed(underlay="ipv6"))
-UNDERLAY6 = {n: a.split("/")[0] for n, (a, _, _) in SEED_UNDERLAY6.items()}
-SEED_PLAN6 = lablib.SEED_PLAN6
+NODES = seed.NODES                         # ("network-1", "network-2")
+UNDERLAY = seed.underlay_ips("ipv4")       # node -> its underlay IPv4 address
 
 # Every case runs on four paths: (lab mode, sender node, receiver node). The mixed lab has
 # the kernel path on network-1 and the userspace path on network-2, so its two directions
@@ -53,7 +48,6 @@ PATHS = {
     "userspace": ("userspace", "network-1", "network-2"),
 }
 MODES = ("kernel", "mixed", "userspace")
-CONVERGE_TIMEOUT = 20.0
 
 
 def paths_of(mode: str) -> list[str]:
@@ -64,25 +58,28 @@ def sh(ns: str, argv: list[str], *, check=True, timeout: float = 30, input=None)
     return netns.sh(argv, ns=ns, check=check, timeout=timeout, input=input)
 
 
-def seed6(prefix: str, *, mtu: int | None = None) -> Topology:
-    """The seed topology with an IPv6 underlay: the lab's own (addressed, routed and
-    forwarding once started; tx checksum offload off, as in seed())."""
-    return seed(prefix, mtu=mtu, underlay="ipv6")
-
-
 class Cluster:
     """The seed cluster: two nodes with a pod each, joined by a router; one `vtep run` per
-    node in the data path that `mode` gives it (lablib.node_mode)."""
+    node in the data path that the spec's mode gives it (lablib.node_mode)."""
 
-    def __init__(self, prefix: str, mode: str):
-        self.prefix = prefix
-        self.mode = mode
-        self.plan_path: Path | None = None
-        self.pods: dict[str, tuple[str, str]] = {}     # node -> (pod namespace, pod address)
-        self.df: dict[str, str] = {}                   # node -> outer DF: "set" | "unset"
-        self.state_dirs: dict[str, Path] = {}
-        self.underlay = dict(UNDERLAY)                 # node -> underlay IP
-        self._stop = None
+    def __init__(self, lab: lablib.Lab, spec: LabSpec):
+        self.lab, self.spec = lab, spec
+        self.prefix, self.mode = lab.prefix, spec.mode
+        self.plan_path = lab.plan_path
+        self.plan = planlib.load(lab.plan_path)
+        self.underlay = seed.underlay_ips(spec.underlay)          # node -> underlay IP
+        self.pods = {n: (lab.pods[n]["ns"], lab.pods[n]["ip"]) for n in NODES}
+        self.state_dirs = {n: lab.dir / n for n in NODES}
+        self.args: dict[str, list[str]] = {}                       # node -> extra run args
+        self.df: dict[str, str] = {}                               # node -> "set" | "unset"
+        for n in NODES:
+            self._ran(n, spec.run_args.get(n, ()))
+
+    @classmethod
+    def up(cls, prefix: str, spec: LabSpec, base=lablib.LAB_BASE) -> "Cluster":
+        """Build the lab `spec` describes (a failing step removes what it made)."""
+        lab = lablib.build(lablib.Lab(prefix, base), spec, say=lablib.silent)
+        return cls(lab, spec)
 
     # -- naming ------------------------------------------------------------------------------
     def ns(self, node: str) -> str:
@@ -90,7 +87,7 @@ class Cluster:
 
     @property
     def router(self) -> str:
-        return self.prefix + "router"
+        return self.prefix + seed.SEED.router
 
     def pod_ns(self, node: str) -> str:
         return self.pods[node][0]
@@ -105,121 +102,25 @@ class Cluster:
         """Outer source IP -> DF policy of that node's data path."""
         return {self.underlay[n]: self.df[n] for n in NODES}
 
-    # -- the project's lab -------------------------------------------------------------------
-    @classmethod
-    def lab(cls, prefix: str, mode: str) -> "Cluster":
-        c = cls(prefix, mode)
-        lab = lablib.Lab(prefix)
-        c._stop = lambda: lablib.teardown(lab)
-        lablib.up(lab, mode, say=lambda *a, **k: None)
-        c.plan_path = lab.plan_path
-        for n in NODES:
-            c.pods[n] = (lab.pods[n]["ns"], lab.pods[n]["ip"])
-            c.state_dirs[n] = lab.dir / n
-            c.df[n] = "unset" if c.path_of(n) == "kernel" else "set"
-        return c
-
-    # -- built here, with what the lab does not offer ----------------------------------------
-    @classmethod
-    def custom(cls, prefix: str, mode: str, workdir: Path, *, underlay_mtu: int | None = None,
-               narrow: int | None = None, plan_text: str | None = None,
-               run_args: dict[str, list[str]] | None = None,
-               ipv6: bool = False) -> "Cluster":
-        """narrow: the MTU of the router's link towards network-2 (both ends of it).
-        run_args: extra `vtep run` arguments per node (e.g. ["--mtu", "1500"]).
-        ipv6: an IPv6 underlay (UNDERLAY6, routed by the router); the overlay stays IPv4."""
-        c = cls(prefix, mode)
-        workdir.mkdir(parents=True, exist_ok=True)
-        c.plan_path = workdir / "plan.toml"
-        c.plan_path.write_text(plan_text or (SEED_PLAN6 if ipv6 else lablib.SEED_PLAN))
-        if ipv6:
-            c.underlay = dict(UNDERLAY6)
-        t = seed6(prefix, mtu=underlay_mtu) if ipv6 else seed(prefix, mtu=underlay_mtu)
-        for n in NODES:
-            t.add_node(f"{n}-pod1")
-        c.topo, c.procs, c.logs, c.args = t, {}, {}, {}
-        c._stop = t.stop
-        try:
-            t.start()
-            for n in NODES:
-                c.state_dirs[n] = workdir / n
-                c.state_dirs[n].mkdir(exist_ok=True)
-                c.add_pod(n)
-            # the pods first: they keep the MTU the plan gave them on the underlay as it
-            # was, as the pods of a running cluster do when its underlay narrows
-            if narrow:
-                sh(c.router, ["ip", "link", "set", ROUTER_IF["network-2"], "mtu", str(narrow)])
-                sh(c.ns("network-2"), ["ip", "link", "set", "eth0", "mtu", str(narrow)])
-            for n in NODES:
-                c.start_vtep(n, *(run_args or {}).get(n, []))
-        except BaseException:
-            c.stop()
-            raise
-        return c
-
-    def start_vtep(self, node: str, *extra: str) -> None:
-        """`vtep run --kernel|--userspace` in the node's namespace, until converged."""
-        path = self.path_of(node)
-        self.df[node] = ("set" if path == "userspace" or
-                         (extra and "--df" in extra and extra[extra.index("--df") + 1] == "set")
-                         else "unset")
-        self.args[node] = list(extra)
-        log = self.logs.get(node) or open(self.state_dirs[node].parent / f"run-{node}.log",
-                                          "a+")
-        self.logs[node] = log
-        argv = VTEP + ["run", f"--{path}", "--config", str(self.plan_path), "--node", node,
-                       "--state-dir", str(self.state_dirs[node]), *extra]
-        p = self.topo[node].popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT)
-        self.procs[node] = p
-        status = self.state_dirs[node] / f"vxlan0.{node}.json"
-        peer = next(n for n in NODES if n != node)
-        subnet = {"network-1": "172.2.0.0/24", "network-2": "172.2.1.0/24"}[peer]
-        deadline = time.monotonic() + CONVERGE_TIMEOUT
-        while True:
-            if p.poll() is not None:
-                raise AssertionError(f"{node}: vtep run --{path} exited {p.returncode}:\n"
-                                     + self.log_of(node))
-            try:
-                ok = json.loads(status.read_text())["pid"] == p.pid
-            except (OSError, ValueError, KeyError):
-                ok = False
-            if ok and subnet in sh(self.ns(node), ["ip", "-4", "route", "show", "dev",
-                                                   "vxlan0"], check=False).stdout:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{node}: vtep run --{path} did not converge in "
-                                     f"{CONVERGE_TIMEOUT:g}s:\n" + self.log_of(node))
-            time.sleep(0.1)
-
-    def stop_vtep(self, node: str) -> int:
-        """SIGTERM (the run removes its device), by the PID we started."""
-        p = self.procs.pop(node)
-        end_process(p, grace=10)
-        self.topo.processes.remove(p)
-        return p.returncode
+    # -- one node's VTEP ---------------------------------------------------------------------
+    def _ran(self, node: str, extra) -> None:
+        """Note the arguments `vtep run` got on `node`, and the outer DF its path sets:
+        the userspace path always, the kernel path with `--df set` only."""
+        extra = list(extra)
+        self.args[node] = extra
+        forced = "--df" in extra and extra[extra.index("--df") + 1] == "set"
+        self.df[node] = "set" if self.path_of(node) == "userspace" or forced else "unset"
 
     def restart_vtep(self, node: str, *extra: str) -> None:
-        self.stop_vtep(node)
-        self.start_vtep(node, *extra)
+        """SIGTERM the node's `vtep run` (by its PID; it removes its device), start it again
+        with `extra`, until converged."""
+        lablib.stop_agent(self.lab, node)
+        lablib.start_agent(self.lab, node, args=extra)
+        self._ran(node, extra)
+        lablib.wait_converged(self.lab, self.plan, node)
 
     def log_of(self, node: str) -> str:
-        f = self.logs[node]
-        f.flush()
-        return Path(f.name).read_text(errors="replace")
-
-    def add_pod(self, node: str) -> None:
-        """`vtep pod add` joins the pod namespace (made by the topology) to the node's bridge
-        (it makes the bridge); the pod's MTU is the plan's overlay MTU on the underlay as it
-        is now. nsenter, not `ip netns exec`, as lab.py explains."""
-        pod = self.topo[f"{node}-pod1"].ns
-        r = subprocess.run(["nsenter", f"--net=/run/netns/{self.ns(node)}", *VTEP, "pod", "add",
-                            pod, "--config", str(self.plan_path), "--node", node,
-                            "--state-dir", str(self.state_dirs[node])],
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, f"vtep pod add {pod}: {r.stderr}"
-        store = json.loads((self.state_dirs[node] / f"pods-{node}.json").read_text())
-        self.pods[node] = (pod, store["pods"][pod]["ip"])
+        return Path(self.lab.process(f"vtep run {node}")["log"]).read_text(errors="replace")
 
     # -- observing ---------------------------------------------------------------------------
     def status(self, node: str) -> dict:
@@ -254,11 +155,9 @@ class Cluster:
         sh(self.router, ["ip", "route", "flush", "cache"], check=False)
 
     def stop(self) -> None:
-        if self._stop is not None:
-            stop, self._stop = self._stop, None
-            stop()
-        for f in getattr(self, "logs", {}).values():
-            f.close()
+        if self.lab is not None:
+            lab, self.lab = self.lab, None
+            lablib.teardown(lab)
 
 
 # --- captures on the router -------------------------------------------------------------------
@@ -277,7 +176,6 @@ class Capture:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Capture":
-        from vtep.lab.demo import tcpdump
         self.proc = tcpdump(self.c.router, self.iface, self.path, count=self.count,
                             seconds=CAPTURE_SECONDS, snaplen=self.snaplen)
         return self

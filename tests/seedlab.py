@@ -1,6 +1,8 @@
-"""Helpers shared by the namespace tests that drive the seed topology: the seed plan, a
-bounded poll that does not hide a broken check, a netlink monitor run inside a node's
-namespace, and a marker frame that tells when a capture has written everything before it."""
+"""Helpers shared by the namespace tests that drive the seed topology (vtep.lab.seed;
+the seed plan's file is conftest's `plan_file` fixture): the seed's iproute2 commands
+typed by hand, a bounded poll that does not hide a broken check, a netlink monitor run
+inside a node's namespace, and a marker frame that tells when a capture has written
+everything before it."""
 from __future__ import annotations
 
 import os
@@ -11,20 +13,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import pytest
-
 from vtep import netns, state
 from vtep.errors import LabError
-from vtep.lab.lab import SEED_PLAN
+from vtep.lab.seed import SEED
 from vtep.lab.topology import end_process
-
-
-@pytest.fixture
-def plan_file(tmp_path):
-    """The seed plan, written to a file (vtep reads plans from files)."""
-    p = tmp_path / "plan.toml"
-    p.write_text(SEED_PLAN)
-    return p
 
 
 def messages(r):
@@ -45,7 +37,8 @@ def one_line(r, code, *needles):
 
 def hand_configure(node, plan, name):
     """The seed's iproute2 commands for `name`, typed in its namespace (no vtep there)."""
-    s = state.desired(plan, name, underlay_dev="eth0", underlay_mtu=1500)
+    s = state.desired(plan, name, underlay_dev=SEED.underlay_dev,
+                      underlay_mtu=SEED.underlay_mtu)
     for cmd in state.iproute2(s):
         node.cmd(cmd.split())
     return s

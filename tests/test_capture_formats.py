@@ -29,12 +29,11 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pcapwrite import (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL,  # noqa: E402
+from pcapwrite import (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL,
                        LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, write_pcap,
                        write_pcapng)
 
-from vxinspect import Options, inspect_file  # noqa: E402
+from vxinspect import Options, inspect_file
 
 REPO = Path(__file__).resolve().parents[1]
 

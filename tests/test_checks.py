@@ -11,22 +11,19 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment  # noqa: E402
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, fragment6  # noqa: E402
-from scapy.layers.l2 import Ether  # noqa: E402
-from scapy.packet import Raw  # noqa: E402
-
-import craft as C  # noqa: E402
-from pcapwrite import (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW,  # noqa: E402
+import craft as C
+from pcapwrite import (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW,
                        write_pcap, write_pcapng)
 
-from vxinspect import Options, inspect_file  # noqa: E402
+from vxinspect import Options, inspect_file
 
 # --------------------------------------------------------------------------- contract tables
 

@@ -17,16 +17,8 @@ import math
 import pytest
 
 from vtep.cli import build_parser, main
-from vtep.lab.lab import SEED_PLAN
 
 MISSING = "/nonexistent/vtep-plan.toml"
-
-
-@pytest.fixture
-def seed(tmp_path):
-    p = tmp_path / "seed.toml"
-    p.write_text(SEED_PLAN)
-    return str(p)
 
 
 def refused(capsys, argv, option):
@@ -63,8 +55,8 @@ def test_mtu_timeout_out_of_range(capsys, value):
     ("vx\x1b0", "'\\x1b'"), ("vx%d", "'%'"), (".", "'.'"), ("..", "'..'"),
 ])
 @pytest.mark.parametrize("command", ["plan", "run", "down"])
-def test_device_name_must_be_a_kernel_interface_name(capsys, seed, command, name, why):
-    argv = {"plan": ["plan", "--config", seed, "--node", "network-2"],
+def test_device_name_must_be_a_kernel_interface_name(capsys, plan_file, command, name, why):
+    argv = {"plan": ["plan", "--config", str(plan_file), "--node", "network-2"],
             "run": ["run", "--kernel", "--config", MISSING, "--node", "n"],
             "down": ["down", "--config", MISSING, "--node", "n"]}[command]
     line = refused(capsys, argv + [f"--device={name}"], "--device")

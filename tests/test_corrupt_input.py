@@ -17,12 +17,11 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pcapwrite import write_pcap, write_pcapng  # noqa: E402
+from pcapwrite import write_pcap, write_pcapng
 
-from vxinspect import Options, inspect_file  # noqa: E402
-from vxinspect.decode import make_decoder  # noqa: E402
-from vxinspect.report import Tally  # noqa: E402
+from vxinspect import Options, inspect_file
+from vxinspect.decode import make_decoder
+from vxinspect.report import Tally
 
 REPO = Path(__file__).resolve().parents[1]
 PCAP_HDR = 24

@@ -37,10 +37,9 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pcapwrite import write_pcap  # noqa: E402
+from pcapwrite import write_pcap
 
-from vxinspect import Options, inspect_file  # noqa: E402
+from vxinspect import Options, inspect_file
 
 REPO = Path(__file__).resolve().parents[1]
 EXT = Path(__file__).resolve().parents[2] / "shared" / "external-pcaps"

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import collections
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -42,13 +40,12 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN  # noqa: F401  (binds UDP 4789/8472 -> VXLAN for dissection)
 from scapy.packet import Raw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import craft as C  # noqa: E402
+import craft as C
 
-from vtep import datapath, icmp  # noqa: E402
-from vxinspect import Options  # noqa: E402
-from vxinspect.decode import make_decoder  # noqa: E402
-from vxinspect.report import Tally  # noqa: E402
+from vtep import datapath, icmp
+from vxinspect import Options
+from vxinspect.decode import make_decoder
+from vxinspect.report import Tally
 from fakeio import FakeIO
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,

@@ -2,7 +2,7 @@
 ownership that lived in a status file path instead of on the device.
 
 Every agent runs inside a node's namespace of the seed topology; the topology is
-removed in `finally` (seed(...) as a context manager ends the processes it started)."""
+removed in `finally` (seed.topology(...) as a context manager ends the processes it started)."""
 import json
 import os
 import re
@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from seedlab import one_line, plan_file, wait_for  # noqa: F401 (fixture)
+from seedlab import one_line, wait_for
 from test_userspace_netns import VTEP, Vtep, add_pods, assert_pings
 from vtep import plan as planlib
-from vtep.lab.topology import seed
+from vtep.lab import seed
 
 pytestmark = pytest.mark.netns
 
@@ -38,7 +38,7 @@ def link(node, dev="vxlan0"):
 def test_a_deleted_tap_device_is_recreated_with_its_entries(netns_prefix, plan_file,
                                                             tmp_path):
     plan = planlib.load(plan_file)
-    t = seed(netns_prefix + "h1-")
+    t = seed.topology(netns_prefix + "h1-")
     add_pods(t)
     with t:
         n1, n2 = t["network-1"], t["network-2"]
@@ -77,7 +77,7 @@ def test_a_deleted_tap_device_is_recreated_with_its_entries(netns_prefix, plan_f
 
 
 def test_a_foreign_device_in_the_tap_s_place_is_left_alone(netns_prefix, plan_file, tmp_path):
-    with seed(netns_prefix + "h2-") as t:
+    with seed.topology(netns_prefix + "h2-") as t:
         n2 = t["network-2"]
         v = Vtep(n2, "userspace", plan_file, tmp_path / "state")
         # the agent stopped while its TAP is replaced by a veth of the same name (it would
@@ -105,7 +105,7 @@ def test_a_foreign_device_in_the_tap_s_place_is_left_alone(netns_prefix, plan_fi
 
 def test_a_live_agent_owns_its_device_whatever_the_state_dir(netns_prefix, plan_file,
                                                               tmp_path):
-    with seed(netns_prefix + "h4-") as t:
+    with seed.topology(netns_prefix + "h4-") as t:
         n1 = t["network-1"]
         v = Vtep(n1, "kernel", plan_file, tmp_path / "lab-state")
         idx = link(n1)["ifindex"]
@@ -132,7 +132,7 @@ def test_a_live_agent_owns_its_device_whatever_the_state_dir(netns_prefix, plan_
 
 
 def test_replace_never_deletes_a_device_vtep_did_not_make(netns_prefix, plan_file, tmp_path):
-    with seed(netns_prefix + "h5-") as t:
+    with seed.topology(netns_prefix + "h5-") as t:
         n1 = t["network-1"]
         n1.cmd(["ip", "link", "add", "vxlan0", "type", "veth", "peer", "name", "vxpeer"])
         for mode in ("--kernel", "--userspace"):
@@ -147,7 +147,7 @@ def test_replace_never_deletes_a_device_vtep_did_not_make(netns_prefix, plan_fil
 
 
 def test_a_device_left_by_once_is_vtep_s_and_down_removes_it(netns_prefix, plan_file):
-    with seed(netns_prefix + "h6-") as t:
+    with seed.topology(netns_prefix + "h6-") as t:
         n1 = t["network-1"]
         n1.cmd(VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
         assert link(n1)["ifalias"] == "vtep:kernel:network-1"
@@ -167,7 +167,7 @@ def test_a_device_left_by_once_is_vtep_s_and_down_removes_it(netns_prefix, plan_
 
 def test_mtu_auto_lowers_the_mtu_when_a_silent_peer_answers_later(netns_prefix, plan_file,
                                                                   tmp_path):
-    with seed(netns_prefix + "h9-") as t:
+    with seed.topology(netns_prefix + "h9-") as t:
         # network-2 sits behind a 1400-byte link (path MTU 1400: overlay 1350, RFC 7348's
         # 50 bytes), and the router forwards nothing yet: network-2 is silent at start
         t["router"].cmd(["ip", "link", "set", "eth2", "mtu", "1400"])

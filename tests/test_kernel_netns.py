@@ -2,7 +2,7 @@
 
 Every VTEP process runs inside a node's namespace (`ip netns exec`), every
 namespace carries the run's prefix, and the topology is removed in `finally`
-(topology.seed(...) as a context manager), also when an assertion fails.
+(seed.topology(...) as a context manager), also when an assertion fails.
 """
 import json
 import os
@@ -14,9 +14,9 @@ import time
 import pytest
 
 from vtep import plan as planlib
-from vtep.lab.topology import seed
-from vtep.lab.lab import SEED_PLAN
-from seedlab import Monitor, hand_configure, messages, one_line, plan_file, wait_for  # noqa: F401
+from vtep.lab import seed
+from vtep.lab.seed import SEED_PLAN
+from seedlab import Monitor, hand_configure, messages, one_line, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -142,7 +142,7 @@ def seed_plan(plan_file):
 
 def test_once_equals_the_seeds_iproute2_state(netns_prefix, plan_file):
     plan = seed_plan(plan_file)
-    with seed(netns_prefix + "k1a-") as a, seed(netns_prefix + "k1b-") as b:
+    with seed.topology(netns_prefix + "k1a-") as a, seed.topology(netns_prefix + "k1b-") as b:
         r = vtep(a["network-1"], "run", "--kernel", "--once", "--config", str(plan_file), check=0)
         assert "converged (1 peer" in r.stderr
         hand_configure(b["network-1"], plan, "network-1")
@@ -165,7 +165,7 @@ def test_once_equals_the_seeds_iproute2_state(netns_prefix, plan_file):
 
 def test_interop_with_a_hand_configured_node(netns_prefix, plan_file):
     plan = seed_plan(plan_file)
-    t = seed(netns_prefix + "k2-")
+    t = seed.topology(netns_prefix + "k2-")
     # a routed pod on each node: the node side of its veth holds the subnet's gateway
     for name, sub in (("network-1", "172.2.0"), ("network-2", "172.2.1")):
         pod = t.add_node(f"pod-{name[-1]}")
@@ -189,7 +189,7 @@ def test_interop_with_a_hand_configured_node(netns_prefix, plan_file):
 # --- 3. idempotency ---------------------------------------------------------------------------
 
 def test_second_once_changes_nothing(netns_prefix, plan_file):
-    with seed(netns_prefix + "k3-") as t:
+    with seed.topology(netns_prefix + "k3-") as t:
         n1 = t["network-1"]
         r1 = vtep(n1, "run", "--kernel", "--once", "--config", str(plan_file), check=0)
         assert any(x.startswith("vtep: added route 172.2.1.0/24") for x in messages(r1))
@@ -210,7 +210,7 @@ def test_drift_is_repaired_within_a_second(netns_prefix, plan_file, tmp_path):
     times are the daemon's own (its status file's last_repair): polling with `ip`, several
     processes a poll, measures the poll, not the repair. --interval 60: the periodic
     resync is never what repairs it, the notification is."""
-    with seed(netns_prefix + "k4-") as t:
+    with seed.topology(netns_prefix + "k4-") as t:
         n1 = t["network-1"]
         d = Daemon(n1, plan_file, tmp_path / "state", "--interval", "60")
         plan = seed_plan(plan_file)
@@ -305,7 +305,7 @@ def test_changes_reach_the_kernel_neighbour_then_fdb_then_route(netns_prefix, pl
     four = tmp_path / "four.toml"   # network-2 leaves, network-4 joins
     four.write_text("[[nodes]]".join(SEED_PLAN.split("[[nodes]]")[:2]) + THIRD_NODE
                     + FOURTH_NODE)
-    with seed(netns_prefix + "k4b-") as t:
+    with seed.topology(netns_prefix + "k4b-") as t:
         n1 = t["network-1"]
         mon = Monitor(n1, tmp_path / "first.events")
         try:
@@ -333,7 +333,7 @@ def test_changes_reach_the_kernel_neighbour_then_fdb_then_route(netns_prefix, pl
 # --- 5. SIGHUP: a peer added, one removed -----------------------------------------------------
 
 def test_sighup_applies_peers_added_and_removed(netns_prefix, plan_file, tmp_path):
-    with seed(netns_prefix + "k5-") as t:
+    with seed.topology(netns_prefix + "k5-") as t:
         n1 = t["network-1"]
         d = Daemon(n1, plan_file, tmp_path / "state")
         # network-2 leaves the plan, network-3 joins it
@@ -368,7 +368,7 @@ def test_sighup_applies_peers_added_and_removed(netns_prefix, plan_file, tmp_pat
 # --- 6. SIGTERM leaves nothing; --keep leaves it for `vtep down` ------------------------------
 
 def test_sigterm_removes_everything(netns_prefix, plan_file, tmp_path):
-    with seed(netns_prefix + "k6-") as t:
+    with seed.topology(netns_prefix + "k6-") as t:
         n1 = t["network-1"]
         d = Daemon(n1, plan_file, tmp_path / "state")
         assert has_vxlan0(n1)
@@ -395,7 +395,7 @@ def test_sigterm_removes_everything(netns_prefix, plan_file, tmp_path):
 # --- 7. kill -9, then run again ---------------------------------------------------------------
 
 def test_after_kill_9_run_converges_without_duplicates(netns_prefix, plan_file, tmp_path):
-    with seed(netns_prefix + "k7-") as t:
+    with seed.topology(netns_prefix + "k7-") as t:
         n1 = t["network-1"]
         sd = tmp_path / "state"
         d = Daemon(n1, plan_file, sd)
@@ -425,7 +425,7 @@ def test_after_kill_9_run_converges_without_duplicates(netns_prefix, plan_file, 
 
 def test_errors(netns_prefix, plan_file, tmp_path):
     run = ["run", "--kernel", "--once", "--config", str(plan_file)]
-    with seed(netns_prefix + "k8-") as t:
+    with seed.topology(netns_prefix + "k8-") as t:
         n1 = t["network-1"]
         # no CAP_NET_ADMIN: every capability dropped from the bounding set
         r = n1.cmd(["setpriv", "--inh-caps=-all", "--bounding-set=-all"] + VTEP + run,

@@ -247,7 +247,7 @@ def test_status_in_the_root_namespace_shows_the_lab_agents(prefix):
 # Needs `--underlay {ipv4,ipv6}` on the `lab` subparser (vtep/cli.py). Called in-process, so
 # that the CLI's own parsing is what is tested.
 
-UNDERLAY6 = {"network-1": "fd00:1::8a", "network-2": "fd00:2::8e"}   # lab.SEED_PLAN6
+UNDERLAY6 = {"network-1": "fd00:1::8a", "network-2": "fd00:2::8e"}   # seed.SEED_PLAN6
 
 
 def link(ns, dev):

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import verdicts
 
+from vtep.lab.seed import SEED_PLAN
+
 pytestmark = pytest.mark.mtu   # part of the MTU suite (`pytest -m mtu`); no root needed
 
 HERE = Path(__file__).resolve().parents[1] / "pcaps" / "mtu"
@@ -81,7 +83,6 @@ def test_captures_are_small():
 
 
 def test_plan_is_the_seed_plan_they_were_recorded_with():
-    from vtep.lab.lab import SEED_PLAN
     assert (HERE / "plan.toml").read_text() == SEED_PLAN
 
 

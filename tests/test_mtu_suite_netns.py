@@ -14,7 +14,7 @@ mtulab.df_clear_expected checks that packet by packet from its own reading of th
 Clusters are built once per mode and shared by the cases of a class (class-scoped,
 indirectly parametrized fixtures; pytest groups the tests by mode). Cases 1-5 and 8 use
 the project's lab (`vtep lab up --mode M`); case 1's jumbo underlay, case 6 and case 7
-build the same cluster with what the lab does not offer (mtulab.Cluster.custom). Tests
+build it with the same builder from a spec that names what they change (LabSpec). Tests
 in a class do not rely on each other's order: each one puts the cluster in the state it
 needs first.
 
@@ -36,7 +36,8 @@ import pytest
 
 import mtulab as m
 from mtulab import PATHS, Capture, Cluster, vxinspect
-from vtep.lab.lab import SEED_PLAN
+from vtep.lab.lab import LabSpec
+from vtep.lab.seed import plan_text
 from vxinspect.checks import CHECKS
 
 pytestmark = [pytest.mark.netns, pytest.mark.mtu]
@@ -76,12 +77,13 @@ def prefix_for(netns_prefix: str, tag: str, mode: str) -> str:
 
 
 @contextmanager
-def custom(request, netns_prefix, tmp_path_factory, tag: str, **kw):
-    """A Cluster.custom for the mode the fixture is parametrized with; always stopped."""
+def custom(request, netns_prefix, tmp_path_factory, tag: str, **spec):
+    """The lab built from LabSpec(**spec) in the mode the fixture is parametrized with,
+    recorded in a temporary directory; always stopped."""
     c = None
     try:
-        c = Cluster.custom(prefix_for(netns_prefix, tag[0], request.param), request.param,
-                           tmp_path_factory.mktemp(tag), **kw)
+        c = Cluster.up(prefix_for(netns_prefix, tag[0], request.param),
+                       LabSpec(mode=request.param, **spec), tmp_path_factory.mktemp(tag))
         yield c
     finally:
         if c is not None:
@@ -112,8 +114,9 @@ def syns(pkts):
 
 @pytest.fixture(scope="class")
 def lab(request, netns_prefix):
-    # a failing step of up() removes what it made; stop() removes the rest
-    c = Cluster.lab(prefix_for(netns_prefix, "l", request.param), request.param)
+    # `vtep lab up --mode M`: a failing step of the build removes what it made; stop()
+    # removes the rest
+    c = Cluster.up(prefix_for(netns_prefix, "l", request.param), LabSpec(mode=request.param))
     try:
         yield c
     finally:
@@ -292,7 +295,7 @@ class TestJumboUnderlay:
 
 @pytest.fixture(scope="class")
 def v6(request, netns_prefix, tmp_path_factory):
-    with custom(request, netns_prefix, tmp_path_factory, "6ipv6", ipv6=True) as c:
+    with custom(request, netns_prefix, tmp_path_factory, "6ipv6", underlay="ipv6") as c:
         yield c
 
 
@@ -309,8 +312,7 @@ class TestIpv6Underlay:
 
 # === case 6: overlay MTU 1500 forced on a 1500-byte underlay =================================
 
-FORCED_PLAN = SEED_PLAN.replace('overlay = "172.2.0.0/16"',
-                                'overlay = "172.2.0.0/16"\nmtu = 1500')
+FORCED_PLAN = plan_text(mtu=1500)   # the seed plan with cluster.mtu = 1500
 
 
 @pytest.fixture(scope="class")

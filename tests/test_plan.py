@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from vtep import plan as planlib
-from vtep.lab.lab import SEED_PLAN
+from vtep.lab.seed import SEED_PLAN
 from vtep import state
 from vtep.errors import PlanError
 

@@ -14,19 +14,17 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
 
-from scapy.layers.inet import ICMP, IP, UDP  # noqa: E402
-from scapy.layers.inet6 import ICMPv6ND_NS, IPv6  # noqa: E402
-from scapy.layers.l2 import ARP, Ether  # noqa: E402
-from scapy.layers.vxlan import VXLAN  # noqa: E402
+from pcapwrite import write_pcap
 
-from pcapwrite import write_pcap  # noqa: E402
-
-from vtep.plan import load  # noqa: E402
-from vxinspect import Options, inspect_file  # noqa: E402
-from vxinspect.cli import main  # noqa: E402
-from vtep.lab.lab import SEED_PLAN  # noqa: E402
+from vtep.plan import load
+from vxinspect import Options, inspect_file
+from vxinspect.cli import main
+from vtep.lab.seed import SEED_PLAN
 
 SEED = SEED_PLAN
 THIRD = """

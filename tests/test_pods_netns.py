@@ -4,7 +4,6 @@ across the overlay (the nodes' VTEPs configured with the seed's iproute2 command
 import ipaddress
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -12,10 +11,10 @@ from argparse import Namespace
 
 import pytest
 
-from vtep import netns, plan as planlib, pods, state
+from seedlab import hand_configure
+from vtep import netns, plan as planlib, pods
 from vtep.errors import PermissionDenied
-from vtep.lab.lab import SEED_PLAN
-from vtep.lab.topology import seed
+from vtep.lab import seed
 
 
 # --- without root: the allocator and the privilege check ------------------------------------
@@ -92,20 +91,16 @@ def in_ns(path, argv):
 
 
 @pytest.fixture
-def cluster(netns_prefix, tmp_path):
+def cluster(netns_prefix, tmp_path, plan_file):
     """The seed topology with both VTEPs configured by hand (the seed's commands)."""
     prefix = netns_prefix + "pod-"
-    plan_path = tmp_path / "plan.toml"
-    plan_path.write_text(SEED_PLAN)
-    plan = planlib.load(plan_path)
+    plan = planlib.load(plan_file)
     try:
-        with seed(prefix) as t:
-            for name in ("network-1", "network-2"):
-                s = state.desired(plan, name, underlay_dev="eth0", underlay_mtu=1500)
-                for c in state.iproute2(s):
-                    t[name].cmd(shlex.split(c))
+        with seed.topology(prefix) as t:
+            for name in seed.NODES:
+                hand_configure(t[name], plan, name)
                 t[name].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            yield Cluster(t, str(plan_path), tmp_path / "state", prefix)
+            yield Cluster(t, str(plan_file), tmp_path / "state", prefix)
     finally:  # pod namespaces are made by `vtep pod add`, not by the topology
         netns.sweep(prefix)
 

@@ -12,15 +12,15 @@
 
 Expected values are literal kernel/iproute2 facts: protocol 118, "kernel", "boot",
 scope "link", and `ip -d -j route` output. Every vtep process runs inside a node's
-namespace; the topology goes away in `finally` (seed(...) as a context manager).
+namespace; the topology goes away in `finally` (seed.topology(...) as a context manager).
 """
 import signal
 import time
 
 import pytest
 
-from vtep.lab.topology import seed
-from seedlab import messages, plan_file, wait_for  # noqa: F401 (fixture)
+from vtep.lab import seed
+from seedlab import messages, wait_for
 from test_kernel_netns import Daemon, has_vxlan0, js, vtep
 
 pytestmark = pytest.mark.netns
@@ -58,7 +58,7 @@ def lines_with(out, needle):
 # --- (c) our routes are tagged ----------------------------------------------------------------
 
 def test_our_routes_carry_protocol_118_and_are_re_tagged(netns_prefix, plan_file, tmp_path):
-    with seed(netns_prefix + "r1-") as t:
+    with seed.topology(netns_prefix + "r1-") as t:
         n1 = t["network-1"]
         vtep(n1, "run", "--kernel", "--once", "--config", str(plan_file), check=0)
         assert ours_only(n1), on(n1, "vxlan0")
@@ -86,7 +86,7 @@ def test_foreign_routes_on_the_device_are_removed(netns_prefix, plan_file, tmp_p
     """Defect 3: `ip route add 172.2.1.0/25 dev vxlan0` is scope link; the delete went out
     with scope universe, the kernel answered ESRCH, and the agent retried every second
     forever while the prefix was black-holed."""
-    with seed(netns_prefix + "r2-") as t:
+    with seed.topology(netns_prefix + "r2-") as t:
         n1 = t["network-1"]
         d = Daemon(n1, plan_file, tmp_path / "state", "--interval", "0.2")
         n1.cmd(["ip", "route", "add", "172.2.1.0/25", "dev", "vxlan0"])
@@ -152,7 +152,7 @@ def test_a_route_that_only_looks_like_ours_is_repaired_on_its_notification(
                   "vxlan0", "onlink", "proto", PROTO_VTEP]],
          f"removed route {PEER_SUBNET} via {PEER_VTEP} tos 0x10 from vxlan0"),
     ]
-    with seed(netns_prefix + "r5-") as t:
+    with seed.topology(netns_prefix + "r5-") as t:
         n1 = t["network-1"]
         d = Daemon(n1, plan_file, tmp_path / "state", "--interval", "60")
         assert exactly_ours(n1), on(n1, "vxlan0")
@@ -178,7 +178,7 @@ def test_a_route_that_only_looks_like_ours_is_repaired_on_its_notification(
 
 def test_a_route_in_the_way_is_left_alone_and_named_once(netns_prefix, plan_file, tmp_path):
     """Defect 2: the peer subnet's route replaced a route with the same key on any device."""
-    with seed(netns_prefix + "r3-") as t:
+    with seed.topology(netns_prefix + "r3-") as t:
         n1 = t["network-1"]
         n1.cmd(["ip", "route", "add", PEER_SUBNET, "via", ROUTER, "dev", "eth0"])
         theirs = [(PEER_SUBNET, ROUTER, "eth0", "boot", "global")]
@@ -239,7 +239,7 @@ def test_once_with_a_connected_route_in_the_way_exits_4(netns_prefix, tmp_path):
     `vtep down` leaves the connected route as it was."""
     plan = tmp_path / "connected.toml"
     plan.write_text(CONNECTED_PLAN)
-    with seed(netns_prefix + "r4-") as t:
+    with seed.topology(netns_prefix + "r4-") as t:
         n1 = t["network-1"]
         n1.cmd(["ip", "link", "add", "vtc0", "type", "veth", "peer", "name", "vtc1"])
         n1.cmd(["ip", "addr", "add", "10.99.0.1/24", "dev", "vtc0"])

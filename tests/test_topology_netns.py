@@ -4,7 +4,8 @@ import pytest
 
 from vtep import netns
 from vtep.errors import LabError, UsageError
-from vtep.lab.topology import Topology, seed
+from vtep.lab import seed
+from vtep.lab.topology import Topology
 
 pytestmark = pytest.mark.netns
 
@@ -15,7 +16,7 @@ def ours(prefix):
 
 def test_seed_underlay_routes_through_router(netns_prefix):
     prefix = netns_prefix + "topo-"
-    with seed(prefix) as t:
+    with seed.topology(prefix) as t:
         assert ours(prefix) == sorted(prefix + n for n in ("network-1", "network-2", "router"))
         n1, n2 = t["network-1"], t["network-2"]
         r = n1.cmd(["ping", "-c", "1", "-W", "2", "192.168.2.142"], check=False)
@@ -38,7 +39,7 @@ def test_seed_ipv6_twin_routes_from_the_first_packet(netns_prefix):
     device's neighbour discovery starts only when the kernel's link watch reports its
     carrier, up to a second after it is up; start() waits for it)."""
     prefix = netns_prefix + "topo6-"
-    with seed(prefix, underlay="ipv6") as t:
+    with seed.topology(prefix, underlay="ipv6") as t:
         n1, n2 = t["network-1"], t["network-2"]
         assert "inet6 fd00:1::8a/64" in n1.cmd(["ip", "-6", "address", "show", "eth0"]).stdout
         r = n1.cmd(["ping", "-c", "1", "-W", "1", "fd00:2::8e"], check=False)
@@ -52,12 +53,12 @@ def test_seed_ipv6_twin_routes_from_the_first_packet(netns_prefix):
 
 def test_unknown_underlay_family_is_a_usage_error():
     with pytest.raises(UsageError, match="--underlay ipx: use one of ipv4, ipv6"):
-        seed("vtt-never-", underlay="ipx")
+        seed.topology("vtt-never-", underlay="ipx")
 
 
 def test_forwarding_off_breaks_the_underlay(netns_prefix):
     prefix = netns_prefix + "topo-"
-    with seed(prefix) as t:
+    with seed.topology(prefix) as t:
         t["router"].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
         r = t["network-1"].cmd(["ping", "-c", "1", "-W", "1", "192.168.2.142"], check=False)
         assert r.returncode != 0
@@ -78,8 +79,8 @@ def test_failing_start_removes_what_it_made(netns_prefix):
 
 def test_existing_namespace_is_never_adopted(netns_prefix):
     prefix = netns_prefix + "topo-"
-    with seed(prefix):
+    with seed.topology(prefix):
         with pytest.raises(LabError, match="already exists"):
-            seed(prefix).start()
+            seed.topology(prefix).start()
         assert len(ours(prefix)) == 3  # the failed second start removed nothing of the first
     assert ours(prefix) == []

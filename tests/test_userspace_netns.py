@@ -2,9 +2,9 @@
 
 Every VTEP and every sender runs inside a namespace of the test's topology
 (`ip netns exec`), every namespace carries the run's prefix, and the topology
-is removed in `finally` (topology.seed(...) as a context manager, which also
+is removed in `finally` (seed.topology(...) as a context manager, which also
 ends the processes started through Node.popen, by PID). Underlay veths have tx
-checksum offload off (topology.seed's default; add_link(..., tx_offload=False)
+checksum offload off (seed.topology's default; add_link(..., tx_offload=False)
 for the links added here).
 
 Hostile traffic is sent by short Python programs run in a namespace: plain UDP
@@ -26,10 +26,11 @@ from scapy.packet import Raw
 from scapy.utils import rdpcap
 
 from vtep import plan as planlib
-from vtep.lab.lab import SEED_PLAN
-from vtep.lab.topology import end_process, seed
+from vtep.lab import seed
+from vtep.lab.seed import SEED_PLAN
+from vtep.lab.topology import end_process
 import seedlab
-from seedlab import hand_configure, one_line, plan_file  # noqa: F401 (fixture)
+from seedlab import hand_configure, one_line
 
 pytestmark = pytest.mark.netns
 
@@ -209,7 +210,7 @@ def udp_rcvbuf_errors(node) -> int:
 
 def test_interop_with_a_hand_configured_kernel_peer(netns_prefix, plan_file, tmp_path):
     plan = planlib.load(plan_file)
-    t = seed(netns_prefix + "u1-")
+    t = seed.topology(netns_prefix + "u1-")
     add_pods(t)
     with t:
         n1, n2 = t["network-1"], t["network-2"]
@@ -298,7 +299,7 @@ def pod_frames(src_mac, dst_mac):
 
 
 def test_wire_kernel_and_userspace_paths_agree(netns_prefix, plan_file, tmp_path):
-    t = seed(netns_prefix + "u2-")
+    t = seed.topology(netns_prefix + "u2-")
     pod = t.add_node("pod-1")
     t.add_link(pod, t["network-1"], "eth0", "vpod", "172.2.0.2/24", "172.2.0.1/24",
                tx_offload=False)
@@ -357,7 +358,7 @@ def inner_frame(plan):
 
 def test_hostile_input_is_dropped_and_counted(netns_prefix, plan_file, tmp_path):
     plan = planlib.load(plan_file)
-    with seed(netns_prefix + "u3-") as t:
+    with seed.topology(netns_prefix + "u3-") as t:
         n1, n2, router = t["network-1"], t["network-2"], t["router"]
         n1.cmd(VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
         v = Vtep(n2, "userspace", plan_file, tmp_path / "state")
@@ -422,7 +423,7 @@ def test_hostile_input_is_dropped_and_counted(netns_prefix, plan_file, tmp_path)
 # --- 4. the fdb follows the plan on SIGHUP ------------------------------------------------
 
 def test_sighup_fdb_follows_the_plan(netns_prefix, plan_file, tmp_path):
-    t = seed(netns_prefix + "u4-")
+    t = seed.topology(netns_prefix + "u4-")
     n3 = t.add_node("network-3")
     t.add_link(n3, t["router"], "eth0", "eth3", f"{N3_IP}/24", "192.168.3.1/24",
                tx_offload=False)
@@ -471,7 +472,7 @@ def test_sighup_fdb_follows_the_plan(netns_prefix, plan_file, tmp_path):
 def test_errors(netns_prefix, plan_file, tmp_path):
     run = VTEP + ["run", "--userspace", "--config", str(plan_file), "--state-dir",
                   str(tmp_path / "state")]
-    with seed(netns_prefix + "u5-") as t:
+    with seed.topology(netns_prefix + "u5-") as t:
         n1 = t["network-1"]
 
         def has(dev):

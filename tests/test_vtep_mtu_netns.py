@@ -2,7 +2,7 @@
 
 The seed topology with the router's link towards network-2 at MTU 1400 (both
 ends: a link has one MTU), as in the MTU suite's case 7; over an IPv4 underlay
-and over its IPv6 twin (topology.seed(underlay="ipv6"), plan SEED_PLAN6).
+and over its IPv6 twin (seed.topology(underlay="ipv6"), plan SEED_PLAN6).
 """
 import json
 import re
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from vtep.lab.lab import SEED_PLAN, SEED_PLAN6
-from vtep.lab.topology import seed
+from vtep.lab import seed
+from vtep.lab.seed import SEED_PLAN, SEED_PLAN6
 
 pytestmark = [pytest.mark.netns, pytest.mark.mtu]
 VTEP = [sys.executable, "-m", "vtep.cli"]
@@ -21,9 +21,8 @@ VTEP = [sys.executable, "-m", "vtep.cli"]
 def narrow(tmp_path, netns_prefix):
     plan = tmp_path / "plan.toml"
     plan.write_text(SEED_PLAN)
-    with seed(netns_prefix + "mtu-") as t:
-        t["router"].cmd(["ip", "link", "set", "eth2", "mtu", "1400"])
-        t["network-2"].cmd(["ip", "link", "set", "eth0", "mtu", "1400"])
+    with seed.topology(netns_prefix + "mtu-") as t:
+        seed.narrow(t, 1400)   # the router's link towards network-2, both ends
         yield t, plan
 
 
@@ -75,7 +74,7 @@ def test_configured_mtu_that_fits_exits_0(narrow, tmp_path):
 def test_unreachable_peer_is_a_clear_error(netns_prefix, tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text(SEED_PLAN)
-    with seed(netns_prefix + "mtu2-") as t:
+    with seed.topology(netns_prefix + "mtu2-") as t:
         t["router"].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
         # nothing ever comes back (no forwarding, no ICMP): the short wait only saves time
         r = vtep_mtu(t["network-1"], plan, "--timeout", "0.1")
@@ -151,7 +150,7 @@ def test_run_mtu_auto_starts_without_an_unreachable_peer(narrow, tmp_path, route
 def test_run_mtu_auto_with_no_peer_answering_uses_the_plans_mtu(netns_prefix, tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text(SEED_PLAN)
-    with seed(netns_prefix + "mtu3-") as t:
+    with seed.topology(netns_prefix + "mtu3-") as t:
         t["router"].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=0"])   # silence, no ICMP
         n1 = t["network-1"]
         r = run_auto(n1, plan, tmp_path / "st")
@@ -169,9 +168,8 @@ def test_run_mtu_auto_with_no_peer_answering_uses_the_plans_mtu(netns_prefix, tm
 def narrow6(tmp_path, netns_prefix):
     plan = tmp_path / "plan6.toml"
     plan.write_text(SEED_PLAN6)
-    with seed(netns_prefix + "mtu6-", underlay="ipv6") as t:
-        t["router"].cmd(["ip", "link", "set", "eth2", "mtu", "1400"])
-        t["network-2"].cmd(["ip", "link", "set", "eth0", "mtu", "1400"])
+    with seed.topology(netns_prefix + "mtu6-", underlay="ipv6") as t:
+        seed.narrow(t, 1400)   # the router's link towards network-2, both ends
         yield t, plan
 
 

@@ -11,8 +11,6 @@ import collections
 import os
 import random
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -20,13 +18,12 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import craft as C  # noqa: E402
+import craft as C
 
-from vtep import checksum, datapath, wire  # noqa: E402
-from vxinspect import Options  # noqa: E402
-from vxinspect.decode import make_decoder  # noqa: E402
-from vxinspect.report import Tally  # noqa: E402
+from vtep import checksum, datapath, wire
+from vxinspect import Options
+from vxinspect.decode import make_decoder
+from vxinspect.report import Tally
 
 VNIS = [1, 10, 4242, 0xABCDEF, 0xFFFFFF]
 PEER = "192.168.2.142"

@@ -3,9 +3,10 @@
 
     sudo .venv/bin/python pcaps/mtu/make_mtu_pcaps.py [--out DIR]
 
-Root needed: it builds the seed cluster in network namespaces named vxm<pid>-...
-(tests/mtulab.py: the project's lab for the plain cases, the same cluster built by hand
-for the forced and the narrow ones), records on the router with tcpdump (bounded by
+Root needed: it builds the seed cluster in network namespaces named vxm<pid>-... with
+the project's lab builder (vtep.lab.lab.build, through tests/mtulab.py's Cluster: the
+plain lab for the plain cases, a LabSpec naming the forced plan or the narrow link for
+the others), records on the router with tcpdump (bounded by
 count and time), keeps the packets a sample is about (VXLAN carrying IPv4, later outer
 fragments of VXLAN datagrams, the router's ICMP errors; never the IPv6 neighbour
 discovery a fresh TAP device floods to its peers), checks their number, and removes
@@ -22,10 +23,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "tests"))
+sys.path.insert(0, str(HERE.parents[1] / "tests"))   # the suite's helpers (mtulab, seedlab)
 
 import mtulab as m  # noqa: E402
-from vtep.lab.lab import SEED_PLAN  # noqa: E402
+from vtep.lab.lab import LabSpec  # noqa: E402
+from vtep.lab.seed import SEED_PLAN, plan_text  # noqa: E402
 
 
 def wanted(p: m.Pkt) -> bool:
@@ -86,11 +88,11 @@ def main() -> int:
         tmp = Path(tmp)
         rec = Recorder(a.out, tmp)
 
-        def build(kind, mode, **kw):
-            if kind == "lab":
-                return m.Cluster.lab(f"{prefix}{mode[0]}-", mode)
-            return m.Cluster.custom(f"{prefix}{kind[0]}{mode[0]}-", mode,
-                                    tmp / f"{kind}-{mode}", **kw)
+        def build(kind, mode, **spec):
+            if kind == "lab":     # `vtep lab up --mode MODE`
+                return m.Cluster.up(f"{prefix}{mode[0]}-", LabSpec(mode=mode))
+            return m.Cluster.up(f"{prefix}{kind[0]}{mode[0]}-", LabSpec(mode=mode, **spec),
+                                tmp / f"{kind}-{mode}")
 
         for mode in ("kernel", "userspace"):          # case 2: the largest DF packet
             c = build("lab", mode)
@@ -109,9 +111,7 @@ def main() -> int:
         finally:
             c.stop()
 
-        forced = SEED_PLAN.replace('overlay = "172.2.0.0/16"',
-                                   'overlay = "172.2.0.0/16"\nmtu = 1500')
-        c = build("forced", "kernel", plan_text=forced,             # case 6
+        c = build("forced", "kernel", plan_text=plan_text(mtu=1500),  # case 6
                   run_args={n: ["--mtu", "1500"] for n in m.NODES})
         try:
             for n in m.NODES:   # unbound vxlan0 at the forced 1500 (see the README)

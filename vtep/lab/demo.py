@@ -29,10 +29,10 @@ from pathlib import Path
 
 from .. import netns, plan as planlib
 from ..errors import LabError, UsageError
-from . import lab as lablib
+from . import lab as lablib, seed
 from .topology import end_process
 
-CAPTURE_IF = "eth1"        # the router's network-1 side
+CAPTURE_IF = seed.SEED.node(seed.NODES[0]).router_if   # the router's network-1 side
 CAPTURE_COUNT = 20000      # bounds: packets ...
 CAPTURE_SECONDS = 120      # ... and time (tcpdump -G/-W 1 exits after one period)
 PING = ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1"]
@@ -109,7 +109,7 @@ class Demo:
 
 def start_capture(lab: lablib.Lab, path: str) -> subprocess.Popen:
     """tcpdump on the router, bounded by count and time; returns once it is capturing."""
-    return tcpdump(lab.node_ns("router"), CAPTURE_IF, path)
+    return tcpdump(lab.node_ns(seed.SEED.router), CAPTURE_IF, path)
 
 
 def tcpdump(ns: str, iface: str, path, *, count: int = CAPTURE_COUNT,
@@ -153,14 +153,16 @@ def counters(lab: lablib.Lab) -> None:
         print(f"      {name} (userspace) counters: {line}", flush=True)
 
 
-def run(lab: lablib.Lab, args) -> int:
+def run(lab: lablib.Lab, mode: str | None = None, underlay: str | None = None,
+        capture_path: str | None = None, keep: bool = False) -> int:
+    """`vtep lab demo`: mode/underlay None: the lab's if it is up, else kernel/ipv4;
+    capture_path: keep the router's capture there; keep: leave a lab it brought up."""
     was_up = lab.exists
-    underlay = getattr(args, "underlay", None)  # an option of the `lab` subparser
     if was_up:
         lab.load()
-        if args.mode and args.mode != lab.mode:
+        if mode and mode != lab.mode:
             raise UsageError(f"lab {lab.prefix} is up in mode {lab.mode}, not --mode "
-                             f"{args.mode}: `vtep lab down --prefix {lab.prefix}` first")
+                             f"{mode}: `vtep lab down --prefix {lab.prefix}` first")
         if underlay and underlay != lab.underlay:
             raise UsageError(f"lab {lab.prefix} is up with an {lab.underlay} underlay, not "
                              f"--underlay {underlay}: `vtep lab down --prefix {lab.prefix}` "
@@ -168,9 +170,9 @@ def run(lab: lablib.Lab, args) -> int:
         print(f"lab {lab.prefix}: already up "
               f"({lablib.describe_mode(lab.mode, lab.underlay)}); checking it (it stays up)")
     else:
-        lablib.up(lab, args.mode or "kernel", underlay=underlay or "ipv4")
+        lablib.up(lab, mode or "kernel", underlay=underlay or "ipv4")
         print(f"lab {lab.prefix}: {lablib.describe_mode(lab.mode, lab.underlay)}")
-    capture = str(Path(args.capture).resolve()) if args.capture else str(lab.dir / "demo.pcap")
+    capture = str(Path(capture_path).resolve()) if capture_path else str(lab.dir / "demo.pcap")
     try:
         plan = planlib.load(lab.plan_path)
         demo = Demo(lab, plan)
@@ -182,10 +184,10 @@ def run(lab: lablib.Lab, args) -> int:
             end_process(tcpdump)
         demo.inspect(capture)
         counters(lab)
-        if args.capture:
+        if capture_path:
             print(f"      capture kept: {capture}")
     finally:
-        if not was_up and not args.keep:
+        if not was_up and not keep:
             gone = lablib.teardown(lab)
             print(f"lab {lab.prefix}: down (removed {len(gone)} namespaces and processes)")
         elif not was_up:

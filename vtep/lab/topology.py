@@ -1,8 +1,15 @@
-"""A small mininet-like model of a namespace lab: Topology, Node, Link, seed().
+"""A small mininet-like model of a namespace lab: Topology, Node, Link.
 
-    from vtep.lab.topology import Topology, seed
+Pure description until start(): add_node/add_link/add_route only record; start() makes the
+namespaces, then the links, then the routes, in that order, and on any failing step
+removes everything made so far; stop() ends the processes started through Node.popen (by
+PID) and deletes the namespaces. The seed cluster's topology is built from this by
+seed.topology(); a newcomer reads Topology.start first.
 
-    with seed("vtt123-") as t:                      # built on enter, torn down on exit
+    from vtep.lab import seed
+    from vtep.lab.topology import Topology
+
+    with seed.topology("vtt123-") as t:             # built on enter, torn down on exit
         t["network-1"].cmd(["ping", "-c1", "-W1", "192.168.2.142"])
         p = t["router"].popen(["tcpdump", ...])     # ended by PID in stop()
 
@@ -16,8 +23,9 @@
 
 API:
 - Topology(prefix): add_node(name, forward=False) -> Node; add_link(a, b, a_if, b_if,
-  a_addr=None, b_addr=None, mtu=None, tx_offload=True) -> Link; add_route(node, dst, via);
-  start() -> self; stop(); t[name] -> Node; t.nodes (dict); t.namespaces (created, in order).
+  a_addr=None, b_addr=None, mtu=None, tx_offload=True, a_mac=None, b_mac=None) -> Link;
+  add_route(node, dst, via); start() -> self; stop(); t[name] -> Node; t.nodes (dict);
+  t.namespaces (created, in order).
 - Node: .name (logical), .ns (real namespace = prefix + name), .path (/run/netns/<ns>),
   .cmd(argv, check=True, timeout=30) -> CompletedProcess (raises LabError when check fails),
   .popen(argv, **Popen kw) -> Popen (recorded; stop() ends it).
@@ -26,23 +34,16 @@ API:
   tx_offload=False turns tx checksum offload off on both ends: a veth otherwise leaves
   outer UDP checksums unfilled (CHECKSUM_PARTIAL), which a capture shows as bad and a
   userspace VTEP would drop.
-- seed(prefix, tx_offload=False, mtu=None, underlay="ipv4"): the issue's seed topology,
-  unbuilt (use `with` or start()): network-1 (eth0 192.168.1.138/24) -- router (eth1
-  192.168.1.213/24, eth2 192.168.2.216/24, forwarding on) -- network-2 (eth0
-  192.168.2.142/24), and on each node a static route to the other underlay subnet via the
-  router. No VTEP. underlay="ipv6": its twin, the same links with fd00:1::8a/64 --
-  fd00:1::1/64, fd00:2::1/64 -- fd00:2::8e/64 (SEED_UNDERLAY6) instead.
 """
 from __future__ import annotations
 
-import ipaddress
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
 
 from .. import netns
-from ..errors import LabError, UsageError
+from ..errors import LabError
 
 NETNS_DIR = "/run/netns"
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL for a process we started
@@ -85,10 +86,14 @@ class Link:
     b_addr: str | None = None
     mtu: int | None = None
     tx_offload: bool = True
+    a_mac: str | None = None    # None: the kernel picks a random one
+    b_mac: str | None = None
 
     def create(self) -> None:
-        self.a.cmd(["ip", "link", "add", self.a_if, "type", "veth",
-                    "peer", "name", self.b_if, "netns", self.b.ns])
+        a_mac = ["address", self.a_mac] if self.a_mac else []
+        b_mac = ["address", self.b_mac] if self.b_mac else []
+        self.a.cmd(["ip", "link", "add", self.a_if, *a_mac, "type", "veth",
+                    "peer", "name", self.b_if, *b_mac, "netns", self.b.ns])
         for node, dev, addr in ((self.a, self.a_if, self.a_addr), (self.b, self.b_if, self.b_addr)):
             if self.mtu:
                 node.cmd(["ip", "link", "set", dev, "mtu", str(self.mtu)])
@@ -97,7 +102,6 @@ class Link:
             if addr:
                 node.cmd(["ip", "address", "add", addr, "dev", dev])
             node.cmd(["ip", "link", "set", dev, "up"])
-
 
     def wait_ipv6(self, limit: float = IPV6_READY) -> None:
         """Until an IPv6 link carries a ping from a to b. The kernel configures IPv6 on a
@@ -141,8 +145,9 @@ class Topology:
 
     def add_link(self, a: Node, b: Node, a_if: str, b_if: str, a_addr: str | None = None,
                  b_addr: str | None = None, *, mtu: int | None = None,
-                 tx_offload: bool = True) -> Link:
-        link = Link(a, b, a_if, b_if, a_addr, b_addr, mtu, tx_offload)
+                 tx_offload: bool = True, a_mac: str | None = None,
+                 b_mac: str | None = None) -> Link:
+        link = Link(a, b, a_if, b_if, a_addr, b_addr, mtu, tx_offload, a_mac, b_mac)
         self.links.append(link)
         return link
 
@@ -182,13 +187,17 @@ class Topology:
         """End the processes started through Node.popen (by PID), delete our namespaces.
 
         Deleting a namespace removes its veths, addresses and routes with it."""
-        for p in reversed(self.processes):
-            end_process(p)
-        self.processes.clear()
+        self.end_processes()
         for ns in reversed(self.namespaces):
             netns.delete(ns)
         self.namespaces.clear()
         self.started = False
+
+    def end_processes(self) -> None:
+        """End the processes started through Node.popen (by PID), newest first."""
+        for p in reversed(self.processes):
+            end_process(p)
+        self.processes.clear()
 
     def __enter__(self) -> "Topology":
         return self.start()
@@ -210,42 +219,3 @@ def end_process(p: subprocess.Popen, grace: float = STOP_GRACE) -> None:
     except ProcessLookupError:
         pass
 
-
-# node -> (its underlay address, the router's address on its side, the router's device)
-SEED_UNDERLAY = {
-    "network-1": ("192.168.1.138/24", "192.168.1.213/24", "eth1"),
-    "network-2": ("192.168.2.142/24", "192.168.2.216/24", "eth2"),
-}
-SEED_UNDERLAY6 = {   # the IPv6 twin: unique local addresses (RFC 4193), same links
-    "network-1": ("fd00:1::8a/64", "fd00:1::1/64", "eth1"),
-    "network-2": ("fd00:2::8e/64", "fd00:2::1/64", "eth2"),
-}
-UNDERLAYS = {"ipv4": SEED_UNDERLAY, "ipv6": SEED_UNDERLAY6}
-UNDERLAY_DEV = "eth0"  # each node's underlay device
-
-
-def seed_underlay(underlay: str = "ipv4") -> dict[str, tuple[str, str, str]]:
-    """The seed's addressing for an underlay family ("ipv4" or "ipv6")."""
-    try:
-        return UNDERLAYS[underlay]
-    except KeyError:
-        raise UsageError(f"--underlay {underlay}: use one of {', '.join(UNDERLAYS)}") from None
-
-
-def seed(prefix: str, *, tx_offload: bool = False, mtu: int | None = None,
-         underlay: str = "ipv4") -> Topology:
-    """The seed topology (unbuilt): two nodes on two underlay subnets joined by a router;
-    `underlay` picks the family of every underlay address (the overlay is IPv4 in both)."""
-    table = seed_underlay(underlay)
-    t = Topology(prefix)
-    router = t.add_node("router", forward=True)
-    for name, (node_addr, router_addr, router_if) in table.items():
-        node = t.add_node(name)
-        t.add_link(node, router, UNDERLAY_DEV, router_if, node_addr, router_addr, mtu=mtu,
-                   tx_offload=tx_offload)
-    for name, (_, router_addr, _) in table.items():   # each node: the others via the router
-        for other, (other_addr, _, _) in table.items():
-            if other != name:
-                t.add_route(t[name], str(ipaddress.ip_interface(other_addr).network),
-                            router_addr.split("/")[0])
-    return t

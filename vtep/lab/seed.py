@@ -1,0 +1,163 @@
+"""The seed cluster, written once: two nodes on two underlay subnets joined by a router.
+
+Data flows one way. SEED (below) is pure data; two generators read it:
+
+    SEED --plan_text(underlay, mtu)--> the TOML plan `vtep run` reads (SEED_PLAN, SEED_PLAN6)
+         --topology(prefix, ...)-----> a Topology: namespaces, veths, addresses, routes
+
+so the plan and the namespaces it describes cannot drift apart. Everything else that
+needs the seed's addresses (the lab builder in lab.py, the tests, the benchmarks, the
+sample generators) asks SEED or these two. A newcomer starts at SEED.
+
+    network-1                         router                          network-2
+    eth0 192.168.1.138/24 ---- eth1 192.168.1.213/24
+                               eth2 192.168.2.216/24 ---- eth0 192.168.2.142/24
+    pods 172.2.0.0/24        (forwarding on)               pods 172.2.1.0/24
+
+underlay="ipv6" is the seed's twin: the same links with unique local addresses (RFC
+4193) fd00:1::8a/64 -- fd00:1::1/64, fd00:2::1/64 -- fd00:2::8e/64; the overlay stays
+IPv4 (its MTU is 1500 - 70 = 1430 there: the IPv6 outer header is 20 bytes longer).
+
+Every veth end has a fixed MAC, 02:00 followed by the four bytes of its IPv4 address
+(locally administered, unicast: IEEE 802 U/L bit set, I/G bit clear), the same in both
+families since they are the same links: captures of the lab look the same on every run.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .. import wire
+from ..errors import UsageError
+from .topology import Topology
+
+UNDERLAYS = ("ipv4", "ipv6")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One node's link to the router in one address family (addresses with prefix)."""
+    node: str
+    router: str
+
+
+@dataclass(frozen=True)
+class SeedNode:
+    name: str
+    subnet: str                 # its pod subnet (the plan's nodes.subnet)
+    router_if: str              # the router's device on this node's link
+    ipv4: Side
+    ipv6: Side
+
+    def side(self, underlay: str = "ipv4") -> Side:
+        return getattr(self, check_underlay(underlay))
+
+
+@dataclass(frozen=True)
+class Seed:
+    vni: int
+    port: int
+    overlay: str
+    router: str                 # the router's node name
+    underlay_dev: str           # each node's device towards the router
+    underlay_mtu: int           # what a veth starts with (the lab sets no other by default)
+    nodes: tuple[SeedNode, ...]
+
+    def node(self, name: str) -> SeedNode:
+        return next(n for n in self.nodes if n.name == name)
+
+
+SEED = Seed(
+    vni=10, port=wire.VXLAN_PORT, overlay="172.2.0.0/16", router="router", underlay_dev="eth0",
+    underlay_mtu=1500,
+    nodes=(
+        SeedNode("network-1", "172.2.0.0/24", "eth1",
+                 ipv4=Side("192.168.1.138/24", "192.168.1.213/24"),
+                 ipv6=Side("fd00:1::8a/64", "fd00:1::1/64")),
+        SeedNode("network-2", "172.2.1.0/24", "eth2",
+                 ipv4=Side("192.168.2.142/24", "192.168.2.216/24"),
+                 ipv6=Side("fd00:2::8e/64", "fd00:2::1/64")),
+    ))
+NODES = tuple(n.name for n in SEED.nodes)      # ("network-1", "network-2")
+
+
+def check_underlay(underlay: str) -> str:
+    if underlay not in UNDERLAYS:
+        raise UsageError(f"--underlay {underlay}: use one of {', '.join(UNDERLAYS)}")
+    return underlay
+
+
+def address(cidr: str) -> str:
+    """"192.168.1.138/24" -> "192.168.1.138"."""
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def underlay_ips(underlay: str = "ipv4") -> dict[str, str]:
+    """node -> its underlay address (no prefix) in that family."""
+    return {n.name: address(n.side(underlay).node) for n in SEED.nodes}
+
+
+def mac(ipv4: str) -> str:
+    """The fixed MAC of a seed interface: 02:00 and the four bytes of its IPv4 address."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Interface(ipv4).ip.packed)
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+def plan_text(underlay: str = "ipv4", *, mtu: int | None = None) -> str:
+    """The seed plan: the cluster, then one [[nodes]] table per node with the underlay
+    address topology() gives it in `underlay`. mtu: a cluster.mtu line (the overlay MTU
+    the plan forces, instead of the one derived from the underlay)."""
+    lines = ["# The seed cluster (vtep lab): two nodes on two underlay subnets, joined by a "
+             "router.", "[cluster]", f"vni = {SEED.vni}", f"port = {SEED.port}",
+             f'overlay = "{SEED.overlay}"']
+    if mtu is not None:
+        lines.append(f"mtu = {mtu}")
+    ips = underlay_ips(underlay)
+    for n in SEED.nodes:
+        lines += ["", "[[nodes]]", f'name = "{n.name}"', f'underlay_ip = "{ips[n.name]}"',
+                  f'subnet = "{n.subnet}"']
+    return "\n".join(lines) + "\n"
+
+
+SEED_PLAN = plan_text()
+SEED_PLAN6 = plan_text("ipv6")
+
+
+# --- the namespaces ---------------------------------------------------------------------------
+
+def topology(prefix: str, *, underlay: str = "ipv4", mtu: int | None = None,
+             tx_offload: bool = False) -> Topology:
+    """The seed topology, unbuilt (use `with` or start()): the router (forwarding on) and
+    the nodes, each joined to it by a veth pair, and on each node a static route to every
+    other node's underlay subnet via the router. No VTEP.
+
+    mtu: of every underlay veth (None: the veth default, SEED.underlay_mtu).
+    tx_offload=False (the default) turns tx checksum offload off on every veth: a veth
+    otherwise leaves the checksums of what the kernel sends unfilled (CHECKSUM_PARTIAL),
+    fine between two kernel paths but wrong on the wire a userspace VTEP reads and a
+    capture shows."""
+    check_underlay(underlay)
+    t = Topology(prefix)
+    router = t.add_node(SEED.router, forward=True)
+    for n in SEED.nodes:
+        side = n.side(underlay)
+        t.add_link(t.add_node(n.name), router, SEED.underlay_dev, n.router_if, side.node,
+                   side.router, mtu=mtu, tx_offload=tx_offload, a_mac=mac(n.ipv4.node),
+                   b_mac=mac(n.ipv4.router))
+    for n in SEED.nodes:
+        via = address(n.side(underlay).router)
+        for other in SEED.nodes:
+            if other is not n:
+                net = ipaddress.ip_interface(other.side(underlay).node).network
+                t.add_route(t[n.name], str(net), via)
+    return t
+
+
+def narrow(t: Topology, mtu: int, node: str = "network-2") -> None:
+    """Set the MTU of the router's link towards `node`, both ends (a link has one MTU):
+    the path between the nodes narrows at the router, which is where path MTU discovery
+    has something to find (the MTU suite's case 7, `vtep mtu`)."""
+    n = SEED.node(node)
+    t[SEED.router].cmd(["ip", "link", "set", n.router_if, "mtu", str(mtu)])
+    t[node].cmd(["ip", "link", "set", SEED.underlay_dev, "mtu", str(mtu)])
