@@ -719,18 +719,28 @@ def test_main_routes_names_every_devices_route_for_the_asked_keys():
 
 
 def test_read_is_the_three_tables_of_one_device():
+    """Each dump asks for the device (NDA_IFINDEX, RTA_OIF); entries of device 3 that come
+    anyway (a kernel without strict checking) are left out."""
+    asked = []
+
     def answer(data):
         ((typ, _f, _s, body),) = split(data)
+        asked.append(body[-4:])
         if typ == RTM_GETROUTE:
-            return dump_of([route("10.244.1.0", "10.244.1.0")], typ=RTM_NEWROUTE)(data)
+            return dump_of([route("10.244.1.0", "10.244.1.0"),
+                            route("192.168.1.0", oif=3, proto=PROTO_KERNEL, flags=0)],
+                           typ=RTM_NEWROUTE)(data)
         if body[0] == AF_BRIDGE:
-            return dump_of([remote(MAC_BYTES, "192.168.2.142")])(data)
-        return dump_of([neigh("10.244.1.0")])(data)
+            return dump_of([remote(MAC_BYTES, "192.168.2.142"),
+                            remote(MAC_BYTES, "192.168.7.7", 3)])(data)
+        return dump_of([neigh("10.244.1.0"), neigh("192.168.1.1", ifindex=3)])(data)
     got = rtnl_on(FakeKernel(answer)).read(7)
     assert got == netlink.Realised(
         {"10.244.1.0": NeighEntry("10.244.1.0", MAC, NUD_PERMANENT)},
         (FdbEntry(MAC, "192.168.2.142", NUD_PERMANENT),),
         {("10.244.1.0/24", 0, 0): ours("10.244.1.0/24", "10.244.1.0")})
+    # neighbours and fdb end with NDA_IFINDEX 7; the route dump with RTA_OIF 7, RTA_TABLE 254
+    assert asked == [u32(7), u32(7), u32(RT_TABLE_MAIN)]
 
 
 class Broken(FakeKernel):
@@ -762,6 +772,13 @@ def test_a_dump_skips_what_is_not_its_own_and_ends_at_nlmsg_done():
                 + nlmsg(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.2.0"))
                 + nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, b"")
                 + nlmsg(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.3.0"))]
+    assert sorted(rtnl_on(FakeKernel(answer)).neighbours(7)) == ["10.244.1.0", "10.244.2.0"]
+
+
+def test_a_dump_ends_at_an_nlmsg_done_without_error_code_ending_the_datagram():
+    """An NLMSG_DONE of 16 bytes (header only) last in its datagram still ends the dump, as
+    a success."""
+    answer = dump_of([neigh("10.244.1.0")], [neigh("10.244.2.0")], done_len=0)
     assert sorted(rtnl_on(FakeKernel(answer)).neighbours(7)) == ["10.244.1.0", "10.244.2.0"]
 
 
@@ -982,6 +999,10 @@ def test_lost_notifications_call_for_a_pass_and_reading_goes_on():
     ev = events_with(enobufs, nlmsg(RTM_DELLINK, 0, 0, ifinfo(7)))
     assert ev.drain({7}) == (True, ["lost netlink notifications", "link deleted"])
     assert ev.sock.read == 1
+    # lost notifications alone, or beside others that concern nothing of ours
+    assert events_with(enobufs).drain({7}) == (True, ["lost netlink notifications"])
+    assert events_with(enobufs, nlmsg(RTM_DELLINK, 0, 0, ifinfo(9))).drain({7}) == (
+        True, ["lost netlink notifications"])
     ebadf = OSError(errno.EBADF, os.strerror(errno.EBADF))
     with pytest.raises(netlink.NetlinkRefused) as e:
         events_with(ebadf).drain({7})
@@ -1005,6 +1026,8 @@ def test_a_burst_of_notifications_lets_the_data_path_run_every_1000_reads():
     assert ev.drain({7}, lambda e: True) == (False, [])
     assert ev.sock.read == 2500
     assert len(calls) == 2 and 998 <= calls[0] <= 1000 and calls[1] - calls[0] == 1000
+    # without a data path to run (the kernel path) there is no idle() to call
+    assert events_with(*burst).drain({7}, lambda e: True) == (False, [])
 
 
 def test_an_fdb_set_is_made_as_planned_even_beside_the_realised_remote():
