@@ -59,7 +59,7 @@ def nla(typ, data):
     return struct.pack("=HH", 4 + len(data), typ) + data + bytes(-len(data) % 4)
 
 
-def nlmsg(typ, flags, seq, body, pid=0):
+def message(typ, flags, seq, body, pid=0):
     """One message: struct nlmsghdr (u32 len, u16 type, u16 flags, u32 seq, u32 pid), body,
     padded to 4 as NLMSG_ALIGN does (nlmsg_len itself leaves the padding out)."""
     return struct.pack("=IHHII", 16 + len(body), typ, flags, seq, pid) + body \
@@ -111,13 +111,13 @@ def err(seq, code, request=b"", tlvs=b"", flags=NLM_F_CAPPED, req_type=RTM_NEWRO
     too when not NLM_F_CAPPED), then the extended-ack TLVs (NLM_F_ACK_TLVS). code 0: an ACK."""
     ln = req_len if req_len is not None else 16 + len(request)
     echoed = struct.pack("=IHHII", ln, req_type, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + request
-    return nlmsg(NLMSG_ERROR, flags | (NLM_F_ACK_TLVS if tlvs else 0), seq,
+    return message(NLMSG_ERROR, flags | (NLM_F_ACK_TLVS if tlvs else 0), seq,
                  struct.pack("=i", -code) + echoed + tlvs)
 
 
 def done(seq, code=0):
     """NLMSG_DONE closing a dump: its payload is the dump's error, an int (0, or -errno)."""
-    return nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", -code))
+    return message(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", -code))
 
 
 class FakeKernel:

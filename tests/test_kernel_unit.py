@@ -13,11 +13,11 @@ import pytest
 from pyroute2.netlink.rtnl.ndmsg import ndmsg   # independent decoders of what we encode
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from vtep import commands, host, kernel, linkfacts, netlink, plan as planlib, state, status
+from vtep import commands, host, kernel, linkfacts, nlmsg, plan as planlib, state, status
 from vtep.config import RunConfig
 from vtep.errors import Incompatible, PermissionDenied, PlanError
 from vtep.reconcile import Reconciler
-from vtep.netlink import FdbEntry, NeighEntry, Op, Realised, RouteEntry
+from vtep.nlmsg import FdbEntry, NeighEntry, Op, Realised, RouteEntry
 
 # literal kernel values (never the module's constants) and a recording rtnetlink socket
 from nlkernel import (AF_BRIDGE, AF_INET, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
@@ -128,7 +128,7 @@ def test_what_is_not_ours_to_remove(want):
     have = realised_from(want)
     # a kernel route (from an address) and a non-permanent neighbour are the kernel's
     have.routes[("10.9.0.0/24", 0, 0)] = RouteEntry("10.9.0.0/24", None, False, 0, 0,
-                                                    netlink.RTPROT_KERNEL, 253, 1)
+                                                    nlmsg.RTPROT_KERNEL, 253, 1)
     have.neighbours["10.9.0.7"] = NeighEntry("10.9.0.7", None, 0x20)
     assert kernel.diff(want, have) == []
     # ...but a second route to a peer subnet with a metric is not in the plan
@@ -150,7 +150,7 @@ def test_a_foreign_scope_link_route_on_our_device_is_deleted_as_it_is(want):
     have.routes[("10.244.9.0/25", 0, 0)] = hand
     (c,) = kernel.diff(want, have)
     (op,) = c.ops
-    m = rtmsg(netlink.encode(op, 7, 50))
+    m = rtmsg(nlmsg.encode(op, 7, 50))
     m.decode()
     assert m["header"]["type"] == RTM_DELROUTE
     assert not m["header"]["flags"] & (NLM_F_CREATE | NLM_F_REPLACE | NLM_F_EXCL)
@@ -166,7 +166,7 @@ def test_a_foreign_scope_link_route_on_our_device_is_deleted_as_it_is(want):
 def test_a_delete_repeats_gateway_metric_tos_and_protocol():
     r = RouteEntry("10.244.9.128/25", "10.244.1.0", True, 7, 0x10, PROTO_STATIC, SCOPE_UNIVERSE,
                    RTN_UNICAST)
-    m = rtmsg(netlink.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 51))
+    m = rtmsg(nlmsg.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 51))
     m.decode()
     assert (m["scope"], m["proto"], m["type"], m["tos"]) == (SCOPE_UNIVERSE, PROTO_STATIC,
                                                              RTN_UNICAST, 0x10)
@@ -180,7 +180,7 @@ def test_a_route_through_a_nexthop_object_is_deleted_by_its_id():
     does not know RTA_NH_ID, type 30)."""
     r = RouteEntry("10.244.9.0/24", "10.244.1.0", True, 0, 0, PROTO_BOOT, SCOPE_UNIVERSE,
                    RTN_UNICAST, nh_id=77)
-    data = netlink.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 52)
+    data = nlmsg.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 52)
     assert struct.unpack_from("=IHH", data) == (len(data), RTM_DELROUTE, 0x1 | 0x4)
     # rtmsg: family dst_len src_len tos table protocol scope type, flags
     assert struct.unpack_from("=8BI", data, 16) == (socket.AF_INET, 24, 0, 0, RT_TABLE_MAIN,
@@ -197,7 +197,7 @@ def test_a_route_through_a_nexthop_object_is_deleted_by_its_id():
 def test_a_route_we_create_is_tagged_and_exclusive():
     """Defect 2: every route was RTM_NEWROUTE with CREATE|REPLACE, which overwrites a
     route with the same key on any device (the underlay's connected route)."""
-    m = rtmsg(netlink.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 53))
+    m = rtmsg(nlmsg.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 53))
     m.decode()
     flags = m["header"]["flags"]
     assert m["header"]["type"] == RTM_NEWROUTE
@@ -219,7 +219,7 @@ def test_no_route_message_ever_replaces(want):
                                                       PROTO_STATIC, SCOPE_LINK, 1)
     ops = [op for c in kernel.diff(want, have) for op in c.ops]
     ops += [op for c in kernel.diff(want, EMPTY) for op in c.ops]
-    routes = [netlink.encode(op, 7, i) for i, op in enumerate(ops) if op.kind == "route"]
+    routes = [nlmsg.encode(op, 7, i) for i, op in enumerate(ops) if op.kind == "route"]
     assert len(routes) == 5   # stale delete; change: delete + create; two creates
     for data in routes:
         m = rtmsg(data)
@@ -296,8 +296,8 @@ def test_only_the_route_we_create_is_an_echo_of_ours(want):
     # what the kernel reports for the route we create (RTM_NEWROUTE as encode_route sends it)
     ours = RouteEntry(dst, via, True, 0, 0, PROTO_VTEP, SCOPE_UNIVERSE, RTN_UNICAST)
     assert planned(ours)
-    data = netlink.encode(Op("route", "set", dst, via), 7, 1)
-    assert planned(netlink.decode_route(data, 16, len(data))[2])
+    data = nlmsg.encode(Op("route", "set", dst, via), 7, 1)
+    assert planned(nlmsg.decode_route(data, 16, len(data))[2])
     drifted = {
         "proto boot": dict(proto=PROTO_BOOT),
         "not onlink": dict(onlink=False),
@@ -330,8 +330,8 @@ def test_only_permanent_planned_neighbours_and_remotes_are_echoes(want):
     assert not planned(FdbEntry(fd.mac, fd.dst, NUD_REACHABLE))
     assert not planned(FdbEntry(fd.mac, fd.dst, PERM, port=8472))
     assert not planned(FdbEntry(fd.mac, "192.168.9.9", PERM))
-    assert planned(netlink.AddrEntry(want.device.address, 32))
-    assert not planned(netlink.AddrEntry(want.device.address, 24))
+    assert planned(nlmsg.AddrEntry(want.device.address, 32))
+    assert not planned(nlmsg.AddrEntry(want.device.address, 24))
 
 
 # --- the order changes reach the kernel in --------------------------------------------------

@@ -11,8 +11,8 @@ import struct
 import pytest
 from pyroute2.netlink.rtnl.ndmsg import ndmsg   # an independent encoder of what we decode
 
-from vtep import netlink
-from vtep.netlink import FdbEntry, NeighEntry, Op, RouteEntry
+from vtep import netlink, nlmsg
+from vtep.nlmsg import FdbEntry, NeighEntry, Op, RouteEntry
 
 # the kernel's numbers, its messages built by hand, and stand-ins for its sockets
 from nlkernel import (AF_BRIDGE, AF_INET, AF_INET6, FakeKernel, IFA_ADDRESS, IFA_CACHEINFO,
@@ -31,27 +31,27 @@ from nlkernel import (AF_BRIDGE, AF_INET, AF_INET6, FakeKernel, IFA_ADDRESS, IFA
                       RTNH_F_DEAD, RTNH_F_LINKDOWN, RTNH_F_ONLINK, RTN_UNICAST,
                       RT_SCOPE_NOWHERE, RT_TABLE_COMPAT, RT_TABLE_LOCAL, RT_TABLE_MAIN,
                       RT_TABLE_UNSPEC, SCOPE_LINK, SCOPE_UNIVERSE, SOL_NETLINK, SO_RCVBUF,
-                      SO_RCVBUFFORCE, acks, done, err, ifa, ifinfo, ip4, ndm, nla, nlmsg, rtm,
+                      SO_RCVBUFFORCE, acks, done, err, ifa, ifinfo, ip4, ndm, nla, message, rtm,
                       rtnl_on, split, u32)
 
 
 
 
 def test_a_neighbour_set_is_the_kernels_rtm_newneigh_byte_for_byte():
-    data = netlink.encode(Op("neigh", "set", "10.244.1.0", MAC), 7, 42)
-    assert data == nlmsg(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    data = nlmsg.encode(Op("neigh", "set", "10.244.1.0", MAC), 7, 42)
+    assert data == message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                          42, ndm(AF_INET, 7, NUD_PERMANENT)
                          + nla(NDA_DST, ip4("10.244.1.0")) + nla(NDA_LLADDR, bytes.fromhex(
                              "5a0c71865911")))
-    data = netlink.encode(Op("neigh", "del", "10.244.1.0"), 7, 43)
-    assert data == nlmsg(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, 43,
+    data = nlmsg.encode(Op("neigh", "del", "10.244.1.0"), 7, 43)
+    assert data == message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, 43,
                          ndm(AF_INET, 7, 0) + nla(NDA_DST, ip4("10.244.1.0")))
 
 
 def test_an_fdb_set_is_self_permanent_on_the_bridge_family_byte_for_byte():
     """`bridge fdb replace MAC dev vxlan0 dst IP self permanent`, as iproute2 sends it."""
-    data = netlink.encode(Op("fdb", "set", MAC, "192.168.2.142"), 7, 44)
-    assert data == nlmsg(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    data = nlmsg.encode(Op("fdb", "set", MAC, "192.168.2.142"), 7, 44)
+    assert data == message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                          44, ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF)
                          + nla(NDA_LLADDR, bytes.fromhex("5a0c71865911"))
                          + nla(NDA_DST, ip4("192.168.2.142")))
@@ -63,8 +63,8 @@ def test_an_fdb_delete_repeats_the_remotes_overrides_in_the_kernels_encoding():
     nla_get_be16), NDA_VNI, NDA_IFINDEX and NDA_SRC_VNI host-order u32."""
     stale = FdbEntry(MAC, "192.168.9.9", NUD_PERMANENT, port=8472, vni=11, rifindex=3,
                      src_vni=12)
-    data = netlink.encode(Op("fdb", "del", stale.mac, stale.dst, fdb=stale), 7, 45)
-    assert data == nlmsg(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, 45,
+    data = nlmsg.encode(Op("fdb", "del", stale.mac, stale.dst, fdb=stale), 7, 45)
+    assert data == message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, 45,
                          ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF)
                          + nla(NDA_LLADDR, bytes.fromhex("5a0c71865911"))
                          + nla(NDA_DST, ip4("192.168.9.9"))
@@ -73,12 +73,12 @@ def test_an_fdb_delete_repeats_the_remotes_overrides_in_the_kernels_encoding():
                          + nla(NDA_SRC_VNI, u32(12)))
     # and our decoder reads the kernel's bytes back into the same remote
     ((typ, _, _, body),) = split(data)
-    assert netlink.decode_neigh(body, 0, len(body)) == (AF_BRIDGE, stale)
+    assert nlmsg.decode_neigh(body, 0, len(body)) == (AF_BRIDGE, stale)
 
 
 def test_a_route_add_is_onlink_tagged_and_exclusive_byte_for_byte():
-    data = netlink.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 46)
-    assert data == nlmsg(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    data = nlmsg.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 46)
+    assert data == message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
                          46, rtm(AF_INET, 24, RT_TABLE_MAIN, PROTO_VTEP, SCOPE_UNIVERSE,
                                  RTN_UNICAST, RTNH_F_ONLINK)
                          + nla(RTA_DST, ip4("10.244.1.0")) + nla(RTA_OIF, u32(7))
@@ -88,15 +88,15 @@ def test_a_route_add_is_onlink_tagged_and_exclusive_byte_for_byte():
 def test_a_route_delete_without_a_dump_matches_any_scope_protocol_and_type():
     """fib_table_delete skips a field given as 0 (protocol, type) and matches any scope
     with RT_SCOPE_NOWHERE (255), as `ip route del` sends it."""
-    data = netlink.encode(Op("route", "del", "10.244.1.0/24", "10.244.1.0"), 7, 47)
-    assert data == nlmsg(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 47,
+    data = nlmsg.encode(Op("route", "del", "10.244.1.0/24", "10.244.1.0"), 7, 47)
+    assert data == message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 47,
                          rtm(AF_INET, 24, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0)
                          + nla(RTA_DST, ip4("10.244.1.0")) + nla(RTA_TABLE, u32(RT_TABLE_MAIN))
                          + nla(RTA_OIF, u32(7)) + nla(RTA_GATEWAY, ip4("10.244.1.0")))
 
 
 def kernel_neigh(typ, family, ifindex, state, *attrs, flags=0):
-    data = nlmsg(typ, 0, 0, ndm(family, ifindex, state, flags, RTN_UNICAST) + b"".join(attrs))
+    data = message(typ, 0, 0, ndm(family, ifindex, state, flags, RTN_UNICAST) + b"".join(attrs))
     return data, 16, len(data)
 
 
@@ -109,17 +109,17 @@ def test_kernel_neighbour_messages_decode():
     mac = nla(NDA_LLADDR, bytes.fromhex("5a0c71865911"))
     msg = kernel_neigh(RTM_NEWNEIGH, AF_INET, 7, NUD_PERMANENT, nla(NDA_DST, ip4("10.244.1.0")),
                        mac, CACHEINFO, nla(NDA_PROBES, u32(0)))
-    assert netlink.decode_neigh(*msg, 7) == (AF_INET, NeighEntry("10.244.1.0", MAC, 0x80))
-    assert netlink.decode_neigh(*msg, 8) == (AF_INET, None)    # another device's
+    assert nlmsg.decode_neigh(*msg, 7) == (AF_INET, NeighEntry("10.244.1.0", MAC, 0x80))
+    assert nlmsg.decode_neigh(*msg, 8) == (AF_INET, None)    # another device's
     stale = kernel_neigh(RTM_NEWNEIGH, AF_INET, 7, NUD_STALE, nla(NDA_DST, ip4("10.244.2.0")),
                          mac, CACHEINFO)
-    assert netlink.decode_neigh(*stale)[1] == NeighEntry("10.244.2.0", MAC, NUD_STALE)
+    assert nlmsg.decode_neigh(*stale)[1] == NeighEntry("10.244.2.0", MAC, NUD_STALE)
     failed = kernel_neigh(RTM_NEWNEIGH, AF_INET, 7, NUD_FAILED, nla(NDA_DST, ip4("10.244.3.0")),
                           CACHEINFO)
-    assert netlink.decode_neigh(*failed)[1] == NeighEntry("10.244.3.0", None, NUD_FAILED)
+    assert nlmsg.decode_neigh(*failed)[1] == NeighEntry("10.244.3.0", None, NUD_FAILED)
     v6 = kernel_neigh(RTM_NEWNEIGH, AF_INET6, 7, NUD_REACHABLE,
                       nla(NDA_DST, socket.inet_pton(socket.AF_INET6, "fe80::1")), mac)
-    assert netlink.decode_neigh(*v6) == (AF_INET6, None)   # the overlay is IPv4
+    assert nlmsg.decode_neigh(*v6) == (AF_INET6, None)   # the overlay is IPv4
 
 
 def test_kernel_fdb_messages_decode_with_their_overrides():
@@ -131,18 +131,18 @@ def test_kernel_fdb_messages_decode_with_their_overrides():
                        nla(NDA_VNI, u32(11)), nla(NDA_IFINDEX, u32(3)),
                        nla(NDA_MASTER, u32(5)), nla(NDA_SRC_VNI, u32(12)), CACHEINFO,
                        flags=NTF_SELF)
-    assert netlink.decode_neigh(*msg, 7) == (AF_BRIDGE, FdbEntry(
+    assert nlmsg.decode_neigh(*msg, 7) == (AF_BRIDGE, FdbEntry(
         MAC, "192.168.2.142", 0xC0, port=8472, vni=11, rifindex=3, src_vni=12))
     plain = kernel_neigh(RTM_NEWNEIGH, AF_BRIDGE, 7, NUD_PERMANENT,
                          nla(NDA_LLADDR, bytes.fromhex("5a0c71865911")),
                          nla(NDA_DST, ip4("192.168.2.142")), CACHEINFO, flags=NTF_SELF)
-    e = netlink.decode_neigh(*plain)[1]
+    e = nlmsg.decode_neigh(*plain)[1]
     assert e == FdbEntry(MAC, "192.168.2.142", 0x80) and not e.overridden
     # the device's own address in its bridge fdb (no NDA_DST): not a remote
     own = kernel_neigh(RTM_NEWNEIGH, AF_BRIDGE, 7, NUD_PERMANENT,
                        nla(NDA_LLADDR, bytes.fromhex("06b33177abd9")), nla(NDA_MASTER, u32(5)),
                        flags=NTF_SELF)
-    assert netlink.decode_neigh(*own) == (AF_BRIDGE, None)
+    assert nlmsg.decode_neigh(*own) == (AF_BRIDGE, None)
     # the same remote encoded by pyroute2 (its own attribute table) decodes alike
     m = ndmsg()
     m["family"], m["ifindex"], m["state"], m["flags"] = AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF
@@ -150,13 +150,13 @@ def test_kernel_fdb_messages_decode_with_their_overrides():
                   ("NDA_VNI", 99), ("NDA_SRC_VNI", 98)]
     m["header"]["type"] = RTM_NEWNEIGH
     m.encode()
-    assert netlink.decode_neigh(m.data, 16, len(m.data))[1] == FdbEntry(
+    assert nlmsg.decode_neigh(m.data, 16, len(m.data))[1] == FdbEntry(
         MAC, "192.168.9.9", 0x80, port=4790, vni=99, src_vni=98)
 
 
 def kernel_route(flags, *attrs, family=AF_INET, dst_len=24, table=RT_TABLE_MAIN,
                  proto=PROTO_VTEP, scope=SCOPE_UNIVERSE, rtype=RTN_UNICAST, tos=0):
-    data = nlmsg(24, 0, 0, rtm(family, dst_len, table, proto, scope, rtype, flags, tos)
+    data = message(24, 0, 0, rtm(family, dst_len, table, proto, scope, rtype, flags, tos)
                  + b"".join(attrs))
     return data, 16, len(data)
 
@@ -167,17 +167,17 @@ def test_kernel_route_messages_decode():
     RTA_MULTIPATH."""
     ours = kernel_route(RTNH_F_ONLINK, nla(RTA_TABLE, u32(254)), nla(RTA_DST, ip4("10.244.1.0")),
                         nla(RTA_GATEWAY, ip4("10.244.1.0")), nla(RTA_OIF, u32(7)))
-    assert netlink.decode_route(*ours) == (7, 254, RouteEntry(
+    assert nlmsg.decode_route(*ours) == (7, 254, RouteEntry(
         "10.244.1.0/24", "10.244.1.0", True, 0, 0, PROTO_VTEP, SCOPE_UNIVERSE, RTN_UNICAST))
     # a nexthop gone dead on a down link: flagged, but not onlink
     dead = kernel_route(RTNH_F_DEAD | RTNH_F_LINKDOWN, nla(RTA_TABLE, u32(254)),
                         nla(RTA_DST, ip4("10.244.1.0")), nla(RTA_GATEWAY, ip4("10.244.1.0")),
                         nla(RTA_OIF, u32(7)))
-    assert netlink.decode_route(*dead)[2].onlink is False
+    assert nlmsg.decode_route(*dead)[2].onlink is False
     connected = kernel_route(0, nla(RTA_TABLE, u32(254)), nla(RTA_DST, ip4("192.0.2.0")),
                              nla(RTA_PREFSRC, ip4("192.0.2.1")), nla(RTA_OIF, u32(3)),
                              proto=PROTO_KERNEL, scope=SCOPE_LINK)
-    assert netlink.decode_route(*connected) == (3, 254, RouteEntry(
+    assert nlmsg.decode_route(*connected) == (3, 254, RouteEntry(
         "192.0.2.0/24", None, False, 0, 0, PROTO_KERNEL, SCOPE_LINK, RTN_UNICAST,
         prefsrc="192.0.2.1"))
     # a table above 255: rtm_table says RT_TABLE_COMPAT (252), RTA_TABLE the real one
@@ -185,18 +185,18 @@ def test_kernel_route_messages_decode():
                           nla(RTA_PRIORITY, u32(100)), nla(RTA_NH_ID, u32(77)),
                           nla(RTA_GATEWAY, ip4("10.244.1.0")), nla(RTA_OIF, u32(7)),
                           table=252, proto=PROTO_BOOT, tos=0x10)
-    oif, table, r = netlink.decode_route(*metric)
+    oif, table, r = nlmsg.decode_route(*metric)
     assert (oif, table, r.table, r.priority, r.nh_id, r.tos, r.proto) == (
         7, 1000, 1000, 100, 77, 0x10, PROTO_BOOT)
     # multipath: struct rtnexthop (u16 len, u8 flags, u8 hops, s32 ifindex) + its attributes
     hop = struct.pack("=HBBi", 16, 0, 0, 7) + nla(RTA_GATEWAY, ip4("10.244.1.0"))
     mp = kernel_route(0, nla(RTA_TABLE, u32(254)), nla(RTA_DST, ip4("10.8.0.0")),
                       nla(RTA_MULTIPATH, hop + hop), proto=PROTO_BOOT)
-    oif, _, r = netlink.decode_route(*mp)
+    oif, _, r = nlmsg.decode_route(*mp)
     assert oif is None and r.multipath and r.gateway is None
     v6 = kernel_route(0, nla(RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00::")),
                       family=AF_INET6, dst_len=64)
-    assert netlink.decode_route(*v6) == (None, None, None)
+    assert nlmsg.decode_route(*v6) == (None, None, None)
 
 
 def test_kernel_address_messages_decode_the_local_address():
@@ -205,13 +205,13 @@ def test_kernel_address_messages_decode_the_local_address():
     label, cache = nla(IFA_LABEL, b"vxlan0\0"), nla(IFA_CACHEINFO, bytes(16))
     for attrs in ((nla(IFA_ADDRESS, ip4("10.0.0.2")), nla(IFA_LOCAL, ip4("10.0.0.1"))),
                   (nla(IFA_LOCAL, ip4("10.0.0.1")), nla(IFA_ADDRESS, ip4("10.0.0.2")))):
-        data = nlmsg(RTM_NEWADDR, 0, 0, ifa(AF_INET, 32, 7) + b"".join(attrs) + label + cache)
-        assert netlink.decode_addr(data, 16, len(data)) == netlink.AddrEntry("10.0.0.1", 32)
-    only = nlmsg(RTM_NEWADDR, 0, 0, ifa(AF_INET, 24, 7) + nla(IFA_ADDRESS, ip4("10.0.0.3")))
-    assert netlink.decode_addr(only, 16, len(only)) == netlink.AddrEntry("10.0.0.3", 24)
-    v6 = nlmsg(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
+        data = message(RTM_NEWADDR, 0, 0, ifa(AF_INET, 32, 7) + b"".join(attrs) + label + cache)
+        assert nlmsg.decode_addr(data, 16, len(data)) == nlmsg.AddrEntry("10.0.0.1", 32)
+    only = message(RTM_NEWADDR, 0, 0, ifa(AF_INET, 24, 7) + nla(IFA_ADDRESS, ip4("10.0.0.3")))
+    assert nlmsg.decode_addr(only, 16, len(only)) == nlmsg.AddrEntry("10.0.0.3", 24)
+    v6 = message(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
                + nla(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fe80::1")))
-    assert netlink.decode_addr(v6, 16, len(v6)) is None
+    assert nlmsg.decode_addr(v6, 16, len(v6)) is None
 
 
 # --- acknowledgements and dumps, through a socket that records what is sent --------------------
@@ -220,16 +220,16 @@ def test_errors_are_parsed_with_their_extended_ack_text():
     text = nla(NLMSGERR_ATTR_MSG, b"Nexthop has invalid gateway\0") + \
         nla(NLMSGERR_ATTR_OFFS, u32(36))
     capped = err(1234, 22, tlvs=text)                   # NETLINK_CAP_ACK: header only
-    assert netlink._error(capped, 16, len(capped)) == (22, 1234, "Nexthop has invalid gateway")
+    assert nlmsg.parse_error(capped, 16, len(capped)) == (22, 1234, "Nexthop has invalid gateway")
     # without NETLINK_CAP_ACK the whole request is echoed before the TLVs
-    request = netlink.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 99)[16:]
+    request = nlmsg.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 99)[16:]
     full = err(1235, 17, request=request, tlvs=text, flags=0)
-    assert netlink._error(full, 16, len(full)) == (17, 1235, "Nexthop has invalid gateway")
+    assert nlmsg.parse_error(full, 16, len(full)) == (17, 1235, "Nexthop has invalid gateway")
     # no TLVs: the echoed request's payload is not taken for them
     plain = err(1236, 17, request=nla(NLMSGERR_ATTR_MSG, b"not a message\0"), flags=0)
-    assert netlink._error(plain, 16, len(plain)) == (17, 1236, "")
+    assert nlmsg.parse_error(plain, 16, len(plain)) == (17, 1236, "")
     ok = err(1237, 0)
-    assert netlink._error(ok, 16, len(ok)) == (0, 1237, "")
+    assert nlmsg.parse_error(ok, 16, len(ok)) == (0, 1237, "")
 
 
 def test_apply_maps_each_refusal_to_its_entry():
@@ -251,8 +251,8 @@ def test_apply_maps_each_refusal_to_its_entry():
 
 def dump_reply(seq, *entries, flags=NLM_F_MULTI):
     """A dump's answer: one datagram of entries, then NLMSG_DONE (payload: error 0)."""
-    body = b"".join(nlmsg(RTM_NEWNEIGH, flags, seq, e) for e in entries)
-    return [body, nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", 0))]
+    body = b"".join(message(RTM_NEWNEIGH, flags, seq, e) for e in entries)
+    return [body, message(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", 0))]
 
 
 def neigh_body(ip, state=NUD_PERMANENT):
@@ -298,7 +298,7 @@ def test_fdb_and_route_dumps_ask_the_kernel_for_our_device_only():
     def answer(data):
         ((typ, flags, seq, body),) = split(data)
         seen.append((typ, flags, body))
-        return [nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", 0))]
+        return [message(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", 0))]
     rt = rtnl_on(FakeKernel(answer))
     assert rt.fdb(7) == () and rt.routes(7) == {}
     (t1, f1, fdb), (t2, f2, route) = seen
@@ -312,7 +312,7 @@ def test_fdb_and_route_dumps_ask_the_kernel_for_our_device_only():
 def test_a_dump_the_kernel_refuses_names_the_reason():
     def answer(data):
         ((_t, _f, seq, _b),) = split(data)
-        return [nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", -95))]   # EOPNOTSUPP
+        return [message(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", -95))]   # EOPNOTSUPP
     with pytest.raises(netlink.NetlinkRefused, match="dumping neighbours: Operation not "
                                                      "supported"):
         rtnl_on(FakeKernel(answer)).neighbours(7)
@@ -345,16 +345,16 @@ def events_on(*datagrams):
 def test_notifications_about_our_device_are_drift_and_others_are_not():
     mac = nla(NDA_LLADDR, bytes.fromhex("5a0c71865911"))
     ev = events_on(
-        nlmsg(RTM_NEWLINK, 0, 0, ifinfo(7)),
-        nlmsg(RTM_DELNEIGH, 0, 0, ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF) + mac
+        message(RTM_NEWLINK, 0, 0, ifinfo(7)),
+        message(RTM_DELNEIGH, 0, 0, ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF) + mac
               + nla(NDA_DST, ip4("192.168.2.142"))),
-        nlmsg(RTM_DELADDR, 0, 0, ifa(AF_INET, 32, 7) + nla(IFA_LOCAL, ip4("10.244.0.0"))),
+        message(RTM_DELADDR, 0, 0, ifa(AF_INET, 32, 7) + nla(IFA_LOCAL, ip4("10.244.0.0"))),
         # the local table's route for our address (table 255): the kernel's, not drift
         kernel_route(0, nla(RTA_TABLE, u32(255)), nla(RTA_DST, ip4("10.244.0.0")),
                      nla(RTA_OIF, u32(7)), dst_len=32, table=255, proto=PROTO_KERNEL,
                      scope=254, rtype=2)[0],
         # the underlay's ARP churn (ifindex 3 is watched for its link, not its neighbours)
-        nlmsg(RTM_NEWNEIGH, 0, 0, ndm(AF_INET, 3, NUD_REACHABLE) + nla(NDA_DST, ip4(
+        message(RTM_NEWNEIGH, 0, 0, ndm(AF_INET, 3, NUD_REACHABLE) + nla(NDA_DST, ip4(
             "192.168.1.213")) + mac))
     try:
         assert ev.drain({7, 3}, None, {7}) == (True, [
@@ -363,7 +363,7 @@ def test_notifications_about_our_device_are_drift_and_others_are_not():
         ev.close()
     ev = events_on(kernel_route(0, nla(RTA_TABLE, u32(255)), nla(RTA_DST, ip4("10.244.0.0")),
                                 nla(RTA_OIF, u32(7)), dst_len=32, table=255)[0],
-                   nlmsg(RTM_NEWNEIGH, 0, 0, ndm(AF_INET, 3, NUD_STALE)
+                   message(RTM_NEWNEIGH, 0, 0, ndm(AF_INET, 3, NUD_STALE)
                          + nla(NDA_DST, ip4("192.168.1.213")) + mac))
     try:
         assert ev.drain({7, 3}, None, {7}) == (False, [])
@@ -372,13 +372,13 @@ def test_notifications_about_our_device_are_drift_and_others_are_not():
 
 
 def test_notifications_name_the_drift_and_skip_echoes():
-    add = netlink.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 1)
+    add = nlmsg.encode(Op("route", "set", "10.244.1.0/24", "10.244.1.0"), 7, 1)
     ((typ, _f, _s, _b),) = split(add)
     assert netlink._event(add, typ, 16, len(add), {7}, None) == (True, "route 10.244.1.0/24 changed")
     # our own change coming back: nothing to repair, so no pass
     assert netlink._event(add, typ, 16, len(add), {7}, lambda e: True) == (False, None)
     assert netlink._event(add, typ, 16, len(add), {8}, None) == (False, None)
-    gone = netlink.encode(Op("neigh", "del", "10.244.1.0"), 7, 2)
+    gone = nlmsg.encode(Op("neigh", "del", "10.244.1.0"), 7, 2)
     assert netlink._event(gone, RTM_DELNEIGH, 16, len(gone), {7}, lambda e: True) == (
         True, "neigh 10.244.1.0 deleted")
 
@@ -392,10 +392,10 @@ def test_an_empty_attribute_does_not_end_the_message():
     flag = nla(0x0F, b"")
     msg = kernel_neigh(RTM_NEWNEIGH, AF_INET, 7, NUD_PERMANENT, flag,
                        nla(NDA_DST, ip4("10.244.1.0")), nla(NDA_LLADDR, MAC_BYTES))
-    assert netlink.decode_neigh(*msg, 7)[1] == NeighEntry("10.244.1.0", MAC, NUD_PERMANENT)
+    assert nlmsg.decode_neigh(*msg, 7)[1] == NeighEntry("10.244.1.0", MAC, NUD_PERMANENT)
     broken = kernel_neigh(RTM_NEWNEIGH, AF_INET, 7, NUD_PERMANENT, struct.pack("=HH", 0, 0),
                           nla(NDA_DST, ip4("10.244.1.0")))
-    assert netlink.decode_neigh(*broken, 7) == (AF_INET, None)
+    assert nlmsg.decode_neigh(*broken, 7) == (AF_INET, None)
 
 
 def test_a_message_decodes_the_same_wherever_it_sits_in_the_buffer():
@@ -406,29 +406,29 @@ def test_a_message_decodes_the_same_wherever_it_sits_in_the_buffer():
         + nla(RTA_PRIORITY, u32(20)) + nla(RTA_GATEWAY, ip4("10.244.1.0")) + nla(RTA_OIF, u32(7))
     want = (7, 254, RouteEntry("10.244.1.0/24", "10.244.1.0", True, 20, 0, PROTO_VTEP,
                                SCOPE_UNIVERSE, RTN_UNICAST))
-    assert netlink.decode_route(body, 0, len(body)) == want
+    assert nlmsg.decode_route(body, 0, len(body)) == want
     # behind bytes that read as attributes (type 1, RTA_DST) if taken for them
     junk = nla(RTA_DST, ip4("192.0.2.99")) + nla(RTA_OIF, u32(99)) + bytes(4)
-    assert netlink.decode_route(junk + body, len(junk), len(junk) + len(body)) == want
+    assert nlmsg.decode_route(junk + body, len(junk), len(junk) + len(body)) == want
 
 
 def test_a_default_route_has_no_rta_dst_and_is_0_0_0_0_slash_0():
     """fib_dump_info leaves RTA_DST out when rtm_dst_len is 0."""
     default = kernel_route(0, nla(RTA_TABLE, u32(254)), nla(RTA_GATEWAY, ip4("192.168.1.1")),
                            nla(RTA_OIF, u32(3)), dst_len=0, proto=PROTO_BOOT)
-    assert netlink.decode_route(*default) == (3, 254, RouteEntry(
+    assert nlmsg.decode_route(*default) == (3, 254, RouteEntry(
         "0.0.0.0/0", "192.168.1.1", False, 0, 0, PROTO_BOOT, SCOPE_UNIVERSE, RTN_UNICAST))
 
 
 def test_an_address_message_without_an_address_is_none():
-    bare = nlmsg(RTM_NEWADDR, 0, 0, ifa(AF_INET, 24, 7) + nla(IFA_LABEL, b"vxlan0\0"))
-    assert netlink.decode_addr(bare, 16, len(bare)) is None
+    bare = message(RTM_NEWADDR, 0, 0, ifa(AF_INET, 24, 7) + nla(IFA_LABEL, b"vxlan0\0"))
+    assert nlmsg.decode_addr(bare, 16, len(bare)) is None
 
 
 def test_a_refusal_without_text_is_named_by_its_errno():
-    assert netlink.describe_errno(errno.EEXIST) == "File exists"
-    assert netlink.describe_errno(errno.EEXIST, "") == "File exists"
-    assert netlink.describe_errno(errno.EINVAL, "Nexthop has invalid gateway") == \
+    assert nlmsg.describe_errno(errno.EEXIST) == "File exists"
+    assert nlmsg.describe_errno(errno.EEXIST, "") == "File exists"
+    assert nlmsg.describe_errno(errno.EINVAL, "Nexthop has invalid gateway") == \
         "Nexthop has invalid gateway"
 
 
@@ -438,16 +438,16 @@ def test_an_error_reads_its_own_header_wherever_it_sits_in_the_datagram():
     first = err(1300, 0)
     second = err(1301, errno.EINVAL, tlvs=nla(NLMSGERR_ATTR_MSG, b"Invalid prefix\0"))
     data = first + second
-    assert netlink._error(data, len(first) + 16, len(data)) == (22, 1301, "Invalid prefix")
+    assert nlmsg.parse_error(data, len(first) + 16, len(data)) == (22, 1301, "Invalid prefix")
 
 
 def test_extended_ack_text_is_kept_whole_and_bad_utf8_does_not_raise():
     """Only the terminating NUL goes; text the kernel built from a device name (any bytes)
     is shown with a replacement character rather than failing the pass."""
     tail = err(1302, errno.EINVAL, tlvs=nla(NLMSGERR_ATTR_MSG, b"Unknown device type XX\0"))
-    assert netlink._error(tail, 16, len(tail))[2] == "Unknown device type XX"
+    assert nlmsg.parse_error(tail, 16, len(tail))[2] == "Unknown device type XX"
     raw = err(1303, errno.ENODEV, tlvs=nla(NLMSGERR_ATTR_MSG, b"no device vx\xff\0"))
-    assert netlink._error(raw, 16, len(raw))[2] == "no device vx\ufffd"
+    assert nlmsg.parse_error(raw, 16, len(raw))[2] == "no device vx\ufffd"
 
 
 # --- the requests, byte for byte ----------------------------------------------------------------
@@ -457,8 +457,8 @@ def test_a_route_delete_names_its_nexthop_object_and_metric_byte_for_byte():
     metric, each a 4-byte attribute (nla_len 8)."""
     r = RouteEntry("10.9.0.0/16", None, False, 100, 0x10, PROTO_BOOT, SCOPE_UNIVERSE,
                    RTN_UNICAST, nh_id=77)
-    data = netlink.encode(Op("route", "del", r.dst, None, route=r), 7, 60)
-    assert data == nlmsg(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 60,
+    data = nlmsg.encode(Op("route", "del", r.dst, None, route=r), 7, 60)
+    assert data == message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 60,
                          rtm(AF_INET, 16, RT_TABLE_MAIN, PROTO_BOOT, SCOPE_UNIVERSE, RTN_UNICAST,
                              tos=0x10)
                          + nla(RTA_DST, ip4("10.9.0.0")) + nla(RTA_TABLE, u32(RT_TABLE_MAIN))
@@ -472,8 +472,8 @@ def test_a_route_delete_in_a_table_above_255_puts_it_in_rta_table_only(table, rt
     real id in RTA_TABLE (which the kernel prefers)."""
     r = RouteEntry("10.9.0.0/16", "10.244.1.0", False, 0, 0, PROTO_STATIC, SCOPE_UNIVERSE,
                    RTN_UNICAST, table=table)
-    data = netlink.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 61)
-    assert data == nlmsg(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 61,
+    data = nlmsg.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 61)
+    assert data == message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 61,
                          rtm(AF_INET, 16, rtm_table, PROTO_STATIC, SCOPE_UNIVERSE, RTN_UNICAST)
                          + nla(RTA_DST, ip4("10.9.0.0")) + nla(RTA_TABLE, u32(table))
                          + nla(RTA_OIF, u32(7)) + nla(RTA_GATEWAY, ip4("10.244.1.0")))
@@ -481,21 +481,22 @@ def test_a_route_delete_in_a_table_above_255_puts_it_in_rta_table_only(table, rt
 
 def test_an_unknown_kind_or_action_is_refused_by_name():
     with pytest.raises(ValueError, match="bridge"):
-        netlink.encode(Op("bridge", "set", MAC, "192.168.2.142"), 7, 1)
+        nlmsg.encode(Op("bridge", "set", MAC, "192.168.2.142"), 7, 1)
     with pytest.raises(ValueError, match="replace"):
-        netlink.encode(Op("route", "replace", "10.244.1.0/24", "10.244.1.0"), 7, 1)
+        nlmsg.encode(Op("route", "replace", "10.244.1.0/24", "10.244.1.0"), 7, 1)
 
 
 def test_a_route_is_named_with_every_field_iproute2_prints():
-    """print_route's words: type, dst, nhid, via, dev, proto, scope, src, metric, then the
-    nexthop flags (onlink); a number it has no name for is printed as the number. (iproute2
-    prints `tos` right after dst and nhid; vtep puts it behind the metric, which the
-    route-drift messages of tests/test_routes_netns.py expect: only its presence is checked.)"""
+    """print_route's words: type, dst, nhid, tos, via, dev, proto, scope, src, metric, then
+    the nexthop flags (onlink); a number it has no name for is printed as the number. The
+    order is `ip route`'s (iproute2 6.1: "192.0.2.0/24 tos 0x10 via 10.1.1.1 dev d0 proto
+    118 metric 5 onlink", "198.51.100.0/24 nhid 77 tos 0x10 via ...")."""
     r = RouteEntry("192.0.2.0/24", "192.168.1.213", True, 100, 0x10, PROTO_STATIC, 100, 99)
-    text = r.text("eth0")
-    assert text.replace(" tos 0x10", "") == ("99 192.0.2.0/24 via 192.168.1.213 dev eth0 "
-                                             "proto static scope 100 metric 100 onlink")
-    assert " tos 0x10 " in text
+    assert r.text("eth0") == ("99 192.0.2.0/24 tos 0x10 via 192.168.1.213 dev eth0 "
+                              "proto static scope 100 metric 100 onlink")
+    assert RouteEntry("198.51.100.0/24", None, True, 0, 0x10, PROTO_BOOT, SCOPE_UNIVERSE,
+                      RTN_UNICAST, nh_id=77).text() == \
+        "198.51.100.0/24 nhid 77 tos 0x10 proto boot onlink"
     nh = RouteEntry("10.9.0.0/16", None, False, 0, 0, PROTO_BOOT, SCOPE_UNIVERSE, RTN_UNICAST,
                     nh_id=77)
     assert nh.text(hide_proto=PROTO_BOOT) == "10.9.0.0/16 nhid 77"
@@ -601,9 +602,9 @@ def dump_of(*datagrams_of_bodies, typ=RTM_NEWNEIGH, done_len=4):
     error code, or none with done_len=0)."""
     def answer(data):
         ((_t, _f, seq, _b),) = split(data)
-        out = [b"".join(nlmsg(typ, NLM_F_MULTI, seq, b) for b in bodies)
+        out = [b"".join(message(typ, NLM_F_MULTI, seq, b) for b in bodies)
                for bodies in datagrams_of_bodies]
-        end = done(seq) if done_len else nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, b"")
+        end = done(seq) if done_len else message(NLMSG_DONE, NLM_F_MULTI, seq, b"")
         out[-1] += end
         return out
     return answer
@@ -735,7 +736,7 @@ def test_read_is_the_three_tables_of_one_device():
                             remote(MAC_BYTES, "192.168.7.7", 3)])(data)
         return dump_of([neigh("10.244.1.0"), neigh("192.168.1.1", ifindex=3)])(data)
     got = rtnl_on(FakeKernel(answer)).read(7)
-    assert got == netlink.Realised(
+    assert got == nlmsg.Realised(
         {"10.244.1.0": NeighEntry("10.244.1.0", MAC, NUD_PERMANENT)},
         (FdbEntry(MAC, "192.168.2.142", NUD_PERMANENT),),
         {("10.244.1.0/24", 0, 0): ours("10.244.1.0/24", "10.244.1.0")})
@@ -766,12 +767,12 @@ def test_a_dump_skips_what_is_not_its_own_and_ends_at_nlmsg_done():
     and what follows NLMSG_DONE is not read."""
     def answer(data):
         ((_t, _f, seq, _b),) = split(data)
-        return [nlmsg(RTM_NEWNEIGH, NLM_F_MULTI, seq - 1, neigh("10.244.9.9"))
-                + nlmsg(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.1.0"))
+        return [message(RTM_NEWNEIGH, NLM_F_MULTI, seq - 1, neigh("10.244.9.9"))
+                + message(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.1.0"))
                 + err(seq, 0, req_type=RTM_GETNEIGH)
-                + nlmsg(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.2.0"))
-                + nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, b"")
-                + nlmsg(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.3.0"))]
+                + message(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.2.0"))
+                + message(NLMSG_DONE, NLM_F_MULTI, seq, b"")
+                + message(RTM_NEWNEIGH, NLM_F_MULTI, seq, neigh("10.244.3.0"))]
     assert sorted(rtnl_on(FakeKernel(answer)).neighbours(7)) == ["10.244.1.0", "10.244.2.0"]
 
 
@@ -788,7 +789,7 @@ def test_a_dump_ended_with_an_errno_or_refused_without_text_names_the_errno():
     def ended(code):
         def answer(data):
             ((_t, _f, seq, _b),) = split(data)
-            return [nlmsg(RTM_NEWROUTE, NLM_F_MULTI, seq, route("10.244.1.0", "10.244.1.0"))
+            return [message(RTM_NEWROUTE, NLM_F_MULTI, seq, route("10.244.1.0", "10.244.1.0"))
                     + done(seq, code)]
         return answer
     with pytest.raises(netlink.NetlinkRefused) as e:
@@ -810,7 +811,7 @@ def test_a_redone_dump_sends_the_same_request_under_a_new_sequence_number():
         ((typ, flags, seq, body),) = split(data)
         rounds.append((typ, flags, seq, body, len(data)))
         return dump_of([neigh("10.244.1.0")])(data) if len(rounds) > 2 else [
-            nlmsg(RTM_NEWNEIGH, NLM_F_MULTI | NLM_F_DUMP_INTR, seq, neigh("10.244.1.0"))
+            message(RTM_NEWNEIGH, NLM_F_MULTI | NLM_F_DUMP_INTR, seq, neigh("10.244.1.0"))
             + done(seq)]
     assert list(rtnl_on(FakeKernel(answer)).neighbours(7)) == ["10.244.1.0"]
     assert len(rounds) == 3
@@ -877,7 +878,7 @@ def test_acks_are_read_until_each_change_has_its_own():
     s = rt.seq + 1
 
     def answer(data):
-        return [nlmsg(RTM_NEWNEIGH, 0, s, neigh("10.0.0.0")) + err(s, 0) + err(s + 1, 0),
+        return [message(RTM_NEWNEIGH, 0, s, neigh("10.0.0.0")) + err(s, 0) + err(s + 1, 0),
                 err(s, errno.EINVAL) + err(999, errno.EEXIST),
                 err(s + 2, errno.EEXIST)]
     rt.sock = FakeKernel(answer)
@@ -928,19 +929,19 @@ def events_with(*pending):
 
 
 def test_a_link_change_or_deletion_of_a_watched_device_calls_for_a_pass():
-    ev = events_with(nlmsg(RTM_NEWLINK, 0, 0, ifinfo(7)), nlmsg(RTM_DELLINK, 0, 0, ifinfo(7)))
+    ev = events_with(message(RTM_NEWLINK, 0, 0, ifinfo(7)), message(RTM_DELLINK, 0, 0, ifinfo(7)))
     assert ev.drain({7}) == (True, ["link changed", "link deleted"])
-    assert events_with(nlmsg(RTM_NEWLINK, 0, 0, ifinfo(7))).drain({7}) == (True, ["link changed"])
-    assert events_with(nlmsg(RTM_DELLINK, 0, 0, ifinfo(9))).drain({7}) == (False, [])
+    assert events_with(message(RTM_NEWLINK, 0, 0, ifinfo(7))).drain({7}) == (True, ["link changed"])
+    assert events_with(message(RTM_DELLINK, 0, 0, ifinfo(9))).drain({7}) == (False, [])
 
 
 def addr(typ, ip, prefixlen=32, index=7):
-    return nlmsg(typ, 0, 0, ifa(AF_INET, prefixlen, index) + nla(IFA_ADDRESS, ip4(ip))
+    return message(typ, 0, 0, ifa(AF_INET, prefixlen, index) + nla(IFA_ADDRESS, ip4(ip))
                  + nla(IFA_LOCAL, ip4(ip)) + nla(IFA_LABEL, b"vxlan0\0"))
 
 
 def test_address_notifications_name_the_address_and_skip_our_own_echo():
-    planned = netlink.AddrEntry("10.244.0.0", 32)
+    planned = nlmsg.AddrEntry("10.244.0.0", 32)
 
     def echo(e):
         return e == planned
@@ -954,7 +955,7 @@ def test_address_notifications_name_the_address_and_skip_our_own_echo():
         True, ["address 10.244.0.0/32 deleted"])
     assert events_with(addr(RTM_NEWADDR, "10.244.0.0", index=3)).drain({7}) == (False, [])
     # an IPv6 address (the link-local one the kernel adds) on our device: a pass, no reason
-    v6 = nlmsg(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
+    v6 = message(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
                + nla(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fe80::1")))
     assert events_with(v6).drain({7}, echo) == (True, [])
 
@@ -965,14 +966,14 @@ def test_neighbour_and_fdb_notifications_name_the_entry_and_skip_our_own_echo():
 
     def echo(e):
         return e in (planned_nb, planned_fdb)
-    nb = nlmsg(RTM_NEWNEIGH, 0, 0, neigh("10.244.1.0"))
-    fdb = nlmsg(RTM_NEWNEIGH, 0, 0, remote(MAC_BYTES, "192.168.2.142"))
-    stale = nlmsg(RTM_NEWNEIGH, 0, 0, neigh("10.244.1.0", state=NUD_STALE))
+    nb = message(RTM_NEWNEIGH, 0, 0, neigh("10.244.1.0"))
+    fdb = message(RTM_NEWNEIGH, 0, 0, remote(MAC_BYTES, "192.168.2.142"))
+    stale = message(RTM_NEWNEIGH, 0, 0, neigh("10.244.1.0", state=NUD_STALE))
     assert events_with(nb, fdb).drain({7}, echo) == (False, [])
     assert events_with(nb, fdb).drain({7}) == (
         True, ["neigh 10.244.1.0 changed", f"fdb {MAC} dst 192.168.2.142 changed"])
     assert events_with(stale).drain({7}, echo) == (True, ["neigh 10.244.1.0 changed"])
-    gone = nlmsg(RTM_DELNEIGH, 0, 0, neigh("10.244.1.0"))
+    gone = message(RTM_DELNEIGH, 0, 0, neigh("10.244.1.0"))
     assert events_with(gone).drain({7}, echo) == (True, ["neigh 10.244.1.0 deleted"])
 
 
@@ -981,14 +982,14 @@ def test_route_notifications_name_the_route_and_skip_our_own_echo():
 
     def echo(e):
         return e == planned
-    add = nlmsg(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.1.0"))
-    other = nlmsg(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.9.9"))
+    add = message(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.1.0"))
+    other = message(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.9.9"))
     assert events_with(add).drain({7}, echo) == (False, [])
     assert events_with(other).drain({7}, echo) == (True, ["route 10.244.1.0/24 changed"])
     assert events_with(add).drain({7}) == (True, ["route 10.244.1.0/24 changed"])
-    gone = nlmsg(RTM_DELROUTE, 0, 0, route("10.244.1.0", "10.244.1.0"))
+    gone = message(RTM_DELROUTE, 0, 0, route("10.244.1.0", "10.244.1.0"))
     assert events_with(gone).drain({7}, echo) == (True, ["route 10.244.1.0/24 deleted"])
-    elsewhere = nlmsg(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.1.0", table=100))
+    elsewhere = message(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.1.0", table=100))
     assert events_with(elsewhere).drain({7}) == (False, [])
 
 
@@ -996,12 +997,12 @@ def test_lost_notifications_call_for_a_pass_and_reading_goes_on():
     """ENOBUFS: the kernel dropped notifications, so anything may have changed; those still
     queued are read too."""
     enobufs = OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
-    ev = events_with(enobufs, nlmsg(RTM_DELLINK, 0, 0, ifinfo(7)))
+    ev = events_with(enobufs, message(RTM_DELLINK, 0, 0, ifinfo(7)))
     assert ev.drain({7}) == (True, ["lost netlink notifications", "link deleted"])
     assert ev.sock.read == 1
     # lost notifications alone, or beside others that concern nothing of ours
     assert events_with(enobufs).drain({7}) == (True, ["lost netlink notifications"])
-    assert events_with(enobufs, nlmsg(RTM_DELLINK, 0, 0, ifinfo(9))).drain({7}) == (
+    assert events_with(enobufs, message(RTM_DELLINK, 0, 0, ifinfo(9))).drain({7}) == (
         True, ["lost netlink notifications"])
     ebadf = OSError(errno.EBADF, os.strerror(errno.EBADF))
     with pytest.raises(netlink.NetlinkRefused) as e:
@@ -1010,7 +1011,7 @@ def test_lost_notifications_call_for_a_pass_and_reading_goes_on():
 
 
 def test_a_burst_names_its_first_eight_distinct_reasons():
-    burst = [nlmsg(RTM_DELNEIGH, 0, 0, neigh(f"10.244.{i}.0")) for i in range(12)]
+    burst = [message(RTM_DELNEIGH, 0, 0, neigh(f"10.244.{i}.0")) for i in range(12)]
     burst.insert(1, burst[0])
     relevant, reasons = events_with(*burst).drain({7})
     assert relevant and reasons == [f"neigh 10.244.{i}.0 deleted" for i in range(8)]
@@ -1019,7 +1020,7 @@ def test_a_burst_names_its_first_eight_distinct_reasons():
 def test_a_burst_of_notifications_lets_the_data_path_run_every_1000_reads():
     """2,500 notifications (our own pass coming back): idle() twice, each time after
     1,000 reads or fewer, never more than that without it."""
-    burst = [nlmsg(RTM_NEWNEIGH, 0, 0, neigh("10.244.1.0"))] * 2500
+    burst = [message(RTM_NEWNEIGH, 0, 0, neigh("10.244.1.0"))] * 2500
     ev = events_with(*burst)
     calls = []
     ev.idle = lambda: calls.append(ev.sock.read)
@@ -1034,7 +1035,7 @@ def test_an_fdb_set_is_made_as_planned_even_beside_the_realised_remote():
     """Only a delete repeats the realised remote's overrides (to name it); a set carrying one
     still makes the remote the plan wants, with the device's port and VNI."""
     stale = FdbEntry(MAC, "192.168.2.142", NUD_PERMANENT, port=8472, vni=11)
-    data = netlink.encode(Op("fdb", "set", MAC, "192.168.2.142", fdb=stale), 7, 62)
-    assert data == nlmsg(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    data = nlmsg.encode(Op("fdb", "set", MAC, "192.168.2.142", fdb=stale), 7, 62)
+    assert data == message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                          62, ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF)
                          + nla(NDA_LLADDR, MAC_BYTES) + nla(NDA_DST, ip4("192.168.2.142")))

@@ -150,7 +150,7 @@ def test_a_route_that_only_looks_like_ours_is_repaired_on_its_notification(
          "(was nhid 77 onlink)"),
         ("tos", [["ip", "route", "add", PEER_SUBNET, "tos", "0x10", "via", PEER_VTEP, "dev",
                   "vxlan0", "onlink", "proto", PROTO_VTEP]],
-         f"removed route {PEER_SUBNET} via {PEER_VTEP} tos 0x10 from vxlan0"),
+         f"removed route {PEER_SUBNET} tos 0x10 via {PEER_VTEP} from vxlan0"),
     ]
     with seed.topology(netns_prefix + "r5-") as t:
         n1 = t["network-1"]

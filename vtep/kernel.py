@@ -1,7 +1,7 @@
 """The kernel's per-peer entries: desired against realised, as pure data and functions.
 
 diff() turns a node's desired state (vtep.state) and the entries the kernel
-has on its device (netlink.Realised, read by vtep.netlink) into Changes: each
+has on its device (nlmsg.Realised, read by vtep.netlink) into Changes: each
 one log line and the netlink operations that make it so, in the order they
 must reach the kernel. Nothing here touches the host: the reconciler
 (vtep.reconcile) reads, calls diff() and applies; the tests read like
@@ -17,10 +17,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from . import netlink, state
+from . import nlmsg, state
 from . import plan as planlib
 from .errors import HostMismatch, PlanError
-from .netlink import NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, RTPROT_VTEP, Op
+from .nlmsg import NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, RTPROT_VTEP, Op
 
 log = logging.getLogger("vtep")
 
@@ -41,19 +41,19 @@ class Change:
     ops: tuple[Op, ...]
 
 
-def route_as_planned(r: netlink.RouteEntry, via: str) -> bool:
+def route_as_planned(r: nlmsg.RouteEntry, via: str) -> bool:
     """Is this realised route exactly the one we create for a peer (encode_route): the
     plan's gateway, onlink, unicast, scope universe, tagged ours, no nexthop object, tos
     0, metric 0, main table? diff() and the echo filter both ask this: a route the filter
     took for ours while diff() would change it (one through a nexthop object, one that
     lost its onlink flag, one with a tos of its own) would wait for the periodic resync."""
     return (r.gateway == via and r.onlink and r.type == RTN_UNICAST
-            and r.scope == netlink.RT_SCOPE_UNIVERSE and r.proto == RTPROT_VTEP
+            and r.scope == nlmsg.RT_SCOPE_UNIVERSE and r.proto == RTPROT_VTEP
             and not r.nh_id and not r.multipath and r.tos == 0 and r.priority == 0
-            and r.table == netlink.RT_TABLE_MAIN)
+            and r.table == nlmsg.RT_TABLE_MAIN)
 
 
-def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> list[Change]:
+def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[Change]:
     """The changes that turn `have` into `want`, in apply order: stale entries first
     (routes, fdb, neighbours), then per peer its neighbour, fdb entry and route, so
     that a route never precedes the entries that resolve its gateway. With
@@ -143,9 +143,9 @@ def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> lis
             if r.onlink:
                 was += " onlink"
             if r.proto != RTPROT_VTEP:
-                was += f" proto {netlink.PROTO_NAMES.get(r.proto, r.proto)}"
-            if r.scope != netlink.RT_SCOPE_UNIVERSE:
-                was += f" scope {netlink.SCOPE_NAMES.get(r.scope, r.scope)}"
+                was += f" proto {nlmsg.PROTO_NAMES.get(r.proto, r.proto)}"
+            if r.scope != nlmsg.RT_SCOPE_UNIVERSE:
+                was += f" scope {nlmsg.SCOPE_NAMES.get(r.scope, r.scope)}"
             per_peer.append(Change(f"changed route {rt.dst} via {rt.via} onlink on {dev} "
                                    f"(was {was}){tag}",
                                    (Op("route", "del", r.dst, r.gateway, route=r), add_route)))
@@ -155,7 +155,7 @@ def diff(want: state.NodeState, have: netlink.Realised, fdb: bool = True) -> lis
     return removals + per_peer
 
 
-def _route_text(r: netlink.RouteEntry) -> str:
+def _route_text(r: nlmsg.RouteEntry) -> str:
     """A route on our device, as `ip route` shows it without `dev` and `onlink`; its
     protocol named only when it is not ours."""
     return dataclasses.replace(r, onlink=False).text(hide_proto=RTPROT_VTEP)

@@ -1,4 +1,4 @@
-"""Realised per-peer state of the kernel VTEP, read and written in bulk over rtnetlink.
+"""The rtnetlink sockets: realised per-peer state read and written in bulk, and events.
 
 A node at 1,000 peers holds 3,000 entries (neighbour, fdb, route). A resync
 must read them all at least every few seconds and a no-op pass must stay far
@@ -8,12 +8,11 @@ below the 100 ms budget, so this module:
   (NETLINK_GET_STRICT_CHK lets a dump request carry NDA_IFINDEX / RTA_OIF and
   RTA_TABLE filters, kernel >= 4.20);
 - decodes only the few attributes it compares, straight from the bytes
-  (pyroute2's generic decoder costs ~40 us a message, 120 ms for one pass);
-- writes changes batched many to one sendmsg (neighbour and fdb messages
-  encoded by pyroute2's ndmsg; routes packed here, as they carry attributes
-  pyroute2 0.9 cannot encode, RTA_NH_ID), then reads the acknowledgements and
-  maps every error back to the entry it concerns (pyroute2's nlm_request_batch
-  drops that mapping).
+  (vtep.nlmsg, the codec; pyroute2's generic decoder costs ~40 us a message,
+  120 ms for one pass);
+- writes changes batched many to one sendmsg (encoded by vtep.nlmsg), then
+  reads the acknowledgements and maps every error back to the entry it
+  concerns (Rtnl.apply; pyroute2's nlm_request_batch drops that mapping).
 
 Route ownership: every route we write carries our own protocol number,
 RTPROT_VTEP, as routing daemons tag theirs (bird 12, zebra 11, ...), and is
@@ -33,67 +32,24 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
 
-from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-                              NLM_F_REPLACE, NLM_F_REQUEST)
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from .errors import VtepError
+from .nlmsg import (AF_BRIDGE, NDMSG, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE,
+                    RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH,
+                    RTM_NEWROUTE, RT_TABLE_MAIN, Realised, U32, decode_addr, decode_neigh,
+                    decode_route, describe_errno, encode, messages, parse_error)
 
-# <linux/netlink.h>, <linux/rtnetlink.h>, <linux/neighbour.h>
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_MULTI, NLM_F_DUMP_INTR = 0x2, 0x10
-NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
-NLMSGERR_ATTR_MSG = 1
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
-NDA_DST, NDA_LLADDR, NDA_PORT, NDA_VNI, NDA_IFINDEX, NDA_SRC_VNI = 1, 2, 6, 7, 8, 11
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC = 1, 4, 5, 6, 7
-RTA_MULTIPATH, RTA_TABLE, RTA_NH_ID = 9, 15, 30
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-RTNH_F_ONLINK = 0x4
-RT_TABLE_MAIN = 254
-RTPROT_KERNEL, RTPROT_BOOT = 2, 3   # RTPROT_BOOT: what `ip route add` uses by default
-# Our routes' protocol number. The kernel stores values above RTPROT_STATIC (4) without
-# interpreting them, for routing daemons to tell their routes apart. 118 (0x76, "v") is in
-# neither <linux/rtnetlink.h>'s RTPROT_* list (0-4, 8-18, 42, 99, 186-189, 192) nor
-# iproute2's /etc/iproute2/rt_protos, nor among the numbers other overlays use (Calico 80,
-# FRR's rt_protos.d 186-198); `ip route show proto 118` lists exactly vtep's routes.
-RTPROT_VTEP = 118
-RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
-# names as iproute2 prints them (its rt_protos, rt_scopes and route types)
-PROTO_NAMES = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
-               9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp",
-               15: "ntk", 16: "dhcp", 17: "mrouted", 18: "keepalived", 42: "babel",
-               99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
-SCOPE_NAMES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
-TYPE_NAMES = {0: "unspec", 1: "unicast", 2: "local", 3: "broadcast", 4: "anycast",
-              5: "multicast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw",
-              10: "nat", 11: "xresolve"}
-AF_BRIDGE = 7
-
-_HDR = struct.Struct("=IHHII")      # nlmsghdr
-_NLA = struct.Struct("=HH")         # nlattr
-_NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table proto scope type flags
-_U32 = struct.Struct("=I")
-_RTA_U32 = struct.Struct("=HHI")     # an nlattr holding a u32
-_RTA_IP4 = struct.Struct("=HH4s")    # an nlattr holding an IPv4 address
-_BE16 = struct.Struct("!H")
 IDLE_EVERY = 1000    # decoded entries between two idle() calls
 BATCH = 200          # messages per sendmsg: their acks must fit the receive buffer
 RCVBUF = 8 << 20
@@ -103,218 +59,6 @@ class NetlinkRefused(VtepError):
     """The kernel refused a change; the message names the entry and the reason."""
 
     exit_code = 1
-
-
-def _ntop(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
-
-
-def _attrs(buf, off: int, end: int):
-    """Yield (type, start, stop) of each attribute in buf[off:end]."""
-    while off + 4 <= end:
-        ln, typ = _NLA.unpack_from(buf, off)
-        if ln < 4:
-            return
-        yield typ & 0x3FFF, off + 4, off + ln
-        off += (ln + 3) & ~3
-
-
-# -- realised entries (only the fields we compare) ---------------------------------------
-
-@dataclass(frozen=True)
-class NeighEntry:
-    ip: str
-    mac: str | None
-    state: int
-
-
-@dataclass(frozen=True)
-class FdbEntry:
-    mac: str
-    dst: str
-    state: int
-    # per-remote overrides (port, vni, ifindex, src vni): the kernel reports them only
-    # when they differ from the device's defaults, and a delete must repeat them
-    port: int | None = None
-    vni: int | None = None
-    rifindex: int | None = None
-    src_vni: int | None = None
-
-    @property
-    def overridden(self) -> bool:
-        return any(v is not None for v in (self.port, self.vni, self.rifindex, self.src_vni))
-
-
-@dataclass(frozen=True)
-class RouteEntry:
-    """A realised IPv4 route: what we compare, and everything RTM_DELROUTE matches on
-    (fib_table_delete: tos, priority, type, scope, protocol, then oif/gateway or the
-    nexthop id), so that a delete names exactly the route the dump returned."""
-    dst: str            # CIDR
-    gateway: str | None
-    onlink: bool
-    priority: int
-    tos: int
-    proto: int
-    scope: int
-    type: int
-    table: int = RT_TABLE_MAIN
-    nh_id: int | None = None      # a route through a nexthop object (`ip route add .. nhid N`)
-    prefsrc: str | None = None    # only to name a route (a connected route's `src`)
-    multipath: bool = False       # RTA_MULTIPATH: no single oif
-
-    def text(self, dev: str | None = None, hide_proto: int | None = None) -> str:
-        """The route as `ip route show` prints it (its protocol named unless it is
-        `hide_proto`, even boot, which iproute2 leaves out)."""
-        parts = [] if self.type == RTN_UNICAST else [TYPE_NAMES.get(self.type, str(self.type))]
-        parts.append(self.dst)
-        if self.nh_id:
-            parts.append(f"nhid {self.nh_id}")
-        if self.gateway:
-            parts.append(f"via {self.gateway}")
-        if dev:
-            parts.append(f"dev {dev}")
-        if self.multipath:
-            parts.append("multipath")
-        if self.proto != hide_proto:
-            parts.append(f"proto {PROTO_NAMES.get(self.proto, self.proto)}")
-        if self.scope != RT_SCOPE_UNIVERSE:
-            parts.append(f"scope {SCOPE_NAMES.get(self.scope, self.scope)}")
-        if self.prefsrc:
-            parts.append(f"src {self.prefsrc}")
-        if self.priority:
-            parts.append(f"metric {self.priority}")
-        if self.tos:
-            parts.append(f"tos 0x{self.tos:02x}")
-        if self.onlink:
-            parts.append("onlink")
-        return " ".join(parts)
-
-
-@dataclass(frozen=True)
-class Realised:
-    neighbours: dict          # ip -> NeighEntry (IPv4 only: the overlay is IPv4)
-    fdb: tuple                # FdbEntry, remotes only (entries with NDA_DST)
-    routes: dict              # (dst, tos, priority) -> RouteEntry, main table; a second
-                              # route with the same key (`ip route append`) under
-                              # (dst, tos, priority, n): never in the plan
-
-
-@dataclass(frozen=True)
-class Op:
-    """One netlink change. kind: neigh|fdb|route; action: set | del. A neighbour or fdb
-    set creates or replaces (those tables are per device: only ours is touched); a route
-    set only creates (NLM_F_EXCL: see the module docstring)."""
-    kind: str
-    action: str
-    key: str                  # neigh: ip; fdb: mac; route: dst CIDR
-    value: str | None = None  # neigh: mac; fdb: underlay dst; route: gateway
-    fdb: FdbEntry | None = None  # fdb del: the realised remote, overrides included
-    route: RouteEntry | None = None  # route del: the realised route, as the dump gave it
-
-
-def decode_neigh(buf, off, end, ifindex=None):
-    """(family, NeighEntry|FdbEntry|None) from one RTM_*NEIGH message payload."""
-    family, idx, state, flags, _ = _NDMSG.unpack_from(buf, off)
-    if ifindex is not None and idx != ifindex:
-        return family, None
-    dst = mac = port = vni = rif = svni = None
-    for typ, a, b in _attrs(buf, off + _NDMSG.size, end):
-        if typ == NDA_DST:
-            dst = _ntop(bytes(buf[a:b]))
-        elif typ == NDA_LLADDR:
-            mac = bytes(buf[a:b]).hex(":")
-        elif typ == NDA_PORT:
-            port = _BE16.unpack_from(buf, a)[0]
-        elif typ == NDA_VNI:
-            vni = _U32.unpack_from(buf, a)[0]
-        elif typ == NDA_IFINDEX:
-            rif = _U32.unpack_from(buf, a)[0]
-        elif typ == NDA_SRC_VNI:
-            svni = _U32.unpack_from(buf, a)[0]
-    if family == AF_BRIDGE:
-        if dst is None or mac is None:   # the device's own address lists, not remotes
-            return family, None
-        return family, FdbEntry(mac, dst, state, port, vni, rif, svni)
-    if family == socket.AF_INET and dst is not None:
-        return family, NeighEntry(dst, mac, state)
-    return family, None
-
-
-@dataclass(frozen=True)
-class AddrEntry:
-    ip: str
-    prefixlen: int
-
-
-def decode_addr(buf, off, end) -> AddrEntry | None:
-    """The IPv4 address of one RTM_*ADDR message payload (ifaddrmsg + IFA_LOCAL)."""
-    family, plen = buf[off], buf[off + 1]
-    if family != socket.AF_INET:
-        return None
-    ip = None
-    for typ, a, b in _attrs(buf, off + 8, end):
-        if typ in (IFA_ADDRESS, IFA_LOCAL) and (ip is None or typ == IFA_LOCAL):
-            ip = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
-    return AddrEntry(ip, plen) if ip else None
-
-
-def decode_route(buf, off, end):
-    """(oif, table, RouteEntry|None) from one RTM_*ROUTE message payload (IPv4)."""
-    family, dlen, _, tos, table, proto, scope, typ_, flags = _RTMSG.unpack_from(buf, off)
-    if family != socket.AF_INET:
-        return None, None, None
-    dst, gw, oif, prio, nh, src, mp = "0.0.0.0", None, None, 0, None, None, False
-    for typ, a, b in _attrs(buf, off + _RTMSG.size, end):
-        if typ == RTA_DST:
-            dst = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
-        elif typ == RTA_GATEWAY:
-            gw = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
-        elif typ == RTA_OIF:
-            oif = _U32.unpack_from(buf, a)[0]
-        elif typ == RTA_PRIORITY:
-            prio = _U32.unpack_from(buf, a)[0]
-        elif typ == RTA_TABLE:
-            table = _U32.unpack_from(buf, a)[0]
-        elif typ == RTA_PREFSRC:
-            src = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
-        elif typ == RTA_NH_ID:
-            nh = _U32.unpack_from(buf, a)[0]
-        elif typ == RTA_MULTIPATH:
-            mp = True
-    return oif, table, RouteEntry(f"{dst}/{dlen}", gw, bool(flags & RTNH_F_ONLINK), prio, tos,
-                                  proto, scope, typ_, table, nh, src, mp)
-
-
-def _messages(buf, n):
-    """Yield (type, flags, seq, payload_off, end) for each netlink message in buf[:n]."""
-    off = 0
-    while off + 16 <= n:
-        ln, typ, flags, seq, _ = _HDR.unpack_from(buf, off)
-        if ln < 16:
-            return
-        yield typ, flags, seq, off + 16, off + ln
-        off += (ln + 3) & ~3
-
-
-def _error(buf, a, end):
-    """(errno, seq of the request, extended-ack text) from an NLMSG_ERROR payload."""
-    code = -struct.unpack_from("=i", buf, a)[0]
-    req_len, _, _, seq, _ = _HDR.unpack_from(buf, a + 4)
-    text = ""
-    hdr_flags = _HDR.unpack_from(buf, a - 16)[2]
-    if hdr_flags & NLM_F_ACK_TLVS:
-        # the TLVs follow the echoed request (netlink_ack): only its header when the
-        # kernel says NLM_F_CAPPED (NETLINK_CAP_ACK, or a success), else all of it
-        tlvs = a + 4 + (16 if hdr_flags & NLM_F_CAPPED else (req_len + 3) & ~3)
-        for typ, x, y in _attrs(buf, tlvs, end):
-            if typ == NLMSGERR_ATTR_MSG:
-                text = bytes(buf[x:y]).rstrip(b"\0").decode(errors="replace")
-    return code, seq, text
-
-
-def describe_errno(code: int, text: str = "") -> str:
-    return text or os.strerror(code)
 
 
 class Rtnl:
@@ -359,7 +103,7 @@ class Rtnl:
         request = bytearray(msg.data[:msg["header"]["length"]])
         for _attempt in range(5):
             seq = self._next_seq()
-            _U32.pack_into(request, 8, seq)   # nlmsghdr.nlmsg_seq
+            U32.pack_into(request, 8, seq)   # nlmsghdr.nlmsg_seq
             self.sock.send(request)
             out, interrupted = [], False
             while True:
@@ -368,7 +112,7 @@ class Rtnl:
                     self.idle()
                 chunk = bytes(self.buf[:n])
                 done = False
-                for typ, flags, rseq, a, end in _messages(chunk, n):
+                for typ, flags, rseq, a, end in messages(chunk, n):
                     if rseq != seq:
                         continue   # a late ack of an earlier request: not ours
                     if flags & NLM_F_DUMP_INTR:
@@ -380,7 +124,7 @@ class Rtnl:
                         done = True
                         break
                     if typ == NLMSG_ERROR:
-                        code, _, text = _error(chunk, a, end)
+                        code, _, text = parse_error(chunk, a, end)
                         if code:
                             raise NetlinkRefused(f"dumping {what}: {describe_errno(code, text)}")
                         continue
@@ -506,10 +250,10 @@ class Rtnl:
                         raise NetlinkRefused("netlink acknowledgements overflowed the socket "
                                              "buffer; the next pass re-reads the state")
                     raise NetlinkRefused(f"reading acknowledgements: {e.strerror or e}")
-                for typ, _f, _seq, a, end in _messages(self.buf, n):
+                for typ, _f, _seq, a, end in messages(self.buf, n):
                     if typ != NLMSG_ERROR:
                         continue
-                    code, seq, text = _error(self.buf, a, end)
+                    code, seq, text = parse_error(self.buf, a, end)
                     if seq in pending:
                         pending.discard(seq)
                         if code:
@@ -517,83 +261,6 @@ class Rtnl:
             if self.idle is not None:
                 self.idle()
         return failures
-
-
-def encode(op: Op, ifindex: int, seq: int) -> bytes:
-    """One request as bytes: neighbour and fdb entries encoded by pyroute2's ndmsg,
-    routes by encode_route()."""
-    if op.kind == "route":
-        return encode_route(op, ifindex, seq)
-    m = ndmsg()
-    if op.kind == "neigh":
-        m["family"] = socket.AF_INET
-        m["ifindex"] = ifindex
-        if op.action == "set":
-            m["state"] = NUD_PERMANENT
-            m["attrs"] = [("NDA_DST", op.key), ("NDA_LLADDR", op.value)]
-        else:
-            m["attrs"] = [("NDA_DST", op.key)]
-    elif op.kind == "fdb":
-        m["family"] = AF_BRIDGE
-        m["ifindex"] = ifindex
-        m["flags"] = NTF_SELF     # the vxlan device's own fdb, not a bridge master's
-        m["state"] = NUD_PERMANENT
-        attrs = [("NDA_LLADDR", op.key), ("NDA_DST", op.value)]
-        e = op.fdb
-        if op.action == "del" and e is not None:   # name the exact remote to remove
-            attrs += [(n, v) for n, v in (("NDA_PORT", e.port), ("NDA_VNI", e.vni),
-                                          ("NDA_IFINDEX", e.rifindex),
-                                          ("NDA_SRC_VNI", e.src_vni)) if v is not None]
-        m["attrs"] = attrs
-    else:
-        raise ValueError(op.kind)
-    flags = NLM_F_REQUEST | NLM_F_ACK
-    if op.action == "set":
-        # neighbour and fdb entries are keyed by device: replacing touches only ours
-        flags |= NLM_F_CREATE | NLM_F_REPLACE
-    m["header"]["type"] = RTM_NEWNEIGH if op.action == "set" else RTM_DELNEIGH
-    m["header"]["flags"] = flags
-    m["header"]["sequence_number"] = seq
-    m.encode()
-    return m.data
-
-
-def encode_route(op: Op, ifindex: int, seq: int) -> bytes:
-    """RTM_NEWROUTE (create only, tagged RTPROT_VTEP) or RTM_DELROUTE (naming the realised
-    route: its table, tos, type, scope, protocol, metric and nexthop, which is what
-    fib_table_delete matches on; a delete sent with scope universe misses a scope-link
-    route and the kernel answers ESRCH), packed by hand."""
-    net, plen = op.key.split("/")
-    attrs = bytearray(_RTA_IP4.pack(8, RTA_DST, socket.inet_aton(net)))
-    if op.action == "set":
-        mtype = RTM_NEWROUTE
-        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-        # the gateway is on the tunnel, not on a subnet of ours: onlink
-        head = _RTMSG.pack(socket.AF_INET, int(plen), 0, 0, RT_TABLE_MAIN, RTPROT_VTEP,
-                           RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK)
-        attrs += _RTA_U32.pack(8, RTA_OIF, ifindex)
-        attrs += _RTA_IP4.pack(8, RTA_GATEWAY, socket.inet_aton(op.value))
-    elif op.action == "del":
-        mtype, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
-        r = op.route
-        if r is None:   # no dump to repeat: any scope, protocol and type on our device
-            r = RouteEntry(op.key, op.value, False, 0, 0, 0, RT_SCOPE_NOWHERE, 0)
-        table = r.table if r.table < 256 else 0   # rtm_table is 8 bits; RTA_TABLE has it all
-        head = _RTMSG.pack(socket.AF_INET, int(plen), 0, r.tos, table, r.proto, r.scope,
-                           r.type, 0)
-        attrs += _RTA_U32.pack(8, RTA_TABLE, r.table)
-        if r.nh_id:   # the kernel refuses a nexthop id together with an oif or a gateway
-            attrs += _RTA_U32.pack(8, RTA_NH_ID, r.nh_id)
-        else:
-            attrs += _RTA_U32.pack(8, RTA_OIF, ifindex)
-            if r.gateway:
-                attrs += _RTA_IP4.pack(8, RTA_GATEWAY, socket.inet_aton(r.gateway))
-        if r.priority:
-            attrs += _RTA_U32.pack(8, RTA_PRIORITY, r.priority)
-    else:
-        raise ValueError(op.action)
-    size = _HDR.size + len(head) + len(attrs)
-    return _HDR.pack(size, mtype, flags, seq, 0) + head + attrs
 
 
 class Events:
@@ -643,7 +310,7 @@ class Events:
                     reasons.append("lost netlink notifications")
                     continue
                 raise NetlinkRefused(f"reading netlink notifications: {e.strerror or e}")
-            for typ, _f, _s, a, end in _messages(self.buf, n):
+            for typ, _f, _s, a, end in messages(self.buf, n):
                 hit, why = _event(self.buf, typ, a, end, watched, echo, neigh_watched)
                 relevant |= hit
                 if why and why not in reasons and len(reasons) < 8:
@@ -658,10 +325,10 @@ def _event(buf, typ, a, end, watched, echo, neigh_watched=None):
     entries count only on the devices in `neigh_watched` (default `watched`): the
     underlay's ARP entries go stale and fresh all the time, and none of them is ours."""
     if typ in (RTM_NEWLINK, RTM_DELLINK):
-        if _U32.unpack_from(buf, a + 4)[0] in watched:   # ifinfomsg: index at offset 4
+        if U32.unpack_from(buf, a + 4)[0] in watched:   # ifinfomsg: index at offset 4
             return True, _EVENT_NAMES[typ]
     elif typ in (RTM_NEWADDR, RTM_DELADDR):
-        if _U32.unpack_from(buf, a + 4)[0] in watched:   # ifaddrmsg: index at offset 4
+        if U32.unpack_from(buf, a + 4)[0] in watched:   # ifaddrmsg: index at offset 4
             e = decode_addr(buf, a, end)
             if e is None:
                 return True, None   # IPv6 link-local and the like: not ours to manage
@@ -671,7 +338,7 @@ def _event(buf, typ, a, end, watched, echo, neigh_watched=None):
             return True, f"address {e.ip}/{e.prefixlen} {what}"
     elif typ in (RTM_NEWNEIGH, RTM_DELNEIGH):
         family, e = decode_neigh(buf, a, end)
-        idx = _NDMSG.unpack_from(buf, a)[1]
+        idx = NDMSG.unpack_from(buf, a)[1]
         if idx in (watched if neigh_watched is None else neigh_watched) and e is not None:
             deleted = typ == RTM_DELNEIGH
             if not deleted and echo is not None and echo(e):

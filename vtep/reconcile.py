@@ -26,11 +26,11 @@ import errno
 import logging
 from typing import Protocol, runtime_checkable
 
-from . import host, kernel, netlink, state
+from . import host, kernel, netlink, nlmsg, state
 from .config import RunConfig
 from .errors import VtepError
 from .links import Links
-from .netlink import NUD_PERMANENT
+from .nlmsg import NUD_PERMANENT
 
 log = logging.getLogger("vtep")
 
@@ -103,14 +103,14 @@ class Reconciler:
         neigh = {(p.neighbour.ip, p.neighbour.mac) for p in self.want.peers}
         fdb = {(p.fdb.mac, p.fdb.dst) for p in self.want.peers}
         routes = {p.route.dst: p.route.via for p in self.want.peers}
-        addr = netlink.AddrEntry(self.want.device.address, 32)
+        addr = nlmsg.AddrEntry(self.want.device.address, 32)
 
         def planned(e) -> bool:
-            if isinstance(e, netlink.AddrEntry):
+            if isinstance(e, nlmsg.AddrEntry):
                 return e == addr
-            if isinstance(e, netlink.NeighEntry):
+            if isinstance(e, nlmsg.NeighEntry):
                 return bool(e.state & NUD_PERMANENT) and (e.ip, e.mac) in neigh
-            if isinstance(e, netlink.FdbEntry):
+            if isinstance(e, nlmsg.FdbEntry):
                 return bool(e.state & NUD_PERMANENT) and not e.overridden and (e.mac, e.dst) in fdb
             via = routes.get(e.dst)
             return via is not None and kernel.route_as_planned(e, via)
@@ -169,7 +169,7 @@ class Reconciler:
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise netlink.NetlinkRefused(f"the kernel refused to {kernel.describe(op)} on "
                                          f"{want.device.name}: "
-                                         f"{netlink.describe_errno(code, text)}{more}")
+                                         f"{nlmsg.describe_errno(code, text)}{more}")
         return self.links.notes
 
     def _route_conflicts(self, failed: list, idx: int, want: state.NodeState):

@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass
 
 from . import owner
-from .netlink import RTPROT_VTEP
+from .nlmsg import RTPROT_VTEP
 from .plan import Node, Plan
 
 DEFAULT_DEVICE = "vxlan0"
