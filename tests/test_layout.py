@@ -1,7 +1,12 @@
-"""The repository layout must never shadow the standard library's `inspect`."""
+"""The repository layout: it never shadows the standard library's `inspect`, the hot
+loops take their numbers from vtep.wire and vtep.inet, and the README's commands are
+the ones CI runs."""
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,11 +24,39 @@ def test_import_inspect_from_repo_root_is_stdlib():
     assert not out[0].startswith(str(ROOT)), out[0]
 
 
+# The two hot loops and the decoder's slow paths: the VXLAN numbers they test come from
+# vtep.wire, the IP ones from vtep.inet, never as literals of their own.
+HOT_LOOPS = [ROOT / "vtep" / "datapath.py"] + [
+    ROOT / "inspect" / "vxinspect" / f"{m}.py"
+    for m in ("decode", "inner", "outer", "ipv6ext", "linktypes", "fragments", "plancheck")]
+# VXLAN ports, header words and masks (RFC 7348 section 5): the I flag's word, its
+# reserved bits, the I flag in a 64-bit header word; ethertypes; IPv4 fragment bits
+FORBIDDEN = re.compile(r"\b(4789|8472|0x0*8000000(0{8})?|0xf7ffffff|0x0*800|0x86dd|0x0*806"
+                       r"|0x3fff|0x1fff|0x2000|0x4000)\b", re.IGNORECASE)
+
+
 def test_vxinspect_uses_the_shared_wire_module():
     # The wire format is written once, in vtep.wire; the inspector imports it.
     src = (ROOT / "inspect" / "vxinspect" / "decode.py").read_text()
-    assert "from vtep import wire" in src
-    assert "4789" not in src and "8472" not in src
+    assert "from vtep import inet, wire" in src
+
+
+@pytest.mark.parametrize("path", HOT_LOOPS, ids=lambda p: p.name)
+def test_hot_loops_take_their_numbers_from_wire_and_inet(path):
+    found = [(n, m.group()) for n, line in enumerate(path.read_text().splitlines(), 1)
+             for m in FORBIDDEN.finditer(line)]
+    assert not found, f"{path.name}: literals that vtep.wire / vtep.inet name: {found}"
+
+
+def test_the_forbidden_literals_are_caught():
+    # the pattern itself, on the literals the hot loops used to carry
+    for text in ("w0 != 0x08000000", "0x08000000 << 32", "w0 & 0xF7FFFFFF", "et == 0x0800",
+                 "et == 0x86DD", "ETH_ARP = 0x0806", "frag & 0x3FFF", "frag & 0x1FFF",
+                 "frag & 0x2000", "not frag & 0x4000", "dport=4789", "port == 8472",
+                 "0x0800000000000000"):
+        assert FORBIDDEN.search(text), text
+    for text in ("wire.FLAGS_WORD_I", "0x08", "0xFF", "0x45", "14789", "0x80000"):
+        assert not FORBIDDEN.search(text), text
 
 
 def _readme_commands():

@@ -10,17 +10,19 @@ Header layout (RFC 7348 section 5), 8 bytes:
 import collections
 import os
 import random
+import socket
 import struct
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.data import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
+from scapy.layers.inet import ICMP, IP, TCP, UDP, icmpcodes, icmptypes
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, icmp6types
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 import craft as C
 
-from vtep import checksum, datapath, wire
+from vtep import checksum, datapath, inet, wire
 from vxinspect import Options
 from vxinspect.decode import make_decoder
 from vxinspect.report import Tally
@@ -44,12 +46,78 @@ def test_constants():
     assert (wire.VXLAN_PORT, wire.VXLAN_PORT_LINUX_LEGACY) == (4789, 8472)  # IANA; Linux's old default
     assert wire.VXLAN_PORTS == {4789, 8472}
     assert (wire.HEADER_LEN, wire.FLAG_I, wire.VNI_MIN, wire.VNI_MAX) == (8, 0x08, 1, 2**24 - 1)
-    assert (wire.ETH_HLEN, wire.IPV4_HLEN, wire.IPV6_HLEN, wire.UDP_HLEN) == (14, 20, 40, 8)
+    assert wire.ETH_HLEN == 14
     assert wire.HEADER.size == 8 and wire.HEADER.format in ("!II", ">II")
     # the data path's layout: UDP + VXLAN before the frame; a datagram needs a whole
     # VXLAN header and an inner Ethernet header
     assert (datapath.HEADROOM, datapath.MIN_DATAGRAM) == (16, 22)
     assert datapath.VXLAN_WORD.size == 8
+
+
+def test_header_words_are_scapys():
+    # the first word of a clean header, and the bits of each word that RFC 7348 section 5
+    # reserves, as scapy's VXLAN layer lays its fields out
+    first, second = struct.unpack("!II", bytes(VXLAN(flags=0x08, vni=0)))
+    assert (first, second) == (wire.FLAGS_WORD_I, 0) == (0x08000000, 0)
+    for bit in range(32):
+        ref = VXLAN(struct.pack("!II", 1 << bit, 0))
+        # scapy names the flag bits, then reads the rest as reserved1 (None in the GBP
+        # layout its G flag selects, which is then a reserved flag bit anyway)
+        reserved = int(ref.flags) not in (0, 0x08) or bool(ref.reserved1)
+        assert bool((1 << bit) & wire.FLAGS_WORD_RESERVED) == reserved, bit
+        assert bool((1 << bit) & wire.FLAGS_WORD_I) == (ref.flags == 0x08), bit
+    _, second = struct.unpack("!II", bytes(VXLAN(flags=0x08, vni=0, reserved2=0xFF)))
+    assert second == wire.VNI_WORD_RESERVED
+
+
+def test_inet_numbers_match_independent_references():
+    # EtherTypes, ICMP types and codes, header lengths and IPv4/IPv6 fragment bits as
+    # scapy writes them; protocol numbers as Python's socket module (the C library) has them
+    assert (inet.ETH_P_IP, inet.ETH_P_ARP, inet.ETH_P_IPV6) == (ETH_P_IP, ETH_P_ARP, ETH_P_IPV6)
+    assert icmptypes[inet.ICMP_ECHOREPLY] == "echo-reply"
+    assert icmptypes[inet.ICMP_ECHO] == "echo-request"
+    assert icmptypes[inet.ICMP_UNREACH] == "dest-unreach"
+    assert icmpcodes[inet.ICMP_UNREACH][inet.ICMP_FRAG_NEEDED] == "fragmentation-needed"
+    assert icmp6types[inet.ICMP6_UNREACH] == "Destination unreachable"
+    assert icmp6types[inet.ICMP6_TOO_BIG] == "Packet too big"
+    assert icmp6types[inet.ICMP6_ECHO] == "Echo Request"
+    assert icmp6types[inet.ICMP6_ECHOREPLY] == "Echo Reply"
+    for name in ("HOPOPTS", "ICMP", "IGMP", "TCP", "UDP", "ROUTING", "FRAGMENT", "ICMPV6",
+                 "DSTOPTS", "SCTP"):
+        assert getattr(inet, "IPPROTO_" + name) == getattr(socket, "IPPROTO_" + name), name
+    assert inet.IPV6_CHECKSUM == socket.IPV6_CHECKSUM
+    assert (inet.IPV4_HLEN, inet.IPV6_HLEN, inet.UDP_HLEN, inet.TCP_HLEN, inet.ICMP_HLEN) == \
+        (len(IP()), len(IPv6()), len(UDP()), len(TCP()), len(ICMP()))
+    word = lambda ip: struct.unpack_from("!H", bytes(ip), 6)[0]  # noqa: E731
+    assert (inet.IP_DF, inet.IP_MF) == (word(IP(flags="DF")), word(IP(flags="MF")))
+    assert inet.IP_OFFMASK == word(IP(frag=2**13 - 1))
+    frag = lambda **kw: struct.unpack_from("!H", bytes(IPv6ExtHdrFragment(**kw)), 2)[0]  # noqa
+    assert (inet.IP6F_OFF_MASK, inet.IP6F_MORE_FRAG) == (frag(offset=2**13 - 1), frag(m=1))
+    # RFC 791 3.1 / RFC 1122 3.3.3, RFC 8200 section 5; a 16-bit total length
+    assert (inet.MIN_MTU, inet.IPV6_MIN_MTU, inet.IP_MAXPACKET) == (576, 1280, 2**16 - 1)
+
+
+def test_inet_socket_options_are_the_kernels():
+    # Python does not name these: the kernel does, by what it answers. A connected UDP
+    # socket to loopback reads the route's MTU (IPv4 caps it at IP_MAX_MTU, 65535:
+    # ipv4_mtu() in the kernel); the PMTUDISC modes read back as set.
+    lo = int(open("/sys/class/net/lo/mtu").read())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("127.0.0.1", 9))  # UDP: nothing is sent
+        assert s.getsockopt(socket.IPPROTO_IP, inet.IP_MTU) == min(lo, 65535)
+        for mode in (inet.IP_PMTUDISC_DO, inet.IP_PMTUDISC_PROBE):
+            s.setsockopt(socket.IPPROTO_IP, inet.IP_MTU_DISCOVER, mode)
+            assert s.getsockopt(socket.IPPROTO_IP, inet.IP_MTU_DISCOVER) == mode
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.connect(("::1", 9))
+        assert s.getsockopt(socket.IPPROTO_IPV6, inet.IPV6_MTU) == lo
+        for mode in (inet.IPV6_PMTUDISC_DO, inet.IPV6_PMTUDISC_PROBE):
+            s.setsockopt(socket.IPPROTO_IPV6, inet.IPV6_MTU_DISCOVER, mode)
+            assert s.getsockopt(socket.IPPROTO_IPV6, inet.IPV6_MTU_DISCOVER) == mode
+    # and the values <linux/in.h> / <linux/in6.h> give them: a mode that reads back
+    # proves the option takes modes, not which mode is which
+    assert (inet.IP_PMTUDISC_DO, inet.IP_PMTUDISC_PROBE) == (2, 3)
+    assert (inet.IPV6_PMTUDISC_DO, inet.IPV6_PMTUDISC_PROBE) == (2, 3)
 
 
 def test_overheads_match_a_real_encapsulation():

@@ -22,6 +22,7 @@ import sys
 
 from . import __version__
 from .errors import UsageError, VtepError
+from .inet import IP_MAXPACKET, MIN_MTU
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70  # EX_SOFTWARE
@@ -39,8 +40,8 @@ def _mtu_arg(text: str):
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--mtu takes `auto` or a number, not {text!r}")
-    if not 576 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"--mtu {v} is outside 576..65535")
+    if not MIN_MTU <= v <= IP_MAXPACKET:
+        raise argparse.ArgumentTypeError(f"--mtu {v} is outside {MIN_MTU}..{IP_MAXPACKET}")
     return v
 
 

@@ -23,15 +23,18 @@ import errno
 import struct
 import zlib
 
-from . import icmp, wire
+from . import icmp, inet, wire
 from .errors import DeviceLost
 
 # Source ports as the kernel picks them (udp_flow_src_port over the default
 # ip_local_port_range 32768-60999).
 SPORT_BASE = 32768
 SPORT_SPAN = 60999 - 32768 + 1
-UDP_HLEN = wire.UDP_HLEN
+UDP_HLEN = inet.UDP_HLEN
 HEADROOM = UDP_HLEN + wire.HEADER_LEN  # 16: UDP + VXLAN before the frame
+# the L4 protocols whose ports join the flow hash
+FLOW_PROTOS = (inet.IPPROTO_TCP, inet.IPPROTO_UDP, inet.IPPROTO_SCTP)
+FRAGMENT_BITS = inet.IP_MF | inet.IP_OFFMASK  # set in every IPv4 fragment, first or later
 MAX_FRAME = 65535
 
 TX_DROPS = ("unknown-unicast", "too-big", "send-error", "runt")
@@ -72,19 +75,19 @@ def flow_port(frame, off: int, n: int) -> int:
     section 5), so underlay ECMP and RSS can tell them apart.
     """
     et = frame[off + 12] << 8 | frame[off + 13] if n >= 14 else 0
-    if et == 0x0800 and n >= 34:
+    if et == inet.ETH_P_IP and n >= 34:
         ihl = (frame[off + 14] & 15) << 2
         a = off + 26
         b = off + 34
         # ports only in an unfragmented packet: a later fragment carries payload
         # there, and all fragments of one datagram must take one path
-        unfragmented = not (frame[off + 20] << 8 | frame[off + 21]) & 0x3FFF
-        if frame[off + 23] in (6, 17, 132) and n >= 14 + ihl + 4 and ihl == 20 and unfragmented:
+        unfragmented = not (frame[off + 20] << 8 | frame[off + 21]) & FRAGMENT_BITS
+        if frame[off + 23] in FLOW_PROTOS and n >= 14 + ihl + 4 and ihl == 20 and unfragmented:
             b += 4
-    elif et == 0x86DD and n >= 54:
+    elif et == inet.ETH_P_IPV6 and n >= 54:
         a = off + 22
         b = off + 54
-        if frame[off + 20] in (6, 17, 132) and n >= 58:
+        if frame[off + 20] in FLOW_PROTOS and n >= 58:
             b += 4
     else:
         a, b = off, off + (12 if n >= 12 else n)
@@ -165,6 +168,9 @@ class Datapath:
         pack_udp = UDP_HEADER.pack_into
         inner = INNER.unpack_from
         crc32 = zlib.crc32
+        ipv4 = inet.ETH_P_IP
+        flow_protos = FLOW_PROTOS
+        fragment_bits = FRAGMENT_BITS
         packets = octets = done = 0
         try:
             while done < budget:
@@ -191,8 +197,8 @@ class Datapath:
                         drops["unknown-unicast"] += 1
                         continue
                 # flow_port's IPv4 TCP/UDP/SCTP case, inline: nearly every frame
-                if (et == 0x0800 and n >= 38 and vihl & 15 == 5 and proto in (6, 17, 132)
-                        and not frag & 0x3FFF):
+                if (et == ipv4 and n >= 38 and vihl & 15 == 5 and proto in flow_protos
+                        and not frag & fragment_bits):
                     sport = SPORT_BASE + crc32(buf[IPV4_FLOW:IPV4_FLOW + 12]) % SPORT_SPAN
                 else:
                     sport = flow_port(buf, HEADROOM, n)
@@ -246,7 +252,8 @@ class Datapath:
         recv = self.recvfrom_into
         write = self.tap_write
         word = VXLAN_WORD.unpack_from
-        expect = 0x08000000 << 32 | self.vni << 8  # I flag, our VNI, reserved bits zero
+        # I flag, our VNI, reserved bits zero
+        expect = wire.FLAGS_WORD_I << 32 | self.vni << 8
         allowed = None if self.accept_any_source else self.allowed
         per_peer = self.counters.peers
         drops = self.counters.rx_drops
@@ -291,8 +298,8 @@ def rx_reason(buf, n: int, expect: int) -> str:
     if n < wire.HEADER_LEN:
         return "short"
     w0, w1 = wire.HEADER.unpack_from(buf, 0)
-    if w0 != 0x08000000 or w1 & 0xFF:
-        return "flags" if not w0 & 0x08000000 else "reserved"
+    if w0 != wire.FLAGS_WORD_I or w1 & wire.VNI_WORD_RESERVED:
+        return "flags" if not w0 & wire.FLAGS_WORD_I else "reserved"
     if w1 != expect & 0xFFFFFFFF:
         return "vni"
     return "runt"

@@ -41,8 +41,8 @@ from pathlib import Path
 
 from . import wire
 from .errors import PlanError
+from .inet import IP_MAXPACKET, MIN_MTU
 
-MIN_MTU = 576  # RFC 791: every IPv4 host must accept 576-byte datagrams
 IFNAMSIZ = 15
 PRIVATE_V4 = tuple(ipaddress.ip_network(n) for n in
                    ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
@@ -175,7 +175,7 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
     port = _int(cluster.get("port", wire.VXLAN_PORT), "cluster.port", 1, 65535, bad)
     mtu = cluster.get("mtu")
     if mtu is not None:
-        mtu = _int(mtu, "cluster.mtu", MIN_MTU, 65535 - wire.OVERHEAD_IPV6, bad)
+        mtu = _int(mtu, "cluster.mtu", MIN_MTU, IP_MAXPACKET - wire.OVERHEAD_IPV6, bad)
     overlay = None
     if "overlay" not in cluster:
         bad("cluster.overlay", "missing (the overlay network, e.g. \"10.244.0.0/16\")")

@@ -35,16 +35,12 @@ from dataclasses import dataclass
 
 from .checksum import checksum
 from .errors import HostMismatch, VtepError
+from .inet import ICMP6_ECHO, ICMP6_ECHOREPLY, ICMP6_TOO_BIG, ICMP6_UNREACH, ICMP_ECHO, \
+    ICMP_ECHOREPLY, ICMP_FRAG_NEEDED, ICMP_HLEN, ICMP_UNREACH, IP_MTU_DISCOVER, \
+    IP_PMTUDISC_PROBE, IPV4_HLEN, IPV6_HLEN, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE, MIN_MTU
 
-MIN_MTU = 576
-IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3
-IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE = 23, 3
-ICMP_ECHO, ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_FRAG_NEEDED = 8, 0, 3, 4
-ICMP6_ECHO, ICMP6_ECHOREPLY, ICMP6_TOO_BIG = 128, 129, 2
-ICMP6_UNREACH = 1
 # sendto errors that say the peer cannot be reached at all (no route, neighbour failed)
 NO_ROUTE = (errno.ENETUNREACH, errno.EHOSTUNREACH)
-IPV4_HLEN, IPV6_HLEN, ICMP_HLEN = 20, 40, 8
 
 
 @dataclass(frozen=True)

@@ -1,54 +1,56 @@
-"""The per-packet decoder: link layer -> outer IP -> UDP -> VXLAN -> inner frame.
+"""The per-packet decoder: a fast path for the common packet, helpers for the rest.
 
-This is the hot loop of vxinspect. It uses struct and integer arithmetic only
-(no scapy, no objects per packet), binds everything it needs as closure
-locals, and records a fired check with `hit`, which counts each check at most
-once per packet.
+This is the hot loop of vxinspect, in the shape of the userspace data path's
+receive loop (vtep.datapath.Datapath.rx_batch, whose one comparison passes a good
+datagram while rx_reason works out a drop's reason only on the drop path). Read
+`decode_batch` first: per packet it goes through four stages.
+
+1. Outer headers. One unpack reads Ethernet, IPv4 and UDP; a packet of the
+   common shape (untagged Ethernet, IPv4 without options, UDP, not a fragment,
+   a total length, not cut by the snap length) is checked inline. Any other
+   packet goes to outer.Outer, which handles the other link types (linktypes),
+   IPv4 options, IPv6 and its extension headers (ipv6ext) and fragments
+   (fragments), and answers with the same values.
+2. The UDP datagram's lengths, held against the IP packet's: inline for all.
+3. The VXLAN layer. One unpack reads the VXLAN header, the inner Ethernet and
+   IPv4 headers; the common layer (a clean header, inner IPv4 without options,
+   not a fragment, whole) is checked inline, its TCP or ICMP checksum too. Any
+   other layer, and inner UDP with the VXLAN nested in it, goes to inner.Inner.
+4. The outer UDP checksum (reusing the inner L4 sum), the flow's counters, and
+   with --plan the plan check (plancheck.PlanCheck): inline for all.
+
+Everything is struct and integer arithmetic (no scapy, no objects per packet),
+bound as closure locals. A fired check is recorded with Tally.hit, which counts
+each check at most once per packet. The fast path takes only packets whose
+every byte it reads was captured, so that it never needs the safety net.
 
 Truncation model: `end` is the end of the captured bytes of a region;
 `complete` says whether the region also holds every byte the headers promise
 (not cut by the snap length, not an outer fragment). Headers that run past
 `end` fire `truncated`; length fields and checksums are only held against the
 bytes when the region is complete.
-
-With --plan (plancheck) the outermost VXLAN layer is also held against the
-cluster plan; without one that costs a single falsy test per VXLAN packet.
 """
 from __future__ import annotations
 
 import struct
 
-from vtep import wire
+from vtep import inet, wire
 
-from .capture import (LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL,
-                      LINKTYPE_LINUX_SLL2)
-from .checks import FIRST_PACKETS, MAX_NESTING
-from .plancheck import U32, VNI_DMAC, plan_tables
+from .capture import LINKTYPE_ETHERNET
+from .fragments import Fragments
+from .inner import L4_HEADER, Inner
+from .outer import V4_NO_OPTIONS, Outer
+from .plancheck import PlanCheck
 
-U16 = struct.Struct("!H").unpack_from
-IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
-IP6 = struct.Struct("!HHBB16s16s").unpack_from  # ver/class, payload len after first 2 bytes
-UDP = struct.Struct("!HHHH").unpack_from
-VXH = wire.HEADER.unpack_from
-# Several headers in one call, for the usual layouts (one unpack is ~100 ns).
-ETH_SRC_TYPE = struct.Struct("!6x6sH").unpack_from
-VX_ETH_IP4 = struct.Struct("!II6x6sHBBHHHBBH4s4s").unpack_from
-ETH_IP4_UDP = struct.Struct("!12xHBBHHHBBH4s4sHHHH").unpack_from
-IP4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH").unpack_from
-
-ETH_IPV4, ETH_IPV6, ETH_ARP = 0x0800, 0x86DD, 0x0806
-VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
-IPV6_SKIPPABLE = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
-IPV6_FRAGMENT = 44
-L4_HEADER = {6: 20, 17: 8, 1: 4, 2: 4, 58: 4}  # minimum header bytes by IP protocol
-MAX_FRAGMENT_KEYS = 4096  # bounded memory for matching outer fragments
-M = 0xFFFF
-
-
-def _w(n: int) -> int:
-    """Weight of a region that is followed by n bytes, modulo 0xFFFF (2**8 or 1)."""
-    return 256 if n & 1 else 1
-
+# The common packet's headers in two unpacks, only the fields the checks read (one
+# unpack is ~100 ns): Ethernet, IPv4 and UDP (EtherType, version/IHL, total length,
+# flags/offset, protocol, addresses, destination port, length, checksum) ...
+ETH_IP4_UDP = struct.Struct("!12xHBxH2xHxB2x4s4s2xHHH")
+# ... then VXLAN, Ethernet and IPv4 (the two header words, source MAC, EtherType,
+# version/IHL, total length, flags/offset, protocol, both addresses as one number: the
+# pseudo-header's address sum modulo 0xFFFF)
+VX_ETH_IP4 = struct.Struct("!II6x6sHBxH2xHxB2xQ")
+M = 0xFFFF  # ones'-complement sums (RFC 1071) are sums modulo 0xFFFF
 
 
 def make_decoder(opts, tally, safety_net: bool = True):
@@ -67,199 +69,46 @@ def make_decoder(opts, tally, safety_net: bool = True):
     umtu = opts.underlay_mtu
     mtu4 = opts.mtu if opts.mtu is not None else wire.overlay_mtu(umtu, ipv6=False)
     mtu6 = opts.mtu if opts.mtu is not None else wire.overlay_mtu(umtu, ipv6=True)
-    legacy_port = wire.VXLAN_PORT_LINUX_LEGACY
-    hits = tally.hits
+    hit = tally.hit
     vni_counts = tally.vnis
     flows = tally.flows
     macs = tally.macs
-    frags = tally.frags
     fb = int.from_bytes
     # The last L4 region summed ([a, b), residue): the outer UDP checksum covers
     # it again and reuses the sum instead of reading the bytes twice.
-    last = [0, 0, 0]
-
-    def hit(cid, no):
-        h = hits[cid]
-        if h[2] != no:
-            h[2] = no
-            h[0] += 1
-            if h[0] <= FIRST_PACKETS:
-                h[1].append(no)
-
-    # --plan (see plancheck): the plan's nodes, fdb, VNI and port, or nodes=None so
-    # that without a plan the loop pays one falsy test per VXLAN packet.
-    plan_nodes, plan_fdb, plan_vni, plan_port = plan_tables(opts.plan)
-
-    def region(buf, a, b):
-        r = fb(buf[a:b], "big") % M
-        last[0] = a
-        last[1] = b
-        last[2] = r
-        return r
-
-    def l4_ok(buf, a, b, pseudo):
-        """True when the L4 region [a, b) plus `pseudo` verifies."""
-        r = region(buf, a, b)
-        if (b - a) & 1:
-            r <<= 8
-        return (r + pseudo) % M == 0
-
-    def inner_l4(buf, proto, a, b, src, addrs, no, depth, ipv6, complete):
-        """Inner TCP/UDP/ICMP: checksum, and VXLAN nested in UDP.
-
-        `addrs` is the sum of the pseudo-header's addresses (0 without checksums).
-        """
-        n = b - a
-        if proto == 17:
-            if n < 8:
-                hit("truncated", no)
-                return
-            _, dp, ulen, ucs = UDP(buf, a)
-            if ulen != n and not (ulen == 0 and n > 0xFFFF):
-                hit("truncated", no)
-                return
-            if check_cs and ucs and not l4_ok(buf, a, b, addrs + 17 + n):
-                hit("inner-l4-checksum", no)
-            if dp in ports:
-                vxlan(buf, a + 8, b, complete, no, depth + 1, src, ipv6, dp)
-        elif proto == 6:
-            if n < 20:
-                hit("truncated", no)
-            elif check_cs and not l4_ok(buf, a, b, addrs + 6 + n):
-                hit("inner-l4-checksum", no)
-        elif proto == 58:
-            if n < 4:
-                hit("truncated", no)
-            elif check_cs and not l4_ok(buf, a, b, addrs + 58 + n):
-                hit("inner-l4-checksum", no)
-        elif proto == 1 or proto == 2:  # ICMP, IGMP: no pseudo-header
-            if n < 4:
-                hit("truncated", no)
-            elif check_cs and not l4_ok(buf, a, b, 0):
-                hit("inner-l4-checksum", no)
-
-    def inner_ip6(buf, q, end, complete, no, depth, mtu):
-        if q + 40 > end:
-            hit("truncated", no)
-            return 0
-        _, plen, nh, _, src, dst = IP6(buf, q + 2)
-        if plen == 0 and complete:
-            plen = end - q - 40  # jumbogram / BIG TCP: length from the frame
-        tlen = 40 + plen
-        if tlen > mtu:
-            hit("inner-too-big", no)
-        l3end = q + tlen
-        if l3end > end:
-            if complete or (nh in L4_HEADER and q + 40 + L4_HEADER[nh] > end):
-                hit("truncated", no)
-            return tlen
-        a = q + 40
-        while nh in IPV6_SKIPPABLE:
-            if a + 8 > l3end:
-                hit("truncated", no)
-                return tlen
-            if nh == 43:
-                return tlen  # routing header: the pseudo-header's destination is elsewhere
-            nh = buf[a]
-            a += (buf[a + 1] + 1) << 3
-        if nh == IPV6_FRAGMENT:
-            return tlen
-        if a > l3end:  # the last extension header's length runs past the payload length
-            hit("truncated", no)
-            return tlen
-        inner_l4(buf, nh, a, l3end, src, fb(buf[q + 8:q + 40], "big") if check_cs else 0,
-                 no, depth, True, complete)
-        return tlen
-
-    def vxlan(buf, v, end, complete, no, depth, osrc, ipv6, dport):
-        """The VXLAN header at v and the inner frame it carries; returns the inner L3 length."""
-        if depth > MAX_NESTING:
-            hit("nesting-too-deep", no)
-            return 0
-        if v + 42 <= end:  # the usual case: header, inner Ethernet and IPv4 in one call
-            w0, w1, smac, et, vhl, _, tlen, _, frag, _, proto, _, src, _ = VX_ETH_IP4(buf, v)
-        elif v + 8 <= end:
-            w0, w1 = VXH(buf, v)
-            smac = None
-        else:
-            hit("truncated", no)
-            return 0
-        if w0 != 0x08000000 or w1 & 0xFF:
-            if not w0 & 0x08000000:
-                hit("vxlan-flags", no)
-            if w0 & 0xF7FFFFFF or w1 & 0xFF:
-                hit("vxlan-reserved", no)
-        vni = w1 >> 8
-        if depth == 1:
-            vni_counts[vni] = vni_counts.get(vni, 0) + 1
-        if vni not in vnis_ok:
-            hit("vni-mismatch", no)
-        if dport == legacy_port:
-            hit("legacy-port", no)
-        # The inner Ethernet frame.
-        e = v + 8
-        if smac is None:
-            if e + 14 > end:
-                hit("truncated", no)
-                return 0
-            smac, et = ETH_SRC_TYPE(buf, e)
-            vhl = -1
-        if not smac[0] & 1:  # a unicast source MAC: which VTEP is it behind?
-            key = (vni, smac)
-            if macs.get(key) != osrc:
-                if key in macs:
-                    hit("mac-move", no)
-                macs[key] = osrc
-        q = e + 14
-        if et in VLAN_TPIDS:
-            vhl = -1
-            hit("inner-vlan", no)
-            while et in VLAN_TPIDS:
-                if q + 4 > end:
-                    hit("truncated", no)
-                    return 0
-                (et,) = U16(buf, q + 2)
-                q += 4
-        mtu = mtu6 if ipv6 else mtu4
-        if et == ETH_IPV4:
-            if vhl < 0:
-                if q + 20 > end:
-                    hit("truncated", no)
-                    return 0
-                vhl, _, tlen, _, frag, _, proto, _, src, _ = IP4(buf, q)
-            ihl = (vhl & 15) << 2
-            if ihl < 20 or q + ihl > end:
-                hit("truncated", no)
-                return 0
-            if tlen == 0 and complete:
-                tlen = end - q  # Linux BIG TCP: tot_len 0 above 64 KiB, length from the frame
-            if tlen > mtu:
-                hit("inner-too-big", no)
-            if check_cs and fb(buf[q:q + ihl], "big") % M:
-                hit("inner-ip-checksum", no)
-            l3end = q + tlen
-            if tlen < ihl or (complete and l3end > end):
-                hit("truncated", no)
-            elif frag & 0x3FFF:
-                pass  # an inner fragment: no whole L4 segment to check
-            elif l3end <= end:
-                if check_cs or proto == 17:
-                    inner_l4(buf, proto, q + ihl, l3end, src,
-                             fb(buf[q + 12:q + 20], "big") if check_cs else 0,
-                             no, depth, False, complete)
-                elif l3end - q - ihl < L4_HEADER.get(proto, 0):
-                    hit("truncated", no)
-            elif q + ihl + L4_HEADER.get(proto, 0) > end:
-                hit("truncated", no)  # the snap length cut into the L4 header
-            return tlen
-        if et == ETH_IPV6:
-            return inner_ip6(buf, q, end, complete, no, depth, mtu)
-        if et == ETH_ARP:
-            if q + 8 > end or q + 8 + 2 * (buf[q + 4] + buf[q + 5]) > end:
-                hit("truncated", no)
-            return 0
-        hit("unknown-inner-type", no)
-        return 0
+    last = [-1, 0, 0]
+    # The slow paths, each run only for the packets that need it.
+    fragments = Fragments(tally)
+    outer = Outer(opts, tally, fragments).parse
+    slow_inner = Inner(opts, tally, last, mtu4, mtu6)
+    layer = slow_inner.layer
+    inner_l4 = slow_inner.l4
+    # --plan: its nodes, or None so that without a plan the loop pays one falsy test
+    # per VXLAN packet.
+    plan = PlanCheck(opts.plan) if opts.plan is not None else None
+    plan_nodes = plan.nodes if plan is not None else None
+    # Constants as locals.
+    ethernet = LINKTYPE_ETHERNET
+    ipv4 = inet.ETH_P_IP
+    v4_plain = V4_NO_OPTIONS
+    udp, tcp, icmp, igmp = inet.IPPROTO_UDP, inet.IPPROTO_TCP, inet.IPPROTO_ICMP, \
+        inet.IPPROTO_IGMP
+    tcp_min, icmp_min = L4_HEADER[tcp], L4_HEADER[icmp]
+    not_whole = inet.IP_MF | inet.IP_OFFMASK  # a fragment, first or later
+    df = inet.IP_DF
+    flags_i = wire.FLAGS_WORD_I
+    vni_reserved = wire.VNI_WORD_RESERVED
+    legacy_port = wire.VXLAN_PORT_LINUX_LEGACY
+    outer_len = ETH_IP4_UDP.size                # 42
+    ip_at = wire.ETH_HLEN                       # 14
+    v4_hlen = inet.IPV4_HLEN
+    udp_at = ip_at + v4_hlen                    # 34
+    uhl = inet.UDP_HLEN
+    inner_len = VX_ETH_IP4.size                 # 42: VXLAN 8, Ethernet 14, IPv4 20
+    inner_ip_at = wire.HEADER_LEN + wire.ETH_HLEN   # 22
+    inner_src_at = inner_ip_at + 12             # the inner IPv4 source address
+    outer_unpack = ETH_IP4_UDP.unpack_from
+    inner_unpack = VX_ETH_IP4.unpack_from
 
     def decode_batch(buf, records, no):
         """Decode a batch of (start, end, orig_len, linktype) records numbered from no + 1.
@@ -270,169 +119,120 @@ def make_decoder(opts, tally, safety_net: bool = True):
         for p, end, orig, lt in records:
             no += 1
             try:
-                if lt == LINKTYPE_ETHERNET and p + 42 <= end:
-                    # The usual case: Ethernet, IPv4 and UDP headers in one call.
-                    (et, vhl, _, tlen, ident, frag, _, proto, _, src, dst,
-                     sp, dp, ulen, ucs) = ETH_IP4_UDP(buf, p)
-                    q = p + 14
+                # 1. Outer headers: the common shape inline, the rest in outer.Outer.
+                if lt == ethernet and p + outer_len <= end:
+                    et, vhl, tlen, frag, proto, src, dst, dp, ulen, ucs = outer_unpack(buf, p)
                 else:
                     et = 0
-                if et == ETH_IPV4:
-                    pass
-                elif lt == LINKTYPE_ETHERNET:
-                    vhl = -1
-                    if p + 14 > end:
-                        continue
-                    (et,) = U16(buf, p + 12)
-                    q = p + 14
-                    while et in VLAN_TPIDS and q + 4 <= end:
-                        (et,) = U16(buf, q + 2)
-                        q += 4
-                elif lt == LINKTYPE_LINUX_SLL2:
-                    vhl = -1
-                    if p + 20 > end:
-                        continue
-                    (et,) = U16(buf, p)
-                    q = p + 20
-                elif lt == LINKTYPE_LINUX_SLL:
-                    vhl = -1
-                    if p + 16 > end:
-                        continue
-                    (et,) = U16(buf, p + 14)
-                    q = p + 16
-                else:  # raw IP: the version nibble says which
-                    vhl = -1
-                    if p >= end:
-                        continue
-                    ver = buf[p] >> 4
-                    et = ETH_IPV4 if ver == 4 and lt != LINKTYPE_IPV6 else (
-                        ETH_IPV6 if ver == 6 and lt != LINKTYPE_IPV4 else 0)
-                    q = p
-                missing = orig - (end - p)  # bytes cut by the snap length
-                complete = missing <= 0
-                wire_l3 = end - q if complete else end - q + missing
-                if et == ETH_IPV4:
-                    if vhl >= 0:
-                        pass  # already unpacked with the Ethernet header
-                    elif q + 28 <= end:
-                        (vhl, _, tlen, ident, frag, _, proto, _, src, dst,
-                         sp, dp, ulen, ucs) = IP4_UDP(buf, q)
-                    elif q + 20 <= end:
-                        vhl, _, tlen, ident, frag, _, proto, _, src, dst = IP4(buf, q)
-                        dp = -1
-                    else:
-                        continue
-                    if proto != 17 or vhl < 0x45:
-                        continue
-                    if frag & 0x1FFF:  # a later fragment: VXLAN only if its first fragment was
-                        if later_fragment((src, dst, ident), frag & 0x2000, no, src, dst, orig):
-                            vx += 1
-                        continue
-                    ihl = (vhl & 15) << 2
-                    u = q + ihl
-                    if ihl != 20:  # IP options: the UDP header is further on
-                        if vhl >> 4 != 4 or u + 8 > end:
-                            continue
-                        sp, dp, ulen, ucs = UDP(buf, u)
+                if (et == ipv4 and vhl == v4_plain and proto == udp and not frag & not_whole
+                        and tlen and orig <= end - p):
                     if dp not in ports:
                         continue
-                    ipv6 = False
-                    if tlen == 0:
-                        tlen = wire_l3  # Linux BIG TCP: tot_len 0 above 64 KiB, length from the frame
-                    fragment = frag & 0x2000
-                    if fragment:
-                        fragment = (src, dst, ident)
-                    if not frag & 0x4000:
+                    q = p + ip_at
+                    u = p + udp_at
+                    wire_l3 = end - q
+                    complete = True
+                    fragment = ipv6 = False
+                    if not frag & df:
                         hit("df-clear", no)
-                    if check_cs and fb(buf[q:q + ihl], "big") % M:
+                    if check_cs and fb(buf[q:u], "big") % M:
                         hit("ip-checksum", no)
-                elif et == ETH_IPV6:
-                    if q + 40 > end:
-                        continue
-                    _, plen, nh, _, src, dst = IP6(buf, q + 2)
-                    u = q + 40
-                    fragment = later = None
-                    routed = False
-                    while nh != 17 and u + 8 <= end:
-                        if nh in IPV6_SKIPPABLE:
-                            if nh == 43 and buf[u + 3]:
-                                routed = True  # segments left: dst is not the final destination
-                            nh = buf[u]
-                            u += (buf[u + 1] + 1) << 3
-                        elif nh == IPV6_FRAGMENT:
-                            nh = buf[u]
-                            (fo,) = U16(buf, u + 2)
-                            key = (src, dst, bytes(buf[u + 4:u + 8]))
-                            u += 8
-                            if fo & 0xFFF8:  # a later fragment
-                                later = fo & 1
-                                break
-                            if fo & 1:
-                                fragment = key
-                        else:
-                            break
-                    if later is not None:
-                        if later_fragment(key, later, no, src, dst, orig):
-                            vx += 1
-                        continue
-                    if nh != 17 or u + 8 > end:
-                        continue
-                    sp, dp, ulen, ucs = UDP(buf, u)
-                    if dp not in ports:
-                        continue
-                    ipv6 = True
-                    if not ucs:
-                        hit("udp-zero-checksum-ipv6", no)
-                    elif routed:
-                        # RFC 8200 section 8.1: the pseudo-header holds the final destination,
-                        # which a routing header with segments left keeps elsewhere (and where
-                        # depends on its type): the checksum is not verified
-                        ucs = 0
-                    if plen == 0:
-                        plen = wire_l3 - 40  # jumbogram / BIG TCP: length from the frame
-                    tlen = 40 + plen
                 else:
-                    continue
-                # VXLAN from here on: the outer UDP datagram at u.
+                    o = outer(buf, p, end, orig, lt, no)
+                    if o is None:
+                        continue
+                    if o is True:  # a later fragment of a VXLAN datagram
+                        vx += 1
+                        continue
+                    q, u, src, dst, dp, ulen, ucs, tlen, wire_l3, complete, fragment, ipv6 = o
+                # 2. The UDP datagram at u, its length against the IP packet's.
                 if fragment:
                     # RFC 7348 section 4.3: VTEPs must not fragment. The UDP length of
                     # the first fragment tells how long the whole datagram was.
-                    hit("outer-fragment", no)
-                    if len(frags) >= MAX_FRAGMENT_KEYS:
-                        del frags[next(iter(frags))]
-                    frags[fragment] = True
+                    fragments.first(fragment, no)
                     if u - q + ulen > umtu:
                         hit("outer-too-big", no)
                     complete = False
                 elif tlen > umtu:
                     hit("outer-too-big", no)
                 l3end = q + tlen
-                if tlen > wire_l3 or l3end < u + 8:
+                if tlen > wire_l3 or l3end < u + uhl:
                     hit("truncated", no)
                     complete = False
                     l3end = q + wire_l3
                 if ulen == 0 and l3end - u > 0xFFFF:
                     ulen = l3end - u  # jumbogram (RFC 2675) / GSO: length from the IP layer
                 ue = u + ulen
-                if not fragment and (ulen < 8 or ue != l3end):
+                if not fragment and (ulen < uhl or ue != l3end):
                     hit("truncated", no)
                     complete = False
-                    if ue > l3end or ulen < 8:
+                    if ue > l3end or ulen < uhl:
                         ue = l3end
                 last[0] = -1  # nothing summed yet for this packet
                 stop = ue if ue < end else end
                 if l3end < stop:
                     stop = l3end
-                inner = vxlan(buf, u + 8, stop, complete and ue <= stop, no, 1, src, ipv6, dp)
+                # 3. The VXLAN layer: the common one inline, any other in inner.Inner.
+                v = u + uhl
+                if v + inner_len <= stop:
+                    w0, w1, smac, iet, ivhl, itlen, ifrag, iproto, iaddrs = inner_unpack(buf, v)
+                    b = v + inner_ip_at + itlen  # the inner IPv4 packet's end
+                    common = (w0 == flags_i and not w1 & vni_reserved and iet == ipv4
+                              and ivhl == v4_plain and itlen >= v4_hlen
+                              and b <= stop and not ifrag & not_whole)
+                else:
+                    common = False
+                if common:
+                    vni = w1 >> 8
+                    vni_counts[vni] = vni_counts.get(vni, 0) + 1
+                    if vni not in vnis_ok:
+                        hit("vni-mismatch", no)
+                    if dp == legacy_port:
+                        hit("legacy-port", no)
+                    if not smac[0] & 1:  # a unicast source MAC: which VTEP is it behind?
+                        key = (vni, smac)
+                        if macs.get(key) != src:
+                            if key in macs:
+                                hit("mac-move", no)
+                            macs[key] = src
+                    inner = itlen
+                    if itlen > (mtu6 if ipv6 else mtu4):
+                        hit("inner-too-big", no)
+                    a = v + inner_len  # the inner L4 header
+                    if check_cs and fb(buf[v + inner_ip_at:a], "big") % M:
+                        hit("inner-ip-checksum", no)
+                    n = b - a
+                    if iproto == tcp or iproto == icmp or iproto == igmp:
+                        if n < (tcp_min if iproto == tcp else icmp_min):
+                            hit("truncated", no)
+                        elif check_cs:
+                            r = fb(buf[a:b], "big") % M
+                            last[0] = a
+                            last[1] = b
+                            last[2] = r
+                            if n & 1:
+                                r <<= 8
+                            if iproto == tcp:  # ICMP and IGMP have no pseudo-header
+                                r += iaddrs + tcp + n
+                            if r % M:
+                                hit("inner-l4-checksum", no)
+                    elif check_cs or iproto == udp:  # inner UDP may carry VXLAN: nested
+                        isrc = v + inner_src_at
+                        inner_l4(buf, iproto, a, b, bytes(buf[isrc:isrc + 4]),
+                                 iaddrs if check_cs else 0, no, 1, False, complete and ue <= stop)
+                    elif n < L4_HEADER.get(iproto, 0):
+                        hit("truncated", no)
+                else:
+                    inner = layer(buf, v, stop, complete and ue <= stop, no, 1, src, ipv6, dp)
+                # 4. The outer UDP checksum, the flow, the plan.
                 if check_cs and ucs and complete and ue <= end:
-                    pseudo = fb(src, "big") + fb(dst, "big") + 17 + ulen
+                    pseudo = fb(src, "big") + fb(dst, "big") + udp + ulen
                     a, b, r = last
-                    if u + 8 <= a and b <= ue:
+                    if v <= a and b <= ue:
                         # RFC 1071 sums commute: reuse the inner L4 sum, weighting each
-                        # part by the parity of the bytes that follow it.
-                        tail = ue - b
-                        s = (fb(buf[u:a], "big") * _w(tail + b - a) + r * _w(tail)
-                             + fb(buf[b:ue], "big"))
+                        # part by the parity of the bytes that follow it (256 when odd).
+                        s = (fb(buf[u:a], "big") * (256 if (ue - a) & 1 else 1)
+                             + r * (256 if (ue - b) & 1 else 1) + fb(buf[b:ue], "big"))
                     else:
                         s = fb(buf[u:ue], "big")
                     if ulen & 1:
@@ -445,18 +245,9 @@ def make_decoder(opts, tally, safety_net: bool = True):
                     # [packets, bytes, largest inner L3, both ends are plan nodes]
                     flows[key] = f = [0, 0, 0, plan_nodes is not None
                                       and src in plan_nodes and dst in plan_nodes]
-                if plan_nodes:  # the outermost layer only: nested VXLAN is no plan's traffic
-                    if u + 22 <= stop:
-                        w1, dmac = VNI_DMAC(buf, u + 8)
-                        # f[3]: both ends are nodes. A MAC that is no VTEP MAC (broadcast,
-                        # multicast, a pod behind a bridge) names no node in the fdb (get
-                        # returns dst): any node will do.
-                        if (not f[3] or plan_fdb.get(dmac, dst) != dst or dp != plan_port
-                                or w1 >> 8 != plan_vni):
-                            hit("plan-mismatch", no)
-                    elif (not f[3] or dp != plan_port  # the header is cut: truncated fired
-                          or (u + 16 <= stop and U32(buf, u + 12)[0] >> 8 != plan_vni)):
-                        hit("plan-mismatch", no)
+                # the outermost layer only: nested VXLAN is no plan's traffic
+                if plan_nodes and plan.mismatch(buf, v, stop, f[3], dst, dp):
+                    hit("plan-mismatch", no)
                 f[0] += 1
                 f[1] += orig
                 if inner > f[2]:
@@ -467,20 +258,5 @@ def make_decoder(opts, tally, safety_net: bool = True):
                 # header. Count it as truncated and go on with the next packet.
                 hit("truncated", no)
         return vx
-
-    def later_fragment(key, more, no, src, dst, orig):
-        """A non-first outer fragment: VXLAN when its first fragment was."""
-        if key not in frags:
-            return False
-        if not more:
-            del frags[key]
-        hit("outer-fragment", no)
-        if type(key[2]) is int:  # IPv4 (its ident is an int): DF is clear on any fragment
-            hit("df-clear", no)
-        f = flows.get((src, dst))
-        if f is not None:
-            f[0] += 1
-            f[1] += orig
-        return True
 
     return decode_batch

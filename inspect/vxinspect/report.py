@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .checks import CHECKS, ERROR
+from .checks import CHECKS, ERROR, FIRST_PACKETS
 from .plancheck import node_names
 
 
@@ -19,6 +19,17 @@ class Tally:
         self.flows: dict[tuple[bytes, bytes], list] = {}
         self.macs: dict[tuple[int, bytes], bytes] = {}  # (vni, inner src MAC) -> outer src
         self.frags: dict[tuple, bool] = {}  # outer fragments of VXLAN awaiting their rest
+
+    def hit(self, cid: str, no: int) -> None:
+        """Check `cid` fired on packet `no`: counted at most once per packet, so that the
+        layers of one packet (nested VXLAN, a fast path handing over to a slow one) can
+        each fire it."""
+        h = self.hits[cid]
+        if h[2] != no:
+            h[2] = no
+            h[0] += 1
+            if h[0] <= FIRST_PACKETS:
+                h[1].append(no)
 
 
 @dataclass
