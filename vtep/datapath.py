@@ -133,7 +133,7 @@ class Datapath:
         self.counters = Counters(peers)
         self.set_fdb(fdb, peers)
         self.txbuf = bytearray(HEADROOM + MAX_FRAME)
-        wire.pack_into(self.txbuf, wire.UDP_HLEN, vni)  # written once: never changes
+        wire.pack_into(self.txbuf, UDP_HLEN, vni)  # written once: never changes
         self.txview = memoryview(self.txbuf)
         self.tx_into = [self.txview[HEADROOM:]]  # the frame lands after the headers
         self.rxbuf = bytearray(MAX_FRAME + 1)
