@@ -17,8 +17,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from . import nlmsg, state
-from . import plan as planlib
+from . import inet, nlmsg, state
 from .errors import HostMismatch, PlanError
 from .nlmsg import NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, RTPROT_VTEP, Op
 
@@ -184,6 +183,6 @@ def check_mtu(plan, node, dev: str, underlay_mtu: int, forced: bool = False) -> 
         raise PlanError(f"{plan.path}: cluster.mtu: {plan.mtu} is more than the underlay of node "
                         f"{node.name!r} carries ({dev} MTU {underlay_mtu} - {plan.overhead} bytes "
                         f"of VXLAN encapsulation = {limit})")
-    if plan.mtu is None and limit < planlib.MIN_MTU:
+    if plan.mtu is None and limit < inet.MIN_MTU:
         raise PlanError(f"{plan.path}: cluster.mtu: the default for node {node.name!r} ({dev} MTU "
-                        f"{underlay_mtu} - {plan.overhead} = {limit}) is below {planlib.MIN_MTU}")
+                        f"{underlay_mtu} - {plan.overhead} = {limit}) is below {inet.MIN_MTU}")

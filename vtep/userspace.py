@@ -37,17 +37,15 @@ import struct
 
 from . import datapath, host, state, wire
 from .errors import HostMismatch, Incompatible, VtepError
+from .inet import (IP_MTU, IP_MTU_DISCOVER, IP_PMTUDISC_DO, IPV6_CHECKSUM, IPV6_MTU,
+                   IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
 from .linkfacts import device_diffs, facts, require_made_by_vtep
 from .links import Links
 from .netlink import NetlinkRefused
 
 log = logging.getLogger("vtep")
 
-IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
-IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
-IPV6_CHECKSUM = 7
-IP_MTU, IPV6_MTU = 14, 24
-SO_ATTACH_FILTER = 26
+SO_ATTACH_FILTER = 26   # <asm-generic/socket.h>
 SOCKET_BUFFER = 4 << 20
 
 
