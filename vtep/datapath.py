@@ -34,6 +34,9 @@ UDP_HLEN = wire.UDP_HLEN
 HEADROOM = UDP_HLEN + wire.HEADER_LEN  # 16: UDP + VXLAN before the frame
 MAX_FRAME = 65535
 
+# TCP, UDP and SCTP: the protocols whose header starts with the two ports
+PORTED = frozenset((6, 17, 132))
+
 TX_DROPS = ("unknown-unicast", "too-big", "send-error", "runt")
 RX_DROPS = ("short", "flags", "reserved", "vni", "runt", "source", "tap-write")
 
@@ -80,14 +83,14 @@ def flow_port(frame, off: int, n: int) -> int:
         # datagram must take one path. IHL 5 is tx_batch's inline case: crc32 over
         # the addresses, then the ports, is crc32 over the 12 bytes at once.
         l4 = off + 14 + ((frame[off + 14] & 15) << 2)
-        if (frame[off + 23] in (6, 17, 132) and off + 34 <= l4 <= off + n - 4
+        if (frame[off + 23] in PORTED and off + 34 <= l4 <= off + n - 4
                 and not (frame[off + 20] << 8 | frame[off + 21]) & 0x3FFF):
             h = zlib.crc32(frame[l4:l4 + 4], h)
         return SPORT_BASE + h % SPORT_SPAN
     if et == 0x86DD and n >= 54:
         a = off + 22
         b = off + 54
-        if frame[off + 20] in (6, 17, 132) and n >= 58:
+        if frame[off + 20] in PORTED and n >= 58:
             b += 4
     else:
         a, b = off, off + 12
@@ -136,7 +139,9 @@ class Datapath:
         wire.pack_into(self.txbuf, wire.UDP_HLEN, vni)  # written once: never changes
         self.txview = memoryview(self.txbuf)
         self.tx_into = [self.txview[HEADROOM:]]  # the frame lands after the headers
-        self.rxbuf = bytearray(MAX_FRAME + 1)
+        # a UDP payload is at most 65535 - 8 bytes (IPv6's payload length less the UDP
+        # header; IPv4's is smaller): MAX_FRAME holds every datagram whole
+        self.rxbuf = bytearray(MAX_FRAME)
         self.rxview = memoryview(self.rxbuf)
 
     def set_fdb(self, fdb: dict[bytes, str], peers) -> None:
@@ -168,6 +173,7 @@ class Datapath:
         pack_udp = UDP_HEADER.pack_into
         inner = INNER.unpack_from
         crc32 = zlib.crc32
+        ported = PORTED
         packets = octets = done = 0
         try:
             while done < budget:
@@ -194,7 +200,7 @@ class Datapath:
                         drops["unknown-unicast"] += 1
                         continue
                 # flow_port's IPv4 TCP/UDP/SCTP case, inline: nearly every frame
-                if (et == 0x0800 and n >= 38 and vihl & 15 == 5 and proto in (6, 17, 132)
+                if (et == 0x0800 and n >= 38 and vihl & 15 == 5 and proto in ported
                         and not frag & 0x3FFF):
                     sport = SPORT_BASE + crc32(buf[IPV4_FLOW:IPV4_FLOW + 12]) % SPORT_SPAN
                 else:
