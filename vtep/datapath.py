@@ -34,8 +34,9 @@ UDP_HLEN = wire.UDP_HLEN
 HEADROOM = UDP_HLEN + wire.HEADER_LEN  # 16: UDP + VXLAN before the frame
 MAX_FRAME = 65535
 
-# TCP, UDP and SCTP: the protocols whose header starts with the two ports;
-PORTED = (6, 17, 132)  # a tuple: `in` matches TCP on its first, identical, element
+# TCP, UDP and SCTP: the protocols whose header starts with the two ports (a tuple:
+# `in` finds TCP, the usual case, at its first element)
+PORTED = (6, 17, 132)
 
 TX_DROPS = ("unknown-unicast", "too-big", "send-error", "runt")
 RX_DROPS = ("short", "flags", "reserved", "vni", "runt", "source", "tap-write")
