@@ -10,7 +10,8 @@ a flow is written out here by hand, from the header layouts (RFC 791, RFC 8200, 
 - IPv4 anything else, or a fragment (MF set or an offset): the two addresses only, so
   every fragment of a datagram takes one path (the later ones carry no ports);
 - IPv6 TCP/UDP/SCTP right after the fixed header: addresses and ports; else addresses;
-- anything else (ARP, VLAN-tagged, too short to hold its IP header): the MAC addresses.
+- anything else (ARP, VLAN-tagged, too short to hold its IP header): the MAC addresses,
+  whatever the ethertype and the payload.
 
 The oracle: changing any byte of the flow changes the port; changing any other byte of
 the frame (TTL, ID, checksums, lengths, payload, options...) or any byte past its end
@@ -44,6 +45,8 @@ PORTS_AFTER_IP6 = set(range(54, 58))  # 14 + 40
 # fragment offset, protocol; IPv6 next header
 IP4_KIND = ETHERTYPE | {14, 20, 21, 23}
 IP6_KIND = ETHERTYPE | {20}
+# a frame hashed by its MACs: even a new ethertype (not IPv4 or IPv6) keeps its port
+NOTHING = set()
 
 
 def eth(dst=PEER_MAC):
@@ -80,7 +83,10 @@ CASES = [
      IP4_ADDRS | set(range(74, 78)), IP4_KIND),
     ("ipv4 options cut in the ports",
      (eth() / ip4(options=[IPOption_NOP()] * 4) / TCP()).build()[:41], IP4_ADDRS, IP4_KIND),
-    ("ipv4 ihl below 5", eth() / IP(src="172.2.0.5", dst="172.2.1.9", ihl=4) / UDP() / b"b",
+    # IHL below 5 is no header at all (RFC 791): no ports, wherever the IHL would put them
+    ("ipv4 ihl 4", eth() / IP(src="172.2.0.5", dst="172.2.1.9", ihl=4) / UDP() / b"b",
+     IP4_ADDRS, IP4_KIND),
+    ("ipv4 ihl 0", eth() / IP(src="172.2.0.5", dst="172.2.1.9", ihl=0, tos=0x10) / UDP() / b"b",
      IP4_ADDRS, IP4_KIND),
     ("ipv4 icmp", eth() / ip4() / ICMP(id=7, seq=9) / b"ping", IP4_ADDRS, IP4_KIND),
     ("ipv4 first fragment", eth() / ip4(flags="MF") / UDP(sport=1, dport=2) / (b"f" * 16),
@@ -103,11 +109,11 @@ CASES = [
     ("ipv6 hop-by-hop then udp", eth() / ip6() / IPv6ExtHdrHopByHop() / UDP() / b"h",
      IP6_ADDRS, IP6_KIND),
     ("arp", eth("ff:ff:ff:ff:ff:ff") / ARP(psrc="172.2.0.5", pdst="172.2.1.9"),
-     MACS, ETHERTYPE),
-    ("vlan-tagged ipv4", eth() / Dot1Q(vlan=5) / ip4() / UDP() / b"v", MACS, ETHERTYPE),
-    ("ipv4 shorter than its header", (eth() / ip4() / UDP()).build()[:33], MACS, ETHERTYPE),
-    ("ipv6 shorter than its header", (eth() / ip6() / UDP()).build()[:53], MACS, ETHERTYPE),
-    ("ethernet header only", (eth() / ip4()).build()[:14], MACS, ETHERTYPE),
+     MACS, NOTHING),
+    ("vlan-tagged ipv4", eth() / Dot1Q(vlan=5) / ip4() / UDP() / b"v", MACS, NOTHING),
+    ("ipv4 shorter than its header", (eth() / ip4() / UDP()).build()[:33], MACS, NOTHING),
+    ("ipv6 shorter than its header", (eth() / ip6() / UDP()).build()[:53], MACS, NOTHING),
+    ("ethernet header only", (eth() / ip4()).build()[:14], MACS, NOTHING),
 ]
 CASES = [(name, bytes(frame), flow, kind) for name, frame, flow, kind in CASES]
 IDS = [c[0] for c in CASES]
@@ -193,3 +199,19 @@ def test_flows_spread_over_the_whole_port_range():
     ports = [struct.unpack_from("!H", data)[0] for data, _ in io.sent]
     assert min(ports) < LOW + 100 and max(ports) > HIGH - 100
     assert len(set(ports)) > 3500
+
+
+def test_only_the_ethertype_says_ipv4_not_a_payload_that_looks_like_it():
+    # every ethertype but IPv4's and IPv6's, carrying the same IPv4/TCP-shaped payload
+    # (IHL 5, protocol 6, no fragment): all hashed by their MAC addresses, so all one port
+    shaped = bytes(eth() / ip4() / TCP(sport=40000, dport=80))
+    frames = [shaped[:12] + struct.pack("!H", et) + shaped[14:]
+              for et in range(0x10000) if et not in (0x0800, 0x86DD)]
+    io = FakeIO(tap_in=frames)
+    dp = datapath.Datapath(vni=10, port=4789, fdb={frames[0][:6]: PEER}, peers=[PEER],
+                           tap_readv=io.tap_readv, tap_write=io.tap_write,
+                           sendto=io.sendto, recvfrom_into=io.recvfrom_into)
+    assert dp.tx_batch(budget=len(frames)) == len(frames)
+    ports = {struct.unpack_from("!H", data)[0] for data, _ in io.sent}
+    assert len(io.sent) == len(frames)
+    assert ports == {sent(bytes(eth() / ARP()))}  # the port of any frame between these MACs
