@@ -68,29 +68,32 @@ class Counters:
 
 
 def flow_port(frame, off: int, n: int) -> int:
-    """UDP source port for the inner frame at frame[off:off+n]: a hash of its flow.
+    """UDP source port for the inner frame at frame[off:off+n], n >= 14 (the transmit
+    loop drops anything shorter than an Ethernet header): a hash of its flow.
 
     IPv4/IPv6 addresses, plus TCP/UDP/SCTP ports when present; other frames
     hash their MAC addresses. One flow keeps one port; flows spread (RFC 7348
     section 5), so underlay ECMP and RSS can tell them apart.
     """
-    et = frame[off + 12] << 8 | frame[off + 13] if n >= 14 else 0
+    et = frame[off + 12] << 8 | frame[off + 13]
     if et == inet.ETH_P_IP and n >= 34:
-        ihl = (frame[off + 14] & 15) << 2
-        a = off + 26
-        b = off + 34
-        # ports only in an unfragmented packet: a later fragment carries payload
-        # there, and all fragments of one datagram must take one path
-        unfragmented = not (frame[off + 20] << 8 | frame[off + 21]) & FRAGMENT_BITS
-        if frame[off + 23] in FLOW_PROTOS and n >= 14 + ihl + 4 and ihl == 20 and unfragmented:
-            b += 4
-    elif et == inet.ETH_P_IPV6 and n >= 54:
+        h = zlib.crc32(frame[off + 26:off + 34])
+        # ports right after the header, options or not, and only in an unfragmented
+        # packet: a later fragment carries payload there, and all fragments of one
+        # datagram must take one path. IHL 5 is tx_batch's inline case: crc32 over
+        # the addresses, then the ports, is crc32 over the 12 bytes at once.
+        l4 = off + 14 + ((frame[off + 14] & 15) << 2)
+        if (frame[off + 23] in FLOW_PROTOS and off + 34 <= l4 <= off + n - 4
+                and not (frame[off + 20] << 8 | frame[off + 21]) & FRAGMENT_BITS):
+            h = zlib.crc32(frame[l4:l4 + 4], h)
+        return SPORT_BASE + h % SPORT_SPAN
+    if et == inet.ETH_P_IPV6 and n >= 54:
         a = off + 22
         b = off + 54
         if frame[off + 20] in FLOW_PROTOS and n >= 58:
             b += 4
     else:
-        a, b = off, off + (12 if n >= 12 else n)
+        a, b = off, off + 12
     return SPORT_BASE + zlib.crc32(frame[a:b]) % SPORT_SPAN
 
 
@@ -136,7 +139,9 @@ class Datapath:
         wire.pack_into(self.txbuf, UDP_HLEN, vni)  # written once: never changes
         self.txview = memoryview(self.txbuf)
         self.tx_into = [self.txview[HEADROOM:]]  # the frame lands after the headers
-        self.rxbuf = bytearray(MAX_FRAME + 1)
+        # a UDP payload is at most 65535 - 8 bytes (IPv6's payload length less the UDP
+        # header; IPv4's is smaller): MAX_FRAME holds every datagram whole
+        self.rxbuf = bytearray(MAX_FRAME)
         self.rxview = memoryview(self.rxbuf)
 
     def set_fdb(self, fdb: dict[bytes, str], peers) -> None:
