@@ -322,7 +322,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
                         dp = -1
                     else:
                         continue
-                    if proto != 17 or vhl < 0x45:
+                    if proto != 17 or not 0x45 <= vhl <= 0x4F:  # RFC 791: version 4, IHL >= 5
                         continue
                     if frag & 0x1FFF:  # a later fragment: VXLAN only if its first fragment was
                         if later_fragment((src, dst, ident), frag & 0x2000, no, src, dst, orig):
@@ -331,7 +331,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
                     ihl = (vhl & 15) << 2
                     u = q + ihl
                     if ihl != 20:  # IP options: the UDP header is further on
-                        if vhl >> 4 != 4 or u + 8 > end:
+                        if u + 8 > end:
                             continue
                         sp, dp, ulen, ucs = UDP(buf, u)
                     if dp not in ports:
