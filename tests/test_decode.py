@@ -551,3 +551,36 @@ def test_legacy_port_and_other_ports():
     assert (vx, fired(tally)) == (2, {"legacy-port": [1]})
     vx, tally = decode(frames, opts=Options(ports=frozenset({4790})))
     assert (vx, fired(tally)) == (1, {})
+
+
+# ---- snap-length cuts: a header cut is truncated, a payload cut is not -------------------
+
+def _inner_l4(version, proto):
+    ip = IP(src=C.INNER_SRC, dst=C.INNER_DST) if version == 4 else \
+        IPv6(src=C.INNER6_SRC, dst=C.INNER6_DST)
+    l4 = {6: TCP(sport=1, dport=2), 17: UDP(sport=1, dport=2), 1: ICMP(),
+          58: ICMPv6EchoRequest()}[proto]
+    return bytes(C.inner_eth() / ip / l4 / (b"d" * 64))
+
+
+@pytest.mark.parametrize("version,proto,l4_min", [(4, 6, 20), (4, 17, 8), (4, 1, 4),
+                                                   (6, 6, 20), (6, 17, 8), (6, 58, 4)])
+@pytest.mark.parametrize("outer6", [False, True], ids=["outer4", "outer6"])
+def test_snap_length_cut_fires_truncated_only_inside_a_header(version, proto, l4_min, outer6):
+    """tcpdump -s N: the record holds the first N bytes, the original length says how long
+    the frame was. Cut inside the inner L4 header: truncated; anywhere after it: not."""
+    f = bytes(C.vxlan(_inner_l4(version, proto), outer6=outer6))
+    l4_at = (14 + (40 if outer6 else 20) + 8 + 8) + 14 + (20 if version == 4 else 40)
+    cuts = [l4_at + l4_min - 1, l4_at + l4_min, l4_at + l4_min + 1, len(f) - 1]
+    vx, tally = decode([f[:n] for n in cuts], origs=[len(f)] * len(cuts))
+    assert vx == len(cuts)
+    assert fired(tally) == {"truncated": [1]}
+
+
+@pytest.mark.parametrize("outer6", [False, True], ids=["outer4", "outer6"])
+def test_snap_length_cut_inside_the_inner_ip_header_is_truncated(outer6):
+    f = bytes(C.vxlan(_inner_l4(6, 17), outer6=outer6))
+    l3_at = 14 + (40 if outer6 else 20) + 8 + 8 + 14
+    cuts = [l3_at + 39, l3_at + 40 + 8]
+    vx, tally = decode([f[:n] for n in cuts], origs=[len(f)] * 2)
+    assert (vx, fired(tally)) == (2, {"truncated": [1]})
