@@ -489,7 +489,9 @@ def test_pcapng_file_ending_inside_its_section_header():
 @pytest.mark.parametrize("e", ["<", ">"])
 def test_pcapng_larger_than_the_read_buffer_with_a_block_larger_than_it(e):
     frames = big_frames(4 * MIB + 4096)
-    frames.insert(len(frames) // 3, frame(4 * MIB + 1, 98))
+    # zeros: a reader that took the block length from anywhere but the block's own
+    # header would find 0 there and never grow its buffer for it
+    frames.insert(len(frames) // 3, bytes(4 * MIB + 1))
     data = shb(e) + idb(ETHERNET, e=e) + idb(RAW, e=e)
     data += b"".join(epb(k & 1, f, e=e) if k % 3 else spb(f, e=e) for k, f in enumerate(frames))
     got = read_all(data)
@@ -506,3 +508,71 @@ def test_pcapng_fault_after_the_read_buffer_names_its_offset_in_the_file():
     records, err = read_error(data + bytes(bad))
     assert [r[0] for r in records] == frames
     assert err.offset == len(data) + len(bad) - 4
+
+
+# ---- field widths: every length and id is unsigned (32 bits, the PB's id 16) --------------
+
+def test_pcapng_block_may_end_the_file_at_the_smallest_size():
+    data = shb() + idb(ETHERNET) + epb(0, FRAMES[0]) + struct.pack("<III", 0x0BAD, 12, 12)
+    assert read_all(data) == [(FRAMES[0], 60, ETHERNET)]
+
+
+def test_pcapng_block_of_the_largest_plausible_length_is_only_cut_short():
+    head = shb() + idb(ETHERNET)
+    records, err = read_error(head + struct.pack("<II", 6, MAX_RECORD) + b"\0" * 100)
+    assert str(err) == f"file ends inside a pcapng block (108 bytes left over) at byte offset {len(head)}"
+
+
+def test_pcapng_trailing_length_is_unsigned():
+    head = shb() + idb(ETHERNET)
+    bad = bytearray(epb(0, FRAMES[0]))
+    bad[-4:] = struct.pack("<I", 0x80000000)
+    records, err = read_error(head + bytes(bad))
+    assert str(err).startswith(f"pcapng block of type 0x6: trailing length 2147483648 != leading "
+                               f"{len(bad)} ")
+
+
+@pytest.mark.parametrize("e", ["<", ">"])
+def test_pcapng_interface_ids_and_lengths_are_unsigned(e):
+    head = shb(e) + idb(ETHERNET, e=e)
+    records, err = read_error(head + epb(0xFFFFFFFF, FRAMES[0], e=e))
+    assert str(err).startswith("packet block names interface 4294967295, but only 1 are defined")
+    records, err = read_error(head + pb(0xFFFF, FRAMES[0], e=e))
+    assert str(err).startswith("packet block names interface 65535, but only 1 are defined")
+    bad = bytearray(epb(0, b"12345678", e=e))
+    bad[20:24] = struct.pack(e + "I", 0xFFFFFFFF)
+    records, err = read_error(head + bytes(bad))
+    assert str(err).startswith("packet block captured length 4294967295 runs past its block")
+    # an original length above 2**31 is legal (pcapng's orig_len is 32 bits unsigned)
+    assert read_all(head + epb(0, FRAMES[1], 0x80000000, e) + pb(0, FRAMES[1], 0xFFFFFFFF, e)) \
+        == [(FRAMES[1], 0x80000000, ETHERNET), (FRAMES[1], 0xFFFFFFFF, ETHERNET)]
+    # (a 60-byte frame: the SPB's data has no padding to tell from the frame)
+    assert read_all(head + spb(FRAMES[0], 0x80000000, e)) == [(FRAMES[0], 0x80000000, ETHERNET)]
+
+
+@pytest.mark.parametrize("e", ["<", ">"])
+def test_pcapng_interface_link_type_and_snaplen_are_unsigned(e):
+    records, err = read_error(shb(e) + idb(0xFFFF, e=e))
+    assert str(err).startswith("unknown link type 65535 (supported: ")
+    data = shb(e) + idb(ETHERNET, snaplen=0xFFFFFFFF, e=e) + spb(FRAMES[2], e=e)
+    assert read_all(data) == [(FRAMES[2], 61, ETHERNET)]
+
+
+def test_pcapng_simple_packet_block_data_past_the_snaplen_is_not_the_frame():
+    f = frame(20)
+    data = shb() + idb(ETHERNET, snaplen=8) + spb(f, orig=20)
+    assert read_all(data) == [(f[:8], 20, ETHERNET)]
+
+
+def test_pcapng_if_fcslen_running_past_its_block_is_not_believed():
+    # option header: if_fcslen, length 8 -- but only 4 value bytes before the block ends
+    opts = struct.pack("<HH", 13, 8) + b"\x04\0\0\0"
+    data = shb() + idb(ETHERNET, options=opts) + epb(0, b"abcdefgh")
+    assert read_all(data) == [(b"abcdefgh", 8, ETHERNET)]
+
+
+def test_pcapng_if_fcslen_after_a_long_option():
+    # an if_name of 32 KiB (lengths are 16 bits unsigned), then the FCS length
+    opts = option(2, b"n" * 0x8001) + option(13, b"\x04") + end_of_options()
+    data = shb() + idb(ETHERNET, options=opts) + epb(0, b"abcdefgh")
+    assert read_all(data) == [(b"abcd", 8, ETHERNET)]
