@@ -8,6 +8,7 @@ one-line error (what was wrong, at which byte offset) with values worked out by 
 from __future__ import annotations
 
 import io
+import pickle
 import struct
 
 import pytest
@@ -576,3 +577,26 @@ def test_pcapng_if_fcslen_after_a_long_option():
     opts = option(2, b"n" * 0x8001) + option(13, b"\x04") + end_of_options()
     data = shb() + idb(ETHERNET, options=opts) + epb(0, b"abcdefgh")
     assert read_all(data) == [(b"abcd", 8, ETHERNET)]
+
+
+# ---- classic pcap: the last record and the cut after a record header ----------------------
+
+@pytest.mark.parametrize("e", ["<", ">"])
+def test_pcap_empty_record_may_end_the_file(e):
+    data = pcap([FRAMES[0], b""], e=e, origs=[60, 1514])
+    assert read_all(data) == [(FRAMES[0], 60, ETHERNET), (b"", 1514, ETHERNET)]
+
+
+def test_pcap_file_cut_right_after_a_record_header_names_the_records_length():
+    # the record header says 61 bytes captured (of 1000): 16 + 61 are needed, 16 remain
+    data = pcap([FRAMES[0], FRAMES[2]], origs=[60, 1000])
+    second = 24 + 16 + 60
+    records, err = read_error(data[:second + 16])
+    assert str(err) == (f"file ends inside a record (it needs 77 bytes, 16 remain) "
+                        f"at byte offset {second}")
+
+
+def test_capture_error_survives_a_copy_between_processes():
+    records, err = read_error(pcap(FRAMES[:2])[:-1])
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.message, again.offset) == (str(err), err.message, err.offset)

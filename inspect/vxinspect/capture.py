@@ -44,7 +44,8 @@ class CaptureError(Exception):
     """The capture cannot be read (further) at byte `offset`."""
 
     def __init__(self, message: str, offset: int):
-        super().__init__(message)
+        # BaseException keeps (message, offset) as args by itself: a copy or an unpickled
+        # CaptureError is built again from both
         self.message = message
         self.offset = offset
 
