@@ -584,3 +584,37 @@ def test_snap_length_cut_inside_the_inner_ip_header_is_truncated(outer6):
     cuts = [l3_at + 39, l3_at + 40 + 8]
     vx, tally = decode([f[:n] for n in cuts], origs=[len(f)] * 2)
     assert (vx, fired(tally)) == (2, {"truncated": [1]})
+
+
+# ---- inner ARP and inner jumbograms -------------------------------------------------------
+
+@pytest.mark.parametrize("hlen,plen", [(6, 4), (8, 16)])
+def test_inner_arp_is_whole_exactly_when_its_addresses_fit(hlen, plen):
+    # RFC 826: 8 fixed bytes, then sender and target hardware and protocol addresses
+    arp = struct.pack("!HHBBH", 1, 0x0800, hlen, plen, 1) + b"\x11" * (2 * (hlen + plen))
+    eth = bytes.fromhex("ffffffffffff" "020000000009" "0806")
+    vx, tally = decode([C.vxlan(eth + arp), C.vxlan(eth + arp[:-1]), C.vxlan(eth + arp[:7])])
+    assert (vx, fired(tally)) == (3, {"truncated": [2, 3]})
+
+
+def test_inner_udp_jumbogram_takes_its_length_from_the_ipv6_packet():
+    """RFC 2675: inside an IPv6 jumbogram (payload length 0) a UDP length of 0 means the
+    datagram runs to the end of the packet; its checksum still covers all of it."""
+    src, dst = packed(C.INNER6_SRC), packed(C.INNER6_DST)
+    payload = b"j" * 66000
+    n = 8 + len(payload)
+    cs = checksum(src + dst + struct.pack("!IxxxB", n, 17) +
+                  struct.pack("!HHHH", 1, 2, 0, 0) + payload)
+    udp = struct.pack("!HHHH", 1, 2, 0, cs) + payload
+    inner = bytes.fromhex("020000000008" "020000000007" "86dd") + \
+        struct.pack("!IHBB", 6 << 28, 0, 17, 64) + src + dst + udp
+    opts = Options(underlay_mtu=200000, mtu=200000)
+    outer = _udp4(C.UNDER_SRC, C.UNDER_DST, 51234, 4789, C.vxlan_header(10) + inner, length=0)
+    f = ETH + b"\x08\x00" + _ipv4(C.UNDER_SRC, C.UNDER_DST, 17, outer, tot_len=0)
+    vx, tally = decode([f], opts=opts)
+    assert (vx, fired(tally)) == (1, {})
+    assert tally.flows[(packed(C.UNDER_SRC), packed(C.UNDER_DST))][2] == 40 + n
+    bad = bytearray(f)
+    bad[-1] ^= 0x02
+    vx, tally = decode([bytes(bad)], opts=opts)
+    assert fired(tally) == {"inner-l4-checksum": [1], "udp-checksum": [1]}
