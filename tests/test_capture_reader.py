@@ -600,3 +600,16 @@ def test_capture_error_survives_a_copy_between_processes():
     records, err = read_error(pcap(FRAMES[:2])[:-1])
     again = pickle.loads(pickle.dumps(err))
     assert (str(again), again.message, again.offset) == (str(err), err.message, err.offset)
+
+
+def test_pcap_whose_last_read_brings_a_single_byte():
+    # CHUNK + 1 bytes: the reader's second read of the file returns exactly one byte, the
+    # last of the last record; that is no end of file yet
+    chunk = 4 * MIB
+    frames = [frame(1000, k) for k in range((chunk - 24) // 1016 - 1)]
+    rest = chunk + 1 - 24 - 1016 * len(frames) - 16
+    frames.append(frame(rest, 7))
+    data = pcap(frames)
+    assert len(data) == chunk + 1
+    got = read_all(data)
+    assert [r[0] for r in got] == frames
