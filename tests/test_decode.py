@@ -618,3 +618,30 @@ def test_inner_udp_jumbogram_takes_its_length_from_the_ipv6_packet():
     bad[-1] ^= 0x02
     vx, tally = decode([bytes(bad)], opts=opts)
     assert fired(tally) == {"inner-l4-checksum": [1], "udp-checksum": [1]}
+
+
+# ---- outer IPv6 header chains -------------------------------------------------------------
+
+def test_outer_ipv6_zero_checksum_is_reported_even_behind_a_routing_header():
+    routed = C.vxlan_ipv6_ext([C.routing("fd00:3::1")], C.inner_icmp(), udp_chksum=0)
+    plain = C.vxlan(C.inner_icmp(), outer6=True, udp_chksum=0)
+    vx, tally = decode([routed, plain])
+    assert (vx, fired(tally)) == (2, {"udp-zero-checksum-ipv6": [1, 2]})
+
+
+def test_outer_ipv6_chain_cut_by_the_record_or_not_udp_is_other_traffic():
+    f = bytes(C.vxlan_ipv6_ext([C.hop_by_hop(), C.dest_opts()], C.inner_icmp()))
+    icmp6 = bytes(Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) /
+                  IPv6(src=C.UNDER6_SRC, dst=C.UNDER6_DST) / ICMPv6EchoRequest())
+    # 14 + 40 + 16 + 24: the UDP header starts at 94; cut inside it, and inside the chain
+    vx, tally = decode([f[:94 + 7], f[:60], icmp6, f], origs=[len(f), len(f), len(icmp6), len(f)])
+    assert vx == 1 and fired(tally) == {}
+    assert decode([f[:94 + 8]], origs=[len(f)])[0] == 1
+
+
+def test_outer_ipv6_atomic_fragment_is_no_fragment():
+    # RFC 8021: a Fragment header with offset 0 and M clear holds the whole datagram
+    atomic = C.ipv6_first_fragment_whole(C.inner_icmp(), m=0)
+    first = C.ipv6_first_fragment_whole(C.inner_icmp(), m=1, frag_id=0x78)
+    vx, tally = decode([atomic, first])
+    assert (vx, fired(tally)) == (2, {"outer-fragment": [2]})
