@@ -814,3 +814,20 @@ def test_unreadable_files_in_full(tmp_path):
         planlib.load(write(tmp_path, "[cluster\n", "bad.toml"))
     assert str(e.value).startswith(f"{tmp_path / 'bad.toml'}: not valid TOML: ")
     assert "line 1" in str(e.value)
+
+
+def test_a_plan_without_a_cluster_section_misses_only_its_overlay():
+    data = without(seed_dict(), "cluster")
+    assert parse_problems(data) == [
+        'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16")']
+
+
+def test_a_plan_given_as_data_is_named_plan_in_brackets():
+    with pytest.raises(PlanError) as e:
+        planlib.parse(with_cluster(vni=0))
+    assert e.value.problems == ["<plan>: cluster.vni: 0 is outside 1..16777215"]
+
+
+@pytest.mark.parametrize("dev", ["XGBE0", "eth0.100", "br-pods", "enp0s31f6", "veth_a@b"])
+def test_usual_interface_names_are_accepted(dev):
+    assert planlib.parse(with_node2(underlay_dev=dev)).node("network-2").underlay_dev == dev

@@ -413,7 +413,7 @@ def _int(value, where, lo, hi, bad):
 
 def _net(value, where, bad):
     try:
-        net = ipaddress.ip_network(str(value), strict=True)
+        net = ipaddress.ip_network(str(value))  # strict by default: no host bits set
     except ValueError as e:
         bad(where, f"{value!r} is not a network ({e})")
         return None
