@@ -831,3 +831,59 @@ def test_a_plan_given_as_data_is_named_plan_in_brackets():
 @pytest.mark.parametrize("dev", ["XGBE0", "eth0.100", "br-pods", "enp0s31f6", "veth_a@b"])
 def test_usual_interface_names_are_accepted(dev):
     assert planlib.parse(with_node2(underlay_dev=dev)).node("network-2").underlay_dev == dev
+
+
+def test_a_nameless_node_is_still_held_to_unique_addresses():
+    data = without(seed_dict(), "nodes", 1, "name")
+    data["nodes"][1]["underlay_ip"] = "192.168.1.138"
+    assert parse_problems(data) == [
+        "p.toml: nodes[1].name: missing or empty",
+        "p.toml: nodes[1]: underlay_ip: 192.168.1.138 is already used by node 'network-1'"]
+
+
+def test_nameless_nodes_get_no_derived_mac_to_collide():
+    # the MAC is derived from name and subnet: without a name there is none to compare
+    data = seed_dict()
+    for node in data["nodes"]:
+        del node["name"]
+        node["subnet"] = "172.2.0.0/24"
+    assert parse_problems(data) == ["p.toml: nodes[0].name: missing or empty",
+                                    "p.toml: nodes[1].name: missing or empty"]
+
+
+@pytest.mark.parametrize("mac,why", [("nope", "'nope' is not a MAC address"),
+                                     ("01:00:5e:00:00:01", "01:00:5e:00:00:01 is a multicast address")])
+def test_two_nodes_with_the_same_bad_mac_get_one_line_each(mac, why):
+    data = seed_dict()
+    for node in data["nodes"]:
+        node["vtep_mac"] = mac
+    assert parse_problems(data) == [f"p.toml: node 'network-1': vtep_mac: {why}",
+                                    f"p.toml: node 'network-2': vtep_mac: {why}"]
+
+
+@pytest.mark.parametrize("mac", ["12:34:56:78:9a:bc", "10:00:00:00:00:01", "fe:ff:ff:ff:ff:ff"])
+def test_unicast_macs_whatever_their_high_nibble(mac):
+    # the I/G bit is the low bit of the first byte (IEEE 802): 0x12, 0x10 and 0xfe are unicast
+    assert planlib.parse(with_node2(vtep_mac=mac)).node("network-2").vtep_mac == mac
+
+
+def test_a_too_small_subnet_is_still_held_against_the_others():
+    # 172.2.0.3/32 is refused as too small, and it is also the last address of network-1's /30
+    data = seed_dict()
+    data["nodes"][0]["subnet"] = "172.2.0.0/30"
+    data["nodes"][1]["subnet"] = "172.2.0.3/32"
+    assert parse_problems(data) == [
+        "p.toml: node 'network-2': subnet: 172.2.0.3/32 is too small: it needs the VTEP address, "
+        "the gateway and pod addresses (/30 or larger)",
+        "p.toml: node 'network-2': subnet: 172.2.0.3/32 overlaps 172.2.0.0/30 of node 'network-1'"]
+
+
+def test_a_subnet_at_address_zero_overlaps_nothing_by_itself():
+    # with the overlay refused, nothing else stops a subnet at 0.0.0.0; the sweep starts
+    # below every address
+    data = with_cluster(overlay="0.0.0.0/0")
+    data["nodes"] = data["nodes"][:1]
+    data["nodes"][0]["subnet"] = "0.0.0.0/30"
+    assert parse_problems(data) == [
+        "p.toml: cluster.overlay: 0.0.0.0/0 overlaps 0.0.0.0/8, 'this network' (RFC 1122): the "
+        "overlay must be unicast address space (e.g. 10.244.0.0/16)"]
