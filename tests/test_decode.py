@@ -645,3 +645,49 @@ def test_outer_ipv6_atomic_fragment_is_no_fragment():
     first = C.ipv6_first_fragment_whole(C.inner_icmp(), m=1, frag_id=0x78)
     vx, tally = decode([atomic, first])
     assert (vx, fired(tally)) == (2, {"outer-fragment": [2]})
+
+
+# ---- inner UDP lengths and nested VXLAN held to its bytes ----------------------------------
+
+def test_inner_udp_length_must_match_its_ip_packet():
+    def with_udp_len(n):
+        p = C.inner_udp()
+        p[UDP].len = len(p[UDP]) + n
+        return C.vxlan(p)
+    frames = [with_udp_len(0), with_udp_len(1), with_udp_len(-1), C.vxlan(C.inner_udp())]
+    zero = C.inner_udp()
+    zero[UDP].len = 0                  # 0 means "from the IP layer" only past 65535 bytes
+    frames.append(C.vxlan(zero))
+    vx, tally = decode(frames, opts=Options(checksums=False))
+    assert (vx, fired(tally)) == (5, {"truncated": [2, 3, 5]})
+
+
+def _inner_ipv6_udp_of(n: int, plen=None) -> bytes:
+    """An inner IPv6/UDP packet whose UDP datagram is n bytes, its UDP length field 0."""
+    src, dst = packed(C.INNER6_SRC), packed(C.INNER6_DST)
+    payload = b"u" * (n - 8)
+    cs = checksum(src + dst + struct.pack("!IxxxB", n, 17) + struct.pack("!HHHH", 1, 2, 0, 0)
+                  + payload)
+    return bytes.fromhex("020000000008" "020000000007" "86dd") + \
+        struct.pack("!IHBB", 6 << 28, n if plen is None else plen, 17, 64) + src + dst + \
+        struct.pack("!HHHH", 1, 2, 0, cs) + payload
+
+
+def _big_outer(inner: bytes) -> bytes:
+    outer = _udp4(C.UNDER_SRC, C.UNDER_DST, 51234, 4789, C.vxlan_header(10) + inner, length=0)
+    return ETH + b"\x08\x00" + _ipv4(C.UNDER_SRC, C.UNDER_DST, 17, outer, tot_len=0)
+
+
+def test_inner_udp_length_zero_is_a_jumbogram_only_past_65535_bytes():
+    # 65535 bytes fit the UDP length field, so 0 there is wrong; 65536 do not (RFC 2675)
+    frames = [_big_outer(_inner_ipv6_udp_of(65535)), _big_outer(_inner_ipv6_udp_of(65536, plen=0))]
+    vx, tally = decode(frames, opts=Options(underlay_mtu=200000, mtu=200000))
+    assert (vx, fired(tally)) == (2, {"truncated": [1]})
+
+
+def test_nested_vxlan_is_held_to_its_own_lengths():
+    inner = C.inner_icmp()
+    inner[IP].len = len(inner[IP]) + 4
+    long_ip = C.nested(2, inner=Ether(bytes(inner)))
+    vx, tally = decode([C.nested(2), long_ip])
+    assert (vx, fired(tally)) == (2, {"truncated": [2]})

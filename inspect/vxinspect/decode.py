@@ -65,7 +65,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
     vnis_ok = opts.vnis
     check_cs = opts.checksums
     umtu = opts.underlay_mtu
-    mtu4 = opts.mtu if opts.mtu is not None else wire.overlay_mtu(umtu, ipv6=False)
+    mtu4 = opts.mtu if opts.mtu is not None else wire.overlay_mtu(umtu)  # IPv4 underlay
     mtu6 = opts.mtu if opts.mtu is not None else wire.overlay_mtu(umtu, ipv6=True)
     legacy_port = wire.VXLAN_PORT_LINUX_LEGACY
     hits = tally.hits
@@ -73,7 +73,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
     flows = tally.flows
     macs = tally.macs
     frags = tally.frags
-    fb = int.from_bytes
+    fb = int.from_bytes  # big-endian: the default since Python 3.11 (requires-python)
     # The last L4 region summed ([a, b), residue): the outer UDP checksum covers
     # it again and reuses the sum instead of reading the bytes twice.
     last = [0, 0, 0]
@@ -91,7 +91,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
     plan_nodes, plan_fdb, plan_vni, plan_port = plan_tables(opts.plan)
 
     def region(buf, a, b):
-        r = fb(buf[a:b], "big") % M
+        r = fb(buf[a:b]) % M
         last[0] = a
         last[1] = b
         last[2] = r
@@ -167,7 +167,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
         if a > l3end:  # the last extension header's length runs past the payload length
             hit("truncated", no)
             return tlen
-        inner_l4(buf, nh, a, l3end, src, fb(buf[q + 8:q + 40], "big") if check_cs else 0,
+        inner_l4(buf, nh, a, l3end, src, fb(buf[q + 8:q + 40]) if check_cs else 0,
                  no, depth, True, complete)
         return tlen
 
@@ -235,7 +235,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
                 tlen = end - q  # Linux BIG TCP: tot_len 0 above 64 KiB, length from the frame
             if tlen > mtu:
                 hit("inner-too-big", no)
-            if check_cs and fb(buf[q:q + ihl], "big") % M:
+            if check_cs and fb(buf[q:q + ihl]) % M:
                 hit("inner-ip-checksum", no)
             l3end = q + tlen
             if tlen < ihl or (complete and l3end > end):
@@ -245,7 +245,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
             elif l3end <= end:
                 if check_cs or proto == 17:
                     inner_l4(buf, proto, q + ihl, l3end, src,
-                             fb(buf[q + 12:q + 20], "big") if check_cs else 0,
+                             fb(buf[q + 12:q + 20]) if check_cs else 0,
                              no, depth, False, complete)
                 elif l3end - q - ihl < L4_HEADER.get(proto, 0):
                     hit("truncated", no)
@@ -344,7 +344,7 @@ def make_decoder(opts, tally, safety_net: bool = True):
                         fragment = (src, dst, ident)
                     if not frag & 0x4000:
                         hit("df-clear", no)
-                    if check_cs and fb(buf[q:q + ihl], "big") % M:
+                    if check_cs and fb(buf[q:q + ihl]) % M:
                         hit("ip-checksum", no)
                 elif et == ETH_IPV6:
                     if q + 40 > end:
@@ -425,16 +425,16 @@ def make_decoder(opts, tally, safety_net: bool = True):
                     stop = l3end
                 inner = vxlan(buf, u + 8, stop, complete and ue <= stop, no, 1, src, ipv6, dp)
                 if check_cs and ucs and complete and ue <= end:
-                    pseudo = fb(src, "big") + fb(dst, "big") + 17 + ulen
+                    pseudo = fb(src) + fb(dst) + 17 + ulen
                     a, b, r = last
                     if u + 8 <= a and b <= ue:
                         # RFC 1071 sums commute: reuse the inner L4 sum, weighting each
                         # part by the parity of the bytes that follow it.
                         tail = ue - b
-                        s = (fb(buf[u:a], "big") * _w(tail + b - a) + r * _w(tail)
-                             + fb(buf[b:ue], "big"))
+                        s = (fb(buf[u:a]) * _w(tail + b - a) + r * _w(tail)
+                             + fb(buf[b:ue]))
                     else:
-                        s = fb(buf[u:ue], "big")
+                        s = fb(buf[u:ue])
                     if ulen & 1:
                         s <<= 8
                     if (s + pseudo) % M:
