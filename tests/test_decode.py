@@ -691,3 +691,25 @@ def test_nested_vxlan_is_held_to_its_own_lengths():
     long_ip = C.nested(2, inner=Ether(bytes(inner)))
     vx, tally = decode([C.nested(2), long_ip])
     assert (vx, fired(tally)) == (2, {"truncated": [2]})
+
+
+def _tunnel_in_tunnel(inner, tunnel_src="10.2.0.1", dport=4789, vni=10):
+    """VXLAN whose inner frame is itself IPv4/UDP/VXLAN from `tunnel_src` to `dport`."""
+    level2 = Ether(src="02:00:00:00:02:01", dst="02:00:00:00:02:02") / \
+        IP(src=tunnel_src, dst="10.2.0.2", flags="DF") / UDP(sport=50002, dport=dport) / \
+        Raw(C.vxlan_header(vni) + bytes(inner))
+    return C.vxlan(level2)
+
+
+def test_nested_macs_move_behind_the_inner_tunnels_source():
+    host = C.inner_icmp(src_mac="02:42:ac:02:00:77")
+    frames = [_tunnel_in_tunnel(host, "10.2.0.1"), _tunnel_in_tunnel(host, "10.2.0.1"),
+              _tunnel_in_tunnel(host, "10.2.0.9")]
+    vx, tally = decode(frames)
+    assert (vx, fired(tally)) == (3, {"mac-move": [3]})
+
+
+def test_nested_vxlan_to_the_legacy_port_is_named():
+    vx, tally = decode([_tunnel_in_tunnel(C.inner_icmp(), dport=8472),
+                        _tunnel_in_tunnel(C.inner_icmp(), dport=4789)])
+    assert (vx, fired(tally)) == (2, {"legacy-port": [1]})
