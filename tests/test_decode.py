@@ -713,3 +713,32 @@ def test_nested_vxlan_to_the_legacy_port_is_named():
     vx, tally = decode([_tunnel_in_tunnel(C.inner_icmp(), dport=8472),
                         _tunnel_in_tunnel(C.inner_icmp(), dport=4789)])
     assert (vx, fired(tally)) == (2, {"legacy-port": [1]})
+
+
+def _inner6(nh: int, payload: bytes, plen=None) -> bytes:
+    """Inner Ethernet + IPv6 header (next header `nh`) + payload, built by hand."""
+    return bytes.fromhex("020000000008" "020000000007" "86dd") + \
+        struct.pack("!IHBB", 6 << 28, len(payload) if plen is None else plen, nh, 64) + \
+        packed(C.INNER6_SRC) + packed(C.INNER6_DST) + payload
+
+
+def test_inner_ipv6_header_alone_or_with_one_8_byte_extension_is_whole():
+    hbh8 = bytes([59, 0, 1, 4, 0, 0, 0, 0])     # Hop-by-Hop, 8 bytes (PadN), then no next header
+    frames = [C.vxlan(_inner6(59, b"")), C.vxlan(_inner6(0, hbh8)), C.vxlan(_inner6(60, hbh8))]
+    vx, tally = decode(frames)
+    assert (vx, fired(tally)) == (3, {})
+    assert tally.flows[(packed(C.UNDER_SRC), packed(C.UNDER_DST))][2] == 48
+
+
+@pytest.mark.parametrize("nh", [0, 43, 60])
+def test_inner_ipv6_extension_header_cut_by_the_payload_length_is_truncated(nh):
+    # 4 bytes of payload: too few for any extension header (8 at least, RFC 8200 section 4)
+    frames = [C.vxlan(_inner6(nh, b"\x3b\x00\x00\x00")), C.vxlan(_inner6(59, b""))]
+    vx, tally = decode(frames)
+    assert (vx, fired(tally)) == (2, {"truncated": [1]})
+
+
+def test_a_cut_inner_ipv6_header_counts_no_inner_packet():
+    vx, tally = decode([C.vxlan(_inner6(59, b"")[:14 + 39])])
+    assert fired(tally) == {"truncated": [1]}
+    assert tally.flows[(packed(C.UNDER_SRC), packed(C.UNDER_DST))][:3] == [1, 14 + 20 + 8 + 8 + 53, 0]
