@@ -742,3 +742,20 @@ def test_a_cut_inner_ipv6_header_counts_no_inner_packet():
     vx, tally = decode([C.vxlan(_inner6(59, b"")[:14 + 39])])
     assert fired(tally) == {"truncated": [1]}
     assert tally.flows[(packed(C.UNDER_SRC), packed(C.UNDER_DST))][:3] == [1, 14 + 20 + 8 + 8 + 53, 0]
+
+
+def _tunnel_in_ipv6_tunnel(inner, tunnel_src="fd42:2::1"):
+    level2 = Ether(src="02:00:00:00:06:01", dst="02:00:00:00:06:02") / \
+        IPv6(src=tunnel_src, dst="fd42:2::2") / UDP(sport=50006, dport=4789) / \
+        Raw(C.vxlan_header(10) + bytes(inner))
+    return C.vxlan(level2)
+
+
+def test_vxlan_nested_in_inner_ipv6_moves_macs_and_is_held_to_its_lengths():
+    host = C.inner_icmp(src_mac="02:42:ac:02:00:78")
+    lying = C.inner_icmp(src_mac="02:42:ac:02:00:79")
+    lying[IP].len = len(lying[IP]) + 4
+    frames = [_tunnel_in_ipv6_tunnel(host), _tunnel_in_ipv6_tunnel(host, "fd42:2::9"),
+              _tunnel_in_ipv6_tunnel(Ether(bytes(lying)))]
+    vx, tally = decode(frames)
+    assert (vx, fired(tally)) == (3, {"mac-move": [2], "truncated": [3]})
