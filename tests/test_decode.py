@@ -759,3 +759,42 @@ def test_vxlan_nested_in_inner_ipv6_moves_macs_and_is_held_to_its_lengths():
               _tunnel_in_ipv6_tunnel(Ether(bytes(lying)))]
     vx, tally = decode(frames)
     assert (vx, fired(tally)) == (3, {"mac-move": [2], "truncated": [3]})
+
+
+# ---- the VXLAN header and a cut inner Ethernet header -------------------------------------
+
+def _largest_inner(tally):
+    return tally.flows[(packed(C.UNDER_SRC), packed(C.UNDER_DST))][2]
+
+
+def test_vxlan_header_alone_still_counts_its_vni():
+    f = C.vxlan(b"", vni=11)                     # 8 header bytes, no inner frame
+    vx, tally = decode([f])
+    assert (vx, tally.vnis) == (1, {11: 1})
+    assert fired(tally) == {"vni-mismatch": [1], "truncated": [1]}
+    assert _largest_inner(tally) == 0
+
+
+@pytest.mark.parametrize("cut", [1, 4, 7])
+def test_vxlan_header_cut_counts_no_vni_and_no_inner_packet(cut):
+    f = bytes(C.vxlan(C.inner_icmp()))
+    at = 14 + 20 + 8
+    vx, tally = decode([f[:at + cut]], origs=[len(f)])
+    assert (vx, fired(tally), tally.vnis) == (1, {"truncated": [1]}, {})
+    assert _largest_inner(tally) == 0
+
+
+def test_i_flag_clear_with_a_reserved_bit_set_is_both_faults():
+    vx, tally = decode([C.vxlan(C.inner_icmp(), flags=0x00, res1=1),
+                        C.vxlan(C.inner_icmp(), flags=0x08, res1=1)])
+    assert fired(tally) == {"vxlan-flags": [1], "vxlan-reserved": [1, 2]}
+
+
+def test_inner_ethernet_header_alone_or_cut():
+    eth = bytes.fromhex("020000000008" "020000000007" "88b5")
+    vx, tally = decode([C.vxlan(eth)])
+    assert fired(tally) == {"unknown-inner-type": [1]}
+    assert _largest_inner(tally) == 0
+    vx, tally = decode([C.vxlan(eth[:13])])
+    assert fired(tally) == {"truncated": [1]}
+    assert _largest_inner(tally) == 0
