@@ -798,3 +798,49 @@ def test_inner_ethernet_header_alone_or_cut():
     vx, tally = decode([C.vxlan(eth[:13])])
     assert fired(tally) == {"truncated": [1]}
     assert _largest_inner(tally) == 0
+
+
+# ---- inner IPv4 header forms --------------------------------------------------------------
+
+def _inner4_header_only(vlans=()) -> bytes:
+    """Inner Ethernet (+ tags) and a bare 20-byte IPv4 header, protocol 253 (RFC 3692)."""
+    ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=253)
+    assert len(ip) == 20
+    return bytes(C.inner_eth(vlans=vlans) / ip)
+
+
+def test_inner_ipv4_header_alone_is_whole():
+    for vlans, want in (((), {}), ((100,), {"inner-vlan": [1]})):
+        vx, tally = decode([C.vxlan(_inner4_header_only(vlans))])
+        assert (vx, fired(tally)) == (1, want), vlans
+        assert _largest_inner(tally) == 20
+
+
+def test_inner_vlan_tag_ending_the_frame_names_the_type_after_it():
+    eth = bytes.fromhex("020000000008" "020000000007" "8100" "0064" "88b5")
+    vx, tally = decode([C.vxlan(eth)])
+    assert fired(tally) == {"inner-vlan": [1], "unknown-inner-type": [1]}
+
+
+@pytest.mark.parametrize("cut,what", [(14 + 3, "tag"), (14 + 4 + 19, "ipv4")])
+def test_inner_frame_cut_after_a_vlan_tag_counts_no_inner_packet(cut, what):
+    vx, tally = decode([C.vxlan(_inner4_header_only((100,))[:cut])])
+    assert fired(tally) == {"inner-vlan": [1], "truncated": [1]}, what
+    assert _largest_inner(tally) == 0
+
+
+def test_inner_ipv4_header_shorter_than_20_bytes_is_truncated():
+    bad = bytearray(bytes(C.inner_icmp()))
+    bad[14] = 0x44                                # IHL 4 words: 16 bytes (RFC 791: at least 5)
+    vx, tally = decode([C.vxlan(bytes(bad))])
+    assert fired(tally)["truncated"] == [1]
+    assert _largest_inner(tally) == 0
+
+
+def test_snap_length_cut_inside_inner_ipv4_options():
+    inner = bytes(C.inner_eth() / IP(src=C.INNER_SRC, dst=C.INNER_DST, options=b"\x01" * 40) /
+                  ICMP() / (b"o" * 32))
+    f = bytes(C.vxlan(inner))
+    cut = 14 + 20 + 8 + 8 + 14 + 30                # inside the 40 bytes of options
+    vx, tally = decode([f[:cut], f], origs=[len(f), len(f)], junk=b"\xff" * 64)
+    assert (vx, fired(tally)) == (2, {"truncated": [1]})
