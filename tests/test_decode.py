@@ -588,7 +588,7 @@ def test_snap_length_cut_inside_the_inner_ip_header_is_truncated(outer6):
 
 # ---- inner ARP and inner jumbograms -------------------------------------------------------
 
-@pytest.mark.parametrize("hlen,plen", [(6, 4), (8, 16)])
+@pytest.mark.parametrize("hlen,plen", [(6, 4), (8, 16), (0, 0)])
 def test_inner_arp_is_whole_exactly_when_its_addresses_fit(hlen, plen):
     # RFC 826: 8 fixed bytes, then sender and target hardware and protocol addresses
     arp = struct.pack("!HHBBH", 1, 0x0800, hlen, plen, 1) + b"\x11" * (2 * (hlen + plen))
@@ -844,3 +844,35 @@ def test_snap_length_cut_inside_inner_ipv4_options():
     cut = 14 + 20 + 8 + 8 + 14 + 30                # inside the 40 bytes of options
     vx, tally = decode([f[:cut], f], origs=[len(f), len(f)], junk=b"\xff" * 64)
     assert (vx, fired(tally)) == (2, {"truncated": [1]})
+
+
+def test_inner_protocol_without_a_known_header_is_whole_at_its_ip_header():
+    # protocol 253 has no minimum header vxinspect knows: 0 bytes of it are enough,
+    # with or without checksums, whole or cut by the snap length right after the IP header
+    whole = C.vxlan(_inner4_header_only())
+    ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=253) / (b"e" * 30)
+    longer = bytes(C.vxlan(C.inner_eth() / IP(bytes(ip))))
+    cut = longer[:len(longer) - 30]
+    for checksums in (True, False):
+        vx, tally = decode([whole, cut], origs=[len(bytes(whole)), len(longer)],
+                           opts=Options(checksums=checksums))
+        assert (vx, fired(tally)) == (2, {}), checksums
+
+
+def test_raw_ip_whose_source_address_looks_like_an_ethertype():
+    # bytes 12-13 of a raw IPv4 packet are its source's first two bytes: 8.0.x.x reads as
+    # 0x0800 there, which must not make the record look like Ethernet
+    f = bytes(C.vxlan(C.inner_icmp(), src="8.0.1.1", vni=12))[14:]
+    vx, tally = decode([f], lt=RAW, opts=Options(vnis=frozenset({12})))
+    assert (vx, fired(tally), tally.vnis) == (1, {}, {12: 1})
+    assert list(tally.flows) == [(packed("8.0.1.1"), packed(C.UNDER_DST))]
+
+
+def test_records_back_to_back_from_the_start_of_the_buffer():
+    frames = [C.vxlan(C.inner_icmp(), vni=10), C.vxlan(C.inner_tcp(), vni=11, src=C.UNDER_SRC2),
+              C.vxlan(C.inner_udp(), vni=12, outer6=True)]
+    vx, tally = decode(frames, junk=b"", opts=Options(vnis=frozenset({10, 11, 12})))
+    assert (vx, fired(tally), tally.vnis) == (3, {}, {10: 1, 11: 1, 12: 1})
+    assert set(tally.flows) == {(packed(C.UNDER_SRC), packed(C.UNDER_DST)),
+                                (packed(C.UNDER_SRC2), packed(C.UNDER_DST)),
+                                (packed(C.UNDER6_SRC), packed(C.UNDER6_DST))}
