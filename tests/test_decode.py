@@ -174,7 +174,9 @@ def test_records_shorter_than_their_link_header_are_other_traffic(lt, size):
     frame = {ETHERNET: eth, SLL: C.sll(eth), SLL2: C.sll2(eth)}.get(lt, eth[14:])
     vx, tally = decode([frame[:size], frame[:size + 1]], lt=lt)
     assert vx == 0 and fired(tally) == {}
-    assert decode([frame], lt=lt)[0] == 1
+    # and the batch goes on after them
+    vx, tally = decode([frame[:size], frame[:size + 1], frame], lt=lt)
+    assert vx == 1 and fired(tally) == {} and tally.vnis == {10: 1}
 
 
 def test_outer_vlan_tags_end_where_the_record_ends():
@@ -183,6 +185,10 @@ def test_outer_vlan_tags_end_where_the_record_ends():
     tags = f[:12] + b"\x81\x00\x00\x64\x81\x00"
     vx, tally = decode([tags, tags + b"\x00\x65"], lt=ETHERNET)
     assert vx == 0 and fired(tally) == {}
+    # the last record of the buffer: nothing after it to read by mistake
+    for rec in (tags, tags + b"\x00\x65", f[:12] + b"\x81\x00"):
+        vx, tally = decode([rec], junk=b"")
+        assert vx == 0 and fired(tally) == {}
 
 
 @pytest.mark.parametrize("cut", [41, 42, 43, 49, 50])
@@ -876,3 +882,20 @@ def test_records_back_to_back_from_the_start_of_the_buffer():
     assert set(tally.flows) == {(packed(C.UNDER_SRC), packed(C.UNDER_DST)),
                                 (packed(C.UNDER_SRC2), packed(C.UNDER_DST)),
                                 (packed(C.UNDER6_SRC), packed(C.UNDER6_DST))}
+
+
+def test_an_original_length_below_the_captured_one_is_no_cut():
+    # some writers leave orig_len 0; the record is still whole
+    f = bytes(C.vxlan(C.inner_icmp()))
+    vx, tally = decode([f, f], origs=[0, len(f) - 1])
+    assert (vx, fired(tally)) == (2, {})
+
+
+def test_an_outer_length_past_the_original_frame_is_truncated_even_when_cut():
+    # the record holds the headers (92 bytes, up to the inner ICMP header); the original
+    # length says where the frame ended, but the IPv4 and UDP lengths claim 4 bytes more
+    p = C.vxlan(C.inner_icmp())
+    liar = bytes(C.vxlan(C.inner_icmp(), ip_len=len(p[IP]) + 4, udp_len=len(p[UDP]) + 4))
+    honest = bytes(p)
+    vx, tally = decode([honest[:92], liar[:92]], origs=[len(honest), len(honest)])
+    assert fired(tally) == {"truncated": [2]}
