@@ -395,12 +395,13 @@ def test_outer_ipv4_options_move_the_udp_header(options):
     assert decode([other])[0] == 0
 
 
-@pytest.mark.parametrize("vhl", [0x44, 0x40, 0x35, 0x56, 0x65, 0x66, 0x5F])
+@pytest.mark.parametrize("vhl", [0x44, 0x40, 0x35, 0x56, 0x65, 0x66, 0x5F, 0x50])
 def test_outer_header_that_is_no_ipv4_header_is_other_traffic(vhl):
     # IHL below 5 words, or a version other than 4 (RFC 791): not an IPv4 datagram, as
     # Linux's ip_rcv drops it. Version 6 with IHL 5 was read as IPv4 before issue 16.
     f = bytearray(bytes(C.vxlan(C.inner_icmp())))
     f[14] = vhl
+    f[16:18] = struct.pack("!H", 4789)    # read as a UDP header at IHL 0, this is port 4789
     vx, tally = decode([bytes(f)])
     assert (vx, fired(tally)) == (0, {})
 
@@ -643,6 +644,10 @@ def test_outer_ipv6_chain_cut_by_the_record_or_not_udp_is_other_traffic():
     vx, tally = decode([f[:94 + 7], f[:60], icmp6, f], origs=[len(f), len(f), len(icmp6), len(f)])
     assert vx == 1 and fired(tally) == {}
     assert decode([f[:94 + 8]], origs=[len(f)])[0] == 1
+    # cut inside the chain as the buffer's last record: nothing after it to read by mistake
+    for cut in (55, 60, 94 - 1, 94 + 7):
+        vx, tally = decode([f[:cut]], origs=[len(f)], junk=b"")
+        assert (vx, fired(tally)) == (0, {}), cut
 
 
 def test_outer_ipv6_atomic_fragment_is_no_fragment():
@@ -899,3 +904,39 @@ def test_an_outer_length_past_the_original_frame_is_truncated_even_when_cut():
     honest = bytes(p)
     vx, tally = decode([honest[:92], liar[:92]], origs=[len(honest), len(honest)])
     assert fired(tally) == {"truncated": [2]}
+
+
+def test_outer_ipv4_options_and_a_udp_header_ending_the_record():
+    inner = bytes(C.inner_icmp())
+    f = bytes(Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) /
+              IP(src=C.UNDER_SRC, dst=C.UNDER_DST, flags="DF", options=b"\x01" * 8) /
+              UDP(sport=51234, dport=4789) / Raw(C.vxlan_header(10) + inner))
+    u = 14 + 28
+    # the whole frame, the UDP header ending the record (VXLAN, its header cut), one byte
+    # short of it (no port to go by); the last is the buffer's last record
+    vx, tally = decode([f, f[:u + 8], f[:u + 7]], origs=[len(f)] * 3, junk=b"")
+    assert (vx, fired(tally)) == (2, {"truncated": [2]})
+    vx, tally = decode([f[:u + 7], f], origs=[len(f)] * 2)      # and the batch goes on
+    assert (vx, fired(tally)) == (1, {})
+
+
+def test_ip_and_udp_headers_alone_to_the_vxlan_port():
+    f = bytes(C.vxlan(C.inner_icmp()))[14:14 + 28]      # raw IPv4 + UDP, nothing more
+    vx, tally = decode([f], lt=RAW, origs=[100])
+    assert (vx, fired(tally)) == (1, {"truncated": [1]})
+
+
+@pytest.mark.parametrize("payload", [4, 0])
+def test_tiny_last_fragment_follows_its_first(payload):
+    big = C.vxlan_of_outer_len(1504, df=False, ip_id=0x5151)
+    first, last = fragment(big, 1480)
+    assert len(last[IP].payload) == 4
+    tiny = Ether(bytes(last))
+    tiny[IP].remove_payload()
+    tiny = tiny / Raw(bytes(last[IP].payload)[:payload])
+    tiny[IP].len = None
+    tiny[IP].chksum = None
+    tiny = bytes(tiny)
+    assert len(tiny) == 14 + 20 + payload
+    vx, tally = decode([first, tiny], opts=Options(mtu=9000, underlay_mtu=9000))
+    assert vx == 2 and fired(tally)["outer-fragment"] == [1, 2]
