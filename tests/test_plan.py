@@ -476,3 +476,414 @@ def test_check_mtu_default_floor_is_576(tmp_path, ipv6, underlay, fits):
     else:
         with pytest.raises(PlanError, match=r"= 575\) is below 576"):
             kernel.check_mtu(p, node, "eth0", underlay)
+
+
+# --- every message in full (issue 16): what was wrong and where, as the user reads it ------
+# Each line is written out by hand from the rules in vtep/plan.py's docstring; a message
+# that loses its file, its field or the value at fault no longer compares equal.
+
+def seed_dict() -> dict:
+    return {"cluster": {"vni": 10, "port": 4789, "overlay": "172.2.0.0/16"},
+            "nodes": [{"name": "network-1", "underlay_ip": "192.168.1.138",
+                       "subnet": "172.2.0.0/24"},
+                      {"name": "network-2", "underlay_ip": "192.168.2.142",
+                       "subnet": "172.2.1.0/24"}]}
+
+
+def parse_problems(data) -> list[str]:
+    with pytest.raises(PlanError) as e:
+        planlib.parse(data, "p.toml")
+    return e.value.problems
+
+
+def with_cluster(**fields) -> dict:
+    data = seed_dict()
+    data["cluster"].update(fields)
+    return data
+
+
+def with_node2(**fields) -> dict:
+    data = seed_dict()
+    data["nodes"][1].update(fields)
+    return data
+
+
+def without(data, *where) -> dict:
+    *path, key = where
+    d = data
+    for k in path:
+        d = d[k]
+    del d[key]
+    return data
+
+
+@pytest.mark.parametrize("data,line", [
+    ({**seed_dict(), "clusters": {}},
+     "p.toml: clusters: unknown section (expected [cluster] and [[nodes]])"),
+    (with_cluster(vnii=3), "p.toml: cluster.vnii: unknown field (known: mtu, overlay, port, vni)"),
+    (with_cluster(vni=True), "p.toml: cluster.vni: True is not a whole number"),
+    (with_cluster(port=4789.0), "p.toml: cluster.port: 4789.0 is not a whole number"),
+    (with_cluster(port=0), "p.toml: cluster.port: 0 is outside 1..65535"),
+    (with_cluster(port=65536), "p.toml: cluster.port: 65536 is outside 1..65535"),
+    (with_cluster(mtu=575), "p.toml: cluster.mtu: 575 is outside 576..65465"),
+    # 65535 minus the IPv6 encapsulation (70 bytes, RFC 7348 section 5 over IPv6)
+    (with_cluster(mtu=65466), "p.toml: cluster.mtu: 65466 is outside 576..65465"),
+    (with_cluster(mtu="1450"), "p.toml: cluster.mtu: '1450' is not a whole number"),
+    (without(seed_dict(), "cluster", "overlay"),
+     'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16")'),
+    (with_cluster(overlay="172.2.0.1/16"),
+     "p.toml: cluster.overlay: '172.2.0.1/16' is not a network (172.2.0.1/16 has host bits set)"),
+    (with_cluster(overlay="fd00::/64"), "p.toml: cluster.overlay: fd00::/64: the overlay is IPv4 "
+     "(as in flannel's and Calico's VXLAN modes)"),
+    (with_cluster(overlay="0.0.0.0/0"), "p.toml: cluster.overlay: 0.0.0.0/0 overlaps 0.0.0.0/8, "
+     "'this network' (RFC 1122): the overlay must be unicast address space (e.g. 10.244.0.0/16)"),
+    (without(seed_dict(), "nodes"), "p.toml: nodes: at least one [[nodes]] entry is needed"),
+    ({**seed_dict(), "nodes": []}, "p.toml: nodes: at least one [[nodes]] entry is needed"),
+    ({**seed_dict(), "nodes": {"name": "a"}}, "p.toml: nodes: at least one [[nodes]] entry is needed"),
+    (with_node2(colour="red"), "p.toml: node 'network-2': colour: unknown field "
+     "(known: name, subnet, underlay_dev, underlay_ip, vtep_mac)"),
+    (without(seed_dict(), "nodes", 1, "underlay_ip"), "p.toml: node 'network-2': underlay_ip: missing"),
+    (without(seed_dict(), "nodes", 1, "subnet"), "p.toml: node 'network-2': subnet: missing"),
+    (with_node2(subnet="172.2.1.0/31"), "p.toml: node 'network-2': subnet: 172.2.1.0/31 is too "
+     "small: it needs the VTEP address, the gateway and pod addresses (/30 or larger)"),
+    (with_node2(subnet="172.2.0.0/15"),
+     "p.toml: node 'network-2': subnet: 172.2.0.0/15 is outside the overlay 172.2.0.0/16"),
+    (with_node2(subnet="fd00::/64"), "p.toml: node 'network-2': subnet: fd00::/64: the overlay is "
+     "IPv4 (as in flannel's and Calico's VXLAN modes)"),
+    (with_node2(vtep_mac="nope"), "p.toml: node 'network-2': vtep_mac: 'nope' is not a MAC address"),
+    (with_node2(vtep_mac="0B:00:00:00:00:01"),
+     "p.toml: node 'network-2': vtep_mac: 0b:00:00:00:00:01 is a multicast address"),
+    (with_node2(underlay_dev="eth:0"), "p.toml: node 'network-2': underlay_dev: 'eth:0' is not a "
+     "valid interface name: it may not contain ':'"),
+    (with_node2(underlay_dev="a" * 16), "p.toml: node 'network-2': underlay_dev: 'aaaaaaaaaaaaaaaa' "
+     "is not a valid interface name: 16 bytes long; the kernel allows 1-15"),
+    (with_node2(underlay_dev=""),
+     "p.toml: node 'network-2': underlay_dev: '' is not a valid interface name: it is empty"),
+    (with_node2(underlay_dev="."),
+     "p.toml: node 'network-2': underlay_dev: '.' is not a valid interface name: "
+     "'.' and '..' are not names"),
+    (with_node2(underlay_dev=7),
+     "p.toml: node 'network-2': underlay_dev: 7 is not a valid interface name: not a string"),
+    (with_node2(underlay_ip="fd00::2"),
+     "p.toml: nodes: underlay_ip mixes IPv4 and IPv6; one vxlan device has one address family"),
+    (with_node2(name="   "), "p.toml: nodes[1].name: missing or empty"),
+    (with_node2(name=""), "p.toml: nodes[1].name: missing or empty"),
+    (with_node2(name=2.5), "p.toml: nodes[1].name: 2.5 is not a string"),
+    (with_node2(name="n" * 64), f"p.toml: nodes[1].name: '{'n' * 39}...' is 64 characters long; "
+     "a node name is 1-63 ASCII letters, digits, '-', '_' or '.', starting with a letter or digit"),
+    (with_node2(name="a b"), "p.toml: nodes[1].name: 'a b' is not a valid node name: a node name "
+     "is 1-63 ASCII letters, digits, '-', '_' or '.', starting with a letter or digit"),
+], ids=lambda v: None if isinstance(v, dict) else v.split(": ", 2)[1])
+def test_each_problem_is_one_exact_line(data, line):
+    found = parse_problems(data)
+    assert line in found, found
+
+
+def test_underlay_dev_of_the_kernels_longest_name_is_kept():
+    data = with_node2(underlay_dev="e" * 15)
+    assert planlib.parse(data).node("network-2").underlay_dev == "e" * 15
+    for bad in ("eth 0", "eth\t0", "eth/0", "eth%d", "eth\x01"):
+        line = parse_problems(with_node2(underlay_dev=bad))[0]
+        assert line.startswith("p.toml: node 'network-2': underlay_dev: ") and \
+            f"it may not contain {bad[3]!r}" in line, line
+
+
+def test_a_cluster_that_is_no_table_is_named_and_the_overlay_missing_too():
+    assert parse_problems({**seed_dict(), "cluster": 5})[:2] == [
+        "p.toml: cluster: must be a table ([cluster])",
+        'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16")']
+
+
+def test_a_node_that_is_no_table_is_named_by_position_and_the_next_one_still_checked():
+    data = seed_dict()
+    data["nodes"] = [5, {"name": "b", "underlay_ip": "127.0.0.1", "subnet": "172.2.1.0/24"}]
+    assert parse_problems(data) == [
+        "p.toml: nodes[0]: must be a table ([[nodes]])",
+        "p.toml: node 'b': underlay_ip: 127.0.0.1 is a loopback address: no other node can "
+        "reach it"]
+
+
+def test_a_nameless_node_is_named_by_position_in_its_other_problems():
+    data = without(seed_dict(), "nodes", 1, "name")
+    data["nodes"][1]["colour"] = "red"
+    data["nodes"][1]["underlay_ip"] = "::"
+    assert parse_problems(data) == [
+        "p.toml: nodes[1].name: missing or empty",
+        "p.toml: nodes[1]: colour: unknown field (known: name, subnet, underlay_dev, "
+        "underlay_ip, vtep_mac)",
+        "p.toml: nodes[1]: underlay_ip: :: is the unspecified address: peers cannot send to it"]
+
+
+@pytest.mark.parametrize("ip,why", [
+    ("0.0.0.0", "the unspecified address: peers cannot send to it"),
+    ("::", "the unspecified address: peers cannot send to it"),
+    ("224.0.0.5", "a multicast address: the plan needs each node's own unicast address"),
+    ("ff05::2", "a multicast address: the plan needs each node's own unicast address"),
+    ("255.255.255.255", "the limited broadcast address (RFC 919): peers cannot send unicast to it"),
+    ("127.0.0.2", "a loopback address: no other node can reach it"),
+    ("::1", "a loopback address: no other node can reach it"),
+    ("::ffff:10.1.2.3", "an IPv4-mapped IPv6 address: write 10.1.2.3"),
+    ("fe80::1", "an IPv6 link-local address: it means nothing without an interface zone "
+     "(RFC 4007), which a plan shared by every node cannot carry"),
+    ("FE80::1", "an IPv6 link-local address: it means nothing without an interface zone "
+     "(RFC 4007), which a plan shared by every node cannot carry"),
+])
+def test_underlay_ip_refusals_in_full(ip, why):
+    # the address as written (FE80::1 stays upper case), then why no peer can use it
+    assert parse_problems(with_node2(underlay_ip=ip)) == [
+        f"p.toml: node 'network-2': underlay_ip: {ip} is {why}"]
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("x" * 38, "'" + "x" * 38 + "'"),                       # repr of 40 characters: whole
+    ("x" * 39, "'" + "x" * 39 + "...'"),                    # 41: cut to 40 and marked
+    (12, "12"), ("192.168.2.1/24", "'192.168.2.1/24'"),
+])
+def test_underlay_ip_that_is_no_address_is_shown_short_and_on_one_line(value, shown):
+    assert parse_problems(with_node2(underlay_ip=value)) == [
+        f"p.toml: node 'network-2': underlay_ip: {shown} is not an IP address"]
+
+
+def test_ipv4_link_local_underlay_warning_in_full():
+    p = planlib.parse(with_node2(underlay_ip="169.254.0.9"), "p.toml")
+    assert "p.toml: node 'network-2': underlay_ip: 169.254.0.9 is link-local (RFC 3927): only " \
+        "nodes on the same link can reach it" in p.warnings
+    assert p.node("network-2").underlay_ip == ipaddress.ip_address("169.254.0.9")
+
+
+def test_public_overlay_warning_in_full():
+    p = planlib.parse(seed_dict(), "p.toml")
+    assert p.warnings == ("p.toml: cluster.overlay: 172.2.0.0/16 is not private address space "
+                          "(RFC 1918 or 100.64.0.0/10); traffic to those addresses elsewhere on "
+                          "the internet will be routed into the overlay",)
+
+
+@pytest.mark.parametrize("overlay", ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                     "100.64.0.0/10", "10.200.0.0/16"])
+def test_private_overlays_do_not_warn(overlay):
+    data = with_cluster(overlay=overlay)
+    net = ipaddress.ip_network(overlay)
+    for k, node in enumerate(data["nodes"]):
+        node["subnet"] = str(list(net.subnets(new_prefix=24))[k])
+    if overlay == "192.168.0.0/16":
+        for k, node in enumerate(data["nodes"]):
+            node["underlay_ip"] = f"10.9.{k}.1"
+    assert planlib.parse(data).warnings == ()
+
+
+def test_an_overlay_refused_as_special_space_is_not_held_against_the_subnets():
+    # one line for the overlay, not one more per subnet "outside" it or underlay "inside" it
+    assert parse_problems(with_cluster(overlay="192.0.0.0/2")) == [
+        "p.toml: cluster.overlay: 192.0.0.0/2 overlaps 224.0.0.0/4, multicast: the overlay must "
+        "be unicast address space (e.g. 10.244.0.0/16)"]
+
+
+@pytest.mark.parametrize("vni,port,mtu", [(1, 1, 576), (16777215, 65535, 65465)])
+def test_range_limits_are_accepted(vni, port, mtu):
+    p = planlib.parse(with_cluster(vni=vni, port=port, mtu=mtu), "p.toml")
+    assert (p.path, p.vni, p.port, p.mtu) == ("p.toml", vni, port, mtu)
+
+
+def test_a_plan_keeps_every_value_it_was_given():
+    data = with_node2(underlay_dev="eth1", vtep_mac="02:00:00:00:00:aa")
+    p = planlib.parse(data, "p.toml")
+    n2 = p.node("network-2")
+    assert (n2.name, str(n2.underlay_ip), str(n2.subnet), n2.vtep_mac, n2.underlay_dev) == \
+        ("network-2", "192.168.2.142", "172.2.1.0/24", "02:00:00:00:00:aa", "eth1")
+    assert p.node("network-1").underlay_dev is None
+    assert str(p.overlay) == "172.2.0.0/16" and p.ipv6_underlay is False
+
+
+@pytest.mark.parametrize("subnet", ["172.2.255.0/24", "172.2.255.252/30", "172.2.128.0/17"])
+def test_a_subnet_reaching_the_overlays_last_address_is_inside_it(subnet):
+    assert str(planlib.parse(with_node2(subnet=subnet)).node("network-2").subnet) == subnet
+
+
+def test_a_subnet_as_large_as_the_overlay_is_inside_it():
+    data = seed_dict()
+    data["nodes"] = data["nodes"][:1]
+    data["nodes"][0]["subnet"] = "172.2.0.0/16"
+    assert str(planlib.parse(data).nodes[0].subnet) == "172.2.0.0/16"
+
+
+def test_a_third_duplicate_names_the_first_holder():
+    data = seed_dict()
+    data["nodes"].append({"name": "network-3", "underlay_ip": "192.168.1.138",
+                          "subnet": "172.2.2.0/24"})
+    data["nodes"][1]["underlay_ip"] = "192.168.1.138"
+    assert parse_problems(data) == [
+        "p.toml: node 'network-2': underlay_ip: 192.168.1.138 is already used by node 'network-1'",
+        "p.toml: node 'network-3': underlay_ip: 192.168.1.138 is already used by node 'network-1'"]
+
+
+def test_identical_subnets_each_name_the_first_holder():
+    data = seed_dict()
+    data["nodes"].append({"name": "network-3", "underlay_ip": "192.168.3.1",
+                          "subnet": "172.2.0.0/24"})
+    data["nodes"][1]["subnet"] = "172.2.0.0/24"
+    assert parse_problems(data) == [
+        "p.toml: node 'network-2': subnet: 172.2.0.0/24 overlaps 172.2.0.0/24 of node 'network-1'",
+        "p.toml: node 'network-3': subnet: 172.2.0.0/24 overlaps 172.2.0.0/24 of node 'network-1'"]
+
+
+def test_a_subnet_inside_a_larger_one_names_the_larger():
+    data = seed_dict()
+    data["nodes"][0]["subnet"] = "172.2.0.0/20"
+    data["nodes"][1]["subnet"] = "172.2.15.0/24"         # its last /24
+    assert parse_problems(data) == [
+        "p.toml: node 'network-2': subnet: 172.2.15.0/24 overlaps 172.2.0.0/20 of node "
+        "'network-1'"]
+
+
+@pytest.mark.parametrize("ip,inside", [("172.2.1.0", True), ("172.2.1.255", True),
+                                       ("172.2.0.255", True), ("172.2.2.0", True),
+                                       ("172.3.0.0", False), ("172.1.255.255", False)])
+def test_underlay_ip_at_the_edges_of_a_subnet_and_of_the_overlay(ip, inside):
+    data = with_node2(underlay_ip=ip)
+    if not inside:
+        assert planlib.parse(data).node("network-2").underlay_ip == ipaddress.ip_address(ip)
+        return
+    found = parse_problems(data)
+    assert found[0] == (f"p.toml: cluster.overlay: 172.2.0.0/16 contains the underlay_ip {ip} "
+                        "of node 'network-2': the underlay must stay outside the overlay")
+    holder = {"172.2.1.0": "network-2", "172.2.1.255": "network-2",
+              "172.2.0.255": "network-1"}.get(ip)
+    subnet_lines = found[1:]
+    if holder is None:
+        assert subnet_lines == []
+    else:
+        subnet = {"network-1": "172.2.0.0/24", "network-2": "172.2.1.0/24"}[holder]
+        assert subnet_lines == [f"p.toml: node '{holder}': subnet: {subnet} contains the "
+                                f"underlay_ip {ip} of node 'network-2': its route would carry "
+                                "the tunnel into itself"]
+
+
+def test_four_underlay_ips_in_a_subnet_name_three_and_one_more():
+    nodes = [{"name": f"n{i}", "underlay_ip": f"10.2.0.{i + 1}", "subnet": f"10.2.{i}.0/24"}
+             for i in range(4)]
+    data = {"cluster": {"overlay": "10.2.0.0/16"}, "nodes": nodes}
+    found = parse_problems(data)
+    assert "p.toml: node 'n0': subnet: 10.2.0.0/24 contains the underlay_ip 10.2.0.1 of node " \
+        "'n0', 10.2.0.2 of node 'n1', 10.2.0.3 of node 'n2' and 1 more: its route would carry " \
+        "the tunnel into itself" in found, found
+    nodes[3]["underlay_ip"] = "10.9.0.4"
+    found = parse_problems(data)
+    assert "p.toml: node 'n0': subnet: 10.2.0.0/24 contains the underlay_ip 10.2.0.1 of node " \
+        "'n0', 10.2.0.2 of node 'n1', 10.2.0.3 of node 'n2': its route would carry " \
+        "the tunnel into itself" in found, found
+
+
+@pytest.mark.parametrize("count,listed", [
+    (10, "n0, n1, n2, n3, n4, n5, n6, n7, n8, n9"),
+    (11, "n0, n1, n2, n3, n4, n5, n6, n7, n8, n9 and 1 more"),
+])
+def test_unknown_node_lists_up_to_ten_names(count, listed):
+    nodes = [{"name": f"n{i}", "underlay_ip": f"10.1.0.{i + 1}", "subnet": f"10.2.{i}.0/24"}
+             for i in range(count)]
+    p = planlib.parse({"cluster": {"overlay": "10.2.0.0/16"}, "nodes": nodes}, "p.toml")
+    with pytest.raises(PlanError) as e:
+        p.node("nope")
+    assert e.value.problems == [f"p.toml: no node named 'nope' (the plan has {listed})"]
+
+
+def test_local_node_selection_messages_in_full():
+    p = planlib.parse(seed_dict(), "p.toml")
+    with pytest.raises(PlanError) as e:
+        p.node_for_local(["10.0.0.1"])
+    assert str(e.value) == ("p.toml: no node's underlay_ip is an address of this host; "
+                            "name the node with --node")
+    with pytest.raises(PlanError) as e:
+        p.node_for_local([ipaddress.ip_address("192.168.2.142"), "192.168.1.138"])
+    assert str(e.value) == ("p.toml: several nodes' underlay_ip are local (network-1, network-2);"
+                            " name the node with --node")
+
+
+def test_unreadable_files_in_full(tmp_path):
+    with pytest.raises(PlanError) as e:
+        planlib.load(tmp_path)
+    assert str(e.value) == f"{tmp_path}: cannot read: Is a directory"
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"# caf\xe9\n" + SEED.encode())
+    with pytest.raises(PlanError) as e:
+        planlib.load(latin1)
+    assert str(e.value) == f"{latin1}: not UTF-8 text (byte 5)"
+    with pytest.raises(PlanError) as e:
+        planlib.load(tmp_path / "missing.toml")
+    assert str(e.value) == f"{tmp_path / 'missing.toml'}: no such file"
+    with pytest.raises(PlanError) as e:
+        planlib.load(write(tmp_path, "[cluster\n", "bad.toml"))
+    assert str(e.value).startswith(f"{tmp_path / 'bad.toml'}: not valid TOML: ")
+    assert "line 1" in str(e.value)
+
+
+def test_a_plan_without_a_cluster_section_misses_only_its_overlay():
+    data = without(seed_dict(), "cluster")
+    assert parse_problems(data) == [
+        'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16")']
+
+
+def test_a_plan_given_as_data_is_named_plan_in_brackets():
+    with pytest.raises(PlanError) as e:
+        planlib.parse(with_cluster(vni=0))
+    assert e.value.problems == ["<plan>: cluster.vni: 0 is outside 1..16777215"]
+
+
+@pytest.mark.parametrize("dev", ["XGBE0", "eth0.100", "br-pods", "enp0s31f6", "veth_a@b"])
+def test_usual_interface_names_are_accepted(dev):
+    assert planlib.parse(with_node2(underlay_dev=dev)).node("network-2").underlay_dev == dev
+
+
+def test_a_nameless_node_is_still_held_to_unique_addresses():
+    data = without(seed_dict(), "nodes", 1, "name")
+    data["nodes"][1]["underlay_ip"] = "192.168.1.138"
+    assert parse_problems(data) == [
+        "p.toml: nodes[1].name: missing or empty",
+        "p.toml: nodes[1]: underlay_ip: 192.168.1.138 is already used by node 'network-1'"]
+
+
+def test_nameless_nodes_get_no_derived_mac_to_collide():
+    # the MAC is derived from name and subnet: without a name there is none to compare
+    data = seed_dict()
+    for node in data["nodes"]:
+        del node["name"]
+        node["subnet"] = "172.2.0.0/24"
+    assert parse_problems(data) == ["p.toml: nodes[0].name: missing or empty",
+                                    "p.toml: nodes[1].name: missing or empty"]
+
+
+@pytest.mark.parametrize("mac,why", [("nope", "'nope' is not a MAC address"),
+                                     ("01:00:5e:00:00:01", "01:00:5e:00:00:01 is a multicast address")])
+def test_two_nodes_with_the_same_bad_mac_get_one_line_each(mac, why):
+    data = seed_dict()
+    for node in data["nodes"]:
+        node["vtep_mac"] = mac
+    assert parse_problems(data) == [f"p.toml: node 'network-1': vtep_mac: {why}",
+                                    f"p.toml: node 'network-2': vtep_mac: {why}"]
+
+
+@pytest.mark.parametrize("mac", ["12:34:56:78:9a:bc", "10:00:00:00:00:01", "fe:ff:ff:ff:ff:ff"])
+def test_unicast_macs_whatever_their_high_nibble(mac):
+    # the I/G bit is the low bit of the first byte (IEEE 802): 0x12, 0x10 and 0xfe are unicast
+    assert planlib.parse(with_node2(vtep_mac=mac)).node("network-2").vtep_mac == mac
+
+
+def test_a_too_small_subnet_is_still_held_against_the_others():
+    # 172.2.0.3/32 is refused as too small, and it is also the last address of network-1's /30
+    data = seed_dict()
+    data["nodes"][0]["subnet"] = "172.2.0.0/30"
+    data["nodes"][1]["subnet"] = "172.2.0.3/32"
+    assert parse_problems(data) == [
+        "p.toml: node 'network-2': subnet: 172.2.0.3/32 is too small: it needs the VTEP address, "
+        "the gateway and pod addresses (/30 or larger)",
+        "p.toml: node 'network-2': subnet: 172.2.0.3/32 overlaps 172.2.0.0/30 of node 'network-1'"]
+
+
+def test_a_subnet_at_address_zero_overlaps_nothing_by_itself():
+    # with the overlay refused, nothing else stops a subnet at 0.0.0.0; the sweep starts
+    # below every address
+    data = with_cluster(overlay="0.0.0.0/0")
+    data["nodes"] = data["nodes"][:1]
+    data["nodes"][0]["subnet"] = "0.0.0.0/30"
+    assert parse_problems(data) == [
+        "p.toml: cluster.overlay: 0.0.0.0/0 overlaps 0.0.0.0/8, 'this network' (RFC 1122): the "
+        "overlay must be unicast address space (e.g. 10.244.0.0/16)"]

@@ -192,7 +192,7 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
                             "(RFC 1918 or 100.64.0.0/10); traffic to those addresses "
                             "elsewhere on the internet will be routed into the overlay")
 
-    raw_nodes = data.get("nodes", [])
+    raw_nodes = data.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         bad("nodes", "at least one [[nodes]] entry is needed")
         raw_nodes = []
@@ -243,7 +243,6 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
             why = ifname_problem(dev)
             if why:
                 bad(f"{label}: underlay_dev", f"{_short(dev)} is not a valid interface name: {why}")
-                dev = None
         for fld, value in (("name", name), ("underlay_ip", ip), ("vtep_mac", mac)):
             if value is None:
                 continue
@@ -413,7 +412,7 @@ def _int(value, where, lo, hi, bad):
 
 def _net(value, where, bad):
     try:
-        net = ipaddress.ip_network(str(value), strict=True)
+        net = ipaddress.ip_network(str(value))  # strict by default: no host bits set
     except ValueError as e:
         bad(where, f"{value!r} is not a network ({e})")
         return None

@@ -44,7 +44,8 @@ class CaptureError(Exception):
     """The capture cannot be read (further) at byte `offset`."""
 
     def __init__(self, message: str, offset: int):
-        super().__init__(message)
+        # BaseException keeps (message, offset) as args by itself: a copy or an unpickled
+        # CaptureError is built again from both
         self.message = message
         self.offset = offset
 
@@ -131,7 +132,7 @@ def _pcap(r: Reader, order: str, _nanos: bool):
                 if incl > MAX_RECORD:
                     fault = CaptureError(f"implausible record length {incl}", r.base + off + 8)
                 break
-            append((off + 16, end - fcs if fcs and incl >= fcs else end, orig, linktype))
+            append((off + 16, end - fcs if incl >= fcs else end, orig, linktype))
             off = end
         if records:
             yield buf, records
@@ -139,9 +140,11 @@ def _pcap(r: Reader, order: str, _nanos: bool):
             raise fault
         need = 16 if off + 16 > n else 16 + rec(buf, off + 8)[0]
         if eof:
-            if off < n:
+            # The pass after the refill that found the end: that refill kept only an
+            # incomplete record, at buf[0] (off is 0), and added nothing to complete it.
+            if n:
                 raise CaptureError(f"file ends inside a record (it needs {need} bytes, "
-                                   f"{n - off} remain)", r.base + off)
+                                   f"{n} remain)", r.base)
             return
         eof = not r.refill(off, need)
         off = 0
@@ -151,7 +154,9 @@ def _pcapng(r: Reader):
     """pcapng: SHB, IDB, EPB, SPB and the obsolete PB; every other block is skipped."""
     off = 0
     order = "<"
-    interfaces: list[tuple[int, int, int]] = []  # (linktype, snaplen, fcs bytes)
+    # (linktype, snaplen, fcs bytes) per interface of the section; set by the SHB
+    # that every pcapng file starts with (batches checked its magic)
+    interfaces: list[tuple[int, int, int]]
     eof = not r.refill(0)
     while True:
         buf = r.buf
@@ -162,8 +167,6 @@ def _pcapng(r: Reader):
         while off + 12 <= n:
             btype_raw = buf[off:off + 4]
             if btype_raw == PCAPNG_SHB:
-                if off + 12 > n:
-                    break
                 bom = buf[off + 8:off + 12]
                 if bom == b"\x4d\x3c\x2b\x1a":
                     order = "<"
@@ -234,9 +237,10 @@ def _pcapng(r: Reader):
         if fault is not None:
             raise fault
         if eof:
-            if off < n:
-                raise CaptureError(f"file ends inside a pcapng block ({n - off} bytes left over)",
-                                   r.base + off)
+            # as in _pcap: only an incomplete block is left, at buf[0]
+            if n:
+                raise CaptureError(f"file ends inside a pcapng block ({n} bytes left over)",
+                                   r.base)
             return
         need = 0
         if off + 8 <= n:
@@ -246,12 +250,16 @@ def _pcapng(r: Reader):
 
 
 def _if_fcslen(buf, pos: int, end: int, order: str) -> int:
-    """The if_fcslen option (code 13) of an IDB: FCS bytes at the end of each frame."""
+    """The if_fcslen option (code 13) of an IDB: FCS bytes at the end of each frame.
+
+    Options end at opt_endofopt (code 0) or at `end`; an option whose value would run
+    past `end` is malformed, and it and what follows are not believed."""
     while pos + 4 <= end:
         code, length = struct.unpack_from(order + "HH", buf, pos)
-        if code == 0:
+        nxt = pos + 4 + length + (-length % 4)
+        if code == 0 or nxt > end:
             break
-        if code == 13 and length >= 1:
+        if code == 13 and length:
             return buf[pos + 4]
-        pos += 4 + length + (-length % 4)
+        pos = nxt
     return 0

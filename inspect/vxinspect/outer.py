@@ -23,6 +23,7 @@ IP4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH").unpack_from
 IP6 = struct.Struct("!HHBB16s16s").unpack_from  # ver/class, payload len after first 2 bytes
 UDP = struct.Struct("!HHHH").unpack_from
 V4_NO_OPTIONS = 0x45  # version 4, IHL 5: less is no IPv4 header
+V4_MAX_OPTIONS = 0x4F  # version 4, IHL 15: above it the version is not 4 (RFC 791)
 M = 0xFFFF
 
 
@@ -59,14 +60,14 @@ class Outer:
                 dp = -1
             else:
                 return None
-            if proto != IPPROTO_UDP or vhl < V4_NO_OPTIONS:
+            if proto != IPPROTO_UDP or not V4_NO_OPTIONS <= vhl <= V4_MAX_OPTIONS:
                 return None
             if frag & IP_OFFMASK:  # a later fragment: VXLAN only if its first fragment was
                 return self.fragments.later((src, dst, ident), frag & IP_MF, no, orig) or None
             ihl = (vhl & 15) << 2
             u = q + ihl
             if ihl != IPV4_HLEN:  # IP options: the UDP header is further on
-                if vhl >> 4 != 4 or u + UDP_HLEN > end:
+                if u + UDP_HLEN > end:
                     return None
                 _, dp, ulen, ucs = UDP(buf, u)
             if dp not in self.ports:
