@@ -940,3 +940,31 @@ def test_tiny_last_fragment_follows_its_first(payload):
     assert len(tiny) == 14 + 20 + payload
     vx, tally = decode([first, tiny], opts=Options(mtu=9000, underlay_mtu=9000))
     assert vx == 2 and fired(tally)["outer-fragment"] == [1, 2]
+
+
+def _ipv6_fragments(ident, size=1000, fragsize=400):
+    from scapy.layers.inet6 import fragment6
+    big = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / IPv6(src=C.UNDER6_SRC, dst=C.UNDER6_DST) / \
+        IPv6ExtHdrFragment(id=ident) / UDP(sport=51234, dport=4789) / \
+        Raw(C.vxlan_header(10) + bytes(C.inner_ipv4_of_len(size)))
+    return [bytes(f) for f in fragment6(big, fragsize)]
+
+
+def test_ipv6_fragments_are_told_apart_by_their_whole_32_bit_id():
+    a = _ipv6_fragments(0x01000077)
+    b = _ipv6_fragments(0x02000077)
+    assert len(a) == len(b) >= 3                 # first, middle ones (M set), last
+    frames = [f for pair in zip(a, b) for f in pair]
+    vx, tally = decode(frames, opts=Options(mtu=9000))
+    assert vx == len(frames)
+    assert fired(tally)["outer-fragment"] == list(range(1, len(frames) + 1))
+    assert tally.flows[(packed(C.UNDER6_SRC), packed(C.UNDER6_DST))][:2] == \
+        [len(frames), sum(len(f) for f in frames)]
+
+
+def test_ipv6_later_fragment_with_no_data_follows_its_first():
+    a = _ipv6_fragments(0x0303)
+    last = bytearray(a[-1][:14 + 40 + 8])         # the IPv6 and Fragment headers only
+    last[18:20] = struct.pack("!H", 8)
+    vx, tally = decode(a[:-1] + [bytes(last)], opts=Options(mtu=9000))
+    assert vx == len(a)
