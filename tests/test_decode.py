@@ -968,3 +968,42 @@ def test_ipv6_later_fragment_with_no_data_follows_its_first():
     last[18:20] = struct.pack("!H", 8)
     vx, tally = decode(a[:-1] + [bytes(last)], opts=Options(mtu=9000))
     assert vx == len(a)
+
+
+# ---- outer lengths that lie, and where in the buffer a record sits --------------------------
+
+def test_an_outer_ip_length_past_the_frame_still_decodes_the_inner_packet():
+    p = C.vxlan(C.inner_ipv4_of_len(300))
+    liar = C.vxlan(C.inner_ipv4_of_len(300), ip_len=len(p[IP]) + 4)
+    vx, tally = decode([liar])
+    assert fired(tally) == {"truncated": [1]}
+    assert _largest_inner(tally) == 300
+
+
+def test_outer_udp_length_zero_below_64_kib_is_truncated_wherever_the_record_sits():
+    p = C.vxlan(C.inner_icmp())
+    zero = bytearray(bytes(p))
+    zero[14 + 20 + 4:14 + 20 + 6] = b"\0\0"       # UDP length 0 in a short datagram
+    zero[14 + 20 + 6:14 + 20 + 8] = b"\0\0"       # (no checksum: only the length is at fault)
+    for junk in (b"\xee" * 7, b"\xee" * 70000):   # a record far into a large buffer, too
+        vx, tally = decode([bytes(zero)], junk=junk)
+        assert (vx, fired(tally)) == (1, {"truncated": [1]}), len(junk)
+
+
+@pytest.mark.parametrize("size,truncated", [(65535, True), (65536, False)])
+def test_outer_udp_length_zero_means_from_ip_only_past_65535(size, truncated):
+    # UDP datagram of `size` bytes behind an IPv4 tot_len 0 (BIG TCP); RFC 2675 keeps the
+    # 0 for lengths the 16-bit field cannot hold
+    inner = bytes(C.inner_ipv4_of_len(1000))
+    inner += b"p" * (size - 8 - 8 - len(inner))
+    f = _big_outer(inner)
+    assert len(f) - 14 - 20 == size
+    vx, tally = decode([f], opts=Options(underlay_mtu=200000, mtu=200000))
+    assert fired(tally) == ({"truncated": [1]} if truncated else {})
+
+
+def test_big_outer_datagram_with_a_wrong_udp_length_is_truncated():
+    f = bytearray(_big_outer(bytes(C.inner_ipv4_of_len(1000)) + b"p" * 70000))
+    f[14 + 20 + 4:14 + 20 + 6] = struct.pack("!H", 1234)
+    vx, tally = decode([bytes(f)], opts=Options(underlay_mtu=200000, mtu=200000, checksums=False))
+    assert fired(tally) == {"truncated": [1]}
