@@ -1007,3 +1007,51 @@ def test_big_outer_datagram_with_a_wrong_udp_length_is_truncated():
     f[14 + 20 + 4:14 + 20 + 6] = struct.pack("!H", 1234)
     vx, tally = decode([bytes(f)], opts=Options(underlay_mtu=200000, mtu=200000, checksums=False))
     assert fired(tally) == {"truncated": [1]}
+
+
+@pytest.mark.parametrize("delta,inner_judged", [(+4, True), (-4, False)])
+def test_outer_udp_length_that_disagrees_is_truncated(delta, inner_judged):
+    # the outer checksum covers what the UDP length says: with the length wrong it is not
+    # judged. The inner ICMP checksum (wrong here) is judged when the inner packet lies
+    # inside both the IP packet and the datagram: a UDP length 4 short cuts it off.
+    p = C.vxlan(C.with_wrong_checksum(C.inner_icmp(), ICMP))
+    vx, tally = decode([C.vxlan(C.with_wrong_checksum(C.inner_icmp(), ICMP),
+                                udp_len=len(p[UDP]) + delta)])
+    want = {"truncated": [1]}
+    if inner_judged:
+        want["inner-l4-checksum"] = [1]
+    assert fired(tally) == want
+
+
+@pytest.mark.parametrize("udp_len,vnis", [(7, {10: 1}), (8, {}), (0, {10: 1})])
+def test_outer_udp_length_below_a_vxlan_header(udp_len, vnis):
+    # below 8 the length is no length at all and the IP packet says where the datagram
+    # ends; 8 is an empty datagram, and the VXLAN header after it belongs to none
+    vx, tally = decode([C.vxlan(C.inner_icmp(), udp_len=udp_len)])
+    assert (vx, fired(tally), tally.vnis) == (1, {"truncated": [1]}, vnis)
+
+
+def test_padded_first_fragment_holding_only_the_udp_header():
+    big = C.vxlan_of_outer_len(600, df=False, ip_id=0x6161)
+    frags = fragment(big, 8)
+    first = bytes(frags[0])
+    assert len(first) == 14 + 20 + 8
+    padded = first + b"\0" * (60 - len(first))     # Ethernet minimum frame
+    vx, tally = decode([padded] + [bytes(f) for f in frags[1:]], opts=Options(mtu=9000))
+    assert vx == len(frags)
+
+
+def test_inner_length_from_the_frame_only_when_the_outer_lengths_hold():
+    # outer IPv4 total length 4 past the frame (UDP length right): the datagram is not
+    # whole, so an inner tot_len 0 is not taken as BIG TCP (the inner packet is 1460 bytes)
+    ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=253) / (b"b" * 1440)
+    inner = bytearray(bytes(C.inner_eth() / ip))
+    inner[16:18] = b"\0\0"
+    inner[24:26] = b"\0\0"
+    inner[24:26] = struct.pack("!H", checksum(bytes(inner[14:34])))
+    p = C.vxlan(bytes(inner))
+    liar = C.vxlan(bytes(inner), ip_len=len(p[IP]) + 4)
+    vx, tally = decode([liar])
+    assert fired(tally) == {"truncated": [1], "outer-too-big": [1]}
+    vx, tally = decode([p])
+    assert fired(tally) == {"inner-too-big": [1], "outer-too-big": [1]}
