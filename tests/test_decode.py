@@ -15,11 +15,13 @@ import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
-from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 import craft as C
+from vtep.lab.lab import SEED_PLAN
+from vtep.plan import load as load_plan
 from vxinspect import Options
 from vxinspect.decode import make_decoder
 from vxinspect.report import Tally
@@ -455,7 +457,6 @@ def test_ipv6_later_fragment_without_its_first_is_other_traffic():
     big = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / IPv6(src=C.UNDER6_SRC, dst=C.UNDER6_DST) / \
         IPv6ExtHdrFragment(id=0x99) / UDP(sport=51234, dport=4789) / \
         Raw(C.vxlan_header(10) + bytes(C.inner_ipv4_of_len(1000)))
-    from scapy.layers.inet6 import fragment6
     first, last = fragment6(big, 600)
     vx, tally = decode([last, first, last, last], opts=Options(mtu=9000))
     assert vx == 2
@@ -943,7 +944,6 @@ def test_tiny_last_fragment_follows_its_first(payload):
 
 
 def _ipv6_fragments(ident, size=1000, fragsize=400):
-    from scapy.layers.inet6 import fragment6
     big = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / IPv6(src=C.UNDER6_SRC, dst=C.UNDER6_DST) / \
         IPv6ExtHdrFragment(id=ident) / UDP(sport=51234, dport=4789) / \
         Raw(C.vxlan_header(10) + bytes(C.inner_ipv4_of_len(size)))
@@ -1055,3 +1055,26 @@ def test_inner_length_from_the_frame_only_when_the_outer_lengths_hold():
     assert fired(tally) == {"truncated": [1], "outer-too-big": [1]}
     vx, tally = decode([p])
     assert fired(tally) == {"inner-too-big": [1], "outer-too-big": [1]}
+
+
+# ---- --plan on records cut right after the fields it reads ----------------------------------
+
+def test_plan_reads_the_inner_mac_and_vni_up_to_the_last_byte_there_is(tmp_path):
+    path = tmp_path / "seed.toml"
+    path.write_text(SEED_PLAN)
+    plan = load_plan(path)
+    n1, n2 = plan.node("network-1"), plan.node("network-2")
+
+    def frame(inner_dst_mac, vni):
+        return bytes(C.vxlan(C.inner_icmp(dst=inner_dst_mac), vni=vni, src=str(n1.underlay_ip),
+                             dst=str(n2.underlay_ip)))
+    u = 14 + 20                                  # the outer UDP header
+    good, wrong_mac, wrong_vni = (frame(n2.vtep_mac, 10), frame(n1.vtep_mac, 10),
+                                  frame(n2.vtep_mac, 11))
+    opts = Options(plan=plan, vnis=frozenset({10, 11}))
+    # cut after the inner destination MAC (8 + 8 + 6 bytes): the fdb is consulted
+    vx, tally = decode([good[:u + 22], wrong_mac[:u + 22]], opts=opts, origs=[len(good)] * 2)
+    assert fired(tally)["plan-mismatch"] == [2]
+    # cut after the VXLAN header (8 + 8 bytes): only the VNI can be held against the plan
+    vx, tally = decode([good[:u + 16], wrong_vni[:u + 16]], opts=opts, origs=[len(good)] * 2)
+    assert fired(tally)["plan-mismatch"] == [2]
