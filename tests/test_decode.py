@@ -1078,3 +1078,13 @@ def test_plan_reads_the_inner_mac_and_vni_up_to_the_last_byte_there_is(tmp_path)
     # cut after the VXLAN header (8 + 8 bytes): only the VNI can be held against the plan
     vx, tally = decode([good[:u + 16], wrong_vni[:u + 16]], opts=opts, origs=[len(good)] * 2)
     assert fired(tally)["plan-mismatch"] == [2]
+
+
+def test_a_fragment_s_udp_checksum_is_never_judged():
+    # MF set: more of the datagram follows, so its checksum cannot be held against these
+    # bytes, even when the UDP length happens to end inside them
+    p = C.vxlan(C.inner_icmp(), df=False)
+    p[IP].flags = "MF"
+    bad = C.with_wrong_checksum(p, UDP)
+    vx, tally = decode([bad])
+    assert fired(tally) == {"outer-fragment": [1], "df-clear": [1]}
