@@ -15,11 +15,13 @@ import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
-from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 import craft as C
+from vtep.lab.lab import SEED_PLAN
+from vtep.plan import load as load_plan
 from vxinspect import Options
 from vxinspect.decode import make_decoder
 from vxinspect.report import Tally
@@ -455,7 +457,6 @@ def test_ipv6_later_fragment_without_its_first_is_other_traffic():
     big = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / IPv6(src=C.UNDER6_SRC, dst=C.UNDER6_DST) / \
         IPv6ExtHdrFragment(id=0x99) / UDP(sport=51234, dport=4789) / \
         Raw(C.vxlan_header(10) + bytes(C.inner_ipv4_of_len(1000)))
-    from scapy.layers.inet6 import fragment6
     first, last = fragment6(big, 600)
     vx, tally = decode([last, first, last, last], opts=Options(mtu=9000))
     assert vx == 2
@@ -940,3 +941,150 @@ def test_tiny_last_fragment_follows_its_first(payload):
     assert len(tiny) == 14 + 20 + payload
     vx, tally = decode([first, tiny], opts=Options(mtu=9000, underlay_mtu=9000))
     assert vx == 2 and fired(tally)["outer-fragment"] == [1, 2]
+
+
+def _ipv6_fragments(ident, size=1000, fragsize=400):
+    big = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / IPv6(src=C.UNDER6_SRC, dst=C.UNDER6_DST) / \
+        IPv6ExtHdrFragment(id=ident) / UDP(sport=51234, dport=4789) / \
+        Raw(C.vxlan_header(10) + bytes(C.inner_ipv4_of_len(size)))
+    return [bytes(f) for f in fragment6(big, fragsize)]
+
+
+def test_ipv6_fragments_are_told_apart_by_their_whole_32_bit_id():
+    a = _ipv6_fragments(0x01000077)
+    b = _ipv6_fragments(0x02000077)
+    assert len(a) == len(b) >= 3                 # first, middle ones (M set), last
+    frames = [f for pair in zip(a, b) for f in pair]
+    vx, tally = decode(frames, opts=Options(mtu=9000))
+    assert vx == len(frames)
+    assert fired(tally)["outer-fragment"] == list(range(1, len(frames) + 1))
+    assert tally.flows[(packed(C.UNDER6_SRC), packed(C.UNDER6_DST))][:2] == \
+        [len(frames), sum(len(f) for f in frames)]
+
+
+def test_ipv6_later_fragment_with_no_data_follows_its_first():
+    a = _ipv6_fragments(0x0303)
+    last = bytearray(a[-1][:14 + 40 + 8])         # the IPv6 and Fragment headers only
+    last[18:20] = struct.pack("!H", 8)
+    vx, tally = decode(a[:-1] + [bytes(last)], opts=Options(mtu=9000))
+    assert vx == len(a)
+
+
+# ---- outer lengths that lie, and where in the buffer a record sits --------------------------
+
+def test_an_outer_ip_length_past_the_frame_still_decodes_the_inner_packet():
+    p = C.vxlan(C.inner_ipv4_of_len(300))
+    liar = C.vxlan(C.inner_ipv4_of_len(300), ip_len=len(p[IP]) + 4)
+    vx, tally = decode([liar])
+    assert fired(tally) == {"truncated": [1]}
+    assert _largest_inner(tally) == 300
+
+
+def test_outer_udp_length_zero_below_64_kib_is_truncated_wherever_the_record_sits():
+    p = C.vxlan(C.inner_icmp())
+    zero = bytearray(bytes(p))
+    zero[14 + 20 + 4:14 + 20 + 6] = b"\0\0"       # UDP length 0 in a short datagram
+    zero[14 + 20 + 6:14 + 20 + 8] = b"\0\0"       # (no checksum: only the length is at fault)
+    for junk in (b"\xee" * 7, b"\xee" * 70000):   # a record far into a large buffer, too
+        vx, tally = decode([bytes(zero)], junk=junk)
+        assert (vx, fired(tally)) == (1, {"truncated": [1]}), len(junk)
+
+
+@pytest.mark.parametrize("size,truncated", [(65535, True), (65536, False)])
+def test_outer_udp_length_zero_means_from_ip_only_past_65535(size, truncated):
+    # UDP datagram of `size` bytes behind an IPv4 tot_len 0 (BIG TCP); RFC 2675 keeps the
+    # 0 for lengths the 16-bit field cannot hold
+    inner = bytes(C.inner_ipv4_of_len(1000))
+    inner += b"p" * (size - 8 - 8 - len(inner))
+    f = _big_outer(inner)
+    assert len(f) - 14 - 20 == size
+    vx, tally = decode([f], opts=Options(underlay_mtu=200000, mtu=200000))
+    assert fired(tally) == ({"truncated": [1]} if truncated else {})
+
+
+def test_big_outer_datagram_with_a_wrong_udp_length_is_truncated():
+    f = bytearray(_big_outer(bytes(C.inner_ipv4_of_len(1000)) + b"p" * 70000))
+    f[14 + 20 + 4:14 + 20 + 6] = struct.pack("!H", 1234)
+    vx, tally = decode([bytes(f)], opts=Options(underlay_mtu=200000, mtu=200000, checksums=False))
+    assert fired(tally) == {"truncated": [1]}
+
+
+@pytest.mark.parametrize("delta,inner_judged", [(+4, True), (-4, False)])
+def test_outer_udp_length_that_disagrees_is_truncated(delta, inner_judged):
+    # the outer checksum covers what the UDP length says: with the length wrong it is not
+    # judged. The inner ICMP checksum (wrong here) is judged when the inner packet lies
+    # inside both the IP packet and the datagram: a UDP length 4 short cuts it off.
+    p = C.vxlan(C.with_wrong_checksum(C.inner_icmp(), ICMP))
+    vx, tally = decode([C.vxlan(C.with_wrong_checksum(C.inner_icmp(), ICMP),
+                                udp_len=len(p[UDP]) + delta)])
+    want = {"truncated": [1]}
+    if inner_judged:
+        want["inner-l4-checksum"] = [1]
+    assert fired(tally) == want
+
+
+@pytest.mark.parametrize("udp_len,vnis", [(7, {10: 1}), (8, {}), (0, {10: 1})])
+def test_outer_udp_length_below_a_vxlan_header(udp_len, vnis):
+    # below 8 the length is no length at all and the IP packet says where the datagram
+    # ends; 8 is an empty datagram, and the VXLAN header after it belongs to none
+    vx, tally = decode([C.vxlan(C.inner_icmp(), udp_len=udp_len)])
+    assert (vx, fired(tally), tally.vnis) == (1, {"truncated": [1]}, vnis)
+
+
+def test_padded_first_fragment_holding_only_the_udp_header():
+    big = C.vxlan_of_outer_len(600, df=False, ip_id=0x6161)
+    frags = fragment(big, 8)
+    first = bytes(frags[0])
+    assert len(first) == 14 + 20 + 8
+    padded = first + b"\0" * (60 - len(first))     # Ethernet minimum frame
+    vx, tally = decode([padded] + [bytes(f) for f in frags[1:]], opts=Options(mtu=9000))
+    assert vx == len(frags)
+
+
+def test_inner_length_from_the_frame_only_when_the_outer_lengths_hold():
+    # outer IPv4 total length 4 past the frame (UDP length right): the datagram is not
+    # whole, so an inner tot_len 0 is not taken as BIG TCP (the inner packet is 1460 bytes)
+    ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=253) / (b"b" * 1440)
+    inner = bytearray(bytes(C.inner_eth() / ip))
+    inner[16:18] = b"\0\0"
+    inner[24:26] = b"\0\0"
+    inner[24:26] = struct.pack("!H", checksum(bytes(inner[14:34])))
+    p = C.vxlan(bytes(inner))
+    liar = C.vxlan(bytes(inner), ip_len=len(p[IP]) + 4)
+    vx, tally = decode([liar])
+    assert fired(tally) == {"truncated": [1], "outer-too-big": [1]}
+    vx, tally = decode([p])
+    assert fired(tally) == {"inner-too-big": [1], "outer-too-big": [1]}
+
+
+# ---- --plan on records cut right after the fields it reads ----------------------------------
+
+def test_plan_reads_the_inner_mac_and_vni_up_to_the_last_byte_there_is(tmp_path):
+    path = tmp_path / "seed.toml"
+    path.write_text(SEED_PLAN)
+    plan = load_plan(path)
+    n1, n2 = plan.node("network-1"), plan.node("network-2")
+
+    def frame(inner_dst_mac, vni):
+        return bytes(C.vxlan(C.inner_icmp(dst=inner_dst_mac), vni=vni, src=str(n1.underlay_ip),
+                             dst=str(n2.underlay_ip)))
+    u = 14 + 20                                  # the outer UDP header
+    good, wrong_mac, wrong_vni = (frame(n2.vtep_mac, 10), frame(n1.vtep_mac, 10),
+                                  frame(n2.vtep_mac, 11))
+    opts = Options(plan=plan, vnis=frozenset({10, 11}))
+    # cut after the inner destination MAC (8 + 8 + 6 bytes): the fdb is consulted
+    vx, tally = decode([good[:u + 22], wrong_mac[:u + 22]], opts=opts, origs=[len(good)] * 2)
+    assert fired(tally)["plan-mismatch"] == [2]
+    # cut after the VXLAN header (8 + 8 bytes): only the VNI can be held against the plan
+    vx, tally = decode([good[:u + 16], wrong_vni[:u + 16]], opts=opts, origs=[len(good)] * 2)
+    assert fired(tally)["plan-mismatch"] == [2]
+
+
+def test_a_fragment_s_udp_checksum_is_never_judged():
+    # MF set: more of the datagram follows, so its checksum cannot be held against these
+    # bytes, even when the UDP length happens to end inside them
+    p = C.vxlan(C.inner_icmp(), df=False)
+    p[IP].flags = "MF"
+    bad = C.with_wrong_checksum(p, UDP)
+    vx, tally = decode([bad])
+    assert fired(tally) == {"outer-fragment": [1], "df-clear": [1]}
