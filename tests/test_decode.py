@@ -20,7 +20,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 import craft as C
-from vtep.lab.lab import SEED_PLAN
+from vtep.lab.seed import SEED_PLAN
 from vtep.plan import load as load_plan
 from vxinspect import Options
 from vxinspect.decode import make_decoder
