@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-PKGS="python3 python3-venv python3-dev gcc iproute2 iputils-ping tcpdump tshark ethtool iperf3 nftables procps util-linux"
+PKGS="python3 python3-venv python3-dev gcc iproute2 iputils-ping tcpdump tshark ethtool iperf3 nftables procps util-linux openvswitch-switch"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -15,8 +15,19 @@ if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     # wireshark-common asks whether non-root users may capture: no.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    # Open vSwitch is a test peer, started by the tests inside their namespaces: its
+    # package must not start the system service. policy-rc.d (Debian's switch for that)
+    # is put in place only if the machine has none, and removed again.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        guard=/usr/sbin/policy-rc.d
+        trap 'rm -f "$guard"' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    [ -z "$guard" ] || rm -f "$guard"
 fi
 
 if [ ! -x .venv/bin/python ]; then
