@@ -276,9 +276,12 @@ def test_checksums_off_fires_no_checksum_check_and_still_finds_nested_vxlan():
                             "inner-l4-checksum": [4], "vni-mismatch": [5]}
 
 
+# outer6: the inner IPv4 packet then goes through the slow path (inner.Inner.ip4), which
+# must agree with the fast path on every case
+@pytest.mark.parametrize("outer6", [False, True])
 @pytest.mark.parametrize("checksums", [True, False])
 @pytest.mark.parametrize("proto,need", [(6, 20), (17, 8), (1, 4), (58, 4), (2, 4)])
-def test_inner_l4_header_shorter_than_its_minimum_is_truncated(proto, need, checksums):
+def test_inner_l4_header_shorter_than_its_minimum_is_truncated(proto, need, checksums, outer6):
     """An inner IPv4 packet whose length field agrees with the bytes, but holds fewer L4
     bytes than the protocol's header (TCP 20, UDP 8, ICMP/IGMP/ICMPv6 4)."""
     def frame(n):
@@ -286,16 +289,42 @@ def test_inner_l4_header_shorter_than_its_minimum_is_truncated(proto, need, chec
         if proto == 17 and n >= 8:
             l4 = struct.pack("!HHHH", 0, 0, n, 0) + l4[8:]    # a UDP length that agrees
         ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=proto) / Raw(l4)
-        return C.vxlan(C.inner_eth() / IP(bytes(ip)))
-    vx, tally = decode([frame(need - 1), frame(need)], opts=Options(checksums=checksums))
+        return C.vxlan(C.inner_eth() / IP(bytes(ip)), outer6=outer6)
+    vx, tally = decode([frame(need), frame(need - 1)], opts=Options(checksums=checksums))
     assert vx == 2
-    assert fired(tally).get("truncated") == [1]
+    got = fired(tally)
+    got.pop("inner-l4-checksum", None)       # the zero bytes are no valid checksum
+    assert got == {"truncated": [2]}
 
 
-def test_inner_ipv4_other_protocol_is_not_checked():
-    ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=47) / Raw(b"\x00")   # GRE, one byte
-    vx, tally = decode([C.vxlan(C.inner_eth() / IP(bytes(ip)))])
+@pytest.mark.parametrize("outer6", [False, True])
+@pytest.mark.parametrize("checksums", [True, False])
+@pytest.mark.parametrize("payload", [b"", b"\x00"])
+def test_inner_ipv4_other_protocol_is_not_checked(payload, checksums, outer6):
+    ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=47) / Raw(payload)   # GRE
+    vx, tally = decode([C.vxlan(C.inner_eth() / IP(bytes(ip)), outer6=outer6)],
+                       opts=Options(checksums=checksums))
     assert (vx, fired(tally)) == (1, {})
+
+
+@pytest.mark.parametrize("outer6", [False, True])
+def test_inner_ipv4_header_checksum_names_its_packet(outer6):
+    good = C.vxlan(C.inner_icmp(), outer6=outer6)
+    bad = C.vxlan(C.with_wrong_checksum(C.inner_icmp(), IP), outer6=outer6)
+    vx, tally = decode([good, bad, good])
+    assert (vx, fired(tally)) == (3, {"inner-ip-checksum": [2]})
+
+
+def test_inner_tcp6_header_without_payload_is_whole_and_its_checksum_is_checked():
+    """ICMPv6 and TCP inside IPv6 go to the slow path: a TCP segment that is exactly its
+    20-byte header is whole; one byte less is truncated; a wrong checksum names its packet."""
+    seg = C.inner_tcp6()
+    assert len(seg[TCP]) == 20
+    short = C.inner_eth() / IPv6(bytes(seg[IPv6])[:-1])
+    short[IPv6].plen = 19
+    frames = [C.vxlan(seg), C.vxlan(C.with_wrong_checksum(seg, TCP)), C.vxlan(short)]
+    vx, tally = decode(frames)
+    assert (vx, fired(tally)) == (3, {"inner-l4-checksum": [2], "truncated": [3]})
 
 
 def test_inner_fragments_are_not_checked_past_their_ip_header():
@@ -451,6 +480,28 @@ def test_fragment_memory_is_bounded_and_forgets_the_oldest(others, kept):
     frames.append(last)
     vx, tally = decode(frames, opts=Options(mtu=9000, underlay_mtu=9000, checksums=False))
     assert vx == others + 1 + kept
+
+
+def test_ipv6_middle_fragments_keep_the_datagram_open():
+    """Three IPv6 fragments of one VXLAN datagram: the middle one (M set) must not end it."""
+    big = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / IPv6(src=C.UNDER6_SRC, dst=C.UNDER6_DST) / \
+        IPv6ExtHdrFragment(id=0x98) / UDP(sport=51234, dport=4789) / \
+        Raw(C.vxlan_header(10) + bytes(C.inner_ipv4_of_len(1400)))
+    frags = fragment6(big, 600)
+    assert len(frags) == 3
+    vx, tally = decode(frags, opts=Options(mtu=9000))
+    assert vx == 3
+    assert fired(tally)["outer-fragment"] == [1, 2, 3]
+
+
+def test_ipv4_record_cut_before_its_udp_header_is_other_traffic_on_any_port():
+    """An IPv4 header with protocol UDP and nothing after it: no port to compare, so not
+    VXLAN whatever ports are asked for (port 1 included)."""
+    f = bytes(Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC)
+              / IP(src=C.UNDER_SRC, dst=C.UNDER_DST, proto=17, len=28))
+    for lt, rec in ((ETHERNET, f), (IPV4, f[14:])):
+        vx, tally = decode([rec], lt=lt, opts=Options(ports=frozenset({1, 4789})))
+        assert (vx, fired(tally)) == (0, {}), lt
 
 
 def test_ipv6_later_fragment_without_its_first_is_other_traffic():
@@ -1088,3 +1139,174 @@ def test_a_fragment_s_udp_checksum_is_never_judged():
     bad = C.with_wrong_checksum(p, UDP)
     vx, tally = decode([bad])
     assert fired(tally) == {"outer-fragment": [1], "df-clear": [1]}
+
+
+# ---- the fast path takes the common packet ------------------------------------------------
+#
+# The fast path and the slow helpers (outer.Outer, inner.Inner) must give the same
+# answers, so no count or check tells which one decoded a packet. A fast path narrowed
+# by one comparison would still be right, and several times slower: these tests count
+# the calls into the slow helpers instead.
+
+class _Calls:
+    def __init__(self):
+        self.outer = self.layer = self.l4 = 0
+
+
+@pytest.fixture
+def slow_calls(monkeypatch):
+    """Counts of calls into the slow paths while the test decodes."""
+    import vxinspect.decode as dec
+    calls = _Calls()
+
+    class CountingOuter(dec.Outer):
+        def parse(self, *a):
+            calls.outer += 1
+            return super().parse(*a)
+
+    class CountingInner(dec.Inner):
+        def layer(self, *a):
+            calls.layer += 1
+            return super().layer(*a)
+
+        def l4(self, *a):
+            calls.l4 += 1
+            return super().l4(*a)
+
+    monkeypatch.setattr(dec, "Outer", CountingOuter)
+    monkeypatch.setattr(dec, "Inner", CountingInner)
+    return calls
+
+
+def _inner_ip4_header_only():
+    """An inner IPv4 packet that is its 20-byte header and nothing else (protocol 253,
+    RFC 3692's experimental number: no L4 header to check)."""
+    return C.inner_eth() / IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=253, flags="DF")
+
+
+# ICMP, TCP and IGMP checksums are checked inline; any other protocol's L4 (there is
+# none here) is looked at by Inner.l4, once per packet.
+@pytest.mark.parametrize("name, inner, l4_calls", [
+    ("icmp", C.inner_icmp(), 0),
+    ("tcp", C.inner_tcp(), 0),
+    ("igmp", C.inner_eth() / IP(src=C.INNER_SRC, dst="224.0.0.1", proto=2, flags="DF")
+     / Raw(bytes.fromhex("1164ee9b00000000")), 0),   # IGMPv2 query (RFC 2236), checksum by hand
+    ("ip header only", _inner_ip4_header_only(), 3),
+])
+def test_common_packets_never_reach_the_slow_paths(slow_calls, name, inner, l4_calls):
+    frames = [C.vxlan(inner), C.vxlan(inner, dport=C.LEGACY_PORT), C.vxlan(inner, vni=42)]
+    vx, tally = decode(frames, opts=Options(ports=frozenset({4789, 8472})))
+    assert vx == 3
+    assert tally.vnis == {10: 2, 42: 1}         # decoded, by whichever path
+    assert fired(tally) == {"legacy-port": [2], "vni-mismatch": [3]}
+    assert (slow_calls.outer, slow_calls.layer, slow_calls.l4) == (0, 0, l4_calls), name
+
+
+def test_the_fast_path_reads_a_record_that_ends_with_its_headers(slow_calls):
+    """A record exactly as long as the headers the fast path unpacks (outer Ethernet, IPv4,
+    UDP: 42 bytes) is read inline; so is a VXLAN layer that ends with its inner IPv4
+    header (VXLAN 8, Ethernet 14, IPv4 20: 42 bytes)."""
+    bare = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / IP(src=C.UNDER_SRC, dst=C.UNDER_DST,
+                                                            flags="DF") / UDP(dport=4789)
+    assert len(bare) == 42
+    vx, tally = decode([bare])
+    assert (vx, fired(tally)) == (1, {"truncated": [1]})   # UDP to 4789 without a VXLAN header
+    assert slow_calls.outer == 0
+    f = C.vxlan(_inner_ip4_header_only())
+    assert len(f) == 42 + 42
+    vx, tally = decode([f])
+    assert (vx, fired(tally)) == (1, {})
+    assert (slow_calls.outer, slow_calls.layer) == (0, 1)   # the bare datagram's only
+
+
+def test_inner_udp_goes_to_the_slow_path_that_finds_nested_vxlan(slow_calls):
+    vx, tally = decode([C.vxlan(C.inner_udp()), C.nested(2)])
+    assert (vx, fired(tally)) == (2, {})
+    # inner UDP once in each packet, and the nested layer's own ICMP
+    assert (slow_calls.outer, slow_calls.l4) == (0, 3)
+
+
+# ---- lengths the fast path holds against the frame -----------------------------------------
+
+def test_a_padded_first_fragment_is_not_read_past_its_ip_packet():
+    """An outer first fragment that carries only the UDP header, padded to Ethernet's 60
+    bytes: the padding is no VXLAN header, and the datagram's length (its UDP length)
+    says the rest comes in later fragments."""
+    ip = IP(src=C.UNDER_SRC, dst=C.UNDER_DST, flags="MF", id=0x3131, proto=17)
+    f = Ether(src=C.OUTER_SMAC, dst=C.OUTER_DMAC) / ip / UDP(sport=1, dport=4789, len=108,
+                                                               chksum=0)
+    f = bytes(f)
+    assert len(f) == 42
+    vx, tally = decode([f + b"\0" * 18])
+    assert vx == 1
+    # as without the padding: a fragment (DF clear), its VXLAN header in a later one
+    assert fired(tally) == fired(decode([f])[1]) == {
+        "df-clear": [1], "outer-fragment": [1], "truncated": [1]}
+
+
+def test_an_ip_length_past_the_frame_still_reads_the_vxlan_header_it_has():
+    """The outer IPv4 total length promises 100 bytes more than the frame holds (and the
+    capture says the wire had no more): truncated, and the VXLAN header that is there
+    still counts its VNI."""
+    good = C.vxlan(C.inner_icmp(), vni=42)
+    n = len(good[IP])
+    f = C.vxlan(C.inner_icmp(), vni=42, ip_len=n + 100)
+    vx, tally = decode([f])
+    assert tally.vnis == {42: 1}
+    assert fired(tally).keys() == {"truncated", "vni-mismatch"}
+
+
+@pytest.mark.parametrize("offset", [0, 70000])
+def test_udp_length_zero_is_truncated_below_64_kib(offset):
+    """RFC 768: a UDP length below 8 is wrong; RFC 2675's length 0 means "more than
+    65535 bytes" and only then. Where the packet sits in the capture buffer does not
+    matter (the buffer holds many records: offsets above 64 KiB are common)."""
+    f = C.vxlan(C.inner_icmp(), udp_len=0)
+    vx, tally = decode([f], junk=b"\xee" * (offset or 7))
+    assert "truncated" in fired(tally)
+    assert tally.vnis == {10: 1}
+
+
+@pytest.mark.parametrize("datagram, jumbo", [(65535, False), (65536, True)])
+def test_ipv6_udp_length_zero_means_jumbo_only_above_65535(datagram, jumbo):
+    """RFC 2675 section 4: UDP length 0 only for a datagram longer than 65535 bytes."""
+    payload = C.vxlan_header(10) + bytes(C.inner_ipv4_of_len(1000))
+    payload += b"p" * (datagram - 8 - len(payload))
+    src, dst = packed(C.UNDER6_SRC), packed(C.UNDER6_DST)
+    udp = struct.pack("!HHHH", 51234, 4789, 0, 0) + payload     # checksum 0: not checked
+    assert len(udp) == datagram
+    f = ETH + b"\x86\xdd" + struct.pack("!IHBB", 6 << 28, 0, 17, 64) + src + dst + udp
+    vx, tally = decode([f], opts=Options(underlay_mtu=200000, mtu=200000))
+    assert vx == 1
+    got = fired(tally)
+    got.pop("udp-zero-checksum-ipv6")
+    assert got == ({} if jumbo else {"truncated": [1]})
+
+
+def _rewrap6(pkt):
+    """The same VXLAN packet (VNI 10) over an outer IPv6 header: its first layer then
+    takes the slow path."""
+    return C.vxlan(bytes(pkt)[14 + 20 + 8 + 8:], outer6=True)
+
+
+@pytest.mark.parametrize("outer6", [False, True])
+def test_nested_vxlan_macs_are_behind_the_inner_source_address(outer6):
+    """A MAC seen inside nested VXLAN is behind the tunnel that carried it: the inner
+    packet's IPv4 source address (4 bytes), as the outermost MAC is behind the outer one."""
+    pkt = C.nested(2)
+    vx, tally = decode([_rewrap6(pkt) if outer6 else pkt])
+    inner_mac = bytes.fromhex("0242ac020062")                   # 02:42:ac:02:00:62
+    assert tally.macs[(10, inner_mac)] == packed("10.2.0.1")
+    outer_src = C.UNDER6_SRC if outer6 else C.UNDER_SRC
+    assert tally.macs[(10, bytes.fromhex("020000000201"))] == packed(outer_src)
+
+
+@pytest.mark.parametrize("outer6", [False, True])
+def test_nested_inner_ipv4_length_past_its_datagram_is_truncated(outer6):
+    """Nested VXLAN whose innermost IPv4 header claims 100 bytes more than its datagram
+    carries, though every outer length agrees: the capture is whole, so that is a lie."""
+    lie = C.inner_icmp()
+    lie[IP].len = len(lie[IP]) + 100
+    pkt = C.nested(2, inner=Ether(bytes(lie)))
+    vx, tally = decode([_rewrap6(pkt) if outer6 else pkt], opts=Options(checksums=False))
+    assert (vx, fired(tally)) == (1, {"truncated": [1]})
