@@ -530,3 +530,62 @@ def test_one_batch_moves_at_most_64_frames_each_way_by_default():
     io.udp_in.extend([(vx(icmp_frame()), PEER_A)] * 70)
     assert dp.tx_batch() == 64 and dp.rx_batch() == 64
     assert dp.tx_batch() == 6 and dp.rx_batch() == 6
+
+
+# --- the outer UDP checksum (the plan's udp_checksum, issue 17) -------------------------------
+
+LOCAL = "192.168.1.138"
+
+
+@pytest.mark.parametrize("size", [56, 57, 1, 1422])   # even and odd datagram lengths
+def test_the_udp_checksum_is_the_one_scapy_computes_for_each_peer(size):
+    """The same frame flooded to two peers: each datagram's checksum covers its own
+    pseudo-header (RFC 768: source and destination address, protocol, length)."""
+    import socket
+    io = FakeIO()
+    dp = make(io, checksum_src=socket.inet_aton(LOCAL))
+    frame = icmp_frame(dst_mac="ff:ff:ff:ff:ff:ff", size=size)
+    io.tap_in.append(frame)
+    dp.tx_batch()
+    assert len(io.sent) == 2
+    for data, (peer, _) in io.sent:
+        sport = int.from_bytes(data[0:2], "big")
+        ref = IP(src=LOCAL, dst=peer) / UDP(sport=sport, dport=4789) / VXLAN(flags=0x08, vni=10) \
+            / Ether(frame)
+        assert data == bytes(IP(bytes(ref))[UDP]), peer    # scapy fills the checksum
+        assert data[6:8] != b"\0\0"
+
+
+def test_a_checksum_that_sums_to_zero_is_sent_as_ffff():
+    """RFC 768: a computed checksum of 0 is sent as all ones (0 means none). Find a frame
+    whose checksum is 0 by adjusting two payload bytes, then check what goes out."""
+    import socket
+    io = FakeIO()
+    dp = make(io, checksum_src=socket.inet_aton(LOCAL))
+    base = bytearray(icmp_frame(size=60))
+    io.tap_in.append(bytes(base))
+    dp.tx_batch()
+    (data, _), = io.sent
+    c = int.from_bytes(data[6:8], "big")
+    # adding c to the sum (ones' complement) turns the checksum into 0 (0xFFFF on the wire)
+    word = int.from_bytes(base[-2:], "big")
+    s = word + c
+    s = (s & 0xFFFF) + (s >> 16)
+    base[-2:] = s.to_bytes(2, "big")
+    io.sent.clear()
+    io.tap_in.append(bytes(base))
+    dp.tx_batch()
+    (data, (peer, _)), = io.sent
+    assert data[6:8] == b"\xff\xff"
+    ref = IP(src=LOCAL, dst=peer) / UDP(sport=int.from_bytes(data[0:2], "big"), dport=4789) \
+        / VXLAN(flags=0x08, vni=10) / Ether(bytes(base))
+    assert bytes(IP(bytes(ref))[UDP])[6:8] == b"\xff\xff"      # scapy agrees
+
+
+def test_without_a_checksum_source_the_checksum_is_zero():
+    io = FakeIO()
+    dp = make(io)
+    io.tap_in.append(icmp_frame())
+    dp.tx_batch()
+    (data, _), = io.sent
+    assert data[6:8] == b"\0\0"

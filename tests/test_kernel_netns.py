@@ -64,9 +64,15 @@ def snapshot(node):
 
 
 def entries(node):
+    """(neighbours, fdb, routes) of vxlan0; the fdb sorted (the kernel lists it in hash
+    order, which a re-added entry may change)."""
+    fdb = js(node, "bridge", "-j", "fdb", "show", "dev", "vxlan0")
     return (js(node, "ip", "-j", "neigh", "show", "dev", "vxlan0"),
-            js(node, "bridge", "-j", "fdb", "show", "dev", "vxlan0"),
+            sorted(fdb, key=lambda e: (e["mac"], e.get("dst", ""))),
             js(node, "ip", "-j", "route", "show", "dev", "vxlan0"))
+
+
+ZEROS = "00:00:00:00:00:00"   # the vxlan driver's flood (default destination) entry
 
 
 def has_vxlan0(node):
@@ -149,11 +155,16 @@ def test_once_equals_the_seeds_iproute2_state(netns_prefix, plan_file):
         got, want = snapshot(a["network-1"]), snapshot(b["network-1"])
         for table in want:
             assert got[table] == want[table], f"{table} differs"
-        # one of each, as the seed has
-        assert len(got["neigh"]) == len(got["fdb"]) == len(got["route"]) == 1
+        # one of each, as the seed has, and the peer's flood entry (issue 17)
+        assert len(got["neigh"]) == len(got["route"]) == 1
+        assert sorted((e["mac"], e["dst"], e["state"]) for e in got["fdb"]) == [
+            ("00:00:00:00:00:00", "192.168.2.142", "permanent"),
+            (got["neigh"][0]["lladdr"], "192.168.2.142", "permanent")]
         info = got["link"]["linkinfo"]["info_data"]
         assert (info["id"], info["local"], info["port"], info["learning"], info["link"]) == \
             (10, "192.168.1.138", 4789, False, "eth0")
+        # the outer UDP checksum as the plan says (on by default), stated explicitly
+        assert info["udp_csum"] is True
         # vtep adopts the hand-made state unchanged: nothing about vxlan0 to do
         r = vtep(b["network-1"], "run", "--kernel", "--once", "--config", str(plan_file),
                  check=0)
@@ -199,7 +210,8 @@ def test_second_once_changes_nothing(netns_prefix, plan_file):
                                 "nothing changed"]
         assert snapshot(n1) == before
         neigh, fdb, route = entries(n1)
-        assert (len(neigh), len(fdb), len(route)) == (1, 1, 1)
+        # one of each, and one flood entry per peer
+        assert (len(neigh), len(fdb), len(route)) == (1, 2, 1)
 
 
 # --- 4. drift repair --------------------------------------------------------------------------
@@ -229,6 +241,8 @@ def test_drift_is_repaired_within_a_second(netns_prefix, plan_file, tmp_path):
             ("neigh", ["ip", "neigh", "del", "172.2.1.0", "dev", "vxlan0"]),
             ("fdb", ["bridge", "fdb", "del", mac2, "dev", "vxlan0", "dst", "192.168.2.142",
                      "self"]),
+            ("flood entry", ["bridge", "fdb", "del", ZEROS, "dev", "vxlan0", "dst",
+                             "192.168.2.142", "self"]),
             ("changed neigh", ["ip", "neigh", "replace", "172.2.1.0", "lladdr",
                                "02:00:00:00:00:01", "dev", "vxlan0", "nud", "permanent"]),
             ("changed route", ["ip", "route", "replace", "172.2.1.0/24", "via", "172.2.1.9",
@@ -313,11 +327,12 @@ def test_changes_reach_the_kernel_neighbour_then_fdb_then_route(netns_prefix, pl
         finally:
             mon.stop()
         idx = js(n1, "ip", "-j", "link", "show", "vxlan0")[0]["ifindex"]
+        # per peer: neighbour, fdb remote, flood entry (AF_BRIDGE, the same dst), route
         assert on_device(mon.events(), idx) == [
             (RTM_NEWNEIGH, AF_INET, "172.2.1.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.2.142"),
-            (RTM_NEWROUTE, AF_INET, "172.2.1.0/24"),
+            (RTM_NEWNEIGH, AF_BRIDGE, "192.168.2.142"), (RTM_NEWROUTE, AF_INET, "172.2.1.0/24"),
             (RTM_NEWNEIGH, AF_INET, "172.2.2.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.3.33"),
-            (RTM_NEWROUTE, AF_INET, "172.2.2.0/24")]
+            (RTM_NEWNEIGH, AF_BRIDGE, "192.168.3.33"), (RTM_NEWROUTE, AF_INET, "172.2.2.0/24")]
         mon = Monitor(n1, tmp_path / "second.events")
         try:
             vtep(n1, "run", "--kernel", "--once", "--config", str(four), check=0)
@@ -325,9 +340,9 @@ def test_changes_reach_the_kernel_neighbour_then_fdb_then_route(netns_prefix, pl
             mon.stop()
         assert on_device(mon.events(), idx) == [
             (RTM_DELROUTE, AF_INET, "172.2.1.0/24"), (RTM_DELNEIGH, AF_BRIDGE, "192.168.2.142"),
-            (RTM_DELNEIGH, AF_INET, "172.2.1.0"),
+            (RTM_DELNEIGH, AF_BRIDGE, "192.168.2.142"), (RTM_DELNEIGH, AF_INET, "172.2.1.0"),
             (RTM_NEWNEIGH, AF_INET, "172.2.3.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.4.44"),
-            (RTM_NEWROUTE, AF_INET, "172.2.3.0/24")]
+            (RTM_NEWNEIGH, AF_BRIDGE, "192.168.4.44"), (RTM_NEWROUTE, AF_INET, "172.2.3.0/24")]
 
 
 # --- 5. SIGHUP: a peer added, one removed -----------------------------------------------------
@@ -345,7 +360,8 @@ def test_sighup_applies_peers_added_and_removed(netns_prefix, plan_file, tmp_pat
         def followed():
             neigh, fdb, route = entries(n1)
             return ([(n["dst"], n["lladdr"]) for n in neigh] == [("172.2.2.0", mac3)]
-                    and [(f["mac"], f["dst"]) for f in fdb] == [(mac3, "192.168.3.33")]
+                    and sorted((f["mac"], f["dst"]) for f in fdb) == [
+                        (ZEROS, "192.168.3.33"), (mac3, "192.168.3.33")]
                     and [(r["dst"], r["gateway"]) for r in route] == [("172.2.2.0/24",
                                                                       "172.2.2.0")])
         assert wait_for(followed), f"entries did not follow the plan:\n{d.output()}"
@@ -385,8 +401,8 @@ def test_sigterm_removes_everything(netns_prefix, plan_file, tmp_path):
         assert d.wait() == 0
         assert has_vxlan0(n1) and not d.status.exists()
         r = vtep(n1, "down", "--config", str(plan_file), check=0)
-        assert messages(r) == ["vtep: removed vxlan0 (vni 10) and with it 1 neighbour, 1 fdb "
-                               "and 1 route entries"]
+        assert messages(r) == ["vtep: removed vxlan0 (vni 10) and with it 1 neighbour, 1 fdb, "
+                               "1 flood and 1 route entries"]
         assert not has_vxlan0(n1)
         r = vtep(n1, "down", "--config", str(plan_file), check=0)
         assert messages(r) == ["vtep: vxlan0 does not exist here: nothing to remove"]

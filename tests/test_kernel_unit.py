@@ -20,7 +20,7 @@ from vtep.reconcile import Reconciler
 from vtep.nlmsg import FdbEntry, NeighEntry, Op, Realised, RouteEntry
 
 # literal kernel values (never the module's constants) and a recording rtnetlink socket
-from nlkernel import (AF_BRIDGE, AF_INET, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+from nlkernel import (AF_BRIDGE, AF_INET, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
                       NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE, PROTO_BOOT, PROTO_STATIC,
                       PROTO_VTEP, RT_TABLE_MAIN, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWNEIGH,
                       RTM_NEWROUTE, RTN_UNICAST, RTNH_F_ONLINK, SCOPE_LINK, SCOPE_UNIVERSE,
@@ -35,6 +35,7 @@ PLAN = {
     ],
 }
 PERM = NUD_PERMANENT
+ZEROS = "00:00:00:00:00:00"   # the vxlan driver's default (flood) destination MAC
 
 
 @pytest.fixture
@@ -51,7 +52,8 @@ def realised_from(want):
     """Exactly the desired entries, as the kernel reports them."""
     return Realised(
         {p.neighbour.ip: NeighEntry(p.neighbour.ip, p.neighbour.mac, PERM) for p in want.peers},
-        tuple(FdbEntry(p.fdb.mac, p.fdb.dst, PERM | 0x40) for p in want.peers),
+        tuple(FdbEntry(p.fdb.mac, p.fdb.dst, PERM | 0x40) for p in want.peers)
+        + tuple(FdbEntry(ZEROS, p.fdb.dst, PERM | 0x40) for p in want.peers),
         {(p.route.dst, 0, 0): RouteEntry(p.route.dst, p.route.via, True, 0, 0, PROTO_VTEP, 0, 1)
          for p in want.peers})
 
@@ -64,12 +66,14 @@ EMPTY = Realised({}, (), {})
 def test_from_nothing_each_peer_gets_neigh_fdb_route_in_that_order(want):
     changes = kernel.diff(want, EMPTY)
     kinds = [(c.ops[0].kind, c.ops[0].action) for c in changes]
-    assert kinds == [("neigh", "set"), ("fdb", "set"), ("route", "set")] * 2
+    assert kinds == [("neigh", "set"), ("fdb", "set"), ("fdb", "append"), ("route", "set")] * 2
     b = want.peers[0]
     assert changes[0].text == f"added neigh 10.244.1.0 lladdr {b.neighbour.mac} on vxlan0 (peer b)"
     assert changes[1].text == f"added fdb {b.fdb.mac} dst 192.168.2.142 on vxlan0 (peer b)"
-    assert changes[2].text == "added route 10.244.1.0/24 via 10.244.1.0 onlink on vxlan0 (peer b)"
-    assert changes[2].ops == (Op("route", "set", "10.244.1.0/24", "10.244.1.0"),)
+    assert changes[2].text == "added flood entry dst 192.168.2.142 on vxlan0 (peer b)"
+    assert changes[2].ops == (Op("fdb", "append", ZEROS, "192.168.2.142"),)
+    assert changes[3].text == "added route 10.244.1.0/24 via 10.244.1.0 onlink on vxlan0 (peer b)"
+    assert changes[3].ops == (Op("route", "set", "10.244.1.0/24", "10.244.1.0"),)
 
 
 def test_converged_state_needs_nothing(want):
@@ -83,7 +87,10 @@ def test_a_peer_gone_from_the_plan_loses_all_three_entries_first(plan, want):
     changes = kernel.diff(fewer, have)
     c = want.peers[1]
     assert [(x.ops[0].kind, x.ops[0].action, x.ops[0].key) for x in changes] == [
-        ("route", "del", "10.244.2.0/24"), ("fdb", "del", c.fdb.mac), ("neigh", "del", "10.244.2.0")]
+        ("route", "del", "10.244.2.0/24"), ("fdb", "del", c.fdb.mac), ("fdb", "del", ZEROS),
+        ("neigh", "del", "10.244.2.0")]
+    assert changes[2].ops[0].value == "192.168.3.33"      # only that peer's flood entry
+    assert changes[2].text == "removed flood entry dst 192.168.3.33 from vxlan0 (not in the plan)"
     assert changes[0].text == ("removed route 10.244.2.0/24 via 10.244.2.0 from vxlan0 "
                                "(not in the plan)")
 
@@ -122,6 +129,31 @@ def test_non_permanent_or_overridden_entries_are_made_as_planned(want):
     assert [c.ops for c in changes] == [(Op("neigh", "set", b.neighbour.ip, b.neighbour.mac),),
                                         (Op("fdb", "set", b.fdb.mac, b.fdb.dst),)]
     assert "not permanent" in changes[0].text
+
+
+def test_a_flood_entry_is_kept_per_peer_and_made_permanent_when_it_is_not(want):
+    b, c = want.peers
+    have = realised_from(want)
+    fdb = [e for e in have.fdb if not (e.mac == ZEROS and e.dst == c.fdb.dst)]
+    fdb.append(FdbEntry(ZEROS, "192.168.9.9", PERM))          # a peer that left
+    fdb = [FdbEntry(ZEROS, b.fdb.dst, 0x02) if e.mac == ZEROS and e.dst == b.fdb.dst else e
+           for e in fdb]                                       # b's: not permanent
+    changes = kernel.diff(want, Realised(have.neighbours, tuple(fdb), have.routes))
+    assert [c.text for c in changes] == [
+        "removed flood entry dst 192.168.9.9 from vxlan0 (not in the plan)",
+        "changed flood entry dst 192.168.2.142 on vxlan0 (made permanent with the device's "
+        "port and VNI) (peer b)",
+        "added flood entry dst 192.168.3.33 on vxlan0 (peer c)"]
+    assert changes[1].ops == (Op("fdb", "del", ZEROS, b.fdb.dst, fdb=FdbEntry(ZEROS, b.fdb.dst,
+                                                                              0x02)),
+                              Op("fdb", "append", ZEROS, b.fdb.dst))
+    # the unicast entries beside them are left alone: each MAC is its own entry
+    assert all(op.key == ZEROS for ch in changes for op in ch.ops)
+
+
+def test_without_a_kernel_fdb_no_flood_entry_is_made(want):
+    """The userspace path floods in the process: its TAP has no fdb to program."""
+    assert all(op.kind != "fdb" for ch in kernel.diff(want, EMPTY, fdb=False) for op in ch.ops)
 
 
 def test_what_is_not_ours_to_remove(want):
@@ -315,7 +347,7 @@ def test_only_the_route_we_create_is_an_echo_of_ours(want):
         e = dataclasses.replace(ours, **change)
         assert not planned(e), what
         if what not in ("tos", "metric", "another prefix"):   # a key of their own: stale
-            assert kernel.diff(want, Realised({}, (), {(dst, 0, 0): e}))[2].ops[0] == Op(
+            assert kernel.diff(want, Realised({}, (), {(dst, 0, 0): e}))[3].ops[0] == Op(
                 "route", "del", dst, e.gateway, route=e), what
 
 
@@ -349,15 +381,22 @@ def recording_vtep(monkeypatch, want, have):
 
 
 def sent_in_order(fake):
-    """(message type, family, what) of every request the pass sent, decoded by pyroute2."""
+    """(message type, family, what) of every request the pass sent, decoded by pyroute2.
+    What: a neighbour's IP; an fdb entry's "MAC dst", and "append" when it is appended
+    (NLM_F_APPEND: the all-zeros flood list); a route's destination."""
     out = []
     for datagram in fake.sent:
-        for typ, _f, _s, body in split(datagram):
+        for typ, flags, _s, body in split(datagram):
             raw = struct.pack("=IHHII", 16 + len(body), typ, 0, 0, 0) + body
             if typ in (RTM_NEWNEIGH, RTM_DELNEIGH):
                 m = ndmsg(raw)
                 m.decode()
-                out.append((typ, m["family"], m.get_attr("NDA_DST")))
+                what = m.get_attr("NDA_DST")
+                if m["family"] == AF_BRIDGE:
+                    what = f"{m.get_attr('NDA_LLADDR')} {what}"
+                    if flags & NLM_F_APPEND:
+                        what += " append"
+                out.append((typ, m["family"], what))
             else:
                 m = rtmsg(raw)
                 m.decode()
@@ -375,10 +414,15 @@ def test_a_pass_sends_each_peers_neighbour_then_fdb_then_route(monkeypatch, want
     whatever the list diff() returns is then done with."""
     vt, fake = recording_vtep(monkeypatch, want, EMPTY)
     vt.converge(first=True)
+    b, c = want.peers
     assert sent_in_order(fake) == [
-        (RTM_NEWNEIGH, AF_INET, "10.244.1.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.2.142"),
+        (RTM_NEWNEIGH, AF_INET, "10.244.1.0"),
+        (RTM_NEWNEIGH, AF_BRIDGE, f"{b.fdb.mac} 192.168.2.142"),
+        (RTM_NEWNEIGH, AF_BRIDGE, f"{ZEROS} 192.168.2.142 append"),
         (RTM_NEWROUTE, AF_INET, "10.244.1.0/24"),
-        (RTM_NEWNEIGH, AF_INET, "10.244.2.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.3.33"),
+        (RTM_NEWNEIGH, AF_INET, "10.244.2.0"),
+        (RTM_NEWNEIGH, AF_BRIDGE, f"{c.fdb.mac} 192.168.3.33"),
+        (RTM_NEWNEIGH, AF_BRIDGE, f"{ZEROS} 192.168.3.33 append"),
         (RTM_NEWROUTE, AF_INET, "10.244.2.0/24")]
 
 
@@ -389,10 +433,15 @@ def test_a_pass_removes_a_peers_route_before_its_fdb_and_neighbour(monkeypatch, 
     four = state.desired(planlib.parse(FOUR), "a", underlay_dev="eth0", underlay_mtu=1500)
     vt, fake = recording_vtep(monkeypatch, four, realised_from(want))
     vt.converge()
+    c, d = want.peers[1], four.peers[1]
     assert sent_in_order(fake) == [
-        (RTM_DELROUTE, AF_INET, "10.244.2.0/24"), (RTM_DELNEIGH, AF_BRIDGE, "192.168.3.33"),
+        (RTM_DELROUTE, AF_INET, "10.244.2.0/24"),
+        (RTM_DELNEIGH, AF_BRIDGE, f"{c.fdb.mac} 192.168.3.33"),
+        (RTM_DELNEIGH, AF_BRIDGE, f"{ZEROS} 192.168.3.33"),
         (RTM_DELNEIGH, AF_INET, "10.244.2.0"),
-        (RTM_NEWNEIGH, AF_INET, "10.244.3.0"), (RTM_NEWNEIGH, AF_BRIDGE, "192.168.4.44"),
+        (RTM_NEWNEIGH, AF_INET, "10.244.3.0"),
+        (RTM_NEWNEIGH, AF_BRIDGE, f"{d.fdb.mac} 192.168.4.44"),
+        (RTM_NEWNEIGH, AF_BRIDGE, f"{ZEROS} 192.168.4.44 append"),
         (RTM_NEWROUTE, AF_INET, "10.244.3.0/24")]
 
 
@@ -420,6 +469,20 @@ def facts(**over):
     f = dict(kind="vxlan", index=9, vni=10, local="192.168.1.138", port=4789, link=2,
              learning=False, external=False, group=None, mtu=1450, up=True, df=0)
     return linkfacts.LinkFacts(**{**f, **over})
+
+
+def test_the_udp_checksum_setting_is_part_of_the_device(want):
+    """The kernel cannot change udpcsum on a live device (changelink: EOPNOTSUPP), so a
+    device that differs is incompatible, named as flannel names a field."""
+    dev = want.device
+    assert dev.udp_checksum is True                       # the plan's default
+    diffs = linkfacts.device_diffs
+    assert diffs(dev, facts(mac=dev.mac, udp_csum=True), 2, {}) == ([], {})
+    assert diffs(dev, facts(mac=dev.mac, udp_csum=False), 2, {})[0] == [
+        "udp_checksum: true vs false"]
+    off = dataclasses.replace(dev, udp_checksum=False)
+    assert diffs(off, facts(mac=dev.mac, udp_csum=True), 2, {})[0] == [
+        "udp_checksum: false vs true"]
 
 
 def test_device_differences(want):

@@ -57,6 +57,16 @@ def test_an_fdb_set_is_self_permanent_on_the_bridge_family_byte_for_byte():
                          + nla(NDA_DST, ip4("192.168.2.142")))
 
 
+def test_a_flood_entry_is_appended_never_replaced_byte_for_byte():
+    """`bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst IP self permanent`: the kernel
+    adds a remote to the all-zeros entry only with NLM_F_APPEND (0x800), and refuses to
+    replace one."""
+    data = nlmsg.encode(Op("fdb", "append", "00:00:00:00:00:00", "192.168.2.142"), 7, 46)
+    assert data == message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | 0x800,
+                           46, ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF)
+                           + nla(NDA_LLADDR, b"\0" * 6) + nla(NDA_DST, ip4("192.168.2.142")))
+
+
 def test_an_fdb_delete_repeats_the_remotes_overrides_in_the_kernels_encoding():
     """vxlan_fdb_delete matches a remote on dst, port, vni and ifindex: a delete without
     them misses a remote that has them. NDA_PORT is big-endian (vxlan_nla_get_addr:

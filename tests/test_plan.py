@@ -179,12 +179,15 @@ def test_desired_state_and_iproute2_commands(tmp_path):
     assert s.device.mtu == 1450 and s.device.address == "172.2.0.0"
     assert state.iproute2(s) == [
         f"ip link add vxlan0 address {SEED_MACS['network-1']} mtu 1450 type vxlan id 10 "
-        "local 192.168.1.138 dstport 4789 nolearning dev eth0",
+        "local 192.168.1.138 dstport 4789 nolearning udpcsum dev eth0",
+        "ip link set vxlan0 addrgenmode none",   # no IPv6 chatter to flood (issue 17)
         "ip link set vxlan0 alias vtep:kernel:network-1",  # the ownership mark (issue 8)
         "ip address add 172.2.0.0/32 dev vxlan0",
         "ip link set vxlan0 up",
         f"ip neigh add 172.2.1.0 lladdr {mac2} dev vxlan0 nud permanent",
         f"bridge fdb add {mac2} dev vxlan0 dst 192.168.2.142 self permanent",
+        # flooding: broadcast, multicast and unknown unicast go to every peer (issue 17)
+        "bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 192.168.2.142 self permanent",
         # proto 118: the route is tagged as vtep's (issue 8), as routing daemons tag theirs
         "ip route add 172.2.1.0/24 via 172.2.1.0 dev vxlan0 onlink proto 118",
     ]
@@ -213,7 +216,7 @@ def test_vtep_plan_command_prints_the_seed_commands(tmp_path):
     assert lines[0].startswith(f"ip link add vxlan0 address {SEED_MACS['network-2']} ")
     assert f"bridge fdb add {SEED_MACS['network-1']} dev vxlan0 dst 192.168.1.138 self " \
         "permanent" in lines
-    assert "type vxlan id 10 local 192.168.2.142 dstport 4789 nolearning dev" in lines[0]
+    assert "type vxlan id 10 local 192.168.2.142 dstport 4789 nolearning udpcsum dev" in lines[0]
     assert lines[-1] == "ip route add 172.2.0.0/24 via 172.2.0.0 dev vxlan0 onlink proto 118"
     assert "not private address space" in r.stderr  # the warning, on stderr
 
@@ -520,7 +523,7 @@ def without(data, *where) -> dict:
 @pytest.mark.parametrize("data,line", [
     ({**seed_dict(), "clusters": {}},
      "p.toml: clusters: unknown section (expected [cluster] and [[nodes]])"),
-    (with_cluster(vnii=3), "p.toml: cluster.vnii: unknown field (known: mtu, overlay, port, vni)"),
+    (with_cluster(vnii=3), "p.toml: cluster.vnii: unknown field (known: mtu, overlay, port, udp_checksum, vni)"),
     (with_cluster(vni=True), "p.toml: cluster.vni: True is not a whole number"),
     (with_cluster(port=4789.0), "p.toml: cluster.port: 4789.0 is not a whole number"),
     (with_cluster(port=0), "p.toml: cluster.port: 0 is outside 1..65535"),
@@ -887,3 +890,51 @@ def test_a_subnet_at_address_zero_overlaps_nothing_by_itself():
     assert parse_problems(data) == [
         "p.toml: cluster.overlay: 0.0.0.0/0 overlaps 0.0.0.0/8, 'this network' (RFC 1122): the "
         "overlay must be unicast address space (e.g. 10.244.0.0/16)"]
+
+
+# --- the outer UDP checksum (issue 17) --------------------------------------------------------
+
+def test_the_udp_checksum_is_on_unless_the_plan_turns_it_off(tmp_path):
+    on = planlib.load(write(tmp_path, SEED))
+    off = planlib.load(write(tmp_path, SEED.replace("port = 4789", "port = 4789\n"
+                                                    "udp_checksum = false"), "off.toml"))
+    assert (on.udp_checksum, off.udp_checksum) == (True, False)
+    lines = {p.path: state.iproute2(state.desired(p, "network-1", underlay_dev="eth0",
+                                                  underlay_mtu=1500))[0] for p in (on, off)}
+    assert " nolearning udpcsum dev eth0" in lines[on.path]
+    assert " nolearning noudpcsum dev eth0" in lines[off.path]
+
+
+@pytest.mark.parametrize("value, line", [
+    ('"yes"', "cluster.udp_checksum: 'yes' is not true or false"),
+    ("1", "cluster.udp_checksum: 1 is not true or false"),
+])
+def test_udp_checksum_must_be_a_boolean(tmp_path, value, line):
+    path = write(tmp_path, SEED.replace("port = 4789", f"port = 4789\nudp_checksum = {value}"))
+    with pytest.raises(PlanError) as e:
+        planlib.load(path)
+    assert e.value.problems == [f"{path}: {line}"]
+
+
+def test_udp_checksum_cannot_be_off_over_ipv6(tmp_path):
+    text = SEED.replace('"192.168.1.138"', '"fd00:1::138"').replace(
+        '"192.168.2.142"', '"fd00:2::142"')
+    ok = planlib.load(write(tmp_path, text))
+    s = state.desired(ok, "network-1", underlay_dev="eth0", underlay_mtu=1500)
+    assert "udpcsum" not in state.iproute2(s)[0]    # always on over IPv6: nothing to say
+    path = write(tmp_path, text.replace("port = 4789", "port = 4789\nudp_checksum = false"),
+                 "v6off.toml")
+    with pytest.raises(PlanError) as e:
+        planlib.load(path)
+    (line,) = e.value.problems
+    assert line.startswith(f"{path}: cluster.udp_checksum: false needs an IPv4 underlay")
+    assert "RFC 8200" in line
+
+
+def test_the_all_zeros_mac_is_no_vtep_mac(tmp_path):
+    path = write(tmp_path, SEED.replace('name = "network-2"',
+                                        'name = "network-2"\nvtep_mac = "00:00:00:00:00:00"'))
+    with pytest.raises(PlanError) as e:
+        planlib.load(path)
+    assert e.value.problems == [f"{path}: node 'network-2': vtep_mac: 00:00:00:00:00:00 is the "
+                                "all-zeros address, which the vxlan driver keeps for flooding"]

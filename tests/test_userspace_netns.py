@@ -253,9 +253,15 @@ def mask_outer(frame: bytes) -> bytes:
     return bytes(b)
 
 
-def capture(router, path, send):
+def from_the_pod(inner: bytes) -> bool:
+    """An inner frame carrying IPv4 from pod-1 (172.2.0.2)."""
+    return inner[12:14] == b"\x08\x00" and inner[14 + 12:14 + 16] == bytes([172, 2, 0, 2])
+
+
+def capture(router, path, send, keep=from_the_pod):
     """tcpdump on the router's network-1 side around send(), bounded in count and time;
-    returns the VXLAN frames network-1 sent whose inner packet is IPv4 from the pod.
+    returns the VXLAN frames network-1 sent whose inner frame `keep` accepts (by default:
+    IPv4 from the pod).
     Stopped once a marker frame sent after send() is in the file (seedlab.flush_capture),
     not after a fixed sleep: on a loaded machine tcpdump may be seconds behind."""
     # --immediate-mode: without it, packets of the last buffer timeout stay in the ring
@@ -278,8 +284,7 @@ def capture(router, path, send):
     frames = []
     for pkt in rdpcap(str(path)):
         raw = bytes(pkt)
-        inner = raw[OUTER_UDP + 8 + 8:]
-        if inner[12:14] == b"\x08\x00" and inner[14 + 12:14 + 16] == bytes([172, 2, 0, 2]):
+        if keep(raw[OUTER_UDP + 8 + 8:]):
             frames.append(raw)
     return frames
 
@@ -332,6 +337,9 @@ def test_wire_kernel_and_userspace_paths_agree(netns_prefix, plan_file, tmp_path
             # said explicitly because it is the point)
             assert a[OUTER_UDP + 8:] == b[OUTER_UDP + 8:]
             assert a[OUTER_UDP + 8:OUTER_UDP + 16] == struct.pack("!II", 0x08000000, 10 << 8)
+        # the plan's default udp_checksum: both paths send the outer UDP checksum, valid
+        for f in k + u:
+            assert udp_checksum_state(f) == "valid", Ether(f).show(dump=True)
         # the fields that may differ, as each path sets them
         flags = lambda f: f[OUTER_IP + 6] & 0x40   # noqa: E731
         assert not any(flags(f) for f in k), "the kernel path (df unset) leaves DF clear"
@@ -341,6 +349,79 @@ def test_wire_kernel_and_userspace_paths_agree(netns_prefix, plan_file, tmp_path
         # one flow keeps one port (the pings), different flows spread (the UDP flows)
         assert len({sport[0], sport[1], sport[2], sport[7]}) == 1, sport
         assert len(set(sport[3:7])) > 1, sport
+
+
+def udp_checksum_state(frame: bytes) -> str:
+    """"zero", "valid" or "wrong": the outer UDP checksum, against the one scapy computes."""
+    got = struct.unpack_from("!H", frame, OUTER_UDP + 6)[0]
+    if got == 0:
+        return "zero"
+    pkt = Ether(frame)
+    del pkt[UDP].chksum
+    return "valid" if Ether(bytes(pkt))[UDP].chksum == got else "wrong"
+
+
+@pytest.mark.parametrize("mode", ["kernel", "userspace"])
+def test_udp_checksum_false_sends_zero_on_both_paths(netns_prefix, plan_file, tmp_path, mode):
+    """cluster.udp_checksum = false: the kernel device is made noudpcsum, the userspace
+    path leaves the field zero (RFC 7348 section 5 allows it over IPv4)."""
+    plan_file.write_text(plan_file.read_text().replace("[cluster]\n",
+                                                       "[cluster]\nudp_checksum = false\n"))
+    t = seed.topology(netns_prefix + "u7-")
+    pod = t.add_node("pod-1")
+    t.add_link(pod, t["network-1"], "eth0", "vpod", "172.2.0.2/24", "172.2.0.1/24",
+               tx_offload=False)
+    t.add_route(pod, "default", "172.2.0.1")
+    with t:
+        n1, n2, router = t["network-1"], t["network-2"], t["router"]
+        n2.cmd(VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
+        assert "noudpcsum" in n2.cmd(["ip", "-d", "link", "show", "vxlan0"]).stdout
+        v = Vtep(n1, mode, plan_file, tmp_path / "state")
+        try:
+            frames = capture(router, tmp_path / "off.pcap",
+                             lambda: assert_pings((pod, "172.2.1.0")))
+        finally:
+            assert v.stop() == 0, v.output()
+        assert len(frames) >= 2
+        assert {udp_checksum_state(f) for f in frames} == {"zero"}
+
+
+def flood_frames(src_mac):
+    """A broadcast ARP request and an IPv6 all-nodes multicast frame (RFC 2464 section 7:
+    33:33 and the group's low 32 bits), each with a marker the capture looks for."""
+    arp = Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff", type=0x0806) / Raw(
+        bytes.fromhex("0001080006040001") + bytes.fromhex(src_mac.replace(":", ""))
+        + bytes([172, 2, 0, 0]) + b"\0" * 6 + bytes([172, 2, 1, 77]))
+    v6 = Ether(src=src_mac, dst="33:33:00:00:00:01", type=0x86DD) / Raw(
+        struct.pack("!IHBB", 6 << 28, 16, 59, 1) + bytes.fromhex("fe80" + "00" * 13 + "01")
+        + bytes.fromhex("ff02" + "00" * 13 + "01") + b"vtep-flood-test!")
+    return [bytes(arp), bytes(v6)]
+
+
+@pytest.mark.parametrize("mode", ["kernel", "userspace"])
+def test_broadcast_and_ipv6_multicast_are_flooded_to_the_peers(netns_prefix, plan_file,
+                                                             tmp_path, mode):
+    """A frame to ff:ff:ff:ff:ff:ff or 33:33:... on the node's VTEP device goes to every
+    peer: the kernel path through its all-zeros fdb entries, the userspace path by
+    replicating it. Without flooding, a peer that resolves ARP through the tunnel (Open
+    vSwitch, tests/test_ovs_interop_netns.py) never hears this node."""
+    plan = planlib.load(plan_file)
+    with seed.topology(netns_prefix + "u8-") as t:
+        n1, n2, router = t["network-1"], t["network-2"], t["router"]
+        n2.cmd(VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
+        v = Vtep(n1, mode, plan_file, tmp_path / "state")
+        frames = flood_frames(plan.node("network-1").vtep_mac)
+        try:
+            got = capture(router, tmp_path / "flood.pcap",
+                          lambda: run_py(n1, FRAME_SENDER, {"iface": "vxlan0",
+                                                            "frames": [f.hex() for f in frames]}),
+                          keep=lambda inner: inner[:6] in (b"\xff" * 6, b"\x33\x33\0\0\0\1"))
+        finally:
+            assert v.stop() == 0, v.output()
+        assert sorted(f[OUTER_UDP + 16:] for f in got) == sorted(frames)
+        for f in got:   # to the peer's underlay address, with the plan's VNI
+            assert f[OUTER_IP + 16:OUTER_IP + 20] == bytes(map(int, N2_IP.split(".")))
+            assert f[OUTER_UDP + 8:OUTER_UDP + 16] == struct.pack("!II", 0x08000000, 10 << 8)
 
 
 # --- 3. hostile input from the underlay ---------------------------------------------------

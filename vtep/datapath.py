@@ -6,7 +6,10 @@ peer from the in-process fdb (broadcast and multicast go to every peer:
 head-end replication, as the kernel does with all-zero fdb entries; unknown
 unicast is dropped); the UDP source port is a hash of the inner flow (RFC 7348
 section 5), and headers are written in place, so one `sendto` sends the
-datagram with no concatenation.
+datagram with no concatenation. With the plan's udp_checksum (IPv4; over IPv6
+the raw socket has the kernel fill it) the UDP checksum is computed here: the
+datagram is summed once (RFC 1071, as one big integer: vtep.checksum) and each
+peer adds its pre-summed pseudo-header (RFC 768).
 
 Receive: a datagram lands in another preallocated buffer; only well-formed
 VXLAN passes: I flag set, reserved bits zero (RFC 7348 section 5), the plan's
@@ -20,10 +23,11 @@ the loops run the same against real sockets and TAP fds or against tests.
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 import zlib
 
-from . import icmp, inet, wire
+from . import checksum, icmp, inet, wire
 from .errors import DeviceLost
 
 # Source ports as the kernel picks them (udp_flow_src_port over the default
@@ -116,9 +120,12 @@ class Datapath:
     def __init__(self, *, vni: int, port: int, fdb: dict[bytes, str], peers,
                  tap_readv, tap_write, sendto, recvfrom_into, accept_any_source=False,
                  path_mtu=None, overhead: int = wire.OVERHEAD_IPV4, vtep_ips=None,
-                 addr_port: int | None = None):
+                 addr_port: int | None = None, checksum_src: bytes | None = None):
         self.vni = vni
         self.port = port
+        # the local IPv4 address (4 bytes) when tx_batch computes the UDP checksum; None
+        # sends zero (RFC 7348 section 5) or leaves it to the kernel (IPv6's raw socket)
+        self.checksum_src = checksum_src
         # the port in sendto's address: the UDP port for a UDP socket; 0 for the raw
         # sockets userspace.py sends with (an AF_INET6 raw socket reads it as the protocol)
         self.addr_port = port if addr_port is None else addr_port
@@ -153,8 +160,15 @@ class Datapath:
         self.peer_list = tuple(peers)
         self.allowed = frozenset(self.peer_list)
         port = self.addr_port
-        self.route = {mac: ((ip, (ip, port)),) for mac, ip in self.fdb.items()}
-        self.flood = tuple((ip, (ip, port)) for ip in self.peer_list)
+        src = self.checksum_src
+        # per peer: (ip, sendto's address, the sum of its pseudo-header's addresses and
+        # protocol, 0 without a checksum); the datagram's length joins it per frame
+        def pseudo(ip):
+            if src is None:
+                return 0
+            return checksum.pseudo_header_sum(src, socket.inet_aton(ip), inet.IPPROTO_UDP, 0)
+        self.route = {mac: ((ip, (ip, port), pseudo(ip)),) for mac, ip in self.fdb.items()}
+        self.flood = tuple((ip, (ip, port), pseudo(ip)) for ip in self.peer_list)
         old = self.counters.peers
         self.counters.peers = {ip: old.get(ip, [0, 0, 0, 0]) for ip in self.peer_list}
 
@@ -176,6 +190,9 @@ class Datapath:
         ipv4 = inet.ETH_P_IP
         flow_protos = FLOW_PROTOS
         fragment_bits = FRAGMENT_BITS
+        csum = self.checksum_src is not None
+        fb = int.from_bytes
+        put16 = U16.pack_into
         packets = octets = done = 0
         try:
             while done < budget:
@@ -211,7 +228,17 @@ class Datapath:
                 pack_udp(buf, 0, sport, port, size, 0)
                 datagram = view[:size]
                 payload = size - UDP_HLEN  # counted as rx counts it: VXLAN header + frame
-                for peer, addr in targets:
+                if csum:
+                    s = fb(datagram, "big")  # RFC 1071 modulo 0xFFFF: vtep/checksum.py
+                    if size & 1:
+                        s <<= 8
+                    s += size                # the pseudo-header's UDP length
+                for peer, addr, pseudo in targets:
+                    if csum:
+                        c = (s + pseudo) % 0xFFFF
+                        # a sum of 0 is 0xFFFF in ones' complement: its checksum, 0, is
+                        # sent as 0xFFFF (RFC 768: zero means "no checksum")
+                        put16(buf, 6, 0xFFFF - c if c else 0xFFFF)
                     try:
                         sendto(datagram, addr)
                     except OSError as e:
@@ -311,6 +338,7 @@ def rx_reason(buf, n: int, expect: int) -> str:
 
 
 UDP_HEADER = struct.Struct("!HHHH")
+U16 = struct.Struct("!H")
 INNER = struct.Struct("!6s6xHB5xHxB")  # dst MAC, ethertype, IPv4 ver/IHL, flags+offset, proto
 VXLAN_WORD = struct.Struct("!Q")     # the whole VXLAN header as one number
 IPV4_FLOW = HEADROOM + 26            # IPv4 source, destination, L4 ports: 12 bytes

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from . import inet, nlmsg, state
 from .errors import HostMismatch, PlanError
 from .nlmsg import NUD_PERMANENT, RTN_UNICAST, RTPROT_KERNEL, RTPROT_VTEP, Op
+from .state import FLOOD_MAC
 
 log = logging.getLogger("vtep")
 
@@ -63,6 +64,7 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
     per_peer: list[Change] = []
     want_ips = {p.neighbour.ip for p in want.peers}
     want_macs = {p.fdb.mac: p.fdb.dst for p in want.peers}
+    want_flood = {p.fdb.dst for p in want.peers}
     want_routes = {(p.route.dst, 0, 0) for p in want.peers}
 
     for key, r in have.routes.items():
@@ -77,7 +79,14 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
     for e in have.fdb if fdb else ():
         remotes.setdefault(e.mac, []).append(e)
     for mac, es in remotes.items():
-        if mac not in want_macs:
+        if mac == FLOOD_MAC:
+            # the flood list: one remote per peer, each kept or removed on its own
+            for e in es:
+                if e.dst not in want_flood:
+                    removals.append(Change(f"removed flood entry dst {e.dst} from {dev} "
+                                           "(not in the plan)",
+                                           (Op("fdb", "del", mac, e.dst, fdb=e),)))
+        elif mac not in want_macs:
             for e in es:
                 removals.append(Change(f"removed fdb {mac} dst {e.dst} from {dev} "
                                        "(not in the plan)", (Op("fdb", "del", mac, e.dst, fdb=e),)))
@@ -86,6 +95,7 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
             removals.append(Change(f"removed neigh {ip} lladdr {n.mac} from {dev} "
                                    "(not in the plan)", (Op("neigh", "del", ip),)))
 
+    flood_have = {e.dst: e for e in remotes.get(FLOOD_MAC, ())}
     for p in want.peers:
         tag = f" (peer {p.name})"
         nb, fd, rt = p.neighbour, p.fdb, p.route
@@ -124,6 +134,9 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
                                            f"({'; '.join(what)}){tag}",
                                            ops + ((add_fdb,) if fix else ())))
 
+        if fdb:
+            per_peer.extend(_flood_change(flood_have.get(fd.dst), fd.dst, dev, tag))
+
         r = have.routes.get((rt.dst, 0, 0))
         add_route = Op("route", "set", rt.dst, rt.via)
         if r is None:
@@ -154,6 +167,20 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
     return removals + per_peer
 
 
+def _flood_change(have: nlmsg.FdbEntry | None, dst: str, dev: str, tag: str) -> list[Change]:
+    """The change (none or one) that gives the flood list its permanent entry for a
+    peer. An all-zeros entry is appended, never replaced: the kernel keeps one remote
+    per destination under that MAC, and NLM_F_REPLACE would not add to the list."""
+    append = Op("fdb", "append", FLOOD_MAC, dst)
+    if have is None:
+        return [Change(f"added flood entry dst {dst} on {dev}{tag}", (append,))]
+    if not have.state & NUD_PERMANENT or have.overridden:
+        return [Change(f"changed flood entry dst {dst} on {dev} (made permanent with the "
+                       f"device's port and VNI){tag}",
+                       (Op("fdb", "del", FLOOD_MAC, dst, fdb=have), append))]
+    return []
+
+
 def _route_text(r: nlmsg.RouteEntry) -> str:
     """A route on our device, as `ip route` shows it without `dev` and `onlink`; its
     protocol named only when it is not ours."""
@@ -165,7 +192,8 @@ def describe(op: Op) -> str:
         return (f"add neigh {op.key} lladdr {op.value}" if op.action == "set"
                 else f"delete neigh {op.key}")
     if op.kind == "fdb":
-        return f"{'add' if op.action == 'set' else 'delete'} fdb {op.key} dst {op.value}"
+        verb = {"set": "add", "append": "append", "del": "delete"}[op.action]
+        return f"{verb} fdb {op.key} dst {op.value}"
     if op.action == "set":
         return f"add route {op.key} via {op.value} onlink proto {RTPROT_VTEP}"
     return f"delete route {_route_text(op.route) if op.route else op.key}"

@@ -37,6 +37,7 @@ class LinkFacts:
     external: bool = False    # collect-metadata mode
     group: str | None = None  # a default remote (multicast group or unicast peer)
     df: int | None = None
+    udp_csum: bool | None = None  # the outer UDP checksum is sent (IPv4: udpcsum)
 
 
 def facts(msg) -> LinkFacts:
@@ -51,12 +52,16 @@ def facts(msg) -> LinkFacts:
         return LinkFacts(**common)
     g = data.get_attr
     group = g("IFLA_VXLAN_GROUP") or g("IFLA_VXLAN_GROUP6")
+    local6 = g("IFLA_VXLAN_LOCAL6")
+    # the kernel reports both families' settings; the one that applies is the local
+    # address's (IPv6: the zero-checksum-on-transmit flag, inverted)
+    csum = g("IFLA_VXLAN_UDP_CSUM") if not local6 else not g("IFLA_VXLAN_UDP_ZERO_CSUM6_TX")
     return LinkFacts(**common, vni=g("IFLA_VXLAN_ID"), port=g("IFLA_VXLAN_PORT"),
-                     local=g("IFLA_VXLAN_LOCAL") or g("IFLA_VXLAN_LOCAL6"),
+                     local=g("IFLA_VXLAN_LOCAL") or local6,
                      link=g("IFLA_VXLAN_LINK"), learning=bool(g("IFLA_VXLAN_LEARNING")),
                      external=bool(g("IFLA_VXLAN_COLLECT_METADATA")),
                      group=None if group in ("0.0.0.0", "::") else group,
-                     df=g("IFLA_VXLAN_DF"))
+                     df=g("IFLA_VXLAN_DF"), udp_csum=None if csum is None else bool(csum))
 
 
 def ip_eq(a, b) -> bool:
@@ -88,7 +93,7 @@ def device_diffs(want: state.Device, have: LinkFacts, underlay_index: int | None
     """(incompatible, repairs) between the plan's device and an existing one.
 
     Incompatible settings (kind, VNI, local, port, underlay device, learning,
-    external/collect-metadata mode, a default remote) need the device to be
+    external/collect-metadata mode, a default remote, the outer UDP checksum) need the device to be
     recreated (--replace); `repairs` maps mtu/mac/df to the plan's values for
     settings the kernel changes in place. Messages read "field: plan vs existing".
     """
@@ -110,6 +115,10 @@ def device_diffs(want: state.Device, have: LinkFacts, underlay_index: int | None
         bad.append("external: off vs on")
     if have.group:
         bad.append(f"remote: none vs {have.group}")
+    if have.udp_csum is not None and have.udp_csum != want.udp_checksum:
+        # the kernel refuses to change it on a live device ("Cannot change UDP_CSUM flag")
+        bad.append(f"udp_checksum: {str(want.udp_checksum).lower()} vs "
+                   f"{str(have.udp_csum).lower()}")
     if df is not None and have.df != DF[df]:
         repairs["df"] = df
     return bad, repairs

@@ -20,7 +20,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, \
+    NLM_F_REQUEST
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 # <linux/netlink.h>, <linux/rtnetlink.h>, <linux/neighbour.h>
@@ -167,9 +168,10 @@ class Realised:
 
 @dataclass(frozen=True)
 class Op:
-    """One netlink change. kind: neigh|fdb|route; action: set | del. A neighbour or fdb
-    set creates or replaces (those tables are per device: only ours is touched); a route
-    set only creates (NLM_F_EXCL: see the module docstring)."""
+    """One netlink change. kind: neigh|fdb|route; action: set | del, or append (fdb: the
+    all-zeros flood entry's list of remotes). A neighbour or fdb set creates or replaces
+    (those tables are per device: only ours is touched); a route set only creates
+    (NLM_F_EXCL: see the module docstring)."""
     kind: str
     action: str
     key: str                  # neigh: ip; fdb: mac; route: dst CIDR
@@ -314,7 +316,11 @@ def encode(op: Op, ifindex: int, seq: int) -> bytes:
     if op.action == "set":
         # neighbour and fdb entries are keyed by device: replacing touches only ours
         flags |= NLM_F_CREATE | NLM_F_REPLACE
-    m["header"]["type"] = RTM_NEWNEIGH if op.action == "set" else RTM_DELNEIGH
+    elif op.action == "append":
+        # the all-zeros fdb entry holds a list of remotes: the kernel adds to it only
+        # with NLM_F_APPEND (vxlan_fdb_update_existing), and refuses to replace it
+        flags |= NLM_F_CREATE | NLM_F_APPEND
+    m["header"]["type"] = RTM_DELNEIGH if op.action == "del" else RTM_NEWNEIGH
     m["header"]["flags"] = flags
     m["header"]["sequence_number"] = seq
     m.encode()

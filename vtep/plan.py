@@ -62,7 +62,7 @@ NOT_OVERLAY_V4 = tuple((ipaddress.ip_network(n), why) for n, why in (
 ))
 LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
-CLUSTER_KEYS = {"vni", "port", "overlay", "mtu"}
+CLUSTER_KEYS = {"vni", "port", "overlay", "mtu", "udp_checksum"}
 NODE_KEYS = {"name", "underlay_ip", "subnet", "vtep_mac", "underlay_dev"}
 
 
@@ -94,6 +94,8 @@ class Plan:
     mtu: int | None
     nodes: tuple[Node, ...]
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # The outer UDP checksum, on by default: see UDP_CHECKSUM_WHY.
+    udp_checksum: bool = True
 
     @property
     def ipv6_underlay(self) -> bool:
@@ -128,6 +130,20 @@ class Plan:
                             "name the node with --node")
         raise PlanError(f"{self.path}: several nodes' underlay_ip are local "
                         f"({', '.join(n.name for n in mine)}); name the node with --node")
+
+
+# Why the outer UDP checksum is on unless the plan turns it off (README, "The outer UDP
+# checksum"). RFC 7348 section 5 allows zero over IPv4, but:
+# - the kernel's vxlan driver computes it by default (a device made without udpcsum or
+#   noudpcsum reports udpcsum), so on is what a hand-made device does;
+# - it is the only check on the inner frame between VTEPs: Ethernet's CRC is gone at
+#   the first hop, and an inner ARP or non-IP frame has no checksum of its own;
+# - a receiver's UDP GRO coalesces only datagrams with a checksum (the kernel's
+#   udp_gro_receive_segment flushes on a zero one), and UDP GSO on the send side
+#   computes it anyway.
+# Over IPv6 it cannot be off: RFC 8200 section 8.1 makes it mandatory, and the RFC 6935
+# exception needs every receiver to opt in (udp6zerocsumrx).
+UDP_CHECKSUM_DEFAULT = True
 
 
 def derive_mac(name: str, subnet) -> str:
@@ -176,6 +192,10 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
     mtu = cluster.get("mtu")
     if mtu is not None:
         mtu = _int(mtu, "cluster.mtu", MIN_MTU, IP_MAXPACKET - wire.OVERHEAD_IPV6, bad)
+    udp_checksum = cluster.get("udp_checksum", UDP_CHECKSUM_DEFAULT)
+    if not isinstance(udp_checksum, bool):
+        bad("cluster.udp_checksum", f"{_short(udp_checksum)} is not true or false")
+        udp_checksum = UDP_CHECKSUM_DEFAULT
     overlay = None
     if "overlay" not in cluster:
         bad("cluster.overlay", "missing (the overlay network, e.g. \"10.244.0.0/16\")")
@@ -236,6 +256,10 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
             elif int(mac[:2], 16) & 1:
                 bad(f"{label}: vtep_mac", f"{mac} is a multicast address")
                 mac = None
+            elif not int(mac.replace(":", ""), 16):
+                bad(f"{label}: vtep_mac", f"{mac} is the all-zeros address, which the "
+                    "vxlan driver keeps for flooding")
+                mac = None
         elif name is not None and subnet is not None:
             mac = derive_mac(name, subnet)
         dev = raw.get("underlay_dev")
@@ -258,9 +282,13 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
     versions = {n.underlay_ip.version for n in nodes}
     if len(versions) > 1:
         bad("nodes", "underlay_ip mixes IPv4 and IPv6; one vxlan device has one address family")
+    elif versions == {6} and not udp_checksum:
+        bad("cluster.udp_checksum", "false needs an IPv4 underlay: over IPv6 the UDP checksum "
+            "is mandatory (RFC 8200 section 8.1) and receivers drop zero ones unless they "
+            "opted in (RFC 6935)")
     if problems:
         raise PlanError(problems)
-    return Plan(path, vni, port, overlay, mtu, tuple(nodes), tuple(warnings))
+    return Plan(path, vni, port, overlay, mtu, tuple(nodes), tuple(warnings), udp_checksum)
 
 
 def _check_subnets(nodes: list[Node], labels: list[str], overlay, bad) -> None:

@@ -22,8 +22,10 @@ port. The raw socket sets DF (IP_PMTUDISC_DO): VTEPs must not fragment (RFC
 7348 section 4.3); a datagram too big for the path fails with EMSGSIZE and is
 counted, never fragmented. A BPF filter that accepts nothing keeps the raw
 socket's receive queue empty (a raw socket would get a copy of every UDP
-packet). The outer UDP checksum is zero over IPv4, as the kernel sends it by
-default (RFC 7348 section 5 allows it); over IPv6 the kernel fills it in.
+packet). The outer UDP checksum follows the plan's udp_checksum (on by
+default, as the kernel's vxlan device): over IPv4 the data path computes it
+(Datapath.tx_batch) or sends zero (RFC 7348 section 5 allows it); over IPv6
+it is mandatory and the kernel fills it in.
 """
 from __future__ import annotations
 
@@ -149,6 +151,8 @@ class TapLink:
                 raise NetlinkRefused(f"{dev.name} vanished right after its creation")
         have = facts(msg)
         idx = have.index
+        if created:
+            links.no_ipv6(dev, idx)
         links.mark(dev.name, idx, have.alias, self.node, self.mode)
         _, repairs = device_diffs(dev, have, under.index, {}, None)
         links.repair(dev, have, repairs)
@@ -165,15 +169,19 @@ class TapLink:
         """The data path for this desired state, on the current TAP and sockets."""
         dev = want.device
         old = self.dp
-        if old is None or self.dp_for != (dev.vni, dev.port, self.rx):
-            # new VNI, port or sockets: a new data path (the VNI is written once into its
-            # transmit buffer); the counters carry over
-            self.dp_for = (dev.vni, dev.port, self.rx)
+        v6 = ":" in dev.local
+        # IPv4: the data path computes the UDP checksum (a raw IPv4 socket never does);
+        # IPv6: the kernel fills it (IPV6_CHECKSUM, open_sockets)
+        csum_src = socket.inet_aton(dev.local) if dev.udp_checksum and not v6 else None
+        if old is None or self.dp_for != (dev.vni, dev.port, self.rx, csum_src):
+            # new VNI, port, sockets or checksum: a new data path (the VNI is written once
+            # into its transmit buffer); the counters carry over
+            self.dp_for = (dev.vni, dev.port, self.rx, csum_src)
             self.dp = datapath.Datapath(
                 vni=dev.vni, port=dev.port, fdb={}, peers=(),
                 tap_readv=None, tap_write=None, sendto=self.tx.sendto, addr_port=0,
                 recvfrom_into=self.rx.recvfrom_into, accept_any_source=self.accept_any_source,
-                path_mtu=self.path_mtu, overhead=wire.overhead(":" in dev.local))
+                path_mtu=self.path_mtu, overhead=wire.overhead(v6), checksum_src=csum_src)
             if old is not None:
                 self.dp.counters = old.counters
             self.dp_peers = None

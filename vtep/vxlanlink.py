@@ -99,6 +99,8 @@ class VxlanLink:
             repairs = {}
         idx = have.index
         try:
+            if created:
+                links.no_ipv6(dev, idx)
             links.mark(dev.name, idx, have.alias, self.node, self.mode, adopted=not created)
             links.repair(dev, have, repairs)
             if "df" in repairs:
@@ -152,13 +154,20 @@ class VxlanLink:
                   mtu=want.mtu, address=want.mac)
         if link_index is not None:
             kw["vxlan_link"] = link_index
-        kw["vxlan_local6" if ":" in want.local else "vxlan_local"] = want.local
+        if ":" in want.local:
+            kw["vxlan_local6"] = want.local   # checksummed: the kernel's IPv6 default
+        else:
+            kw["vxlan_local"] = want.local
+            # explicit either way: the plan decides, not the kernel's default (plan.py,
+            # UDP_CHECKSUM_DEFAULT); the kernel cannot change it later (changelink
+            # refuses), so it is part of what device_diffs compares
+            kw["vxlan_udp_csum"] = int(want.udp_checksum)
         if self.df:
             kw["vxlan_df"] = DF[self.df]
         self.links.call(f"creating {want.name}", self.links.ipr.link, "add", **kw)
         self.links.note(f"created {want.name}: vxlan id {want.vni} local {want.local} dstport "
-                        f"{want.port} nolearning dev {want.underlay_dev} mtu {want.mtu} address "
-                        f"{want.mac}{' df ' + self.df if self.df else ''}")
+                        f"{want.port} nolearning{state.csum_option(want)} dev {want.underlay_dev} mtu "
+                        f"{want.mtu} address {want.mac}{' df ' + self.df if self.df else ''}")
 
     def remove(self, name: str, peers: int) -> bool:
         """Delete our device (the kernel drops its neighbour, fdb and route entries with
@@ -171,7 +180,8 @@ class VxlanLink:
             log.info(f"{name} is no longer the device this run made; leaving it")
             return False
         self.links.delete(msg["index"], name)
-        log.info(f"removed {name}; its {peers} neighbour, {peers} fdb and {peers} route "
+        log.info(f"removed {name}; its {peers} neighbour, {peers} fdb, {peers} flood and "
+                 f"{peers} route "
                  "entries went with it")
         return True
 
@@ -206,6 +216,8 @@ def down(plan, node, device: str, state_dir: str) -> int:
             if e.code != errno.ENODEV:
                 raise netlink.NetlinkRefused(f"deleting {device}: {e.args[1]}")
         status.remove()
+        flood = sum(e.mac == state.FLOOD_MAC for e in r.fdb)
         log.info(f"removed {device} (vni {have.vni}) and with it {len(r.neighbours)} "
-                 f"neighbour, {len(r.fdb)} fdb and {len(r.routes)} route entries")
+                 f"neighbour, {len(r.fdb) - flood} fdb, {flood} flood and {len(r.routes)} "
+                 "route entries")
     return 0
