@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ from ovslab import OVS_NODE, VTEP_NODES, node_mode, tunnel_port
 from ovspeer import OvsPeer
 from test_userspace_netns import FRAME_SENDER, Vtep, run_py
 
-pytestmark = pytest.mark.netns
+# the namespace tests are marked one by one: the README table's parser is a unit test
 
 ROOT = Path(__file__).resolve().parent.parent
 WRONG_VNI = 42
@@ -230,6 +231,7 @@ def neighbours(node, dev: str) -> dict[str, dict]:
 
 # --- 1. interop, per lab mode -------------------------------------------------------------
 
+@pytest.mark.netns
 @pytest.mark.parametrize("mode", ovslab.MODES)
 def test_interop_with_open_vswitch(netns_prefix, tmp_path, mode):
     ovspeer.require()
@@ -333,3 +335,251 @@ def test_interop_with_open_vswitch(netns_prefix, tmp_path, mode):
         for a in lab.agents.values():
             assert a.p.poll() is None, a.output()
         assert not unflooded, "broadcast/multicast not flooded: " + "; ".join(unflooded)
+
+
+# --- 2. what differs on the wire: README's table, asserted cell by cell ----------------------
+
+WIRE_HEADING = "### What differs on the wire"
+WIRE_COLUMNS = ("field", "kernel path", "userspace path", "Open vSwitch")
+# column -> (the sender, the device its frames are injected on, the receiver); a mixed lab
+# has the kernel path on network-1 and the userspace path on network-2
+SENDERS = {"kernel path": ("network-1", "vxlan0", OVS_NODE),
+           "userspace path": ("network-2", "vxlan0", OVS_NODE),
+           "Open vSwitch": (OVS_NODE, ovspeer.OVL, "network-1")}
+ETH, OIP, OUDP, INNER = 0, 14, 34, 50    # offsets in an outer IPv4 VXLAN frame
+
+
+class TableError(AssertionError):
+    """README's table cannot be read, or holds a cell no predicate understands."""
+
+
+def wire_table(readme: str) -> list[tuple[str, dict[str, str]]]:
+    """The rows under WIRE_HEADING: (field, {column: cell}), in order."""
+    lines = readme.splitlines()
+    try:
+        at = lines.index(WIRE_HEADING)
+    except ValueError:
+        raise TableError(f"README.md has no heading {WIRE_HEADING!r}")
+    rows = []
+    for ln in lines[at + 1:]:
+        if ln.startswith("#"):
+            break
+        if ln.startswith("|"):
+            rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
+        elif rows:
+            break
+    if len(rows) < 3 or tuple(rows[0]) != WIRE_COLUMNS or \
+            not all(set(c) <= set(":-") for c in rows[1]):
+        raise TableError(f"README.md {WIRE_HEADING!r}: expected a table with columns "
+                         f"{' | '.join(WIRE_COLUMNS)}, got {rows[:2]}")
+    out = []
+    for r in rows[2:]:
+        if len(r) != len(WIRE_COLUMNS):
+            raise TableError(f"README.md {WIRE_HEADING!r}: row {r} has {len(r)} cells")
+        out.append((r[0], dict(zip(WIRE_COLUMNS[1:], r[1:]))))
+    return out
+
+
+@dataclass
+class Sent:
+    """What one sender put on the wire for the probes (probe_frames)."""
+    unicast: list[bytes]      # the outer frame of each unicast probe, in the order sent
+    flows: list[int]          # the inner flow of each unicast probe
+    mcast6: list[bytes]       # every outer copy of the inner IPv6 multicast probe
+    peers: set[str]           # the sender's peers' underlay addresses
+
+
+def udp_checksum_ok(f: bytes) -> bool:
+    """The outer UDP checksum verifies (RFC 768: the one's complement sum over the IPv4
+    pseudo-header, the UDP header and the data is 0xFFFF). Written here, not vtep's."""
+    ulen = struct.unpack_from("!H", f, OUDP + 4)[0]
+    data = f[OIP + 12:OIP + 20] + struct.pack("!BBH", 0, 17, ulen) + f[OUDP:OUDP + ulen]
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def df(f): return bool(f[OIP + 6] & 0x40)                          # noqa: E704
+def ip_id(f): return struct.unpack_from("!H", f, OIP + 4)[0]        # noqa: E704
+def sport(f): return struct.unpack_from("!H", f, OUDP)[0]           # noqa: E704
+def ucsum(f): return struct.unpack_from("!H", f, OUDP + 6)[0]       # noqa: E704
+def outer_dst(f): return ".".join(map(str, f[OIP + 16:OIP + 20]))   # noqa: E704
+
+
+def incrementing(ids: list[int]) -> bool:
+    """Each next ID a little above the last (mod 2^16): a counter, which may skip (Linux
+    adds a random step for the time since its last use, CVE-2019-10638's fix)."""
+    steps = [(b - a) % 65536 for a, b in zip(ids, ids[1:])]
+    return bool(steps) and all(1 <= s <= 1024 for s in steps)
+
+
+def one_port_per_flow(w: Sent, lo: int, hi: int) -> bool:
+    ports = [sport(f) for f in w.unicast]
+    by_flow: dict[int, set[int]] = {}
+    for flow, p in zip(w.flows, ports):
+        by_flow.setdefault(flow, set()).add(p)
+    return (all(lo <= p <= hi for p in ports) and all(len(v) == 1 for v in by_flow.values())
+            and len({next(iter(v)) for v in by_flow.values()}) > 1)   # flows spread
+
+
+# field -> {cell value -> predicate on Sent}; a value is the cell's text before " (" (the
+# reason), backticks and case ignored. "outer TTL" takes any number.
+PREDICATES = {
+    "outer df": {"set": lambda w: all(map(df, w.unicast)),
+                 "clear": lambda w: not any(map(df, w.unicast))},
+    "outer ip id": {"0": lambda w: all(ip_id(f) == 0 for f in w.unicast),
+                    "incrementing": lambda w: incrementing([ip_id(f) for f in w.unicast]),
+                    "random": lambda w: len({ip_id(f) for f in w.unicast}) == len(w.unicast)
+                    and not incrementing([ip_id(f) for f in w.unicast])},
+    "outer udp checksum": {"zero": lambda w: all(ucsum(f) == 0 for f in w.unicast),
+                           "valid": lambda w: all(ucsum(f) and udp_checksum_ok(f)
+                                                  for f in w.unicast)},
+    "inner ipv6 multicast": {
+        "flooded to every peer": lambda w: sorted(map(outer_dst, w.mcast6)) == sorted(w.peers),
+        "dropped": lambda w: not w.mcast6},
+}
+PORT_RANGE = re.compile(r"(\d+)-(\d+), one port per flow")
+
+
+def predicate(field: str, column: str, cell: str):
+    """The check a cell states, or TableError naming the row, column and cell."""
+    key, value = field.strip("`").lower(), cell.split(" (", 1)[0].replace("`", "").strip()
+    low = value.lower()
+    if key == "outer ttl" and value.isdigit():
+        return lambda w: all(f[OIP + 8] == int(value) for f in w.unicast + w.mcast6)
+    if key == "outer udp source port" and PORT_RANGE.fullmatch(low):
+        lo, hi = map(int, PORT_RANGE.fullmatch(low).groups())
+        return lambda w: one_port_per_flow(w, lo, hi)
+    if key in PREDICATES and low in PREDICATES[key]:
+        return PREDICATES[key][low]
+    known = sorted(PREDICATES[key]) if key in PREDICATES else \
+        ["a number"] if key == "outer ttl" else ["LO-HI, one port per flow"] \
+        if key == "outer udp source port" else []
+    raise TableError(f"README.md {WIRE_HEADING!r}, row {field!r}, column {column!r}: cell "
+                     f"{cell!r} not understood (value {value!r}; this test knows "
+                     + (", ".join(repr(k) for k in known) if known else
+                        f"no field {field!r}; it knows outer TTL, outer UDP source port, "
+                        + ", ".join(sorted(PREDICATES))) + ")")
+
+
+def probe_frames(plan, src: str, dst: str) -> tuple[list[bytes], list[int], bytes]:
+    """The same inner frames from any sender: three 200-byte pings and a full-size one
+    (1450-byte IP packet) of one ICMP flow, four UDP flows, all unicast to `dst`'s VTEP;
+    and an IPv6 multicast frame (33:33:00:00:00:01, to ff02::1). Returns (unicast frames,
+    their flows, the multicast frame)."""
+    s, d = plan.node(src), plan.node(dst)
+    eth = Ether(src=s.vtep_mac, dst=d.vtep_mac)
+    ip = dict(src=str(s.vtep_ip), dst=str(d.vtep_ip))
+    uni = [eth / IP(**ip, id=0x4200 + i) / ICMP(id=0x1234, seq=i) / Raw(bytes(range(200)))
+           for i in range(1, 4)]
+    uni += [eth / IP(**ip, id=0x4300 + i) / UDP(sport=40000 + i, dport=9) / Raw(b"vtep" * 25)
+            for i in range(4)]
+    uni.append(eth / IP(**ip, id=0x4400) / ICMP(id=0x1234, seq=9)
+               / Raw(bytes(i % 251 for i in range(1422))))
+    assert len(uni[-1][IP]) == 1450
+    flows = [0, 0, 0, 1, 2, 3, 4, 0]
+    mcast = (Ether(src=s.vtep_mac, dst="33:33:00:00:00:01") / IPv6(src="fe80::1", dst="ff02::1",
+             hlim=1) / UDP(sport=9, dport=9) / Raw(b"vtep-probe " + src.encode()))
+    return [bytes(f) for f in uni], flows, bytes(mcast)
+
+
+def test_wire_table_cells_map_to_checks():
+    """The parser and the cell vocabulary, on hand-written frames (no namespaces)."""
+    readme = "\n".join([
+        "intro", WIRE_HEADING, "", "| " + " | ".join(WIRE_COLUMNS) + " |",
+        "|---|---|---|---|",
+        "| outer DF | clear (why) | set | `set` (OVS's df_default) |",
+        "| outer TTL | 64 | 64 | 63 |", "", "## next"])
+    rows = wire_table(readme)
+    assert [r[0] for r in rows] == ["outer DF", "outer TTL"]
+    assert rows[0][1]["Open vSwitch"] == "`set` (OVS's df_default)"
+
+    def outer(*, flags=0x40, ttl=64, ident=0, sp=40000, csum=0, dst=b"\xc0\xa8\x01\x8a"):
+        ip_hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 8, ident, flags << 8, ttl, 17,
+                             0, b"\xc0\xa8\x03\x21", dst)
+        return b"\0" * 12 + b"\x08\x00" + ip_hdr + struct.pack("!HHHH", sp, 4789, 16, csum) \
+            + struct.pack("!II", 0x08000000, 10 << 8)
+    w = Sent([outer(), outer()], [0, 1], [], set())
+    assert predicate("outer DF", "x", "set (RFC 7348)")(w)
+    assert not predicate("outer DF", "x", "clear")(w)
+    assert predicate("outer TTL", "x", "64")(w) and not predicate("outer TTL", "x", "63")(w)
+    assert predicate("outer IP ID", "x", "0")(w)
+    assert predicate("outer IP ID", "x", "incrementing")(
+        Sent([outer(ident=65535), outer(ident=2), outer(ident=5)], [0, 0, 0], [], set()))
+    assert not predicate("outer IP ID", "x", "incrementing")(w)
+    # a UDP checksum computed by hand: 0xc0a8+0x0321+0xc0a8+0x018a+0x0011+0x0010 (pseudo
+    # header) + 0x9c40+0x12b5+0x0010 (header) + 0x0800 (VXLAN) + 0x0a00 = 0x2_4721 -> 0x4723,
+    # complemented: 0xb8dc
+    assert predicate("outer UDP checksum", "x", "valid")(Sent([outer(csum=0xB8DC)], [0], [],
+                                                              set()))
+    assert not predicate("outer UDP checksum", "x", "valid")(Sent([outer(csum=0xB8DD)], [0],
+                                                                  [], set()))
+    assert predicate("outer UDP checksum", "x", "zero")(w)
+    ports = Sent([outer(sp=33000), outer(sp=33000), outer(sp=50000)], [0, 0, 1], [], set())
+    assert predicate("outer UDP source port", "x", "32768-60999, one port per flow")(ports)
+    assert not predicate("outer UDP source port", "x", "40000-60999, one port per flow")(ports)
+    two = {"192.168.1.138", "192.168.2.142"}
+    m = Sent([], [], [outer(dst=b"\xc0\xa8\x01\x8a"), outer(dst=b"\xc0\xa8\x02\x8e")], two)
+    assert predicate("inner IPv6 multicast", "x", "flooded to every peer")(m)
+    assert not predicate("inner IPv6 multicast", "x", "dropped")(m)
+    assert predicate("inner IPv6 multicast", "x", "dropped")(Sent([], [], [], two))
+    for field, cell, says in (("outer DF", "sometimes", "'clear', 'set'"),
+                              ("outer TTL", "inherited", "a number"),
+                              ("colour", "blue", "no field 'colour'")):
+        with pytest.raises(TableError, match=re.escape(says)):
+            predicate(field, "kernel path", cell)
+    with pytest.raises(TableError, match="no heading"):
+        wire_table("# vtep\n")
+    with pytest.raises(TableError, match="expected a table with columns"):
+        wire_table(WIRE_HEADING + "\n| field | kernel | userspace |\n|---|---|---|\n| a | b | c |")
+
+
+@pytest.mark.netns
+def test_what_differs_on_the_wire_is_what_readme_says(netns_prefix, tmp_path):
+    """The same inner frames sent by the kernel path, the userspace path and Open vSwitch
+    (a mixed lab), captured at the router on each sender's link; every cell of README's
+    table is asserted on what was captured (mismatches are listed together)."""
+    ovspeer.require()
+    table = wire_table((ROOT / "README.md").read_text())
+    checks = [(field, col, cell, predicate(field, col, cell))
+              for field, cells in table for col, cell in cells.items()]
+    with Lab(f"{netns_prefix}ow-", "mixed", tmp_path) as lab:
+        # OVS learns where each VTEP MAC lives (its NORMAL switch floods unknown unicast)
+        for name in VTEP_NODES:
+            assert_ping(lab[OVS_NODE], lab.vtep_ip(name))
+        sent: dict[str, Sent] = {}
+        for col, (src, dev, dst) in SENDERS.items():
+            uni, flows, mcast = probe_frames(lab.plan, src, dst)
+            s = Sniff(lab[SEED.router], ovslab.ROUTER_IF[src], tmp_path / f"wire-{src}.pcap",
+                      f"(udp dst port 4789 and src host {ovslab.underlay_ip(src)}) or "
+                      f"{seedlab.MARKER_FILTER}", 1000)
+            run_py(lab[src], FRAME_SENDER, {"iface": dev, "frames": [f.hex() for f in
+                                                                     uni + [mcast]]})
+            got = [f for f in s.frames(flush=True) if f[OIP + 9:OIP + 10] == b"\x11"]
+            copies = [[g for g in got if g[INNER:] == f] for f in uni]
+            assert all(len(c) == 1 for c in copies), \
+                f"{col}: unicast probes captured {[len(c) for c in copies]} times"
+            sent[col] = Sent([c[0] for c in copies], flows, [g for g in got if g[INNER:] == mcast],
+                             {str(p.underlay_ip) for p in lab.plan.peers(src)})
+    wrong = [f"{field} / {col}: README says {cell!r}; the wire says " + describe(field, sent[col])
+             for field, col, cell, check in checks if not check(sent[col])]
+    assert not wrong, "README's wire table is not what was captured:\n" + "\n".join(wrong)
+
+
+def describe(field: str, w: Sent) -> str:
+    """What a sender actually did for `field` (for the failure message)."""
+    f = field.lower()
+    if "df" in f:
+        return f"DF {[int(df(x)) for x in w.unicast]}"
+    if "ip id" in f:
+        return f"IDs {[ip_id(x) for x in w.unicast]}"
+    if "ttl" in f:
+        return f"TTLs {[x[OIP + 8] for x in w.unicast]}"
+    if "checksum" in f:
+        return f"checksums {[hex(ucsum(x)) for x in w.unicast]} (valid: " \
+            f"{[udp_checksum_ok(x) for x in w.unicast]})"
+    if "port" in f:
+        return f"ports {[sport(x) for x in w.unicast]} for flows {w.flows}"
+    return f"copies to {sorted(map(outer_dst, w.mcast6))} (peers {sorted(w.peers)})"
