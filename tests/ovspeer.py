@@ -129,7 +129,17 @@ def ip_commands(n: OvsNode) -> list[list[str]]:
     """The iproute2 commands that move the underlay address onto br-under and make br-ovl's
     internal port the VTEP device (as `state.iproute2` writes a vtep node's, minus the
     static neighbours and fdb entries: OVS learns those)."""
-    cmds = [["ip", "address", "flush", "dev", n.underlay_dev],
+    dev = n.underlay_dev
+    cmds = [["ip", "address", "flush", "dev", dev],
+            # OVS reads the veth through a packet socket, but the kernel still takes every
+            # frame up its own stack too, and the host model is weak: it would accept the
+            # VXLAN packets for br-under's address on the veth and answer each with ICMP
+            # port unreachable (no kernel socket on 4789), and answer ARP there as well.
+            # Strict reverse path filtering drops them there (the route back to any sender
+            # leaves through br-under, not the veth); arp_ignore=1 answers ARP only for an
+            # address of the device the request came in on.
+            ["sysctl", "-qw", f"net.ipv4.conf.{dev}.rp_filter=1",
+             f"net.ipv4.conf.{dev}.arp_ignore=1"],
             ["ip", "link", "set", UNDER, "up"],
             ["ip", "address", "add", n.underlay_addr, "dev", UNDER]]
     cmds += [["ip", "route", "add", dst, "via", via, "dev", UNDER] for dst, via in n.routes]
