@@ -598,3 +598,28 @@ def describe(field: str, w: Sent) -> str:
     if "port" in f:
         return f"ports {[sport(x) for x in w.unicast]} for flows {w.flows}"
     return f"copies to {sorted(map(outer_dst, w.mcast6))} (peers {sorted(w.peers)})"
+
+
+def test_ovs_recipe_from_the_plan(tmp_path):
+    """network-3's OVS configuration, from the plan, against literal values: one vxlan
+    port per peer (its underlay address, the plan's VNI and port), the VTEP's MAC and
+    address on br-ovl, onlink routes to the peers' subnets via their VTEP addresses, and
+    no static neighbour or fdb entry anywhere (ARP must resolve through the tunnel)."""
+    p = tmp_path / "plan.toml"
+    p.write_text(ovslab.plan_text())
+    n = ovslab.ovs_node(planlib.load(p))
+    assert [(t.port, t.remote_ip, t.key, t.dst_port) for t in n.tunnels] == [
+        ("vx-network-1", "192.168.1.138", 10, 4789), ("vx-network-2", "192.168.2.142", 10, 4789)]
+    assert (n.vtep_addr, n.mtu, n.underlay_addr) == ("172.2.2.0", 1450, "192.168.3.33/24")
+    assert n.overlay_routes == (("172.2.0.0/24", "172.2.0.0"), ("172.2.1.0/24", "172.2.1.0"))
+    vsctl = [" ".join(c) for c in ovspeer.vsctl_commands(n)]
+    assert "add-port br-ovl vx-network-1 -- set interface vx-network-1 type=vxlan " \
+        "options:remote_ip=192.168.1.138 options:key=10 options:dst_port=4789" in vsctl
+    assert sum("datapath_type=netdev" in c for c in vsctl) == 2
+    ip = [" ".join(c) for c in ovspeer.ip_commands(n)]
+    assert "ip route add 172.2.1.0/24 via 172.2.1.0 dev br-ovl onlink" in ip
+    assert "ip address add 172.2.2.0/32 dev br-ovl" in ip
+    assert not [c for c in ip if "neigh" in c or "fdb" in c], ip
+    # csum=True: OVS computes the outer UDP checksum (its default sends none)
+    csum = ovslab.ovs_node(planlib.load(p), csum=True).tunnels[0]
+    assert ovspeer.tunnel_options(csum)[-1] == "options:csum=true"
