@@ -76,10 +76,11 @@ def assert_ping(node, dst, *extra):
 class Lab:
     """The three-node topology, OVS on network-3, vtep on the others in `mode`."""
 
-    def __init__(self, prefix: str, mode: str, tmp: Path, *, csum: bool | None = None):
+    def __init__(self, prefix: str, mode: str, tmp: Path, *, csum: bool | None = None,
+                 cluster: str = ""):
         self.mode, self.tmp = mode, tmp
         self.plan_file = tmp / "plan.toml"
-        self.plan_file.write_text(ovslab.plan_text())
+        self.plan_file.write_text(ovslab.plan_text(cluster))
         self.plan = planlib.load(self.plan_file)
         self.t = ovslab.topology(prefix)
         self.ovs_conf = ovslab.ovs_node(self.plan, csum=csum)
@@ -564,23 +565,47 @@ def test_what_differs_on_the_wire_is_what_readme_says(netns_prefix, tmp_path):
         # OVS learns where each VTEP MAC lives (its NORMAL switch floods unknown unicast)
         for name in VTEP_NODES:
             assert_ping(lab[OVS_NODE], lab.vtep_ip(name))
-        sent: dict[str, Sent] = {}
-        for col, (src, dev, dst) in SENDERS.items():
-            uni, flows, mcast = probe_frames(lab.plan, src, dst)
-            s = Sniff(lab[SEED.router], ovslab.ROUTER_IF[src], tmp_path / f"wire-{src}.pcap",
-                      f"(udp dst port 4789 and src host {ovslab.underlay_ip(src)}) or "
-                      f"{seedlab.MARKER_FILTER}", 1000)
-            run_py(lab[src], FRAME_SENDER, {"iface": dev, "frames": [f.hex() for f in
-                                                                     uni + [mcast]]})
-            got = s.frames(flush=True)
-            copies = [[g for g in got if g[INNER:] == f] for f in uni]
-            assert all(len(c) == 1 for c in copies), \
-                f"{col}: unicast probes captured {[len(c) for c in copies]} times"
-            sent[col] = Sent([c[0] for c in copies], flows, [g for g in got if g[INNER:] == mcast],
-                             {str(p.underlay_ip) for p in lab.plan.peers(src)})
+        sent = {col: send_probes(lab, col, tmp_path) for col in SENDERS}
     wrong = [f"{field} / {col}: README says {cell!r}; the wire says " + describe(field, sent[col])
              for field, col, cell, check in checks if not check(sent[col])]
     assert not wrong, "README's wire table is not what was captured:\n" + "\n".join(wrong)
+
+
+def send_probes(lab: Lab, col: str, tmp: Path) -> Sent:
+    """probe_frames() injected on the VTEP device of the sender of column `col`, captured
+    at the router on that sender's link."""
+    src, dev, dst = SENDERS[col]
+    uni, flows, mcast = probe_frames(lab.plan, src, dst)
+    s = Sniff(lab[SEED.router], ovslab.ROUTER_IF[src], tmp / f"wire-{src}.pcap",
+              f"(udp dst port 4789 and src host {ovslab.underlay_ip(src)}) or "
+              f"{seedlab.MARKER_FILTER}", 1000)
+    run_py(lab[src], FRAME_SENDER, {"iface": dev, "frames": [f.hex() for f in uni + [mcast]]})
+    got = s.frames(flush=True)
+    copies = [[g for g in got if g[INNER:] == f] for f in uni]
+    assert all(len(c) == 1 for c in copies), \
+        f"{col}: unicast probes captured {[len(c) for c in copies]} times"
+    return Sent([c[0] for c in copies], flows, [g for g in got if g[INNER:] == mcast],
+                {str(p.underlay_ip) for p in lab.plan.peers(src)})
+
+
+@pytest.mark.netns
+def test_udp_checksum_false_both_vtep_paths_send_zero_and_ovs_accepts(netns_prefix,
+                                                                     tmp_path):
+    """The plan's `udp_checksum = false`: the kernel path's device (`noudpcsum`) and the
+    userspace path both send a zero outer UDP checksum (RFC 7348 allows it over IPv4), and
+    Open vSwitch still takes their traffic."""
+    ovspeer.require()
+    with Lab(f"{netns_prefix}oc-", "mixed", tmp_path,
+             cluster="udp_checksum = false") as lab:
+        link = lab["network-1"].cmd(["ip", "-d", "link", "show", "vxlan0"]).stdout
+        assert " noudpcsum " in link, link
+        for name in VTEP_NODES:
+            assert_ping(lab[OVS_NODE], lab.vtep_ip(name))
+            assert_ping(lab[name], lab.vtep_ip(OVS_NODE), "-M", "do", "-s", "1422")
+        for col in ("kernel path", "userspace path"):
+            w = send_probes(lab, col, tmp_path)
+            assert [ucsum(f) for f in w.unicast] == [0] * len(w.unicast), \
+                f"{col}: {describe('checksum', w)}"
 
 
 def describe(field: str, w: Sent) -> str:
