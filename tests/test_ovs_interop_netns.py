@@ -314,10 +314,12 @@ def test_interop_with_open_vswitch(netns_prefix, tmp_path, mode):
                 if missing:
                     unflooded.append(f"{name} ({node_mode(mode, name)} path) -> OVS: "
                                      f"{', '.join(missing)}")
-        finally:
-            seedlab.flush_capture(router.ns, ovslab.ROUTER_IF[OVS_NODE], cap_path, cap)
-            end_process(cap)
-            cap.stderr.close()
+        except BaseException:
+            end_process(cap)     # started by netns.popen, not Node.popen: ours to end
+            raise
+        seedlab.flush_capture(router.ns, ovslab.ROUTER_IF[OVS_NODE], cap_path, cap)
+        end_process(cap)
+        cap.stderr.close()
         # 7. the router's capture of everything above passes vxinspect --plan
         seedlab.cut_marker(cap_path)
         rc, rep = vxinspect(lab.plan_file, cap_path)
