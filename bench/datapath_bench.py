@@ -11,7 +11,8 @@ removed in `finally`; every process it starts is ended by its PID):
 1. Builds the seed lab with the project's lab builder (vtep.lab.lab.build,
    LabSpec(pods=False, agents=False): the seed topology, tx checksum offload off on
    the underlay veths since the userspace path needs filled checksums, and the seed
-   plan, recorded in a temporary directory).
+   plan, recorded in a temporary directory; --udp-checksum off adds
+   `udp_checksum = false` to its [cluster]).
 2. For each pairing (network-1 <-> network-2):
      kernel-kernel          `vtep run --kernel` on both nodes,
      userspace-kernel       `vtep run --userspace` on network-1, `--kernel` on network-2,
@@ -54,7 +55,7 @@ sys.path.insert(0, ROOT)
 
 from vtep import netns  # noqa: E402
 from vtep.errors import LabError  # noqa: E402
-from vtep.lab import lab as lablib, record  # noqa: E402
+from vtep.lab import lab as lablib, record, seed  # noqa: E402
 from vtep.lab.topology import end_process  # noqa: E402
 
 TARGET_GBPS = 0.5
@@ -389,6 +390,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs of each pairing; the table shows medians (default 1)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of the userspace VTEPs")
+    ap.add_argument("--udp-checksum", choices=("on", "off"), default="on",
+                    help="the plan's cluster.udp_checksum (default on, the plan's default)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--strict", action="store_true", help="exit 1 on a missed target")
     args = ap.parse_args()
@@ -418,7 +421,11 @@ def main() -> int:
     results, failed, left = [], False, []
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still run `finally`
     try:
-        lablib.build(lab, lablib.LabSpec(pods=False, agents=False), say=lablib.silent)
+        text = seed.plan_text()
+        if args.udp_checksum == "off":
+            text = text.replace("[cluster]\n", "[cluster]\nudp_checksum = false\n", 1)
+        lablib.build(lab, lablib.LabSpec(pods=False, agents=False, plan_text=text),
+                     say=lablib.silent)
         print(f"seed topology up (prefix {prefix}); plan {lab.plan_path}")
         for name in names:
             runs = []

@@ -1,11 +1,14 @@
 """Helpers shared by the namespace tests that drive the seed topology (vtep.lab.seed;
 the seed plan's file is conftest's `plan_file` fixture): the seed's iproute2 commands
 typed by hand, a bounded poll that does not hide a broken check, a netlink monitor run
-inside a node's namespace, and a marker frame that tells when a capture has written
-everything before it."""
+inside a node's namespace, a marker frame that tells when a capture has written
+everything before it, a `vtep run` agent in a node's namespace (Vtep) and the small
+programs the tests run there (run_py: UDP_SENDER, FRAME_SENDER)."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -203,3 +206,80 @@ def cut_marker(path) -> None:
     recs = _records(data)
     keep = [data[:24]] + [data[off:off + 16 + len(f)] for off, f in recs if not _is_marker(f)]
     Path(path).write_bytes(b"".join(keep))
+
+
+# --- a vtep agent, and programs, run inside a node's namespace ---------------------------------
+
+VTEP = [sys.executable, "-m", "vtep.cli"]
+
+
+class Vtep:
+    """`vtep run --kernel|--userspace` inside a node's namespace (ended by its PID, or by
+    the topology's stop())."""
+
+    def __init__(self, node, mode, plan_file, state_dir, *extra):
+        self.node = node
+        self.state_dir = state_dir
+        self.log = open(state_dir.parent / f"run-{node.name}-{mode}.log", "w+")
+        self.status_path = state_dir / f"vxlan0.{node.name}.json"
+        self.p = node.popen(VTEP + ["run", f"--{mode}", "--config", str(plan_file), "--node",
+                                    node.name, "--state-dir", str(state_dir), *extra],
+                            stdout=self.log, stderr=subprocess.STDOUT)
+        ok = wait_for(lambda: json.loads(self.status_path.read_text())["pid"] == self.p.pid,
+                      10) is not None
+        assert ok, f"vtep run --{mode} never converged:\n{self.output()}"
+
+    def output(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def status(self):
+        """This run's entry in `vtep status --json`, read in the node's namespace."""
+        r = self.node.cmd(VTEP + ["status", "--json", "--state-dir", str(self.state_dir)])
+        return next(d for d in json.loads(r.stdout) if d["node"] == self.node.name)
+
+    def counters(self):
+        return self.status()["counters"]
+
+    def wait_counters(self, pred, limit=15.0):
+        """Counters (republished every second) once pred(counters) holds; fails after limit."""
+        seen = []
+
+        def check():
+            seen[:] = [self.counters()]
+            return pred(seen[0])
+        assert wait_for(check, limit, 0.2) is not None, f"counters never matched: {seen}\n{self.output()}"
+        return seen[0]
+
+    def signal(self, sig):
+        os.kill(self.p.pid, sig)   # `ip netns exec` execs vtep: this PID is vtep's
+
+    def stop(self):
+        self.signal(signal.SIGTERM)
+        return self.p.wait(timeout=10)
+
+
+# Programs run inside a namespace by run_py. Arguments come as one JSON document.
+UDP_SENDER = r"""
+import json, socket, sys
+a = json.loads(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((a["src"], 0))
+for d in a["datagrams"]:
+    s.sendto(bytes.fromhex(d), (a["dst"], a["port"]))
+"""
+
+FRAME_SENDER = r"""
+import json, socket, sys, time
+a = json.loads(sys.argv[1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((a["iface"], 0))
+for f in a["frames"]:
+    s.send(bytes.fromhex(f))
+    time.sleep(0.02)   # one at a time through the node: the capture keeps their order
+"""
+
+
+def run_py(node, program, arg, timeout=30):
+    return node.cmd([sys.executable, "-c", program, json.dumps(arg)], timeout=timeout)

@@ -1256,6 +1256,16 @@ def test_an_ip_length_past_the_frame_still_reads_the_vxlan_header_it_has():
     assert fired(tally).keys() == {"truncated", "vni-mismatch"}
 
 
+def test_an_ip_length_shorter_than_its_udp_header_still_reads_the_vxlan_header_it_has():
+    """The outer IPv4 total length says 24 bytes (less than IPv4 and UDP headers), but
+    the frame holds the whole datagram: truncated, and the VXLAN header that is there
+    still counts its VNI, as when the length is too long."""
+    f = C.vxlan(C.inner_icmp(), vni=42, ip_len=24)
+    vx, tally = decode([f], opts=Options(checksums=False))
+    assert tally.vnis == {42: 1}
+    assert fired(tally).keys() == {"truncated", "vni-mismatch"}
+
+
 @pytest.mark.parametrize("offset", [0, 70000])
 def test_udp_length_zero_is_truncated_below_64_kib(offset):
     """RFC 768: a UDP length below 8 is wrong; RFC 2675's length 0 means "more than

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from seedlab import one_line, wait_for
-from test_userspace_netns import VTEP, Vtep, add_pods, assert_pings
+from seedlab import VTEP, Vtep
+from test_userspace_netns import add_pods, assert_pings
 from vtep import plan as planlib
 from vtep.lab import seed
 

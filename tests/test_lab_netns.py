@@ -14,6 +14,7 @@ import pytest
 from vtep import netns
 from vtep.errors import LabError, UsageError
 from vtep.lab import lab as lablib
+from seedlab import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -195,12 +196,19 @@ def test_mixed_lab_runs_each_path_where_planned(prefix):
         out = netns.sh(["ethtool", "-k", dev], ns=ns).stdout
         assert "tx-checksumming: off" in out, f"{ns} {dev}:\n{out}"
     # `vtep status` in the userspace node reads its counters from the lab's state dir
+    # (a peer is listed once it saw traffic: the TAP sends none of its own, no IPv6)
+    ping = netns.sh(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", "172.2.0.0"], ns=n2)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
     sd = f"{lablib.LAB_BASE}/lab-{prefix}/network-2"
-    st = json.loads(netns.sh([sys.executable, "-m", "vtep.cli", "status", "--json",
-                              "--state-dir", sd], ns=n2).stdout)
+
+    def status():
+        return json.loads(netns.sh([sys.executable, "-m", "vtep.cli", "status", "--json",
+                                    "--state-dir", sd], ns=n2).stdout)
+    st = status()
     assert [(d["node"], d["mode"], d["running"]) for d in st] == \
         [("network-2", "userspace", True)]
-    assert set(st[0]["counters"]["peers"]) == {"192.168.1.138"}
+    # the counters are republished every second
+    assert wait_for(lambda: set(status()[0]["counters"]["peers"]) == {"192.168.1.138"}) is not None
     # demo on a lab that is up: --mode must be the lab's, or it says so and checks nothing
     r = vtep("lab", "demo", "--mode", "kernel", "--prefix", prefix)
     assert r.returncode == 2 and "is up in mode mixed, not --mode kernel" in r.stderr

@@ -48,7 +48,7 @@ import ovspeer
 import seedlab
 from ovslab import OVS_NODE, VTEP_NODES, node_mode, tunnel_port
 from ovspeer import OvsPeer
-from test_userspace_netns import FRAME_SENDER, Vtep, run_py
+from seedlab import FRAME_SENDER, Vtep, run_py
 
 # the namespace tests are marked one by one: the README table's parser is a unit test
 

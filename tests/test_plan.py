@@ -180,7 +180,7 @@ def test_desired_state_and_iproute2_commands(tmp_path):
     assert state.iproute2(s) == [
         f"ip link add vxlan0 address {SEED_MACS['network-1']} mtu 1450 type vxlan id 10 "
         "local 192.168.1.138 dstport 4789 nolearning udpcsum dev eth0",
-        "ip link set vxlan0 addrgenmode none",   # no IPv6 chatter to flood (issue 17)
+        "sysctl -qw net/ipv6/conf/vxlan0/disable_ipv6=1",  # nothing of its own to flood
         "ip link set vxlan0 alias vtep:kernel:network-1",  # the ownership mark (issue 8)
         "ip address add 172.2.0.0/32 dev vxlan0",
         "ip link set vxlan0 up",

@@ -12,12 +12,10 @@ sockets for datagrams (fast, no scapy in the loop) and an AF_PACKET socket for
 whole frames built with scapy in the test.
 """
 import json
-import os
 import re
 import signal
 import struct
 import subprocess
-import sys
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -30,11 +28,10 @@ from vtep.lab import seed
 from vtep.lab.seed import SEED_PLAN
 from vtep.lab.topology import end_process
 import seedlab
-from seedlab import hand_configure, one_line
+from seedlab import FRAME_SENDER, UDP_SENDER, VTEP, Vtep, hand_configure, one_line, run_py
 
 pytestmark = pytest.mark.netns
 
-VTEP = [sys.executable, "-m", "vtep.cli"]
 N1_IP, N2_IP, N3_IP, ROUTER_N2_IP = "192.168.1.138", "192.168.2.142", "192.168.3.33", \
     "192.168.2.216"
 THIRD_NODE = f"""
@@ -49,53 +46,6 @@ RX_REASONS = ("short", "flags", "reserved", "vni", "runt", "source")
 
 def wait_for(pred, limit=10.0, step=0.05):
     return seedlab.wait_for(pred, limit, step) is not None
-
-
-class Vtep:
-    """`vtep run --kernel|--userspace` inside a node's namespace (ended by its PID, or by
-    the topology's stop())."""
-
-    def __init__(self, node, mode, plan_file, state_dir, *extra):
-        self.node = node
-        self.state_dir = state_dir
-        self.log = open(state_dir.parent / f"run-{node.name}-{mode}.log", "w+")
-        self.status_path = state_dir / f"vxlan0.{node.name}.json"
-        self.p = node.popen(VTEP + ["run", f"--{mode}", "--config", str(plan_file), "--node",
-                                    node.name, "--state-dir", str(state_dir), *extra],
-                            stdout=self.log, stderr=subprocess.STDOUT)
-        ok = wait_for(lambda: json.loads(self.status_path.read_text())["pid"] == self.p.pid,
-                      10)
-        assert ok, f"vtep run --{mode} never converged:\n{self.output()}"
-
-    def output(self):
-        self.log.flush()
-        with open(self.log.name) as f:
-            return f.read()
-
-    def status(self):
-        """This run's entry in `vtep status --json`, read in the node's namespace."""
-        r = self.node.cmd(VTEP + ["status", "--json", "--state-dir", str(self.state_dir)])
-        return next(d for d in json.loads(r.stdout) if d["node"] == self.node.name)
-
-    def counters(self):
-        return self.status()["counters"]
-
-    def wait_counters(self, pred, limit=15.0):
-        """Counters (republished every second) once pred(counters) holds; fails after limit."""
-        seen = []
-
-        def check():
-            seen[:] = [self.counters()]
-            return pred(seen[0])
-        assert wait_for(check, limit, 0.2), f"counters never matched: {seen}\n{self.output()}"
-        return seen[0]
-
-    def signal(self, sig):
-        os.kill(self.p.pid, sig)   # `ip netns exec` execs vtep: this PID is vtep's
-
-    def stop(self):
-        self.signal(signal.SIGTERM)
-        return self.p.wait(timeout=10)
 
 
 def ping(node, dst, count=2):
@@ -119,25 +69,6 @@ def add_pods(t):
 
 
 # Programs run inside a namespace. Arguments come as one JSON document.
-UDP_SENDER = r"""
-import json, socket, sys
-a = json.loads(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((a["src"], 0))
-for d in a["datagrams"]:
-    s.sendto(bytes.fromhex(d), (a["dst"], a["port"]))
-"""
-
-FRAME_SENDER = r"""
-import json, socket, sys, time
-a = json.loads(sys.argv[1])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((a["iface"], 0))
-for f in a["frames"]:
-    s.send(bytes.fromhex(f))
-    time.sleep(0.02)   # one at a time through the node: the capture keeps their order
-"""
-
 # 100,000 datagrams with random contents, each with exactly one fault, so that the
 # reason it is counted under is known: short (< 8 bytes), flags (I clear), reserved
 # (a reserved bit set), vni (not the plan's), runt (inner frame < 14 bytes). Paced in
@@ -192,10 +123,6 @@ for i in range(0, len(data), a["burst"]):
         break
 print(json.dumps({"sent": sent, "n": n}))
 """
-
-
-def run_py(node, program, arg, timeout=30):
-    return node.cmd([sys.executable, "-c", program, json.dumps(arg)], timeout=timeout)
 
 
 def udp_rcvbuf_errors(node) -> int:

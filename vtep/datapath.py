@@ -229,7 +229,10 @@ class Datapath:
                 datagram = view[:size]
                 payload = size - UDP_HLEN  # counted as rx counts it: VXLAN header + frame
                 if csum:
-                    s = fb(datagram, "big")  # RFC 1071 modulo 0xFFFF: vtep/checksum.py
+                    # RFC 1071 as one big integer modulo 0xFFFF (vtep/checksum.py), reduced
+                    # at once: the per-peer arithmetic below is then on small numbers. An odd
+                    # length pads a zero byte: times 256, which commutes with the modulo.
+                    s = fb(datagram, "big") % 0xFFFF
                     if size & 1:
                         s <<= 8
                     s += size                # the pseudo-header's UDP length

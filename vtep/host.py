@@ -172,3 +172,19 @@ def enable_forwarding(df: str | None = None) -> list[str]:
                "the overlay, as the CNI bridge plugin does")
         done.append(f"turned on {name} (was {cur}): {why}")
     return done
+
+
+def disable_ipv6(device: str) -> None:
+    """No IPv6 on our VTEP device (net.ipv6.conf.DEVICE.disable_ipv6 = 1, set before it
+    goes up). The overlay is IPv4; with IPv6 on, the device sends its own multicast
+    (router solicitations, and MLD reports, from :: even with addrgenmode none, for the
+    all-routers groups it joins once forwarding is on), and every such frame is flooded
+    to every peer. Nothing to do where the kernel has no IPv6."""
+    path = f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6"
+    try:
+        with open(path, "w") as f:
+            f.write("1\n")
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise PermissionDenied(f"cannot turn IPv6 off on {device} ({path}: {e.strerror})")

@@ -19,8 +19,6 @@ from . import owner, state
 from .linkfacts import LinkFacts
 from .netlink import NetlinkRefused
 
-IN6_ADDR_GEN_MODE_NONE = 1   # linux/if_link.h: no link-local address, no SLAAC
-
 log = logging.getLogger("vtep")
 
 
@@ -96,16 +94,6 @@ class Links:
             self.call(f"setting the address of {want.name}", self.ipr.link, "set",
                       index=have.index, address=want.mac)
             self.note(f"changed {want.name} address {want.mac} (was {have.mac})")
-
-    def no_ipv6(self, want: state.Device, idx: int) -> None:
-        """No IPv6 link-local address on a device we just made (addrgenmode none, set
-        before it goes up). The overlay is IPv4; with one, the device's own router
-        solicitations and MLD reports would be flooded to every peer (the all-zeros fdb
-        entries, the userspace path's head-end replication) for nothing."""
-        spec = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE",
-                                                     IN6_ADDR_GEN_MODE_NONE]]}]]}
-        self.call(f"turning off IPv6 address generation on {want.name}", self.ipr.link, "set",
-                  index=idx, IFLA_AF_SPEC=spec)
 
     def addresses(self, want: state.Device, idx: int) -> None:
         """The VTEP address as a /32 (as flannel and Calico do: no prefix route), and no

@@ -135,8 +135,8 @@ def iproute2(state: NodeState, df: str | None = None) -> list[str]:
         f"ip link add {d.name} address {d.mac} mtu {d.mtu} type vxlan id {d.vni} "
         f"local {d.local} dstport {d.port} nolearning{csum_option(d)} dev {d.underlay_dev}"
         f"{df_opt}",
-        # no IPv6 link-local address: its chatter would be flooded to every peer
-        f"ip link set {d.name} addrgenmode none",
+        # no IPv6 on the device: its own multicast would be flooded to every peer
+        f"sysctl -qw net/ipv6/conf/{d.name}/disable_ipv6=1",
         f"ip link set {d.name} alias {owner.alias(state.node, 'kernel')}",
         f"ip address add {d.address}/32 dev {d.name}",
         f"ip link set {d.name} up",

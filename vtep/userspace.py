@@ -152,7 +152,7 @@ class TapLink:
         have = facts(msg)
         idx = have.index
         if created:
-            links.no_ipv6(dev, idx)
+            host.disable_ipv6(dev.name)
         links.mark(dev.name, idx, have.alias, self.node, self.mode)
         _, repairs = device_diffs(dev, have, under.index, {}, None)
         links.repair(dev, have, repairs)

@@ -100,7 +100,7 @@ class VxlanLink:
         idx = have.index
         try:
             if created:
-                links.no_ipv6(dev, idx)
+                host.disable_ipv6(dev.name)
             links.mark(dev.name, idx, have.alias, self.node, self.mode, adopted=not created)
             links.repair(dev, have, repairs)
             if "df" in repairs:
