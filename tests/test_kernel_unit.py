@@ -471,6 +471,38 @@ def facts(**over):
     return linkfacts.LinkFacts(**{**f, **over})
 
 
+class _Attrs:
+    """A netlink message as pyroute2 presents it: get_attr(name), and msg[field]."""
+    def __init__(self, attrs, **fields):
+        self.attrs, self.fields = attrs, fields
+
+    def __getitem__(self, field):
+        return self.fields[field]
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+def _vxlan_msg(**data):
+    info = _Attrs({"IFLA_INFO_KIND": "vxlan", "IFLA_INFO_DATA": _Attrs(data)})
+    return _Attrs({"IFLA_LINKINFO": info, "IFLA_IFNAME": "vxlan0"}, index=9, flags=1)
+
+
+@pytest.mark.parametrize("data, csum", [
+    ({"IFLA_VXLAN_LOCAL": "192.168.1.138", "IFLA_VXLAN_UDP_CSUM": 1}, True),
+    ({"IFLA_VXLAN_LOCAL": "192.168.1.138", "IFLA_VXLAN_UDP_CSUM": 0}, False),
+    # the kernel reports both families' flags; over IPv6 the one that applies is
+    # "zero checksum on transmit", inverted
+    ({"IFLA_VXLAN_LOCAL6": "fd00:1::8a", "IFLA_VXLAN_UDP_CSUM": 0,
+      "IFLA_VXLAN_UDP_ZERO_CSUM6_TX": 0}, True),
+    ({"IFLA_VXLAN_LOCAL6": "fd00:1::8a", "IFLA_VXLAN_UDP_CSUM": 1,
+      "IFLA_VXLAN_UDP_ZERO_CSUM6_TX": 1}, False),
+    ({"IFLA_VXLAN_LOCAL": "192.168.1.138"}, None),     # not reported: nothing to compare
+])
+def test_the_devices_udp_checksum_is_read_for_its_address_family(data, csum):
+    assert linkfacts.facts(_vxlan_msg(**data)).udp_csum is csum
+
+
 def test_the_udp_checksum_setting_is_part_of_the_device(want):
     """The kernel cannot change udpcsum on a live device (changelink: EOPNOTSUPP), so a
     device that differs is incompatible, named as flannel names a field."""
