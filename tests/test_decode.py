@@ -276,12 +276,17 @@ def test_checksums_off_fires_no_checksum_check_and_still_finds_nested_vxlan():
                             "inner-l4-checksum": [4], "vni-mismatch": [5]}
 
 
-# outer6: the inner IPv4 packet then goes through the slow path (inner.Inner.ip4), which
-# must agree with the fast path on every case
-@pytest.mark.parametrize("outer6", [False, True])
+# The decoder reads a common inner IPv4 packet inline (decode.py) and every other one in
+# inner.Inner.ip4: nested VXLAN takes the second for its inner layer, whatever the outer
+# one is. `via` puts the same inner frame on each path; they must agree on every case.
+VIA = {"inline": lambda frame: C.vxlan(frame),
+       "slow path": lambda frame: C.nested(2, inner=frame)}
+
+
+@pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("checksums", [True, False])
 @pytest.mark.parametrize("proto,need", [(6, 20), (17, 8), (1, 4), (58, 4), (2, 4)])
-def test_inner_l4_header_shorter_than_its_minimum_is_truncated(proto, need, checksums, outer6):
+def test_inner_l4_header_shorter_than_its_minimum_is_truncated(proto, need, checksums, via):
     """An inner IPv4 packet whose length field agrees with the bytes, but holds fewer L4
     bytes than the protocol's header (TCP 20, UDP 8, ICMP/IGMP/ICMPv6 4)."""
     def frame(n):
@@ -289,7 +294,7 @@ def test_inner_l4_header_shorter_than_its_minimum_is_truncated(proto, need, chec
         if proto == 17 and n >= 8:
             l4 = struct.pack("!HHHH", 0, 0, n, 0) + l4[8:]    # a UDP length that agrees
         ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=proto) / Raw(l4)
-        return C.vxlan(C.inner_eth() / IP(bytes(ip)), outer6=outer6)
+        return VIA[via](C.inner_eth() / IP(bytes(ip)))
     vx, tally = decode([frame(need), frame(need - 1)], opts=Options(checksums=checksums))
     assert vx == 2
     got = fired(tally)
@@ -297,22 +302,23 @@ def test_inner_l4_header_shorter_than_its_minimum_is_truncated(proto, need, chec
     assert got == {"truncated": [2]}
 
 
-@pytest.mark.parametrize("outer6", [False, True])
+@pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("checksums", [True, False])
 @pytest.mark.parametrize("payload", [b"", b"\x00"])
-def test_inner_ipv4_other_protocol_is_not_checked(payload, checksums, outer6):
+def test_inner_ipv4_other_protocol_is_not_checked(payload, checksums, via):
     ip = IP(src=C.INNER_SRC, dst=C.INNER_DST, proto=47) / Raw(payload)   # GRE
-    vx, tally = decode([C.vxlan(C.inner_eth() / IP(bytes(ip)), outer6=outer6)],
+    vx, tally = decode([VIA[via](C.inner_eth() / IP(bytes(ip)))],
                        opts=Options(checksums=checksums))
     assert (vx, fired(tally)) == (1, {})
 
 
-@pytest.mark.parametrize("outer6", [False, True])
-def test_inner_ipv4_header_checksum_names_its_packet(outer6):
-    good = C.vxlan(C.inner_icmp(), outer6=outer6)
-    bad = C.vxlan(C.with_wrong_checksum(C.inner_icmp(), IP), outer6=outer6)
-    vx, tally = decode([good, bad, good])
-    assert (vx, fired(tally)) == (3, {"inner-ip-checksum": [2]})
+@pytest.mark.parametrize("via", VIA)
+def test_inner_checksums_name_their_packet(via):
+    good = VIA[via](C.inner_icmp())
+    bad_ip = VIA[via](C.with_wrong_checksum(C.inner_icmp(), IP))
+    bad_icmp = VIA[via](C.with_wrong_checksum(C.inner_icmp(), ICMP))
+    vx, tally = decode([good, bad_ip, good, bad_icmp])
+    assert (vx, fired(tally)) == (4, {"inner-ip-checksum": [2], "inner-l4-checksum": [4]})
 
 
 def test_inner_tcp6_header_without_payload_is_whole_and_its_checksum_is_checked():
@@ -1300,23 +1306,28 @@ def _rewrap6(pkt):
 
 
 @pytest.mark.parametrize("outer6", [False, True])
-def test_nested_vxlan_macs_are_behind_the_inner_source_address(outer6):
-    """A MAC seen inside nested VXLAN is behind the tunnel that carried it: the inner
-    packet's IPv4 source address (4 bytes), as the outermost MAC is behind the outer one."""
-    pkt = C.nested(2)
+@pytest.mark.parametrize("depth", [2, 3])
+def test_nested_vxlan_macs_are_behind_the_inner_source_address(outer6, depth):
+    """A MAC seen inside nested VXLAN is behind the tunnel that carried it: the IPv4
+    source address (4 bytes) of the packet around it, as the outermost MAC is behind the
+    outer one. The innermost MAC's second byte is odd: only the first byte's lowest bit
+    says multicast (IEEE 802 I/G)."""
+    inner_mac = "02:01:ac:02:00:62"
+    pkt = C.nested(depth, inner=C.inner_icmp(src_mac=inner_mac))
     vx, tally = decode([_rewrap6(pkt) if outer6 else pkt])
-    inner_mac = bytes.fromhex("0242ac020062")                   # 02:42:ac:02:00:62
-    assert tally.macs[(10, inner_mac)] == packed("10.2.0.1")
+    assert tally.macs[(10, bytes.fromhex(inner_mac.replace(":", "")))] == \
+        packed(f"10.{depth}.0.1")
     outer_src = C.UNDER6_SRC if outer6 else C.UNDER_SRC
     assert tally.macs[(10, bytes.fromhex("020000000201"))] == packed(outer_src)
 
 
 @pytest.mark.parametrize("outer6", [False, True])
-def test_nested_inner_ipv4_length_past_its_datagram_is_truncated(outer6):
+@pytest.mark.parametrize("depth", [2, 3])
+def test_nested_inner_ipv4_length_past_its_datagram_is_truncated(outer6, depth):
     """Nested VXLAN whose innermost IPv4 header claims 100 bytes more than its datagram
     carries, though every outer length agrees: the capture is whole, so that is a lie."""
     lie = C.inner_icmp()
     lie[IP].len = len(lie[IP]) + 100
-    pkt = C.nested(2, inner=Ether(bytes(lie)))
+    pkt = C.nested(depth, inner=Ether(bytes(lie)))
     vx, tally = decode([_rewrap6(pkt) if outer6 else pkt], opts=Options(checksums=False))
     assert (vx, fired(tally)) == (1, {"truncated": [1]})
