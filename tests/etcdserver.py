@@ -20,6 +20,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -95,13 +96,17 @@ class EtcdServer:
     __exit__ whatever happened (and its log tail shown if it never became ready)."""
 
     def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", tls: Certs | None = None,
-                 progress_notify_interval: str | None = None):
+                 progress_notify_interval: str | None = None, netns: str | None = None):
         self.data_dir = Path(data_dir)
         self.host = host
         self.tls = tls
         self.progress_notify_interval = progress_notify_interval
-        self.client_port = free_port(host)
-        self.peer_port = free_port(host)
+        # netns: run inside that network namespace (a lab node's), listening on `host`,
+        # one of its addresses; the namespace is the test's own and new, so etcd's
+        # well-known ports are free there
+        self.netns = netns
+        self.client_port = 2379 if netns else free_port(host)
+        self.peer_port = 2380 if netns else free_port(host)
         self.log = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -127,7 +132,7 @@ class EtcdServer:
         if self.progress_notify_interval:
             a += ["--experimental-watch-progress-notify-interval",
                   self.progress_notify_interval]
-        return a
+        return (["ip", "netns", "exec", self.netns] if self.netns else []) + a
 
     def start(self) -> "EtcdServer":
         assert self.proc is None or self.proc.poll() is not None, "etcd already running"
@@ -138,6 +143,15 @@ class EtcdServer:
         return self
 
     def _health(self) -> bool:
+        if self.netns:   # asked from inside the namespace, where the address is
+            probe = (f"import json, urllib.request; print(json.loads(urllib.request.urlopen("
+                     f"'{self.url}/health', timeout=1).read()).get('health'))")
+            try:
+                r = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c",
+                                    probe], capture_output=True, text=True, timeout=5)
+            except subprocess.TimeoutExpired:
+                return False
+            return r.stdout.strip() == "true"
         ctx = None
         if self.tls:
             ctx = ssl.create_default_context(cafile=str(self.tls.ca))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import ipaddress
 import math
 import os
 import sys
@@ -78,6 +79,39 @@ INTERVAL_MIN, INTERVAL_MAX = 0.1, 86400.0  # below 0.1 s the resync loop spins a
 TIMEOUT_MIN, TIMEOUT_MAX = 0.01, 60.0      # per probe; 2 tries per size, ~12 sizes per peer
 
 
+TTL_MIN, TTL_MAX = 3, 3600
+
+
+def _int_arg(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text}: not a whole number") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text}: must be {lo} to {hi}")
+        return v
+    return parse
+
+
+def _ip_arg(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: not an IP address") from None
+
+
+def _store_args(p, required: bool) -> None:
+    """Where the cluster lives in etcd: `vtep run --etcd` and `vtep cluster`."""
+    p.add_argument("--etcd", required=required, metavar="URL[,URL]",
+                   help="etcd endpoints (http://HOST:PORT or https://HOST:PORT), tried in turn")
+    p.add_argument("--etcd-prefix", default="/vtep", metavar="P",
+                   help="the cluster's key prefix (default /vtep)")
+    p.add_argument("--etcd-cacert", metavar="F", help="CA of etcd's certificate (PEM)")
+    p.add_argument("--etcd-cert", metavar="F", help="client certificate (PEM)")
+    p.add_argument("--etcd-key", metavar="F", help="client certificate's key (PEM)")
+
+
 def _plan_args(p, node_required=False, config_required=True):
     p.add_argument("--config", "-c", required=config_required, metavar="F",
                    help="cluster plan (TOML)")
@@ -106,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the Linux vxlan device, programmed through netlink")
     mode.add_argument("--userspace", dest="mode", action="store_const", const="userspace",
                       help="a TAP device read in userspace")
-    _plan_args(s)
+    _plan_args(s, config_required=False)   # --config or --etcd: commands.run checks
     s.add_argument("--interval", type=_seconds(INTERVAL_MIN, INTERVAL_MAX),
                    default=10.0, metavar="S",
                    help=f"full resync period, seconds (default 10; {INTERVAL_MIN:g} to "
@@ -126,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "carry it)")
     s.add_argument("--accept-any-source", action="store_true",
                    help="userspace: accept VXLAN from any source, not only the plan's nodes")
+    e = s.add_argument_group("the cluster in etcd (instead of --config)")
+    _store_args(e, required=False)
+    e.add_argument("--name", metavar="N",
+                   help="this node's name in the cluster (default: the hostname)")
+    e.add_argument("--underlay-ip", metavar="IP", type=_ip_arg,
+                   help="this node's underlay address (default: the source address of the "
+                        "route towards etcd)")
+    e.add_argument("--ttl", type=_int_arg(TTL_MIN, TTL_MAX), default=20, metavar="S",
+                   help=f"membership lease, seconds: peers drop this node that long after "
+                        f"it dies (default 20; {TTL_MIN} to {TTL_MAX})")
     s.set_defaults(handler="vtep.commands:run")
 
     s = sub.add_parser("status", help="what each running vtep on this host is doing")

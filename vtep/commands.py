@@ -18,7 +18,7 @@ import sys
 
 from . import automtu, daemon, host, kernel, netlink, netns, owner, state, vxlanlink
 from . import plan as planlib
-from .config import RunConfig
+from .config import EtcdRun, RunConfig
 from .errors import HostMismatch, UsageError
 from .links import Links
 from .reconcile import Reconciler
@@ -69,15 +69,31 @@ def plan(args) -> int:
 def run_config(args, mtu: int | None = None,
                reprobe: tuple[str, ...] | None = None) -> RunConfig:
     """The run configuration, from `vtep run`'s command line (and what --mtu auto found)."""
+    etcd = None
+    if args.etcd:
+        etcd = EtcdRun(args.etcd, args.etcd_prefix, args.etcd_cacert, args.etcd_cert,
+                       args.etcd_key, args.name or args.node, args.underlay_ip, args.ttl)
     return RunConfig(mode=args.mode, plan_path=args.config, node=args.node, device=args.device,
                      interval=float(args.interval), once=args.once, keep=args.keep,
                      replace=args.replace, df=args.df, state_dir=args.state_dir, mtu=mtu,
-                     reprobe=reprobe, accept_any_source=args.accept_any_source)
+                     reprobe=reprobe, accept_any_source=args.accept_any_source, etcd=etcd)
 
 
-def _auto(p, args) -> automtu.AutoMtu:
+def _check_source(args) -> None:
+    """--config or --etcd, exactly one; the options of the one not given are refused."""
+    if bool(args.config) == bool(args.etcd):
+        raise UsageError("vtep run: give --config PLAN or --etcd URL (one of them)")
+    if args.config and (args.name or args.underlay_ip):
+        raise UsageError(f"--{'name' if args.name else 'underlay-ip'} goes with --etcd; "
+                         "with --config the node is the plan's (--node)")
+    if args.etcd and args.once:
+        raise UsageError("--once does not apply to --etcd: a node in etcd lives as long "
+                         "as its agent keeps its lease")
+
+
+def _auto(p, name: str | None) -> automtu.AutoMtu:
     """`--mtu auto`: probe every peer's path at start and say what was found."""
-    node = host.select_node(p, args.node)
+    node = host.select_node(p, name)
     _dev, umtu = host.underlay(node)
     found = automtu.auto_mtu(p, node, umtu, automtu.AUTO_TIMEOUT)
     for line in found.why:
@@ -95,13 +111,36 @@ def _auto(p, args) -> automtu.AutoMtu:
 
 
 def run(args) -> int:
+    _check_source(args)
+    if args.etcd:
+        return run_etcd(args)
     p = _load(args)
     if args.mtu == "auto":
-        found = _auto(p, args)
+        found = _auto(p, args.node)
         config = run_config(args, found.overlay_mtu, found.unreachable)
     else:
         config = run_config(args, args.mtu)
     return run_with(config, p)
+
+
+def run_etcd(args) -> int:
+    """`vtep run --etcd`: claim the device, register, then serve the plan the cluster
+    makes (the claim first: a second agent on this host must not touch the live one's
+    registration)."""
+    from .etcd.join import join   # the etcd client only for runs that use it
+    config = run_config(args, None if args.mtu == "auto" else args.mtu)
+    _prepare(config)
+    with owner.Claim(config.device):
+        p, source = join(config)
+        try:
+            config = dataclasses.replace(config, node=source.name)
+            if args.mtu == "auto":
+                found = _auto(p, source.name)
+                config = dataclasses.replace(config, mtu=found.overlay_mtu,
+                                             reprobe=found.unreachable)
+            return _serve(config, p, source)
+        finally:
+            source.close()
 
 
 def reconciler(config: RunConfig, p) -> Reconciler:
@@ -126,10 +165,8 @@ def reconciler(config: RunConfig, p) -> Reconciler:
         raise
 
 
-def run_with(config: RunConfig, p) -> int:
-    """The one composition point of `vtep run`: the plan source, the device backend and
-    the reconciler, built from the configuration and handed to the event loop (or, with
-    --once, one pass)."""
+def _prepare(config: RunConfig) -> None:
+    """What every run checks before it touches anything."""
     setup_logging()
     host.require_net_admin(f"vtep run --{config.mode}")
     if config.mode == "userspace":
@@ -137,25 +174,39 @@ def run_with(config: RunConfig, p) -> int:
             if getattr(config, flag):
                 raise UsageError(f"--{flag} does not apply to --userspace: its TAP device "
                                  "lives only as long as the process that reads it")
+
+
+def run_with(config: RunConfig, p) -> int:
+    """The one composition point of `vtep run` from a plan file: the plan source, the
+    device backend and the reconciler, built from the configuration and handed to the
+    event loop (or, with --once, one pass)."""
+    _prepare(config)
+    with owner.Claim(config.device):   # before anything is touched, --once included
+        return _serve(config, p, None)
+
+
+def _serve(config: RunConfig, p, source) -> int:
+    """Under the device's claim: the reconciler, then one pass (--once) or the event loop
+    fed by `source` (None: the plan file)."""
     if config.mtu is not None:
         p = dataclasses.replace(p, mtu=config.mtu)
-    with owner.Claim(config.device):   # before anything is touched, --once included
-        rec = reconciler(config, p)
-        try:
-            if config.once:
-                rec.report_conflicts = False   # said once, as this run's error
-                lines = rec.converge(first=True, replace=config.replace)
-                if rec.conflicts:   # the rest is applied; exit 4, one line per route
-                    raise kernel.RouteConflict(rec.conflicts)
-                rec.summary(lines)
-                return 0
+    rec = reconciler(config, p)
+    try:
+        if config.once:
+            rec.report_conflicts = False   # said once, as this run's error
+            lines = rec.converge(first=True, replace=config.replace)
+            if rec.conflicts:   # the rest is applied; exit 4, one line per route
+                raise kernel.RouteConflict(rec.conflicts)
+            rec.summary(lines)
+            return 0
+        if source is None:
             source = FileSource(config.plan_path)
-            try:
-                return daemon.serve(rec, source, config)
-            finally:
-                source.close()
+        try:
+            return daemon.serve(rec, source, config)
         finally:
-            rec.close()
+            source.close()
+    finally:
+        rec.close()
 
 
 def mtu(args) -> int:

@@ -17,9 +17,22 @@ MODES = ("kernel", "userspace")
 
 
 @dataclass(frozen=True)
+class EtcdRun:
+    """`vtep run --etcd`: where the cluster lives, and who this node is in it."""
+    endpoints: str                     # URL[,URL...]
+    prefix: str = "/vtep"
+    cacert: str | None = None          # TLS: the CA of etcd's certificate
+    cert: str | None = None            # TLS: our client certificate and key
+    key: str | None = None
+    name: str | None = None            # None: the hostname
+    underlay_ip: str | None = None     # None: the source address of the route to etcd
+    ttl: int = 20                      # s: the membership lease (renewed every ttl/3)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     mode: str                          # "kernel": the Linux vxlan device; "userspace": a TAP
-    plan_path: str                     # the plan file (re-read on SIGHUP)
+    plan_path: str | None              # the plan file (re-read on SIGHUP); None with etcd
     node: str | None = None            # None: the node whose underlay_ip is local
     device: str = DEFAULT_DEVICE
     interval: float = DEFAULT_INTERVAL  # s between full resyncs
@@ -35,6 +48,7 @@ class RunConfig:
     # periodic resync (vtep.reprobe); None without `--mtu auto`
     reprobe: tuple[str, ...] | None = None
     accept_any_source: bool = False    # userspace: VXLAN from any source, not only peers
+    etcd: EtcdRun | None = None        # the plan comes from etcd instead of plan_path
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -33,7 +33,7 @@ import time
 
 from . import netlink
 from .config import RunConfig
-from .errors import DeviceLost, VtepError
+from .errors import DeviceLost, NodeRemoved, VtepError
 from .jobs import Job
 from .reprobe import Reprobe
 from .source import PlanSource
@@ -209,6 +209,11 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
             return 0
         if plan_fd in ready:
             got = source.take()
+            if got is not None and isinstance(got[1], NodeRemoved):
+                log.info(f"{got[1]}: removing what this run made")
+                rec.teardown()
+                status.remove()
+                return 0
             if got is not None and rec.reload(*got):
                 due, reasons = time.monotonic(), reasons + ["plan re-read"]
                 noticed = woke if noticed is None else noticed

@@ -60,3 +60,10 @@ class DeviceLost(VtepError):
     pass, as it repairs any other drift."""
 
     exit_code = 1
+
+
+class NodeRemoved(VtepError):
+    """This node was removed from the cluster's store (`vtep cluster remove`): the agent
+    tears down what it made and exits."""
+
+    exit_code = 0

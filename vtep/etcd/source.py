@@ -1,0 +1,266 @@
+"""The cluster in etcd as a plan source for `vtep run --etcd` (vtep.source.PlanSource).
+
+Data flows one way. A thread of its own holds the node's registration and the
+cluster's members: it lists the prefix once (membership.snapshot: the config and
+every live member at one revision), then watches the prefix from that revision
++ 1; each event updates the members, and a change of the set a plan is made of
+(the config and each member's name, underlay IP, subnet and VTEP MAC) becomes a
+new vtep.plan.Plan (model.to_plan, so every plan rule holds), handed to the
+event loop through fileno()/take(), which gives it to the reconciler as a re-read
+plan file would be.
+
+What goes wrong is handled here, never by flushing the data plane:
+- the watch's start revision was compacted: list again and diff (a delete the
+  watch missed is still applied), then watch from the new revision;
+- etcd is away (the watch lost, a call refused or unanswered): said once in the
+  log, retried with backoff; nothing is delivered meanwhile, so the reconciler
+  keeps the last plan; when etcd is back, the list-and-watch starts over;
+- this node's short lease expired (a partition longer than its TTL): peers have
+  dropped it; it registers again and gets its subnet back (its reservation
+  lives on the long lease);
+- this node was removed (`vtep cluster remove`: its key and its subnet
+  reservation deleted): NodeRemoved is delivered and the agent tears down.
+The short lease is renewed every TTL/3, the long one with it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+
+from ..errors import NodeRemoved, VtepError
+from . import membership, model
+from .errors import EtcdError, EtcdUnavailable, LeaseNotFound
+from .watch import Compacted, Event, Progress
+
+log = logging.getLogger("vtep")
+
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0   # s: retries while etcd is away
+
+
+class EtcdSource:
+    """The plan source of `vtep run --etcd`. Built after the first registration and
+    snapshot (commands.run): `reg` is this node's Registration, `members` and `config`
+    what the snapshot at `revision` held."""
+
+    def __init__(self, client, layout, reg, config, members: dict, revision: int, *,
+                 where: str, ttl: int, register):
+        self.where = where
+        self.client, self.layout, self.reg = client, layout, reg
+        self.config, self.members, self.revision = config, dict(members), revision
+        self.ttl = ttl
+        self._register = register        # () -> Registration: this node, once more
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._stop_r, self._stop_w = os.pipe()
+        self._lock = threading.Lock()
+        self._out = None                 # the latest (plan, err), not yet taken
+        self._made = self._key()         # what the running plan was made of
+        self._relist = threading.Event()
+        self._away = None                # why etcd is unreachable, while it is
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="vtep-etcd", daemon=True)
+        self._thread.start()
+
+    @property
+    def name(self) -> str:
+        """This node's name in the cluster."""
+        return self.reg.member.name
+
+    # --- the event loop's side -------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._r
+
+    def refresh(self) -> None:
+        """SIGHUP: list again (and deliver a plan if it differs)."""
+        self._relist.set()
+        os.write(self._stop_w, b"r")
+
+    def take(self):
+        try:
+            while os.read(self._r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            out, self._out = self._out, None
+        return out
+
+    def close(self, leave: bool = True) -> None:
+        """Stop the thread; with leave, revoke the short lease so that peers drop this
+        node now rather than in TTL seconds (its subnet stays reserved)."""
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._stop_w, b"s")
+        self._thread.join(timeout=5)
+        if leave:
+            try:
+                membership.deregister(self.client, self.layout, self.reg)
+            except EtcdError as e:
+                log.info(f"leaving the cluster: {e} (peers drop this node within "
+                         f"{self.ttl} s instead)")
+        self.client.close()
+        for fd in (self._r, self._w, self._stop_r, self._stop_w):
+            os.close(fd)
+
+    # --- the thread ------------------------------------------------------------------------
+
+    def _deliver(self, plan, err) -> None:
+        with self._lock:
+            self._out = (plan, err)
+        os.write(self._w, b"p")
+
+    def _key(self):
+        """What a plan is made of: a change of anything else (a member's `since`, its
+        MTU or mode) needs no new plan."""
+        return (self.config, tuple(sorted((m.name, m.underlay_ip, m.subnet, m.vtep_mac)
+                                          for m in self.members.values())))
+
+    def _publish(self) -> None:
+        key = self._key()
+        if key == self._made:
+            return
+        self._made = key
+        try:
+            plan = model.to_plan(self.config, list(self.members.values()), self.where)
+        except VtepError as e:
+            self._deliver(None, e)
+        else:
+            self._deliver(plan, None)
+
+    def _snapshot(self) -> None:
+        self.config, self.members, self.revision = membership.snapshot(self.client,
+                                                                       self.layout)
+
+    def _stopped(self, timeout: float, watch=None) -> bool:
+        """Wait up to `timeout` s for the watch or a stop; True when asked to stop."""
+        fds = [self._stop_r] + ([watch.fileno()] if watch is not None else [])
+        if watch is not None and watch.pending:
+            timeout = 0
+        ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        if self._stop_r in ready:
+            if os.read(self._stop_r, 64).endswith(b"s"):
+                return True
+        return False
+
+    def _unreachable(self, e: Exception) -> None:
+        if self._away is None:
+            log.warning(f"{e}; keeping the data plane as it is and retrying")
+        self._away = str(e)
+
+    def _reachable(self) -> None:
+        if self._away is not None:
+            log.info(f"etcd {self.where} is reachable again")
+            self._away = None
+
+    def _renew(self) -> None:
+        try:
+            self.reg.renew(self.client)
+        except LeaseNotFound:
+            log.warning(f"the registration of {self.reg.member.name} expired (etcd was "
+                        f"out of reach for more than {self.ttl} s): registering again")
+            self.reg = self._register()
+
+    def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        watch = None
+        next_renew = time.monotonic() + self.ttl / 3
+        while True:
+            try:
+                if watch is None:
+                    if self._relist.is_set() or self._away is not None:
+                        self._relist.clear()
+                        self._snapshot()
+                        self._publish()
+                    watch = self.client.watch(self.layout.prefix,
+                                              start_revision=self.revision + 1)
+                    self._reachable()
+                    backoff = BACKOFF_MIN
+                if time.monotonic() >= next_renew:
+                    self._renew()
+                    next_renew = time.monotonic() + self.ttl / 3
+                idle = watch.wait_timeout()
+                wait = next_renew - time.monotonic()
+                if self._stopped(wait if idle is None else min(wait, idle), watch):
+                    break
+                if self._relist.is_set():
+                    watch.close()
+                    watch = None
+                    continue
+                if self._apply(watch.take()):
+                    watch.close()
+                    watch = None
+            except NodeRemoved as e:
+                self._deliver(None, e)
+                break
+            except EtcdUnavailable as e:
+                self._unreachable(e)
+                if watch is not None:
+                    watch.close()
+                    watch = None
+                if self._stopped(backoff):
+                    break
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            except EtcdError as e:   # etcd answered but refused: say so, try again later
+                self._unreachable(e)
+                if watch is not None:
+                    watch.close()
+                    watch = None
+                if self._stopped(backoff):
+                    break
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        if watch is not None:
+            watch.close()
+
+    def _apply(self, items) -> bool:
+        """Apply what the watch delivered; True when the watch is over (list again)."""
+        changed = over = False
+        for it in items:
+            if isinstance(it, Event):
+                self.revision = it.revision
+                changed |= self._event(it)
+            elif isinstance(it, Progress):
+                self.revision = max(self.revision, it.revision)
+            else:   # Compacted, Canceled, Lost, Idle: list again, watch again
+                if isinstance(it, Compacted):
+                    log.info(f"etcd compacted past revision {self.revision + 1}: listing "
+                             "the cluster again")
+                else:
+                    self._unreachable(EtcdUnavailable([(self.where, str(it))]))
+                self._relist.set()
+                over = True
+        if changed:
+            self._publish()
+        return over
+
+    def _event(self, ev) -> bool:
+        """One put or delete; True when it may change the plan."""
+        lay, me = self.layout, self.reg.member.name
+        key = ev.key.decode()
+        if key == lay.config:
+            if ev.type == "PUT":
+                self.config = model.ClusterConfig.from_json(ev.kv.value, key)
+            return True
+        name = lay.name_of(key)
+        if name is not None:
+            if ev.type == "PUT":
+                self.members[name] = model.Member.from_json(name, ev.kv.value, key)
+            else:
+                self.members.pop(name, None)
+                if name == me:
+                    self._lost_self()
+            return True
+        return False
+
+    def _lost_self(self) -> None:
+        """Our node key is gone while we live: removed by an operator (its subnet
+        reservation went too), or expired (a partition): register again."""
+        kv = self.client.get(self.layout.subnet(self.reg.member.subnet))
+        if kv is None:
+            raise NodeRemoved(f"node {self.reg.member.name} was removed from the cluster "
+                              f"at {self.where}")
+        self.reg = self._register()
