@@ -122,6 +122,24 @@ def _plan_args(p, node_required=False, config_required=True):
                    help="VTEP device name (default vxlan0)")
 
 
+def _etcd_args(p):
+    p.add_argument("--etcd", required=True, metavar="URL[,URL...]",
+                   help="etcd's client URLs, tried in turn (http:// or https://)")
+    p.add_argument("--etcd-prefix", default="/vtep", metavar="P",
+                   help="the cluster's keys live under it (default /vtep)")
+    p.add_argument("--etcd-cacert", metavar="F", help="CA of etcd's server certificate")
+    p.add_argument("--etcd-cert", metavar="F", help="client certificate (etcd "
+                   "--client-cert-auth)")
+    p.add_argument("--etcd-key", metavar="F", help="its private key")
+
+
+def _subnet_len_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--subnet-len takes a prefix length, not {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vtep", description="VXLAN overlays between nodes, as flannel and "
                 "Calico build them.", epilog=__doc__.split("\n\n", 1)[1],
@@ -224,6 +242,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "seed's IPv6 twin, overlay MTU 1430); demo on a lab that is up: must "
                         "match it")
     s.set_defaults(handler="vtep.lab:command")
+
+    s = sub.add_parser("cluster", help="the cluster's membership in etcd")
+    csub = s.add_subparsers(dest="cluster_command", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    a = csub.add_parser("init", help="write the cluster config (and reserve the plan's "
+                        "node subnets)")
+    a.add_argument("--config", "-c", required=True, metavar="F",
+                   help="a plan file; its [cluster] table alone is enough")
+    a.add_argument("--subnet-len", type=_subnet_len_arg, default=24, metavar="N",
+                   help="each node's subnet is a /N of the overlay (default 24)")
+    a.add_argument("--force", action="store_true",
+                   help="replace an existing config that differs")
+    a.set_defaults(handler="vtep.clustercmd:init")
+    a = csub.add_parser("show", help="every node: subnet, underlay IP, MAC, mode, status")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(handler="vtep.clustercmd:show")
+    a = csub.add_parser("remove", help="free a node's name and subnet at once")
+    a.add_argument("node_name", metavar="NODE")
+    a.set_defaults(handler="vtep.clustercmd:remove")
+    a = csub.add_parser("export", help="the live cluster as a plan file (TOML)")
+    a.set_defaults(handler="vtep.clustercmd:export")
+    for a in csub.choices.values():
+        _etcd_args(a)
     return p
 
 
