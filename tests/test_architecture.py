@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"vtep": ROOT / "vtep", "vxinspect": ROOT / "inspect" / "vxinspect"}
 # the command layer: the CLIs parse, these handlers turn the namespace into typed values
 # (`vtep lab` is a command of its own: its package is its handler)
-COMMAND_LAYER = ("vtep.cli", "vtep.commands", "vtep.pods", "vtep.lab", "vxinspect.cli")
+COMMAND_LAYER = ("vtep.cli", "vtep.commands", "vtep.clustercmd", "vtep.pods", "vtep.lab",
+                 "vxinspect.cli")
 
 
 def below_the_commands(name: str) -> bool:

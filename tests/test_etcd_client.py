@@ -118,7 +118,7 @@ def test_endpoints_are_parsed_in_the_order_given():
 
 @pytest.mark.parametrize("spec", ["127.0.0.1:2379", "ftp://h:1", "http://", "http://h:99999",
                                   "http://h:2379/v3", "http://h:2379,,http://g:1", "",
-                                  "http://h:port"])
+                                  "http://h:port", "http://[::1"])   # unclosed bracket: urlsplit raises
 def test_a_malformed_url_is_a_one_line_usage_error(spec):
     with pytest.raises(EtcdConfigError) as ei:
         Client(spec)

@@ -118,7 +118,8 @@ def test_nodes_join_with_only_the_etcd_url_and_reach_each_other(etcd_lab, tmp_pa
         assert {ip1, ip2} == {"172.2.0.0", "172.2.1.0"}, (ip1, ip2)
         assert ping(n1, ip2) and ping(n2, ip1)
         show = json.loads(cli(n1, "show", "--json", url=srv.url).stdout)
-        assert sorted(n["name"] for n in show) == ["network-1", "network-2"]
+        assert sorted(n["name"] for n in show["nodes"]) == ["network-1", "network-2"]
+        assert {n["status"] for n in show["nodes"]} == {"alive"}
     finally:
         assert a1.stop() == 0, a1.output()
         assert a2.stop() == 0, a2.output()

@@ -101,17 +101,6 @@ def _ip_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: not an IP address") from None
 
 
-def _store_args(p, required: bool) -> None:
-    """Where the cluster lives in etcd: `vtep run --etcd` and `vtep cluster`."""
-    p.add_argument("--etcd", required=required, metavar="URL[,URL]",
-                   help="etcd endpoints (http://HOST:PORT or https://HOST:PORT), tried in turn")
-    p.add_argument("--etcd-prefix", default="/vtep", metavar="P",
-                   help="the cluster's key prefix (default /vtep)")
-    p.add_argument("--etcd-cacert", metavar="F", help="CA of etcd's certificate (PEM)")
-    p.add_argument("--etcd-cert", metavar="F", help="client certificate (PEM)")
-    p.add_argument("--etcd-key", metavar="F", help="client certificate's key (PEM)")
-
-
 def _plan_args(p, node_required=False, config_required=True):
     p.add_argument("--config", "-c", required=config_required, metavar="F",
                    help="cluster plan (TOML)")
@@ -122,8 +111,9 @@ def _plan_args(p, node_required=False, config_required=True):
                    help="VTEP device name (default vxlan0)")
 
 
-def _etcd_args(p):
-    p.add_argument("--etcd", required=True, metavar="URL[,URL...]",
+def _etcd_args(p, required: bool = True) -> None:
+    """Where the cluster lives in etcd: `vtep cluster ...` and `vtep run --etcd`."""
+    p.add_argument("--etcd", required=required, metavar="URL[,URL...]",
                    help="etcd's client URLs, tried in turn (http:// or https://)")
     p.add_argument("--etcd-prefix", default="/vtep", metavar="P",
                    help="the cluster's keys live under it (default /vtep)")
@@ -179,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accept-any-source", action="store_true",
                    help="userspace: accept VXLAN from any source, not only the plan's nodes")
     e = s.add_argument_group("the cluster in etcd (instead of --config)")
-    _store_args(e, required=False)
+    _etcd_args(e, required=False)
     e.add_argument("--name", metavar="N",
                    help="this node's name in the cluster (default: the hostname)")
     e.add_argument("--underlay-ip", metavar="IP", type=_ip_arg,

@@ -128,7 +128,8 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
     backend = rec.backend
     info = {"pid": os.getpid(), "mode": backend.mode, "node": rec.node.name,
             "device": rec.device,
-            "plan": os.path.abspath(config.plan_path), "netns": netns_inode(),
+            "plan": os.path.abspath(config.plan_path) if config.plan_path else source.where,
+            "netns": netns_inode(),
             "started": now(), "changes": 0, "last_change": None, "error": None,
             "passes": 0, "last_repair": None, "last_cause": "start"}
 

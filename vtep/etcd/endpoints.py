@@ -40,7 +40,10 @@ class Endpoint:
 
 def _one(text: str) -> Endpoint:
     bad = f"--etcd {text!r}: not an etcd URL (want http://HOST:PORT or https://HOST:PORT)"
-    u = urlsplit(text)
+    try:
+        u = urlsplit(text)
+    except ValueError:             # an unclosed IPv6 bracket: "http://[::1"
+        raise EtcdConfigError(bad) from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise EtcdConfigError(bad)
     try:

@@ -32,12 +32,22 @@ import time
 
 from ..errors import NodeRemoved, VtepError
 from . import membership, model
-from .errors import EtcdError, EtcdUnavailable, LeaseNotFound
-from .watch import Compacted, Event, Progress
+from .errors import EtcdError, EtcdUnavailable
+from .membership import RegistrationLost
+from .watch import Canceled, Compacted, Event, Idle, Lost, Progress
 
 log = logging.getLogger("vtep")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0   # s: retries while etcd is away
+
+
+def _why(it) -> str:
+    """Why a watch ended, in words."""
+    if isinstance(it, Idle):
+        return f"the watch went quiet for {it.seconds:g} s"
+    if isinstance(it, (Lost, Canceled)):
+        return it.reason
+    return type(it).__name__
 
 
 class EtcdSource:
@@ -160,7 +170,7 @@ class EtcdSource:
     def _renew(self) -> None:
         try:
             self.reg.renew(self.client)
-        except LeaseNotFound:
+        except RegistrationLost:
             log.warning(f"the registration of {self.reg.member.name} expired (etcd was "
                         f"out of reach for more than {self.ttl} s): registering again")
             self.reg = self._register()
@@ -176,7 +186,7 @@ class EtcdSource:
                         self._relist.clear()
                         self._snapshot()
                         self._publish()
-                    watch = self.client.watch(self.layout.prefix,
+                    watch = self.client.watch(self.layout.root,
                                               start_revision=self.revision + 1)
                     self._reachable()
                     backoff = BACKOFF_MIN
@@ -230,7 +240,7 @@ class EtcdSource:
                     log.info(f"etcd compacted past revision {self.revision + 1}: listing "
                              "the cluster again")
                 else:
-                    self._unreachable(EtcdUnavailable([(self.where, str(it))]))
+                    self._unreachable(EtcdUnavailable([(self.where, _why(it))]))
                 self._relist.set()
                 over = True
         if changed:
