@@ -612,9 +612,13 @@ def test_without_net_admin_nothing_is_touched(monkeypatch, plan):
     monkeypatch.setattr(commands.vxlanlink, "StatusFile", recorder("StatusFile"))
     monkeypatch.setattr(commands.daemon, "serve", recorder("daemon.serve"))
     monkeypatch.setattr(commands, "_load", lambda args: plan)
+    import vtep.etcd.join
+    monkeypatch.setattr(vtep.etcd.join, "join", recorder("etcd join"))
     args = Namespace(config="plan.toml", node="a", device="vxlan0", once=True, keep=False,
                      replace=False, df=None, interval=10.0, state_dir="/nonexistent",
-                     mtu=None, accept_any_source=False)
+                     mtu=None, accept_any_source=False, etcd=None, etcd_prefix="/vtep",
+                     etcd_cacert=None, etcd_cert=None, etcd_key=None, name=None,
+                     underlay_ip=None, ttl=20)
     for mode in ("kernel", "userspace"):
         for once in (True, False):
             args.once, args.mode = once, mode
@@ -623,4 +627,8 @@ def test_without_net_admin_nothing_is_touched(monkeypatch, plan):
                 commands.run(args)
     with pytest.raises(PermissionDenied, match="vtep down needs root"):
         commands.down(args)
+    # with --etcd, nor is the node registered in the cluster
+    args.config, args.etcd, args.once = None, "http://127.0.0.1:1", False
+    with pytest.raises(PermissionDenied, match="vtep run --userspace needs root"):
+        commands.run(args)
     assert touched == []

@@ -305,3 +305,50 @@ def test_demo_over_an_ipv6_underlay(prefix, tmp_path, mode, capsys):
     finally:
         assert vtep("lab", "down", "--prefix", prefix).returncode == 0
     assert ours(prefix) == []
+
+
+# --- the cluster in etcd (issue 10) -----------------------------------------------------------
+
+def test_demo_with_etcd_and_three_nodes_passes_and_leaves_nothing(prefix):
+    """`vtep lab demo --store etcd --nodes 3`: etcd in the router's namespace, the nodes
+    register with only its URL; every pair of nodes passes the checks; one agent killed
+    with SIGKILL is dropped by the others within TTL + 1 s and gets its subnet back."""
+    r = vtep("lab", "demo", "--store", "etcd", "--nodes", "3", "--mode", "mixed",
+             "--prefix", prefix)
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = ("network-1", "network-2", "network-3")
+    pairs = [(a, b) for a in names for b in names if a != b]
+    for a, b in pairs:   # every ordered pair, each check
+        for check in (f"{a} -> {b} VTEP", f"{a}'s pod -> {b}'s pod http"):
+            assert f"PASS  {check}:" in r.stdout, check
+    assert "PASS  vxinspect --plan" in r.stdout
+    assert re.search(r"PASS  network-3 killed \(SIGKILL\): every other node dropped its "
+                     r"route to 172\.2\.\d\.0/24 after \d+\.\d s", r.stdout), r.stdout
+    assert "PASS  network-3 restarted: registered again" in r.stdout
+    assert "FAIL" not in r.stdout
+    assert ours(prefix) == []
+    assert all(gone(p) for p in pids_in(r.stdout)), "etcd or an agent outlived the lab"
+
+
+def test_lab_up_with_etcd_then_down_leaves_nothing(prefix):
+    r = vtep("lab", "up", "--store", "etcd", "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    assert "the cluster in etcd" in r.stdout
+    etcd_pid = int(re.search(r"etcd http://\S+ in \S+ \(pid (\d+)\)", r.stdout).group(1))
+    assert not gone(etcd_pid)
+    # the lab's plan is what the cluster exported: both nodes, registered by themselves
+    plan = lablib.Lab(prefix).load().plan_path.read_text()
+    assert plan.count("[[nodes]]") == 2
+    r = vtep("lab", "down", "--prefix", prefix)
+    assert r.returncode == 0
+    assert ours(prefix) == [] and gone(etcd_pid)
+
+
+def test_lab_nodes_and_store_are_checked(prefix):
+    for argv, needle in ((["--nodes", "1"], "--nodes"), (["--nodes", "33"], "--nodes"),
+                         (["--store", "zk"], "--store"),
+                         (["--store", "etcd", "--underlay", "ipv6"], "ipv4")):
+        r = vtep("lab", "up", "--prefix", prefix, *argv)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, \
+            r.stderr
+        assert ours(prefix) == []

@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix", default="vtl-", help="namespace name prefix (default vtl-)")
     s.add_argument("--keep", action="store_true", help="demo: leave the lab up afterwards")
     s.add_argument("--capture", metavar="FILE", help="demo: keep the router capture here")
+    s.add_argument("--store", choices=("plan", "etcd"),
+                   help="where the cluster lives: the plan file (default), or etcd in the "
+                        "router's namespace, where the nodes register themselves")
+    s.add_argument("--nodes", type=_int_arg(2, 32), metavar="N",
+                   help="nodes network-1 .. network-N, each on its own underlay subnet "
+                        "(default 2, at most 32)")
     s.add_argument("--underlay", choices=("ipv4", "ipv6"),
                    help="up/demo: the underlay's address family (default ipv4; ipv6: the "
                         "seed's IPv6 twin, overlay MTU 1430); demo on a lab that is up: must "

@@ -32,9 +32,11 @@ def command(args) -> int:
     require_net_admin(f"vtep lab {args.action}")
     lab = Lab(args.prefix)
     if args.action == "up":
-        lablib.up(lab, args.mode or "kernel", underlay=args.underlay or "ipv4")
-        print(f"lab {lab.prefix}: up ({lablib.describe_mode(lab.mode, lab.underlay)}); "
-              f"`vtep lab down --prefix {lab.prefix}` removes it")
+        lablib.up(lab, args.mode or "kernel", underlay=args.underlay or "ipv4",
+                  store=args.store or "plan", nodes=args.nodes or 2)
+        what = lablib.describe_mode(lab.mode, lab.underlay, lab.nodes, args.store or "plan")
+        print(f"lab {lab.prefix}: up ({what}); `vtep lab down --prefix {lab.prefix}` "
+              "removes it")
         return 0
     if args.action == "down":
         if not lab.exists:
@@ -43,4 +45,5 @@ def command(args) -> int:
         gone = teardown(lab.load())
         print(f"lab {lab.prefix}: down" + (f" (removed {', '.join(gone)})" if gone else ""))
         return 0
-    return demo.run(lab, args.mode, args.underlay, args.capture, args.keep)
+    return demo.run(lab, args.mode, args.underlay, args.capture, args.keep, args.store,
+                    args.nodes)

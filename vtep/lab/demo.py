@@ -14,6 +14,13 @@ pods cannot tell which data path or underlay family carries them, and the router
 capture must pass the same vxinspect --plan. After the checks, the counters of each userspace VTEP are shown
 (`vtep status`).
 
+With --nodes N the checks run for every ordered pair of nodes, and the router
+captures every link (`-i any -Q in`: each packet once, as it enters the router).
+With --store etcd the nodes start with only the etcd URL and their names and
+register themselves; after the checks the demo kills one agent with SIGKILL and
+checks that every other node drops it within its lease's TTL + 1 s, then restarts
+it and checks that it gets its subnet back and is reached again.
+
 When the lab was not up, demo brings it up in --mode and takes it down afterwards
 (unless --keep); on a lab that is already up it only checks, and leaves it as it was
 (a --mode other than the lab's is refused rather than silently ignored).
@@ -21,7 +28,9 @@ When the lab was not up, demo brings it up in --mode and takes it down afterward
 from __future__ import annotations
 
 import json
+import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -73,7 +82,7 @@ class Demo:
                      else f"(expected the pod's own {src_ip}: NAT or a wrong path)"))
 
     def connectivity(self) -> None:
-        for a, b in (lablib.NODES, tuple(reversed(lablib.NODES))):
+        for a, b in [(a, b) for a in self.lab.nodes for b in self.lab.nodes if a != b]:
             remote = self.plan.node(b)
             pod_a, pod_b = self.lab.pods[a], self.lab.pods[b]
             node_ns = self.lab.node_ns(a)
@@ -108,12 +117,16 @@ class Demo:
 
 
 def start_capture(lab: lablib.Lab, path: str) -> subprocess.Popen:
-    """tcpdump on the router, bounded by count and time; returns once it is capturing."""
-    return tcpdump(lab.node_ns(seed.SEED.router), CAPTURE_IF, path)
+    """tcpdump on the router, bounded by count and time; returns once it is capturing.
+    Two nodes: the network-1 side sees everything; more: every link, each packet once."""
+    if len(lab.nodes) == 2:
+        return tcpdump(lab.node_ns(seed.SEED.router), CAPTURE_IF, path)
+    return tcpdump(lab.node_ns(seed.SEED.router), "any", path, inbound=True)
 
 
 def tcpdump(ns: str, iface: str, path, *, count: int = CAPTURE_COUNT,
-            seconds: int = CAPTURE_SECONDS, snaplen: int | None = None) -> subprocess.Popen:
+            seconds: int = CAPTURE_SECONDS, snaplen: int | None = None,
+            inbound: bool = False) -> subprocess.Popen:
     """tcpdump on `iface` in namespace `ns`, bounded by packet count and time; returns once
     it is capturing. End it with topology.end_process (by PID)."""
     # --immediate-mode: otherwise what arrived in the last buffer timeout (up to a second)
@@ -122,6 +135,8 @@ def tcpdump(ns: str, iface: str, path, *, count: int = CAPTURE_COUNT,
             "-c", str(count), "-G", str(seconds), "-W", "1", "-w", str(path)]
     if snaplen:
         argv[1:1] = ["-s", str(snaplen)]
+    if inbound:
+        argv[1:1] = ["-Q", "in"]
     p = netns.popen(argv, ns=ns, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
@@ -140,7 +155,7 @@ def tcpdump(ns: str, iface: str, path, *, count: int = CAPTURE_COUNT,
 def counters(lab: lablib.Lab) -> None:
     """One line per userspace VTEP: its counters from the status file it republishes."""
     from ..userspace import format_counters
-    for name in lablib.NODES:
+    for name in lab.nodes:
         if lablib.node_mode(lab.mode, name) != "userspace":
             continue
         r = netns.sh([sys.executable, "-m", "vtep.cli", "status", "--json", "--state-dir",
@@ -153,10 +168,64 @@ def counters(lab: lablib.Lab) -> None:
         print(f"      {name} (userspace) counters: {line}", flush=True)
 
 
+def vxlan_routes(lab: lablib.Lab, name: str) -> set[str]:
+    out = netns.sh(["ip", "-j", "-4", "route", "show", "dev", "vxlan0"],
+                   ns=lab.node_ns(name), check=False).stdout
+    return {r["dst"] for r in json.loads(out)} if out.strip() else set()
+
+
+def vtep_address(lab: lablib.Lab, name: str) -> str | None:
+    out = netns.sh(["ip", "-j", "-4", "addr", "show", "dev", "vxlan0"], ns=lab.node_ns(name),
+                   check=False).stdout
+    addrs = json.loads(out)[0]["addr_info"] if out.strip() else []
+    return addrs[0]["local"] if addrs else None
+
+
+def failover(demo: Demo, lab: lablib.Lab) -> None:
+    """--store etcd: SIGKILL the last node's agent; every other node drops it within the
+    lease's TTL + 1 s; restarted, it gets its subnet back and is reached again."""
+    victim, others = lab.nodes[-1], lab.nodes[:-1]
+    node = demo.plan.node(victim)
+    subnet = str(node.subnet)
+    rec = lab.process(f"vtep run {victim}")
+    os.kill(rec["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    limit = lablib.LAB_TTL + 1
+    left = set(others)
+    while left and time.monotonic() - killed < limit + 10:
+        left = {o for o in left if subnet in vxlan_routes(lab, o)}
+        time.sleep(0.05)
+    took = time.monotonic() - killed
+    demo.step(f"{victim} killed (SIGKILL)", not left and took <= limit,
+              f"every other node dropped its route to {subnet} after {took:.1f} s "
+              f"(lease TTL {lablib.LAB_TTL} s + 1 s allowed)" if not left else
+              f"{', '.join(sorted(left))} still route {subnet} after {took:.1f} s")
+    lab.processes.remove(rec)
+    lab.save()
+    lablib.start_agent(lab, victim)
+    try:
+        lablib.wait_converged(lab, demo.plan, victim)
+        got = vtep_address(lab, victim)
+        demo.step(f"{victim} restarted", got == str(node.vtep_ip),
+                  f"registered again with VTEP address {got} (subnet {subnet} kept)"
+                  if got == str(node.vtep_ip) else
+                  f"came back with VTEP address {got}, not {node.vtep_ip}")
+    except LabError as e:
+        demo.step(f"{victim} restarted", False, str(e))
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(subnet not in vxlan_routes(lab, o)
+                                              for o in others):
+        time.sleep(0.05)
+    demo.ping(f"{others[0]} -> {victim} VTEP again", lab.node_ns(others[0]), str(node.vtep_ip))
+
+
 def run(lab: lablib.Lab, mode: str | None = None, underlay: str | None = None,
-        capture_path: str | None = None, keep: bool = False) -> int:
+        capture_path: str | None = None, keep: bool = False, store: str | None = None,
+        nodes: int | None = None) -> int:
     """`vtep lab demo`: mode/underlay None: the lab's if it is up, else kernel/ipv4;
-    capture_path: keep the router's capture there; keep: leave a lab it brought up."""
+    capture_path: keep the router's capture there; keep: leave a lab it brought up;
+    store/nodes: where the cluster lives and how many nodes (a new lab only)."""
     was_up = lab.exists
     if was_up:
         lab.load()
@@ -167,11 +236,18 @@ def run(lab: lablib.Lab, mode: str | None = None, underlay: str | None = None,
             raise UsageError(f"lab {lab.prefix} is up with an {lab.underlay} underlay, not "
                              f"--underlay {underlay}: `vtep lab down --prefix {lab.prefix}` "
                              "first")
+        if (store and store != ("etcd" if lab.etcd else "plan")) or \
+                (nodes and nodes != len(lab.nodes)):
+            raise UsageError(f"lab {lab.prefix} is up with {len(lab.nodes)} nodes, the "
+                             f"cluster in {'etcd' if lab.etcd else 'the plan'}: `vtep lab "
+                             f"down --prefix {lab.prefix}` first")
         print(f"lab {lab.prefix}: already up "
-              f"({lablib.describe_mode(lab.mode, lab.underlay)}); checking it (it stays up)")
+              f"({lablib.describe_mode(lab.mode, lab.underlay, lab.nodes)}); checking it "
+              "(it stays up)")
     else:
-        lablib.up(lab, mode or "kernel", underlay=underlay or "ipv4")
-        print(f"lab {lab.prefix}: {lablib.describe_mode(lab.mode, lab.underlay)}")
+        lablib.up(lab, mode or "kernel", underlay=underlay or "ipv4", store=store or "plan",
+                  nodes=nodes or 2)
+        print(f"lab {lab.prefix}: {lablib.describe_mode(lab.mode, lab.underlay, lab.nodes)}")
     capture = str(Path(capture_path).resolve()) if capture_path else str(lab.dir / "demo.pcap")
     try:
         plan = planlib.load(lab.plan_path)
@@ -184,6 +260,8 @@ def run(lab: lablib.Lab, mode: str | None = None, underlay: str | None = None,
             end_process(tcpdump)
         demo.inspect(capture)
         counters(lab)
+        if lab.etcd and not was_up:   # kills an agent: only in a lab of its own
+            failover(demo, lab)
         if capture_path:
             print(f"      capture kept: {capture}")
     finally:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -33,17 +34,20 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .. import netns, plan as planlib
-from ..errors import LabError, UsageError
+from ..errors import LabError, PlanError, UsageError
 from . import seed
 from .record import LAB_BASE, Lab, alive, check_prefix, tail, teardown
 from .topology import NETNS_DIR
 
-__all__ = ["LAB_BASE", "ECHO_PORT", "MODES", "NODES", "Lab", "LabSpec", "build",
-           "check_prefix", "describe_mode", "node_mode", "silent", "start_agent", "stop_agent",
-           "teardown", "up", "wait_converged"]
+__all__ = ["LAB_BASE", "ECHO_PORT", "LAB_TTL", "MODES", "NODES", "STORES", "Lab", "LabSpec",
+           "build", "check_prefix", "describe_mode", "export_plan", "node_mode", "silent",
+           "start_agent", "stop_agent", "teardown", "up", "wait_converged"]
 
 NODES = seed.NODES
 MODES = ("kernel", "userspace", "mixed")
+STORES = ("plan", "etcd")
+ETCD_PORTS = (2379, 2380)   # client, peer: the router's namespace is the lab's own
+LAB_TTL = 5                 # s: the agents' membership lease with --store etcd
 ECHO_PORT = 8000
 READY_TIMEOUT = 20.0   # s: a loaded 2-core machine may take that long to start two agents
 VTEP = [sys.executable, "-m", "vtep.cli"]
@@ -60,28 +64,40 @@ class LabSpec:
     run_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # node -> extra args
     pods: bool = True                    # a pod with the echo server on each node
     agents: bool = True                  # `vtep run` on each node
+    store: str = "plan"                  # where the cluster lives: the plan file, or etcd
+    nodes: int = 2                       # network-1 .. network-N (seed.cluster)
 
     def check(self) -> "LabSpec":
         if self.mode not in MODES:
             raise UsageError(f"lab --mode {self.mode}: use one of {', '.join(MODES)}")
         seed.check_underlay(self.underlay)
+        seed.cluster(self.nodes)
+        if self.store not in STORES:
+            raise UsageError(f"lab --store {self.store}: use one of {', '.join(STORES)}")
+        if self.store == "etcd" and self.underlay != "ipv4":
+            raise UsageError("lab --store etcd: the lab runs etcd over the ipv4 underlay")
         return self
 
     def plan(self) -> str:
-        return self.plan_text if self.plan_text is not None else seed.plan_text(self.underlay)
+        if self.plan_text is not None:
+            return self.plan_text
+        return seed.plan_text(self.underlay, nodes=self.nodes,
+                              cluster_only=self.store == "etcd")
 
 
 def node_mode(mode: str, node: str) -> str:
     """The data path `node` runs in a lab of `mode`: mixed puts the kernel path on
-    network-1 and the userspace path on network-2."""
+    network-1 (and every odd-numbered node) and the userspace path on network-2 (and
+    every even-numbered one)."""
     if mode == "mixed":
-        return "kernel" if node == NODES[0] else "userspace"
+        return "kernel" if int(node.rsplit("-", 1)[1]) % 2 else "userspace"
     return mode
 
 
-def describe_mode(mode: str, underlay: str = "ipv4") -> str:
-    return (f"mode {mode}: " + ", ".join(f"{n} {node_mode(mode, n)}" for n in NODES)
-            + ("" if underlay == "ipv4" else f"; {underlay} underlay"))
+def describe_mode(mode: str, underlay: str = "ipv4", nodes=NODES, store: str = "plan") -> str:
+    return (f"mode {mode}: " + ", ".join(f"{n} {node_mode(mode, n)}" for n in nodes)
+            + ("" if underlay == "ipv4" else f"; {underlay} underlay")
+            + ("" if store == "plan" else f"; the cluster in {store}"))
 
 
 def silent(*_args, **_kw) -> None:
@@ -90,9 +106,11 @@ def silent(*_args, **_kw) -> None:
 
 # --- build ----------------------------------------------------------------------------------
 
-def up(lab: Lab, mode: str = "kernel", say=print, underlay: str = "ipv4") -> Lab:
-    """`vtep lab up`: the seed cluster in `mode` over an `underlay` family."""
-    return build(lab, LabSpec(mode=mode, underlay=underlay), say)
+def up(lab: Lab, mode: str = "kernel", say=print, underlay: str = "ipv4", store: str = "plan",
+       nodes: int = 2) -> Lab:
+    """`vtep lab up`: the seed cluster in `mode` over an `underlay` family, its membership
+    in the plan file or in etcd, with `nodes` nodes."""
+    return build(lab, LabSpec(mode=mode, underlay=underlay, store=store, nodes=nodes), say)
 
 
 def build(lab: Lab, spec: LabSpec, say=print) -> Lab:
@@ -102,14 +120,16 @@ def build(lab: Lab, spec: LabSpec, say=print) -> Lab:
     if lab.exists:
         raise LabError(f"a lab with prefix {lab.prefix!r} is already up ({lab.dir}); "
                        f"`vtep lab down --prefix {lab.prefix}` first")
-    wanted = [lab.node_ns(n) for n in (seed.SEED.router,) + NODES]
-    wanted += [lab.pod_ns(n) for n in NODES] if spec.pods else []
+    names = [n.name for n in seed.cluster(spec.nodes).nodes]
+    wanted = [lab.node_ns(n) for n in [seed.SEED.router] + names]
+    wanted += [lab.pod_ns(n) for n in names] if spec.pods else []
     clash = sorted(set(wanted) & set(netns.list_namespaces()))
     if clash:
         raise LabError(f"namespaces {', '.join(clash)} already exist (left by another lab? "
                        f"`vtep lab down --prefix {lab.prefix}` removes only what it recorded)")
     lab.mode = spec.mode
     lab.underlay = spec.underlay
+    lab.nodes = names
     lab.save()  # from here on, teardown knows where to look
     try:
         _build(lab, spec, say)
@@ -121,35 +141,45 @@ def build(lab: Lab, spec: LabSpec, say=print) -> Lab:
 
 
 def _build(lab: Lab, spec: LabSpec, say) -> None:
-    lab.plan_path.write_text(spec.plan())
-    plan = planlib.load(lab.plan_path)
+    etcd = spec.store == "etcd"
+    path = lab.dir / "cluster.toml" if etcd else lab.plan_path
+    path.write_text(spec.plan())
+    plan = None if etcd else planlib.load(lab.plan_path)
     topo = lab.topology = seed.topology(lab.prefix, underlay=spec.underlay,
-                                        mtu=spec.underlay_mtu)
+                                        mtu=spec.underlay_mtu, nodes=spec.nodes)
     try:
         topo.start()
     finally:  # whatever start() managed to make is ours to remove
         lab.namespaces = list(topo.namespaces)
         lab.save()
     nets = [str(ipaddress.ip_interface(n.side(spec.underlay).node).network)
-            for n in seed.SEED.nodes]
+            for n in seed.cluster(spec.nodes).nodes]
     say(f"lab {lab.prefix}: namespaces {', '.join(lab.namespaces)}; underlay "
-        f"{nets[0]} <-> router <-> {nets[1]} (tx checksum offload off); plan "
-        + str(lab.plan_path))
+        f"{' <-> router <-> '.join(nets)} (tx checksum offload off); "
+        + (f"cluster {path}" if etcd else f"plan {lab.plan_path}"))
+    if etcd:
+        _start_etcd(lab, path, say)
 
-    if spec.pods:
-        for name in NODES:
+    if spec.pods and not etcd:   # with etcd, a node's subnet is known once it registered
+        for name in lab.nodes:
             _add_pod(lab, name)
     if spec.narrow:
         seed.narrow(topo, spec.narrow)
     if spec.agents:
-        for name in NODES:
+        for name in lab.nodes:
             rec = start_agent(lab, name, args=spec.run_args.get(name, ()))
             say(f"{name}: vtep run --{node_mode(lab.mode, name)} (pid {rec['pid']}, "
                 f"log {rec['log']})")
-        for name in NODES:
+        if etcd:
+            plan = export_plan(lab, len(lab.nodes))
+            say(f"every node registered; the cluster as a plan: {lab.plan_path}")
+        for name in lab.nodes:
             wait_converged(lab, plan, name)
+    if spec.pods and etcd:
+        for name in lab.nodes:
+            _add_pod(lab, name)
     if spec.pods:
-        for name in NODES:
+        for name in lab.nodes:
             ns = lab.pods[name]["ns"]
             rec = lab.spawn(f"echo {ns}", ns, [sys.executable, "-m", "vtep.lab.echo", "serve",
                                                "--port", str(ECHO_PORT)], f"echo-{name}")
@@ -182,12 +212,14 @@ def _add_pod(lab: Lab, name: str) -> None:
 
 def start_agent(lab: Lab, name: str, path: str | None = None, args: Sequence[str] = ()) -> dict:
     """Spawn `vtep run --PATH` in the node's namespace (PATH: the lab mode's, unless given),
-    with the lab's plan and the node's state dir; recorded. Does not wait for it."""
+    with the lab's plan (or only the etcd URL and the node's name) and the node's state
+    dir; recorded. Does not wait for it."""
     path = path or node_mode(lab.mode, name)
     state_dir = lab.dir / name
     state_dir.mkdir(parents=True, exist_ok=True)
-    argv = VTEP + ["run", f"--{path}", "--config", str(lab.plan_path), "--node", name,
-                   "--state-dir", str(state_dir), *args]
+    where = ["--etcd", lab.etcd, "--name", name, "--ttl", str(LAB_TTL)] if lab.etcd else \
+        ["--config", str(lab.plan_path), "--node", name]
+    argv = VTEP + ["run", f"--{path}", *where, "--state-dir", str(state_dir), *args]
     return lab.spawn(f"vtep run {name}", lab.node_ns(name), argv, f"run-{name}")
 
 
@@ -243,3 +275,59 @@ def _wait_listening(lab: Lab, ns: str, rec: dict) -> None:
             raise LabError(f"{ns}: echo server not listening on :{ECHO_PORT} within "
                            f"{READY_TIMEOUT:g}s: {tail(rec['log'])}")
         time.sleep(0.05)
+
+
+# --- the cluster in etcd (--store etcd) -----------------------------------------------------
+
+def _start_etcd(lab: Lab, cluster_toml, say) -> None:
+    """etcd in the router's namespace on its address towards network-1 (every node routes
+    there), its data in the lab dir, recorded like every process (ended by PID); then
+    `vtep cluster init` from the [cluster]-only plan."""
+    binary = shutil.which("etcd")
+    if binary is None:
+        raise LabError("etcd not found: `sh bootstrap.sh` installs Debian's etcd-server")
+    host = seed.address(seed.SEED.nodes[0].ipv4.router)
+    client, peer = (f"http://{host}:{port}" for port in ETCD_PORTS)
+    argv = [binary, "--name", "vtep-lab", "--data-dir", str(lab.dir / "etcd"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"vtep-lab={peer}", "--initial-cluster-state", "new"]
+    rec = lab.spawn("etcd", lab.node_ns(seed.SEED.router), argv, "etcd")
+    probe = (f"import json, urllib.request; print(json.loads(urllib.request.urlopen("
+             f"'{client}/health', timeout=1).read()).get('health'))")
+    deadline = time.monotonic() + READY_TIMEOUT
+    while netns.sh([sys.executable, "-c", probe], ns=lab.node_ns(seed.SEED.router),
+                   check=False).stdout.strip() != "true":
+        if not alive(rec) or time.monotonic() > deadline:
+            raise LabError(f"etcd did not become healthy at {client}: {tail(rec['log'])}")
+        time.sleep(0.1)
+    lab.etcd = client
+    lab.save()
+    r = netns.sh(VTEP + ["cluster", "init", "--etcd", client, "--config", str(cluster_toml)],
+                 ns=lab.node_ns(lab.nodes[0]), check=False, timeout=60)
+    if r.returncode:
+        raise LabError(f"vtep cluster init: {(r.stderr or r.stdout).strip()}")
+    say(f"etcd {client} in {lab.node_ns(seed.SEED.router)} (pid {rec['pid']}): "
+        + r.stdout.strip().splitlines()[0])
+
+
+def export_plan(lab: Lab, members: int):
+    """The cluster in etcd as a plan file (lab.plan_path: `vtep pod add`, the demo's
+    vxinspect --plan), once `members` nodes are alive in it."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        r = netns.sh(VTEP + ["cluster", "export", "--etcd", lab.etcd],
+                     ns=lab.node_ns(lab.nodes[0]), check=False, timeout=30)
+        if r.returncode == 0:
+            lab.plan_path.write_text(r.stdout)
+            try:
+                plan = planlib.load(lab.plan_path)
+            except PlanError:   # no node alive yet: a plan needs one
+                plan = None
+            if plan is not None and len(plan.nodes) >= members:
+                return plan
+        if time.monotonic() > deadline:
+            raise LabError(f"{members} nodes did not register in etcd within "
+                           f"{READY_TIMEOUT:g}s: {(r.stderr or r.stdout).strip()[-300:]}")
+        time.sleep(0.2)
+

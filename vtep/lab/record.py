@@ -47,6 +47,8 @@ class Lab:
         self.pods: dict[str, dict] = {}  # node -> {"ns", "ip"}
         self.mode = "kernel"
         self.underlay = "ipv4"
+        self.nodes: list[str] = ["network-1", "network-2"]   # the seed's, unless --nodes
+        self.etcd: str | None = None   # --store etcd: the URL the agents register with
         # In memory only, for the process that built the lab (a test, a benchmark): its
         # nodes' cmd() and popen(); teardown() ends what was started through it.
         self.topology: Topology | None = None
@@ -72,13 +74,16 @@ class Lab:
         self.pods = dict(d.get("pods", {}))
         self.mode = d.get("mode", "kernel")
         self.underlay = d.get("underlay", "ipv4")
+        self.nodes = list(d.get("nodes", self.nodes))
+        self.etcd = d.get("etcd")
         return self
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"prefix": self.prefix, "mode": self.mode,
-                                   "underlay": self.underlay,
+                                   "underlay": self.underlay, "nodes": self.nodes,
+                                   "etcd": self.etcd,
                                    "plan": str(self.plan_path), "namespaces": self.namespaces,
                                    "processes": self.processes, "pods": self.pods}, indent=2))
         os.replace(tmp, self.state_path)

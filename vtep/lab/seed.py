@@ -79,6 +79,20 @@ SEED = Seed(
                  ipv6=Side("fd00:2::8e/64", "fd00:2::1/64")),
     ))
 NODES = tuple(n.name for n in SEED.nodes)      # ("network-1", "network-2")
+MAX_NODES = 32   # lab nodes: a router port and a /24 of the underlay each
+
+
+def cluster(n: int = 2) -> Seed:
+    """The seed with `n` nodes: network-1 and network-2 as SEED has them, then node i
+    (3..n) on its own underlay subnet 192.168.i.0/24 (node .2, router .1; fd00:i::2 and
+    ::1 in the IPv6 twin) behind the router's eth<i>, owning pod subnet 172.2.<i-1>.0/24."""
+    if not 2 <= n <= MAX_NODES:
+        raise UsageError(f"--nodes {n}: use 2 to {MAX_NODES}")
+    extra = tuple(SeedNode(f"network-{i}", f"172.2.{i - 1}.0/24", f"eth{i}",
+                           ipv4=Side(f"192.168.{i}.2/24", f"192.168.{i}.1/24"),
+                           ipv6=Side(f"fd00:{i:x}::2/64", f"fd00:{i:x}::1/64"))
+                  for i in range(3, n + 1))
+    return SEED if not extra else Seed(**{**SEED.__dict__, "nodes": SEED.nodes + extra})
 
 
 def check_underlay(underlay: str) -> str:
@@ -92,9 +106,9 @@ def address(cidr: str) -> str:
     return str(ipaddress.ip_interface(cidr).ip)
 
 
-def underlay_ips(underlay: str = "ipv4") -> dict[str, str]:
+def underlay_ips(underlay: str = "ipv4", nodes: int = 2) -> dict[str, str]:
     """node -> its underlay address (no prefix) in that family."""
-    return {n.name: address(n.side(underlay).node) for n in SEED.nodes}
+    return {n.name: address(n.side(underlay).node) for n in cluster(nodes).nodes}
 
 
 def mac(ipv4: str) -> str:
@@ -104,17 +118,22 @@ def mac(ipv4: str) -> str:
 
 # --- the plan ---------------------------------------------------------------------------------
 
-def plan_text(underlay: str = "ipv4", *, mtu: int | None = None) -> str:
+def plan_text(underlay: str = "ipv4", *, mtu: int | None = None, nodes: int = 2,
+              cluster_only: bool = False) -> str:
     """The seed plan: the cluster, then one [[nodes]] table per node with the underlay
     address topology() gives it in `underlay`. mtu: a cluster.mtu line (the overlay MTU
-    the plan forces, instead of the one derived from the underlay)."""
-    lines = ["# The seed cluster (vtep lab): two nodes on two underlay subnets, joined by a "
-             "router.", "[cluster]", f"vni = {SEED.vni}", f"port = {SEED.port}",
-             f'overlay = "{SEED.overlay}"']
+    the plan forces, instead of the one derived from the underlay). cluster_only: the
+    [cluster] table alone (`vtep cluster init` takes it; the nodes register themselves)."""
+    what = "two nodes on two underlay subnets" if nodes == 2 else \
+        f"{nodes} nodes, each on its own underlay subnet"
+    lines = [f"# The seed cluster (vtep lab): {what}, joined by a router.", "[cluster]",
+             f"vni = {SEED.vni}", f"port = {SEED.port}", f'overlay = "{SEED.overlay}"']
     if mtu is not None:
         lines.append(f"mtu = {mtu}")
-    ips = underlay_ips(underlay)
-    for n in SEED.nodes:
+    if cluster_only:
+        return "\n".join(lines) + "\n"
+    ips = underlay_ips(underlay, nodes)
+    for n in cluster(nodes).nodes:
         lines += ["", "[[nodes]]", f'name = "{n.name}"', f'underlay_ip = "{ips[n.name]}"',
                   f'subnet = "{n.subnet}"']
     return "\n".join(lines) + "\n"
@@ -127,7 +146,7 @@ SEED_PLAN6 = plan_text("ipv6")
 # --- the namespaces ---------------------------------------------------------------------------
 
 def topology(prefix: str, *, underlay: str = "ipv4", mtu: int | None = None,
-             tx_offload: bool = False) -> Topology:
+             tx_offload: bool = False, nodes: int = 2) -> Topology:
     """The seed topology, unbuilt (use `with` or start()): the router (forwarding on) and
     the nodes, each joined to it by a veth pair, and on each node a static route to every
     other node's underlay subnet via the router. No VTEP.
@@ -138,16 +157,17 @@ def topology(prefix: str, *, underlay: str = "ipv4", mtu: int | None = None,
     fine between two kernel paths but wrong on the wire a userspace VTEP reads and a
     capture shows."""
     check_underlay(underlay)
+    c = cluster(nodes)
     t = Topology(prefix)
-    router = t.add_node(SEED.router, forward=True)
-    for n in SEED.nodes:
+    router = t.add_node(c.router, forward=True)
+    for n in c.nodes:
         side = n.side(underlay)
-        t.add_link(t.add_node(n.name), router, SEED.underlay_dev, n.router_if, side.node,
+        t.add_link(t.add_node(n.name), router, c.underlay_dev, n.router_if, side.node,
                    side.router, mtu=mtu, tx_offload=tx_offload, a_mac=mac(n.ipv4.node),
                    b_mac=mac(n.ipv4.router))
-    for n in SEED.nodes:
+    for n in c.nodes:
         via = address(n.side(underlay).router)
-        for other in SEED.nodes:
+        for other in c.nodes:
             if other is not n:
                 net = ipaddress.ip_interface(other.side(underlay).node).network
                 t.add_route(t[n.name], str(net), via)
