@@ -317,6 +317,14 @@ def echo_of(want):
     return rec.echo()
 
 
+def test_the_flood_entries_we_append_are_an_echo_of_ours(want):
+    planned = echo_of(want)
+    for p in want.peers:
+        assert planned(FdbEntry(ZEROS, p.fdb.dst, PERM | 0x40))
+    assert not planned(FdbEntry(ZEROS, "192.168.9.9", PERM))         # no peer there
+    assert not planned(FdbEntry(ZEROS, want.peers[0].fdb.dst, 0x02))  # not permanent
+
+
 def test_only_the_route_we_create_is_an_echo_of_ours(want):
     """The echo filter drops a notification that diff() would find nothing to do about; it
     must never drop one that diff() would change, or the drift waits for the periodic

@@ -985,6 +985,13 @@ def test_neighbour_and_fdb_notifications_name_the_entry_and_skip_our_own_echo():
     assert events_with(stale).drain({7}, echo) == (True, ["neigh 10.244.1.0 changed"])
     gone = message(RTM_DELNEIGH, 0, 0, neigh("10.244.1.0"))
     assert events_with(gone).drain({7}, echo) == (True, ["neigh 10.244.1.0 deleted"])
+    # the removal of an entry the plan does not have (a pass removing a stale one) needs
+    # no pass: there is nothing to put back
+    stale_gone = message(RTM_DELNEIGH, 0, 0, neigh("10.244.9.0"))
+    assert events_with(stale_gone).drain({7}, echo) == (False, [])
+    fdb_gone = message(RTM_DELNEIGH, 0, 0, remote(MAC_BYTES, "192.168.9.9"))
+    assert events_with(fdb_gone).drain({7}, echo) == (False, [])
+    assert events_with(fdb_gone).drain({7}) == (True, [f"fdb {MAC} dst 192.168.9.9 deleted"])
 
 
 def test_route_notifications_name_the_route_and_skip_our_own_echo():
@@ -999,6 +1006,8 @@ def test_route_notifications_name_the_route_and_skip_our_own_echo():
     assert events_with(add).drain({7}) == (True, ["route 10.244.1.0/24 changed"])
     gone = message(RTM_DELROUTE, 0, 0, route("10.244.1.0", "10.244.1.0"))
     assert events_with(gone).drain({7}, echo) == (True, ["route 10.244.1.0/24 deleted"])
+    stale_gone = message(RTM_DELROUTE, 0, 0, route("10.244.9.0", "10.244.9.0"))
+    assert events_with(stale_gone).drain({7}, echo) == (False, [])
     elsewhere = message(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.1.0", table=100))
     assert events_with(elsewhere).drain({7}) == (False, [])
 

@@ -290,9 +290,10 @@ class Events:
     def drain(self, watched, echo=None, neigh_watched=None) -> tuple[bool, list[str]]:
         """Read every pending notification. Returns (relevant, reasons): relevant when one
         concerns an ifindex in `watched` (or notifications were lost: ENOBUFS). `echo(e)`
-        tells an added/changed entry that already is as planned (our own change coming
-        back): it is not relevant, since a pass would find nothing to do, and a pass at
-        20,000 peers costs a second of the userspace VTEP's forwarding."""
+        tells an entry that is as planned: an added/changed one that is (our own change
+        coming back) and a deleted one that is not (our own removal of a stale entry) are
+        not relevant, since a pass would find nothing to do, and a pass at 20,000 peers
+        costs a second of the userspace VTEP's forwarding."""
         relevant, reasons = False, []
         idle, count = self.idle, 0
         while True:
@@ -341,7 +342,9 @@ def _event(buf, typ, a, end, watched, echo, neigh_watched=None):
         idx = NDMSG.unpack_from(buf, a)[1]
         if idx in (watched if neigh_watched is None else neigh_watched) and e is not None:
             deleted = typ == RTM_DELNEIGH
-            if not deleted and echo is not None and echo(e):
+            # our own change coming back: an entry now as planned, or the removal of one
+            # that is not in the plan (nothing to put back)
+            if echo is not None and echo(e) != deleted:
                 return False, None
             kind = "fdb" if family == AF_BRIDGE else "neigh"
             key = f"{e.mac} dst {e.dst}" if family == AF_BRIDGE else e.ip
@@ -350,7 +353,7 @@ def _event(buf, typ, a, end, watched, echo, neigh_watched=None):
         oif, table, r = decode_route(buf, a, end)
         if r is not None and oif in watched and table == RT_TABLE_MAIN:
             deleted = typ == RTM_DELROUTE
-            if not deleted and echo is not None and echo(r):
+            if echo is not None and echo(r) != deleted:
                 return False, None
             return True, f"route {r.dst} {'deleted' if deleted else 'changed'}"
     return False, None

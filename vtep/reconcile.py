@@ -102,6 +102,7 @@ class Reconciler:
             return None
         neigh = {(p.neighbour.ip, p.neighbour.mac) for p in self.want.peers}
         fdb = {(p.fdb.mac, p.fdb.dst) for p in self.want.peers}
+        fdb |= {(f.mac, f.dst) for f in self.want.flood}   # the flood list, one per peer
         routes = {p.route.dst: p.route.via for p in self.want.peers}
         addr = nlmsg.AddrEntry(self.want.device.address, 32)
 
