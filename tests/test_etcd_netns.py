@@ -262,11 +262,12 @@ def lines_with(text: str, needle: str) -> list[str]:
     return [x for x in text.splitlines() if needle in x]
 
 
-# How long etcd stays down in the restart test: more than twice the TTL, so that an
-# agent whose retries back off past TTL/3 reconnects after etcd has restored its leases
-# (to TTL + its election timeout, at its restart) and let them expire: its peers then
-# drop it, and the pings below fail.
-OUTAGE = 2 * TTL + 1
+# How long etcd stays down in the restart test: long enough for retries that double
+# from 0.5 s unbounded to be 8 s apart when it returns (0.5, 1.5, 3.5, 7.5, 15.5 s
+# after the kill). etcd restores every lease to TTL + its election timeout (1 s) when it
+# restarts; an agent that then waits past that to renew has its peers drop it, and the
+# pings below fail. Retrying at least every TTL/3 keeps it.
+OUTAGE = 3 * TTL
 
 
 def test_etcd_restarted_while_agents_run_keeps_the_data_plane(etcd_lab, tmp_path):
