@@ -3,23 +3,34 @@
 Data flows one way. A thread of its own holds the node's registration and the
 cluster's members: it lists the prefix once (membership.snapshot: the config and
 every live member at one revision), then watches the prefix from that revision
-+ 1; each event updates the members, and a change of the set a plan is made of
+(see _run for why not + 1); each event updates the members, and a change of the set a plan is made of
 (the config and each member's name, underlay IP, subnet and VTEP MAC) becomes a
 new vtep.plan.Plan (model.to_plan, so every plan rule holds), handed to the
 event loop through fileno()/take(), which gives it to the reconciler as a re-read
 plan file would be.
 
 What goes wrong is handled here, never by flushing the data plane:
-- the watch's start revision was compacted: list again and diff (a delete the
-  watch missed is still applied), then watch from the new revision;
-- etcd is away (the watch lost, a call refused or unanswered): said once in the
-  log, retried with backoff; nothing is delivered meanwhile, so the reconciler
-  keeps the last plan; when etcd is back, the list-and-watch starts over;
+- the watch ended (etcd restarted, the connection reset or went quiet): watch
+  again from the last revision applied, so etcd replays what happened meanwhile,
+  deletes included (as etcd's own clientv3 resumes a watch); that revision itself
+  is replayed too, see _run for why;
+- that revision was compacted (etcd-io/etcd#8668, flannel-io/flannel#2470): list
+  again and diff (a delete the watch missed is still applied), then watch from
+  the list's revision; a watch from a compacted revision is never retried;
+- etcd is away (a call refused or unanswered): said once in the log (and in
+  status(), for `vtep status`), retried with backoff; nothing is delivered
+  meanwhile, so the reconciler keeps the last plan. The backoff is capped at
+  TTL/3: etcd restores every lease's full TTL when it restarts (its lessor's
+  promotion), so an agent that retries at least every TTL/3 renews in time and
+  its peers never drop it for an outage of the store alone;
 - this node's short lease expired (a partition longer than its TTL): peers have
   dropped it; it registers again and gets its subnet back (its reservation
-  lives on the long lease);
+  lives on the long lease). Its own delete, replayed by the resumed watch after
+  it registered again, is no newer than that registration and ignored;
 - this node was removed (`vtep cluster remove`: its key and its subnet
-  reservation deleted): NodeRemoved is delivered and the agent tears down.
+  reservation deleted), seen by the watch, by a list or by a renewal that found
+  its lease gone: NodeRemoved is delivered and the agent tears down; it never
+  registers again under another subnet.
 The short lease is renewed every TTL/3, the long one with it.
 """
 from __future__ import annotations
@@ -70,6 +81,9 @@ class EtcdSource:
         self._made = self._key()         # what the running plan was made of
         self._relist = threading.Event()
         self._away = None                # why etcd is unreachable, while it is
+        self._away_since = None          # since when (time.time()), while it is
+        # retry at least every TTL/3 while etcd is away: see the module docstring
+        self._backoff_max = min(BACKOFF_MAX, max(BACKOFF_MIN, ttl / 3))
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="vtep-etcd", daemon=True)
         self._thread.start()
@@ -88,6 +102,15 @@ class EtcdSource:
         """SIGHUP: list again (and deliver a plan if it differs)."""
         self._relist.set()
         os.write(self._stop_w, b"r")
+
+    def status(self) -> dict:
+        """For the status file (`vtep status`): whether etcd answers, and since when
+        and why not while it does not. The event loop is woken (fileno() readable,
+        take() returning None) whenever this changes."""
+        since = (time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self._away_since))
+                 if self._away_since is not None else None)
+        return {"store": self.where, "reachable": self._away is None,
+                "unreachable_since": since, "error": self._away}
 
     def take(self):
         try:
@@ -143,8 +166,13 @@ class EtcdSource:
             self._deliver(plan, None)
 
     def _snapshot(self) -> None:
+        """List the cluster; a list without this node (its lease expired, or it was
+        removed, while the watch did not run) is settled before anything is published:
+        a plan without this node is no plan for it."""
         self.config, self.members, self.revision = membership.snapshot(self.client,
                                                                        self.layout)
+        if self.name not in self.members:
+            self._lost_self()
 
     def _stopped(self, timeout: float, watch=None) -> bool:
         """Wait up to `timeout` s for the watch or a stop; True when asked to stop."""
@@ -157,23 +185,28 @@ class EtcdSource:
                 return True
         return False
 
+    def _wake(self) -> None:
+        os.write(self._w, b"s")
+
     def _unreachable(self, e: Exception) -> None:
         if self._away is None:
             log.warning(f"{e}; keeping the data plane as it is and retrying")
+            self._away_since = time.time()
+            self._away = str(e)
+            self._wake()
         self._away = str(e)
 
     def _reachable(self) -> None:
         if self._away is not None:
-            log.info(f"etcd {self.where} is reachable again")
-            self._away = None
+            log.info(f"{self.where} is reachable again")
+            self._away = self._away_since = None
+            self._wake()
 
     def _renew(self) -> None:
         try:
             self.reg.renew(self.client)
         except RegistrationLost:
-            log.warning(f"the registration of {self.reg.member.name} expired (etcd was "
-                        f"out of reach for more than {self.ttl} s): registering again")
-            self.reg = self._register()
+            self._lost_self()
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN
@@ -182,12 +215,18 @@ class EtcdSource:
         while True:
             try:
                 if watch is None:
-                    if self._relist.is_set() or self._away is not None:
+                    if self._relist.is_set():
                         self._relist.clear()
                         self._snapshot()
                         self._publish()
+                    # From the revision last listed or applied, itself included (its
+                    # events again: applying them twice changes nothing): etcd accepts a
+                    # watch from its compaction revision but keeps no delete made at that
+                    # revision, so a watch from revision + 1 == the compaction revision
+                    # would miss that delete unseen; from `revision`, any event not yet
+                    # applied is newer than the compaction, or etcd says Compacted.
                     watch = self.client.watch(self.layout.root,
-                                              start_revision=self.revision + 1)
+                                              start_revision=self.revision)
                     self._reachable()
                     backoff = BACKOFF_MIN
                 if time.monotonic() >= next_renew:
@@ -207,22 +246,17 @@ class EtcdSource:
             except NodeRemoved as e:
                 self._deliver(None, e)
                 break
-            except EtcdUnavailable as e:
+            except EtcdError as e:
+                # EtcdUnavailable: nobody answered; any other: etcd answered but refused
+                # (a restarting etcd says "not capable", "leader changed"): either way
+                # say so once, keep the data plane, try again later
                 self._unreachable(e)
                 if watch is not None:
                     watch.close()
                     watch = None
                 if self._stopped(backoff):
                     break
-                backoff = min(backoff * 2, BACKOFF_MAX)
-            except EtcdError as e:   # etcd answered but refused: say so, try again later
-                self._unreachable(e)
-                if watch is not None:
-                    watch.close()
-                    watch = None
-                if self._stopped(backoff):
-                    break
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                backoff = min(backoff * 2, self._backoff_max)
         if watch is not None:
             watch.close()
 
@@ -235,13 +269,20 @@ class EtcdSource:
                 changed |= self._event(it)
             elif isinstance(it, Progress):
                 self.revision = max(self.revision, it.revision)
-            else:   # Compacted, Canceled, Lost, Idle: list again, watch again
+            elif isinstance(it, (Compacted, Canceled)):
+                # the history from our revision is gone (or etcd ended the watch for a
+                # reason of its own): only a list tells what changed meanwhile
                 if isinstance(it, Compacted):
-                    log.info(f"etcd compacted past revision {self.revision + 1}: listing "
+                    log.info(f"etcd compacted its history up to revision "
+                             f"{it.compact_revision}, past {self.revision}: listing "
                              "the cluster again")
                 else:
-                    self._unreachable(EtcdUnavailable([(self.where, _why(it))]))
+                    log.info(f"{self.where}: watch canceled ({it.reason}): listing the "
+                             "cluster again")
                 self._relist.set()
+                over = True
+            else:   # Lost, Idle: watch again from self.revision
+                self._unreachable(EtcdUnavailable([(self.where, _why(it))]))
                 over = True
         if changed:
             self._publish()
@@ -259,6 +300,10 @@ class EtcdSource:
         if name is not None:
             if ev.type == "PUT":
                 self.members[name] = model.Member.from_json(name, ev.kv.value, key)
+            elif name == me and ev.revision <= self.reg.revision:
+                # replayed by a resumed watch: the delete of a registration we have
+                # made again since (a partition longer than the TTL)
+                return False
             else:
                 self.members.pop(name, None)
                 if name == me:
@@ -267,10 +312,20 @@ class EtcdSource:
         return False
 
     def _lost_self(self) -> None:
-        """Our node key is gone while we live: removed by an operator (its subnet
-        reservation went too), or expired (a partition): register again."""
-        kv = self.client.get(self.layout.subnet(self.reg.member.subnet))
-        if kv is None:
-            raise NodeRemoved(f"node {self.reg.member.name} was removed from the cluster "
-                              f"at {self.where}")
+        """Our node key (or its lease) is gone while we live: removed by an operator
+        (its subnet reservation went too: NodeRemoved), or expired (a partition longer
+        than the TTL): register again, with the subnet the reservation keeps."""
+        me = self.reg.member
+        key = self.layout.subnet(me.subnet)
+        kv = self.client.get(key)
+        try:
+            held = kv is not None and model.Reservation.from_json(
+                me.subnet, kv.value, key).node == me.name
+        except model.BadRecord:
+            held = False
+        if not held:
+            raise NodeRemoved(f"node {me.name} was removed from the cluster at {self.where}")
+        log.warning(f"the registration of {me.name} expired (etcd was out of reach for "
+                    f"more than its {self.ttl} s TTL): registering again")
         self.reg = self._register()
+        self.members[me.name] = self.reg.member
