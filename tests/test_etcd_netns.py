@@ -505,8 +505,6 @@ def test_tls_agents_join_and_a_missing_client_certificate_is_one_line(netns_pref
             srv.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the status file has no field for the store yet: "
-                   "daemon.py must publish EtcdSource.status() as \"etcd\" (the lead's)")
 def test_status_says_when_etcd_is_away(etcd_lab, tmp_path):
     t, srv = etcd_lab
     n1 = t["network-1"]

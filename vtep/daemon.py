@@ -136,6 +136,9 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
     def publish(resync: bool):
         info.update(ifindex=rec.ifindex, peers=[p.name for p in rec.want.peers]
                     if rec.want else [], last_pass=now())
+        store = source.status()
+        if store is not None:
+            info["etcd"] = store
         if counting:
             info["counters"] = backend.counters()
         if resync:
@@ -210,6 +213,9 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
             return 0
         if plan_fd in ready:
             got = source.take()
+            if got is None:   # the source's own news (a store gone or back): say so
+                info["etcd"] = source.status()
+                status.write(info)
             if got is not None and isinstance(got[1], NodeRemoved):
                 log.info(f"{got[1]}: removing what this run made")
                 rec.teardown()

@@ -32,6 +32,9 @@ class PlanSource(Protocol):
         """(plan, None) or (None, VtepError) of what arrived; None when nothing did.
         Any other exception is a bug, and is raised."""
 
+    def status(self) -> dict | None:
+        """What `vtep status` shows about the source (a store's reachability), or None."""
+
     def close(self) -> None: ...
 
 
@@ -58,6 +61,9 @@ class FileSource:
         if err is not None and not isinstance(err, VtepError):
             raise err   # not a VtepError: a bug in reading plans, which the CLI reports
         return plan, err
+
+    def status(self) -> None:
+        return None   # a file has nothing to say between reads
 
     def close(self) -> None:
         self._job.close()
