@@ -5,7 +5,7 @@ Exit status: 0 success; 1 a check or demo step failed; 2 bad plan or usage;
 plan (underlay IP or device missing, port in use, a route not made by vtep in
 the way) or another live agent manages the device; 5 an existing device is
 incompatible (see --replace) or was not made by vtep; 6 a lab step failed; 7 the
-etcd store is unreachable or refuses a request (vtep.etcd.EXIT_STORE); 70 an
+etcd store is unreachable or refuses a request (`run --etcd`, `cluster`); 70 an
 internal error (a bug: VTEP_DEBUG=1 shows its traceback); 130 interrupted.
 
 A reader that leaves early (`vtep plan ... | head -1`) is not an error: the rest
