@@ -62,6 +62,9 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(1, os.path.join(ROOT, "tests"))   # etcdserver.py: etcd by PID, temp dir
+sys.path.insert(2, os.path.dirname(os.path.abspath(__file__)))
+# the namespace with an underlay device holding 10.0.0.1/8: kernel_converge_bench's
+from kernel_converge_bench import setup  # noqa: E402
 
 TARGET_CONVERGE = 2.0
 TARGET_BURST = 1.0
@@ -509,21 +512,6 @@ def sh(cmd, ns=None, check=True):
     if check and r.returncode:
         raise Failed(f"{' '.join(full)}: {r.stderr.strip()}")
     return r
-
-
-def setup(ns: str) -> str:
-    sh(["ip", "netns", "add", ns])
-    sh(["ip", "link", "set", "lo", "up"], ns)
-    if sh(["ip", "link", "add", UNDERLAY, "type", "dummy"], ns, check=False).returncode:
-        # no dummy module here: a veth pair whose both ends stay in the namespace
-        sh(["ip", "link", "add", UNDERLAY, "type", "veth", "peer", "name", "ul1"], ns)
-        sh(["ip", "link", "set", "ul1", "up"], ns)
-        kind = "veth"
-    else:
-        kind = "dummy"
-    sh(["ip", "addr", "add", f"{LOCAL}/8", "dev", UNDERLAY], ns)
-    sh(["ip", "link", "set", UNDERLAY, "up"], ns)
-    return kind
 
 
 def end_strays(pidfile: str, ns: str) -> None:

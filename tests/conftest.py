@@ -112,3 +112,23 @@ def plan_file(tmp_path):
     p = tmp_path / "plan.toml"
     p.write_text(SEED_PLAN)
     return p
+
+
+# --- a real etcd (tests/etcdserver.py) for the etcd client and data-model tests --------------
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    """One etcd on loopback per test module, its data in a temporary directory, stopped by
+    PID when the module is done. (Imported here, not at the top: test_ci_policy runs a
+    copy of this file on its own, where neither module is importable.)"""
+    from etcdserver import EtcdServer
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(etcd):
+    """vtep's etcd client on that etcd (every call within 5 s)."""
+    from vtep.etcd import Client
+    with Client(etcd.url, timeout=5.0) as c:
+        yield c

@@ -89,18 +89,6 @@ def drain(w, want: int, limit=LIMIT) -> list:
     return out
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as srv:
-        yield srv
-
-
-@pytest.fixture
-def client(etcd):
-    with Client(etcd.url, timeout=LIMIT) as c:
-        yield c
-
-
 @pytest.fixture
 def pfx(request):
     """A key prefix of this test's own."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from etcdserver import EtcdServer, free_port
+from etcdserver import free_port
 from vtep import plan as planmod
 from vtep.errors import PlanError
 from vtep.etcd import Client
@@ -287,18 +287,6 @@ def wait_until(pred, limit=LIMIT, step=0.05):
             return True
         time.sleep(step)
     return False
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as srv:
-        yield srv
-
-
-@pytest.fixture
-def client(etcd):
-    with Client(etcd.url, timeout=LIMIT) as c:
-        yield c
 
 
 @pytest.fixture

@@ -67,6 +67,16 @@ class Agent:
         return self.p.wait(timeout=15)
 
 
+def pair(t, srv, tmp_path, modes=("kernel", "kernel")):
+    """Agents on network-1 and network-2, each converged with the other as its peer.
+    (Started through the nodes' popen: the topology ends them by PID if this fails.)"""
+    a1 = Agent(t["network-1"], modes[0], srv.url, tmp_path)
+    a2 = Agent(t["network-2"], modes[1], srv.url, tmp_path)
+    a1.converged(1)
+    a2.converged(1)
+    return a1, a2
+
+
 def cli(node, *argv, url):
     return node.cmd(VTEP + ["cluster", *argv, "--etcd", url], check=False, timeout=30)
 
@@ -116,11 +126,8 @@ def etcd_lab(netns_prefix, tmp_path):
 def test_nodes_join_with_only_the_etcd_url_and_reach_each_other(etcd_lab, tmp_path, modes):
     t, srv = etcd_lab
     n1, n2 = t["network-1"], t["network-2"]
-    a1 = Agent(n1, modes[0], srv.url, tmp_path)
-    a2 = Agent(n2, modes[1], srv.url, tmp_path)
+    a1, a2 = pair(t, srv, tmp_path, modes)
     try:
-        a1.converged(1)
-        a2.converged(1)
         ip1, ip2 = vtep_address(n1), vtep_address(n2)
         # two distinct subnets of the overlay, the lowest free ones: .0 and .1 in some order
         assert {ip1, ip2} == {"172.2.0.0", "172.2.1.0"}, (ip1, ip2)
@@ -137,11 +144,8 @@ def test_a_killed_node_is_dropped_within_the_ttl_and_gets_its_subnet_back(etcd_l
                                                                          tmp_path):
     t, srv = etcd_lab
     n1, n2 = t["network-1"], t["network-2"]
-    a1 = Agent(n1, "kernel", srv.url, tmp_path)
-    a2 = Agent(n2, "kernel", srv.url, tmp_path)
+    a1, a2 = pair(t, srv, tmp_path)
     try:
-        a1.converged(1)
-        a2.converged(1)
         ip2 = vtep_address(n2)
         subnet2 = f"{ip2}/24"
         assert routes(n1) == [subnet2]
@@ -170,12 +174,9 @@ def test_a_node_that_stops_leaves_at_once(etcd_lab, tmp_path):
     """SIGTERM: the agent removes its device and revokes its lease, so peers drop it
     now, not a TTL later."""
     t, srv = etcd_lab
-    n1, n2 = t["network-1"], t["network-2"]
-    a1 = Agent(n1, "kernel", srv.url, tmp_path)
-    a2 = Agent(n2, "kernel", srv.url, tmp_path)
+    n1 = t["network-1"]
+    a1, a2 = pair(t, srv, tmp_path)
     try:
-        a1.converged(1)
-        a2.converged(1)
         t0 = time.monotonic()
         assert a2.stop() == 0, a2.output()
         assert wait_for(lambda: routes(n1) == [], TTL) is not None, a1.output()
@@ -187,11 +188,8 @@ def test_a_node_that_stops_leaves_at_once(etcd_lab, tmp_path):
 def test_a_removed_node_tears_down_and_exits(etcd_lab, tmp_path):
     t, srv = etcd_lab
     n1, n2 = t["network-1"], t["network-2"]
-    a1 = Agent(n1, "kernel", srv.url, tmp_path)
-    a2 = Agent(n2, "kernel", srv.url, tmp_path)
+    a1, a2 = pair(t, srv, tmp_path)
     try:
-        a1.converged(1)
-        a2.converged(1)
         r = cli(n1, "remove", "network-2", url=srv.url)
         assert r.returncode == 0, r.stderr
         assert a2.p.wait(timeout=TTL + 10) == 0, a2.output()
@@ -273,12 +271,9 @@ OUTAGE = 3 * TTL
 def test_etcd_restarted_while_agents_run_keeps_the_data_plane(etcd_lab, tmp_path):
     t, srv = etcd_lab
     n1, n2, router = t["network-1"], t["network-2"], t["router"]
-    a1 = Agent(n1, "kernel", srv.url, tmp_path)
-    a2 = Agent(n2, "kernel", srv.url, tmp_path)
+    a1, a2 = pair(t, srv, tmp_path)
     a3 = None
     try:
-        a1.converged(1)
-        a2.converged(1)
         ip1, ip2 = vtep_address(n1), vtep_address(n2)
         want1, want2 = routes(n1), routes(n2)
         fdb1, fdb2 = fdb(n1), fdb(n2)
@@ -331,11 +326,8 @@ def test_a_node_cut_off_from_etcd_is_dropped_keeps_its_state_and_comes_back(etcd
                                                                              tmp_path):
     t, srv = etcd_lab
     n1, n2 = t["network-1"], t["network-2"]
-    a1 = Agent(n1, "kernel", srv.url, tmp_path)
-    a2 = Agent(n2, "kernel", srv.url, tmp_path)
+    a1, a2 = pair(t, srv, tmp_path)
     try:
-        a1.converged(1)
-        a2.converged(1)
         ip1, ip2 = vtep_address(n1), vtep_address(n2)
         want1, want2, fdb2 = routes(n1), routes(n2), fdb(n2)
         n2.cmd(["ip", "route", "add", *BLACKHOLE])
@@ -382,11 +374,8 @@ def test_a_delete_missed_behind_a_compaction_is_applied_by_a_re_list(etcd_lab, t
     network-2 (flannel-io/flannel#2470 looped there; etcd-io/etcd#8668)."""
     t, srv = etcd_lab
     n1, n2, router = t["network-1"], t["network-2"], t["router"]
-    a1 = Agent(n1, "kernel", srv.url, tmp_path)
-    a2 = Agent(n2, "kernel", srv.url, tmp_path)
+    a1, a2 = pair(t, srv, tmp_path)
     try:
-        a1.converged(1)
-        a2.converged(1)
         assert routes(n1) and fdb(n1) == ["192.168.2.142"]
         a1.signal(signal.SIGSTOP)
         try:
