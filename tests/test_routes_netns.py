@@ -24,6 +24,7 @@ from seedlab import messages, wait_for
 from test_kernel_netns import Daemon, has_vxlan0, js, vtep
 
 pytestmark = pytest.mark.netns
+ZEROS = "00:00:00:00:00:00"   # the vxlan driver's flood (default destination) entry
 
 PROTO_VTEP = "118"   # `ip` prints a protocol number it has no name for as the number
 PEER_SUBNET = "172.2.1.0/24"    # network-2's subnet in the seed plan
@@ -189,8 +190,10 @@ def test_a_route_in_the_way_is_left_alone_and_named_once(netns_prefix, plan_file
         # the peer's other entries are in place
         assert [n["dst"] for n in js(n1, "ip", "-j", "neigh", "show", "dev", "vxlan0")] == [
             PEER_VTEP]
-        assert [f["dst"] for f in js(n1, "bridge", "-j", "fdb", "show", "dev", "vxlan0")] == [
-            "192.168.2.142"]
+        # the peer's fdb entry and its flood entry (issue 17), both to its underlay
+        assert sorted((f["mac"] == ZEROS, f["dst"]) for f in js(
+            n1, "bridge", "-j", "fdb", "show", "dev", "vxlan0")) == [
+            (False, "192.168.2.142"), (True, "192.168.2.142")]
         out = d.output()
         named = lines_with(out, f"{PEER_SUBNET} via {ROUTER} dev eth0 proto boot")
         assert named == [f"vtep: route {PEER_SUBNET} of peer network-2 not added: {PEER_SUBNET} "
@@ -261,8 +264,10 @@ def test_once_with_a_connected_route_in_the_way_exits_4(netns_prefix, tmp_path):
                 ("10.97.0.0/24", "10.97.0.0", "vxlan0", PROTO_VTEP, "global")]
             assert sorted(n["dst"] for n in js(n1, "ip", "-j", "neigh", "show", "dev",
                                                "vxlan0")) == ["10.97.0.0", "10.99.0.0"]
-            assert sorted(f["dst"] for f in js(n1, "bridge", "-j", "fdb", "show", "dev",
-                                               "vxlan0")) == ["192.168.2.142", "192.168.3.33"]
+            assert sorted((f["mac"] == ZEROS, f["dst"]) for f in js(
+                n1, "bridge", "-j", "fdb", "show", "dev", "vxlan0")) == [
+                (False, "192.168.2.142"), (False, "192.168.3.33"),
+                (True, "192.168.2.142"), (True, "192.168.3.33")]
         assert [x for x in messages(r) if "in the way" not in x] == [], r.stderr
         r = vtep(n1, "down", "--config", str(plan), check=0)
         assert not has_vxlan0(n1)
