@@ -942,3 +942,16 @@ def test_the_all_zeros_mac_is_no_vtep_mac(tmp_path):
         planlib.load(path)
     assert e.value.problems == [f"{path}: node 'network-2': vtep_mac: 00:00:00:00:00:00 is the "
                                 "all-zeros address, which the vxlan driver keeps for flooding"]
+
+
+def test_a_cluster_only_plan_is_accepted_only_where_asked_for():
+    """`vtep cluster init` takes a plan of its [cluster] table alone; `vtep run` does not."""
+    cluster = {"cluster": {"vni": 42, "overlay": "10.244.0.0/16"}}
+    p = planlib.parse(cluster, "c.toml", require_nodes=False)
+    assert (p.vni, str(p.overlay), p.nodes, p.port) == (42, "10.244.0.0/16", (), 4789)
+    with pytest.raises(PlanError) as e:
+        planlib.parse(cluster, "c.toml")
+    assert e.value.problems == ["c.toml: nodes: at least one [[nodes]] entry is needed"]
+    with pytest.raises(PlanError) as e:
+        planlib.parse({**cluster, "nodes": 3}, "c.toml", require_nodes=False)
+    assert e.value.problems == ["c.toml: nodes: at least one [[nodes]] entry is needed"]

@@ -169,7 +169,10 @@ def load(path) -> Plan:
     return parse(data, str(p))
 
 
-def parse(data: dict, path: str = "<plan>") -> Plan:
+def parse(data: dict, path: str = "<plan>", *, require_nodes: bool = True) -> Plan:
+    """The plan in `data` (a TOML document), every problem named with `path`, or
+    PlanError listing them all. require_nodes=False accepts a plan of its [cluster]
+    table alone (`vtep cluster init`, a cluster in etcd with no member alive)."""
     problems: list[str] = []
     warnings: list[str] = []
 
@@ -213,7 +216,9 @@ def parse(data: dict, path: str = "<plan>") -> Plan:
                             "elsewhere on the internet will be routed into the overlay")
 
     raw_nodes = data.get("nodes")
-    if not isinstance(raw_nodes, list) or not raw_nodes:
+    if raw_nodes is None and not require_nodes:
+        raw_nodes = []
+    if not isinstance(raw_nodes, list) or (not raw_nodes and require_nodes):
         bad("nodes", "at least one [[nodes]] entry is needed")
         raw_nodes = []
     nodes: list[Node] = []

@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 
 from .. import plan as planmod
-from .. import wire
 from ..errors import PlanError, UsageError
 from ..inet import IP_MAXPACKET, MIN_MTU
 
@@ -33,11 +32,6 @@ DEFAULT_PREFIX = "/vtep"
 MODES = ("kernel", "userspace")
 SUBNET_LEN_MAX = 30          # the plan's smallest node subnet: VTEP address, gateway, pods
 DEFAULT_SUBNET_LEN = 24      # flannel's SubnetLen default
-
-# plan.parse's problem for a file without [[nodes]]: the one rule a cluster-only plan
-# (`vtep cluster init`, an empty cluster) is allowed to break.
-_NEEDS_NODES = "nodes: at least one [[nodes]] entry is needed"
-
 
 class BadRecord(PlanError):
     """A value under the prefix is not the record its key calls for; `key` names it."""
@@ -163,28 +157,13 @@ def _dumps(d: dict) -> bytes:
 
 def _cluster_plan(table: dict, where: str) -> planmod.Plan:
     """The [cluster] table checked by vtep.plan's own rules, as a Plan without nodes."""
-    try:
-        planmod.parse({"cluster": table, "nodes": []}, where)
-    except PlanError as e:
-        rest = [p for p in e.problems if p != f"{where}: {_NEEDS_NODES}"]
-        if rest or len(rest) == len(e.problems):
-            raise PlanError(rest or e.problems) from None
-    # every value was checked above: read them with the plan's defaults
-    return planmod.Plan(where, table.get("vni", wire.DEFAULT_VNI),
-                        table.get("port", wire.VXLAN_PORT),
-                        ipaddress.IPv4Network(str(table["overlay"])), table.get("mtu"), (),
-                        (), table.get("udp_checksum", planmod.UDP_CHECKSUM_DEFAULT))
+    return planmod.parse({"cluster": table}, where, require_nodes=False)
 
 
 def plan_from_data(data: dict, where: str) -> planmod.Plan:
-    """A plan file's TOML data as a Plan, where (unlike vtep.plan.parse) a plan of only
-    its [cluster] table is allowed: what `vtep cluster init` reads."""
-    if isinstance(data, dict) and not data.get("nodes"):
-        cluster = data.get("cluster")
-        extra = [k for k in data if k not in ("cluster", "nodes")]
-        if isinstance(cluster, dict) and not extra:
-            return _cluster_plan(cluster, where)
-    return planmod.parse(data, where)
+    """A plan file's TOML data as a Plan, where (unlike a plan file for `vtep run`) a
+    plan of only its [cluster] table is allowed: what `vtep cluster init` reads."""
+    return planmod.parse(data, where, require_nodes=False)
 
 
 @dataclass(frozen=True)
