@@ -14,12 +14,14 @@ _from_bytes = int.from_bytes
 def word_sum(data) -> int:
     """Ones'-complement sum of `data` as 16-bit big-endian words, reduced mod 0xFFFF.
 
-    An odd trailing byte is padded with zero, as RFC 1071 says.
+    An odd trailing byte is padded with zero, as RFC 1071 says: times 256, which
+    commutes with the modulo, so it is applied to the small reduced sum rather than
+    to the big integer (the userspace data path sums every datagram it sends).
     """
-    s = _from_bytes(data, "big")
+    s = _from_bytes(data, "big") % 0xFFFF
     if len(data) & 1:
-        s <<= 8
-    return s % 0xFFFF
+        s = (s << 8) % 0xFFFF
+    return s
 
 
 def checksum(data, initial: int = 0) -> int:

@@ -133,12 +133,15 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
             "started": now(), "changes": 0, "last_change": None, "error": None,
             "passes": 0, "last_repair": None, "last_cause": "start"}
 
+    def note_store() -> None:
+        store = source.status()   # a store's reachability; a plan file has none
+        if store is not None:
+            info["etcd"] = store
+
     def publish(resync: bool):
         info.update(ifindex=rec.ifindex, peers=[p.name for p in rec.want.peers]
                     if rec.want else [], last_pass=now())
-        store = source.status()
-        if store is not None:
-            info["etcd"] = store
+        note_store()
         if counting:
             info["counters"] = backend.counters()
         if resync:
@@ -214,14 +217,14 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
         if plan_fd in ready:
             got = source.take()
             if got is None:   # the source's own news (a store gone or back): say so
-                info["etcd"] = source.status()
+                note_store()
                 status.write(info)
-            if got is not None and isinstance(got[1], NodeRemoved):
+            elif isinstance(got[1], NodeRemoved):
                 log.info(f"{got[1]}: removing what this run made")
                 rec.teardown()
                 status.remove()
                 return 0
-            if got is not None and rec.reload(*got):
+            elif rec.reload(*got):
                 due, reasons = time.monotonic(), reasons + ["plan re-read"]
                 noticed = woke if noticed is None else noticed
         if probe_fd is not None and probe_fd in ready and prober.busy:

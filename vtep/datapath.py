@@ -191,7 +191,7 @@ class Datapath:
         flow_protos = FLOW_PROTOS
         fragment_bits = FRAGMENT_BITS
         csum = self.checksum_src is not None
-        fb = int.from_bytes
+        word_sum = checksum.word_sum
         put16 = U16.pack_into
         packets = octets = done = 0
         try:
@@ -229,13 +229,8 @@ class Datapath:
                 datagram = view[:size]
                 payload = size - UDP_HLEN  # counted as rx counts it: VXLAN header + frame
                 if csum:
-                    # RFC 1071 as one big integer modulo 0xFFFF (vtep/checksum.py), reduced
-                    # at once: the per-peer arithmetic below is then on small numbers. An odd
-                    # length pads a zero byte: times 256, which commutes with the modulo.
-                    s = fb(datagram, "big") % 0xFFFF
-                    if size & 1:
-                        s <<= 8
-                    s += size                # the pseudo-header's UDP length
+                    # summed once, reduced: the per-peer arithmetic is on small numbers
+                    s = word_sum(datagram) + size   # + the pseudo-header's UDP length
                 for peer, addr, pseudo in targets:
                     if csum:
                         c = (s + pseudo) % 0xFFFF
