@@ -274,6 +274,10 @@ FRAME_SENDER = r"""
 import json, socket, sys, time
 a = json.loads(sys.argv[1])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+if a.get("vnet"):
+    # PACKET_VNET_HDR: each frame starts with a virtio-net header, so a frame may be a
+    # GSO super-frame with a partial checksum, as a VM's virtio driver sends them
+    s.setsockopt(263, 15, 1)   # SOL_PACKET, PACKET_VNET_HDR
 s.bind((a["iface"], 0))
 for f in a["frames"]:
     s.send(bytes.fromhex(f))

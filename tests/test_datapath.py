@@ -40,7 +40,7 @@ def test_unicast_encapsulation_matches_scapy_byte_for_byte():
     assert data[8:16] == bytes([0x08, 0, 0, 0, 0, 0, 10, 0])  # I flag, VNI 10 (RFC 7348 s5)
     assert 32768 <= sport <= 60999
     # bytes count the VXLAN payload (header + frame), as the receiving side counts them
-    assert dp.counters.tx == [1, len(data) - 8]
+    assert dp.counters.tx[:2] == [1, len(data) - 8]
     assert dp.counters.peers[PEER_A][:2] == [1, len(data) - 8]
 
 
@@ -131,7 +131,7 @@ def test_too_big_is_dropped_and_counted_not_split_or_retried():
     frame = icmp_frame(size=1400)
     io.tap_in.append(frame)
     dp.tx_batch()
-    assert dp.counters.tx_drops["too-big"] == 1 and dp.counters.tx == [0, 0]
+    assert dp.counters.tx_drops["too-big"] == 1 and dp.counters.tx == [0, 0, 0]
     # one attempt with the whole datagram; no smaller pieces and no second try
     assert [len(d) for d, _ in io.tried] == [16 + len(frame)]
     assert io.sent == []
@@ -190,7 +190,7 @@ def test_receive_drops_bad_input_by_reason(data, src, reason):
     assert dp.counters.rx_drops[reason] == 1
     assert sum(dp.counters.rx_drops.values()) == 1
     assert io.tap_out == [icmp_frame()]
-    assert dp.counters.peers[PEER_B][2:] == [1, len(vx(icmp_frame()))]
+    assert dp.counters.peers[PEER_B][2:4] == [1, len(vx(icmp_frame()))]
 
 
 def test_accept_any_source():
@@ -295,14 +295,17 @@ def test_status_counters_after_known_traffic():
     tx_a = 8 + len(small) + 8 + len(big) + 8 + len(arp)
     rx_b = 8 + len(small) + 8 + len(big)
     assert dp.counters.to_dict() == {
-        "tx": {"packets": 4, "bytes": tx_a + 8 + len(arp)},
-        "rx": {"packets": 2, "bytes": rx_b},
-        "tx_drops": {"unknown-unicast": 1, "too-big": 0, "send-error": 0, "runt": 1},
+        # without offloads a frame is a datagram: the flooded ARP counts once per peer
+        "tx": {"packets": 4, "bytes": tx_a + 8 + len(arp), "frames": 4},
+        "rx": {"packets": 2, "bytes": rx_b, "frames": 2},
+        "tx_drops": {"unknown-unicast": 1, "too-big": 0, "send-error": 0, "runt": 1,
+                     "bad-offload": 0},
         "icmp_too_big": 0,
         "rx_drops": {"short": 0, "flags": 0, "reserved": 0, "vni": 1, "runt": 0,
                      "source": 0, "tap-write": 0},
-        "peers": {PEER_A: {"tx_packets": 3, "tx_bytes": tx_a, "rx_packets": 0, "rx_bytes": 0},
-                  PEER_B: {"tx_packets": 1, "tx_bytes": 8 + len(arp),
+        "peers": {PEER_A: {"tx_packets": 3, "tx_bytes": tx_a, "tx_frames": 3,
+                           "rx_packets": 0, "rx_bytes": 0},
+                  PEER_B: {"tx_packets": 1, "tx_bytes": 8 + len(arp), "tx_frames": 1,
                            "rx_packets": 2, "rx_bytes": rx_b}},
     }
 
@@ -348,8 +351,8 @@ def test_every_bad_frame_is_counted_and_the_loop_goes_on():
     assert [(d[16:], a) for d, a in io.sent] == [(good_a, (PEER_A, 4789)),
                                                   (good_b, (PEER_B, 4789))]
     assert dp.counters.tx_drops == {"unknown-unicast": 2, "too-big": 0, "send-error": 0,
-                                    "runt": 3}
-    assert dp.counters.tx == [2, 16 + len(good_a) - 8 + 16 + len(good_b) - 8]
+                                    "runt": 3, "bad-offload": 0}
+    assert dp.counters.tx[:2] == [2, 16 + len(good_a) - 8 + 16 + len(good_b) - 8]
 
 
 def test_a_peer_that_cannot_be_reached_does_not_stop_the_others():
@@ -371,13 +374,14 @@ def test_a_peer_that_cannot_be_reached_does_not_stop_the_others():
     dp.tx_batch()
     assert [a for _, a in io.sent] == [(PEER_B, 4789)] * 2
     assert dp.counters.tx_drops["send-error"] == 2 and dp.counters.tx_drops["too-big"] == 0
-    assert dp.counters.tx == [2, 2 * (8 + len(arp))]
-    assert dp.counters.peers == {PEER_A: [0, 0, 0, 0], PEER_B: [2, 2 * (8 + len(arp)), 0, 0]}
+    assert dp.counters.tx == [2, 2 * (8 + len(arp)), 2]
+    assert dp.counters.peers == {PEER_A: [0, 0, 0, 0, 0],
+                                 PEER_B: [2, 2 * (8 + len(arp)), 0, 0, 2]}
     failure = OSError(E.EMSGSIZE, "Message too long")
     io.tap_in.extend([arp, arp, arp])
     dp.tx_batch()
     assert dp.counters.tx_drops["send-error"] == 2 and dp.counters.tx_drops["too-big"] == 3
-    assert dp.counters.tx == [5, 5 * (8 + len(arp))]
+    assert dp.counters.tx[:2] == [5, 5 * (8 + len(arp))]
 
 
 def test_the_tap_going_away_is_reported_and_what_was_sent_is_counted():
@@ -396,7 +400,7 @@ def test_the_tap_going_away_is_reported_and_what_was_sent_is_counted():
     with pytest.raises(DeviceLost, match=r"^reading the TAP device: File descriptor in bad "
                                          r"state$"):
         dp.tx_batch()
-    assert len(io.sent) == 2 and dp.counters.tx == [2, 2 * (8 + len(icmp_frame()))]
+    assert len(io.sent) == 2 and dp.counters.tx[:2] == [2, 2 * (8 + len(icmp_frame()))]
 
 
 def test_receive_counts_a_failed_tap_write_and_goes_on():
@@ -415,8 +419,8 @@ def test_receive_counts_a_failed_tap_write_and_goes_on():
     assert dp.rx_batch() == 3
     assert io.tap_out == [frame]
     assert dp.counters.rx_drops["tap-write"] == 2
-    assert dp.counters.rx == [1, len(vx(frame))]
-    assert dp.counters.peers[PEER_A] == [0, 0, 1, len(vx(frame))]
+    assert dp.counters.rx == [1, len(vx(frame)), 1]
+    assert dp.counters.peers[PEER_A] == [0, 0, 1, len(vx(frame)), 0]
 
 
 def test_receive_from_an_unlisted_source_counts_no_peer():
@@ -424,9 +428,9 @@ def test_receive_from_an_unlisted_source_counts_no_peer():
     dp = make(io, accept_any_source=True)
     io.udp_in.extend([(vx(icmp_frame()), "10.9.9.9")] * 2)
     assert dp.rx_batch(budget=1) == 1 and dp.rx_batch(budget=5) == 1
-    assert dp.counters.rx == [2, 2 * len(vx(icmp_frame()))]
+    assert dp.counters.rx == [2, 2 * len(vx(icmp_frame())), 2]
     assert "10.9.9.9" not in dp.counters.peers
-    assert dp.counters.peers[PEER_A] == dp.counters.peers[PEER_B] == [0, 0, 0, 0]
+    assert dp.counters.peers[PEER_A] == dp.counters.peers[PEER_B] == [0, 0, 0, 0, 0]
 
 
 # ------------------------------------------------- ICMP too-big through the data path
@@ -499,13 +503,14 @@ def test_a_peer_added_by_a_reload_starts_from_zero():
     dp.tx_batch()
     mac_c = bytes.fromhex("0ac0ffee0001")
     dp.set_fdb({mac_c: "10.0.0.3"}, [PEER_A, "10.0.0.3"])
-    assert dp.counters.peers == {PEER_A: [1, 8 + len(icmp_frame()), 0, 0],
-                                 "10.0.0.3": [0, 0, 0, 0]}
+    assert dp.counters.peers == {PEER_A: [1, 8 + len(icmp_frame()), 0, 0, 1],
+                                 "10.0.0.3": [0, 0, 0, 0, 0]}
     io.tap_in.append(icmp_frame("0a:c0:ff:ee:00:01"))
     dp.tx_batch()
     assert io.sent[-1][1] == ("10.0.0.3", 4789)
     assert dp.counters.to_dict()["peers"]["10.0.0.3"] == {
-        "tx_packets": 1, "tx_bytes": 8 + len(icmp_frame()), "rx_packets": 0, "rx_bytes": 0}
+        "tx_packets": 1, "tx_bytes": 8 + len(icmp_frame()), "tx_frames": 1, "rx_packets": 0,
+        "rx_bytes": 0}
 
 
 def test_raw_send_sockets_get_port_zero_in_the_address():

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "carry it)")
     s.add_argument("--accept-any-source", action="store_true",
                    help="userspace: accept VXLAN from any source, not only the plan's nodes")
+    s.add_argument("--no-offload", dest="offload", action="store_false",
+                   help="userspace: one frame per system call (no TAP offloads, UDP GSO or "
+                        "GRO), to compare with the offload loops")
     e = s.add_argument_group("the cluster in etcd (instead of --config)")
     _etcd_args(e, required=False)
     e.add_argument("--name", metavar="N",

@@ -76,7 +76,8 @@ def run_config(args, mtu: int | None = None,
     return RunConfig(mode=args.mode, plan_path=args.config, node=args.node, device=args.device,
                      interval=float(args.interval), once=args.once, keep=args.keep,
                      replace=args.replace, df=args.df, state_dir=args.state_dir, mtu=mtu,
-                     reprobe=reprobe, accept_any_source=args.accept_any_source, etcd=etcd)
+                     reprobe=reprobe, accept_any_source=args.accept_any_source, etcd=etcd,
+                     offload=args.offload)
 
 
 def _check_source(args) -> None:
@@ -156,7 +157,7 @@ def reconciler(config: RunConfig, p) -> Reconciler:
     if config.mode == "kernel":
         backend = VxlanLink(links, node, config.df)
     else:
-        backend = TapLink(links, node, config.accept_any_source)
+        backend = TapLink(links, node, config.accept_any_source, config.offload)
     try:
         return Reconciler(p, config, backend, links, rtnl)
     except BaseException:
@@ -169,6 +170,9 @@ def _prepare(config: RunConfig) -> None:
     """What every run checks before it touches anything."""
     setup_logging()
     host.require_net_admin(f"vtep run --{config.mode}")
+    if config.mode == "kernel" and not config.offload:
+        raise UsageError("--no-offload applies to --userspace only: the kernel's vxlan device "
+                         "has its own offloads (ethtool -k)")
     if config.mode == "userspace":
         for flag in ("once", "keep"):
             if getattr(config, flag):

@@ -48,6 +48,7 @@ class RunConfig:
     # periodic resync (vtep.reprobe); None without `--mtu auto`
     reprobe: tuple[str, ...] | None = None
     accept_any_source: bool = False    # userspace: VXLAN from any source, not only peers
+    offload: bool = True               # userspace: TAP offloads, UDP GSO/GRO (vtep.offload)
     etcd: EtcdRun | None = None        # the plan comes from etcd instead of plan_path
 
     def __post_init__(self):

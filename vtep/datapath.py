@@ -41,33 +41,43 @@ FLOW_PROTOS = (inet.IPPROTO_TCP, inet.IPPROTO_UDP, inet.IPPROTO_SCTP)
 FRAGMENT_BITS = inet.IP_MF | inet.IP_OFFMASK  # set in every IPv4 fragment, first or later
 MAX_FRAME = 65535
 
-TX_DROPS = ("unknown-unicast", "too-big", "send-error", "runt")
+# bad-offload: a TAP super-frame or partial checksum whose headers do not add up
+# (vtep.segment refused it); only the offload loops (vtep.offload) count it
+TX_DROPS = ("unknown-unicast", "too-big", "send-error", "runt", "bad-offload")
 RX_DROPS = ("short", "flags", "reserved", "vni", "runt", "source", "tap-write")
 
 
 class Counters:
     """Packets and bytes each way, drops by reason, per peer. Plain ints in lists:
-    the loops update them with no allocation."""
+    the loops update them with no allocation.
+
+    Packets and bytes are the wire's: VXLAN datagrams, and their bytes from the VXLAN
+    header on. Frames are the TAP's: with offloads one frame read can be a 64 KiB
+    super-frame sent as dozens of datagrams, and one frame written can be dozens of
+    received datagrams coalesced; without offloads a frame is a datagram (a flooded
+    frame counts once per peer it went to)."""
 
     def __init__(self, peers):
-        self.tx = [0, 0]
-        self.rx = [0, 0]
+        self.tx = [0, 0, 0]   # datagrams, bytes, frames
+        self.rx = [0, 0, 0]
         self.tx_drops = dict.fromkeys(TX_DROPS, 0)
         self.icmp_too_big = 0  # errors sent back to inner senders (path MTU discovery)
         self.rx_drops = dict.fromkeys(RX_DROPS, 0)
-        self.peers = {ip: [0, 0, 0, 0] for ip in peers}  # tx pkts, tx bytes, rx pkts, rx bytes
+        # tx datagrams, tx bytes, rx datagrams, rx bytes, tx frames (TAP reads sent there)
+        self.peers = {ip: [0, 0, 0, 0, 0] for ip in peers}
 
     def to_dict(self) -> dict:
         return {
-            "tx": {"packets": self.tx[0], "bytes": self.tx[1]},
-            "rx": {"packets": self.rx[0], "bytes": self.rx[1]},
+            "tx": {"packets": self.tx[0], "bytes": self.tx[1], "frames": self.tx[2]},
+            "rx": {"packets": self.rx[0], "bytes": self.rx[1], "frames": self.rx[2]},
             "tx_drops": dict(self.tx_drops),
             "icmp_too_big": self.icmp_too_big,
             "rx_drops": dict(self.rx_drops),
             # peers that saw traffic: the status file is rewritten every second, and at
             # 20,000 peers a line for each would cost the data path a third of a second
-            "peers": {ip: {"tx_packets": c[0], "tx_bytes": c[1], "rx_packets": c[2],
-                           "rx_bytes": c[3]} for ip, c in self.peers.items() if c[0] or c[2]},
+            "peers": {ip: {"tx_packets": c[0], "tx_bytes": c[1], "tx_frames": c[4],
+                           "rx_packets": c[2], "rx_bytes": c[3]}
+                      for ip, c in self.peers.items() if c[0] or c[2]},
         }
 
 
@@ -170,7 +180,7 @@ class Datapath:
         self.route = {mac: ((ip, (ip, port), pseudo(ip)),) for mac, ip in self.fdb.items()}
         self.flood = tuple((ip, (ip, port), pseudo(ip)) for ip in self.peer_list)
         old = self.counters.peers
-        self.counters.peers = {ip: old.get(ip, [0, 0, 0, 0]) for ip in self.peer_list}
+        self.counters.peers = {ip: old.get(ip, [0, 0, 0, 0, 0]) for ip in self.peer_list}
 
     def tx_batch(self, budget: int = 64) -> int:
         """Move up to `budget` frames from the TAP device to the peers; returns frames read."""
@@ -242,7 +252,7 @@ class Datapath:
                     except OSError as e:
                         if e.errno == errno.EMSGSIZE:
                             drops["too-big"] += 1
-                            self.too_big(peer, n)
+                            self.too_big(peer, view[HEADROOM:size])
                         else:
                             drops["send-error"] += 1
                         continue
@@ -251,22 +261,25 @@ class Datapath:
                     c = per_peer[peer]
                     c[0] += 1
                     c[1] += payload
+                    c[4] += 1
         finally:
             tx = self.counters.tx
             tx[0] += packets
             tx[1] += octets
+            tx[2] += packets   # one datagram a frame
         return done
 
-    def too_big(self, peer: str, n: int) -> None:
-        """The frame in the tx buffer did not fit the path to `peer`: tell its sender
-        (ICMP "fragmentation needed" / "packet too big" through the TAP, RFC 7348 4.3)."""
+    def too_big(self, peer: str, frame) -> None:
+        """`frame` did not fit the path to `peer`: tell its sender (ICMP "fragmentation
+        needed" / "packet too big" through the TAP, RFC 7348 4.3). For a super-frame the
+        offload loop passes its first segment: what the sender would have sent without
+        offloads."""
         if self.path_mtu is None:
             return
         mtu = self.path_mtu(peer)
         if not mtu:
             return
-        err = icmp.too_big(self.txview[HEADROOM:HEADROOM + n], mtu - self.overhead,
-                           self.vtep_ips.get(peer))
+        err = icmp.too_big(frame, mtu - self.overhead, self.vtep_ips.get(peer))
         if err is None:
             return
         try:
@@ -318,6 +331,7 @@ class Datapath:
             rx = self.counters.rx
             rx[0] += packets
             rx[1] += octets
+            rx[2] += packets   # one TAP write a datagram
         return done
 
 

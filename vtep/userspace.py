@@ -29,15 +29,13 @@ it is mandatory and the kernel fills it in.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
 import os
 import socket
-import struct
 
-from . import datapath, host, state, wire
+from . import datapath, host, state, tapdev, vnet, wire
 from .errors import HostMismatch, Incompatible, VtepError
 from .inet import (IP_MTU, IP_MTU_DISCOVER, IP_PMTUDISC_DO, IPV6_CHECKSUM, IPV6_MTU,
                    IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
@@ -47,15 +45,7 @@ from .netlink import NetlinkRefused
 
 log = logging.getLogger("vtep")
 
-SO_ATTACH_FILTER = 26   # <asm-generic/socket.h>
-SOCKET_BUFFER = 4 << 20
-
-
-def _drop_all_filter(sock: socket.socket) -> None:
-    """Attach the one-instruction classic BPF program `ret #0`: receive nothing."""
-    insn = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("=HBBI", 0x06, 0, 0, 0))
-    prog = struct.pack("HP", 1, ctypes.addressof(insn))  # struct sock_fprog, native layout
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+SOCKET_BUFFER = tapdev.SOCKET_BUFFER
 
 
 def open_sockets(local: str, port: int) -> tuple[socket.socket, socket.socket]:
@@ -77,7 +67,7 @@ def open_sockets(local: str, port: int) -> tuple[socket.socket, socket.socket]:
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
     rx.setblocking(False)
     tx = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_UDP)
-    _drop_all_filter(tx)
+    tapdev.drop_all_filter(tx)
     tx.bind((local, 0))
     if v6:
         tx.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
@@ -99,8 +89,16 @@ class TapLink:
     kernel_fdb = False   # the fdb lives in the process (Datapath.fdb)
     df = None            # a TAP device has no DF policy: the raw socket always sets DF
 
-    def __init__(self, links: Links, node: str, accept_any_source: bool = False):
+    def __init__(self, links: Links, node: str, accept_any_source: bool = False,
+                 offload: bool = True):
         self.links, self.node, self.accept_any_source = links, node, accept_any_source
+        self.offload = offload          # False: --no-offload, the per-frame loops
+        self.vnet = False               # the open TAP has vnet headers and offloads on
+        self.offload_state = None       # what the log and the status say about offloads
+        self.pool: list[socket.socket] = []   # the offload loops' send sockets
+        self.gro = False
+        self.gso_mtu = None             # the MTU the TAP's gso_max_size was set for
+        self.op = None                  # the OffloadPath, when self.vnet
         self.ifindex: int | None = None
         self.tap = None
         self.rx = self.tx = None
@@ -121,6 +119,9 @@ class TapLink:
             links.note(f"rebinding UDP {dev.local} port {dev.port} (was "
                        f"{self.bound[0]} port {self.bound[1]})")
             self._close_sockets()
+        if self.tap is not None and self.vnet != (self._offload_refusal(dev) is None):
+            # a re-read plan changed udp_checksum: offloads go on or off with a new TAP
+            self._close_tap()
         msg = links.get(dev.name)
         created = False
         if msg is not None and (self.tap is None or msg["index"] != self.ifindex):
@@ -142,6 +143,13 @@ class TapLink:
             # --replace deleted above freed its port by now)
             self.rx, self.tx = open_sockets(dev.local, dev.port)
             self.bound = (dev.local, dev.port)
+            if self.offload:
+                try:
+                    self.pool = tapdev.send_pool(dev.local)
+                except OSError as e:
+                    self.pool = []
+                    self.offload_state = f"off: no UDP GSO on this kernel ({e.strerror})"
+                self.gro = tapdev.enable_gro(self.rx)
         if msg is None:
             self._close_tap()
             self._open_tap(dev)
@@ -156,6 +164,8 @@ class TapLink:
         links.mark(dev.name, idx, have.alias, self.node, self.mode)
         _, repairs = device_diffs(dev, have, under.index, {}, None)
         links.repair(dev, have, repairs)
+        if self.vnet and self.gso_mtu != dev.mtu:
+            self._set_gso_max_size(idx, dev.mtu)
         links.addresses(dev, idx)
         if not have.up:
             links.call(f"setting {dev.name} up", links.ipr.link, "set", index=idx, state="up")
@@ -173,18 +183,26 @@ class TapLink:
         # IPv4: the data path computes the UDP checksum (a raw IPv4 socket never does);
         # IPv6: the kernel fills it (IPV6_CHECKSUM, open_sockets)
         csum_src = socket.inet_aton(dev.local) if dev.udp_checksum and not v6 else None
-        if old is None or self.dp_for != (dev.vni, dev.port, self.rx, csum_src):
-            # new VNI, port, sockets or checksum: a new data path (the VNI is written once
-            # into its transmit buffer); the counters carry over
-            self.dp_for = (dev.vni, dev.port, self.rx, csum_src)
+        if self.vnet:
+            csum_src = None   # the kernel fills it: the sends are UDP sockets'
+        if old is None or self.dp_for != (dev.vni, dev.port, self.rx, csum_src, self.vnet):
+            # new VNI, port, sockets, checksum or loops: a new data path (the VNI is
+            # written once into its transmit buffer); the counters carry over
+            self.dp_for = (dev.vni, dev.port, self.rx, csum_src, self.vnet)
             self.dp = datapath.Datapath(
                 vni=dev.vni, port=dev.port, fdb={}, peers=(),
-                tap_readv=None, tap_write=None, sendto=self.tx.sendto, addr_port=0,
+                tap_readv=None, tap_write=None, sendto=self.tx.sendto,
+                # the offload loops send from UDP sockets: the address holds the port
+                addr_port=dev.port if self.vnet else 0,
                 recvfrom_into=self.rx.recvfrom_into, accept_any_source=self.accept_any_source,
                 path_mtu=self.path_mtu, overhead=wire.overhead(v6), checksum_src=csum_src)
             if old is not None:
                 self.dp.counters = old.counters
             self.dp_peers = None
+            self.op = None
+            if self.vnet:
+                from .offload import OffloadPath   # numpy: only the offload loops need it
+                self.op = OffloadPath(self.dp, self.tap.fileno(), self.pool, self.rx)
         if self.dp_peers is not want.peers:
             # a new desired state (first pass, plan re-read): a new fdb. Not on every pass:
             # at 20,000 peers rebuilding it costs a quarter of a second of forwarding
@@ -195,15 +213,59 @@ class TapLink:
             self.dp.overhead = wire.overhead(":" in dev.local)
             self.dp_peers = want.peers
         fd = self.tap.fileno()
+        if self.op is not None:
+            self.op.tap_fd = fd
+            self.dp.tap_write = self.op.tap_write   # ICMP errors, behind a vnet header
+            return
         self.dp.tap_readv = functools.partial(os.readv, fd)  # no Python frame per packet
         self.dp.tap_write = functools.partial(os.write, fd)
 
+    def _offload_refusal(self, dev: state.Device) -> str | None:
+        """Why this TAP runs the per-frame loops, or None when offloads are wanted."""
+        if not self.offload:
+            return "off: --no-offload"
+        if not dev.udp_checksum and ":" not in dev.local:
+            return "off: udp_checksum = false (UDP GSO always fills the outer checksum)"
+        if not self.pool:
+            return self.offload_state or "off: no UDP GSO"
+        return None
+
+    def _set_gso_max_size(self, idx: int, mtu: int) -> None:
+        size = tapdev.gso_max_size(mtu)
+        try:
+            self.links.ipr.link("set", index=idx, gso_max_size=size)
+        except Exception as e:   # noqa: BLE001 - an older kernel: sends are split instead
+            log.info(f"TAP gso_max_size {size} refused ({e}): super-frames go out in two "
+                     "sends")
+        self.gso_mtu = mtu
+
     def _open_tap(self, want: state.Device) -> None:
         import pytun   # only this backend needs it: the other commands run without it
+        refusal = self._offload_refusal(want)
+        flags = pytun.IFF_TAP | pytun.IFF_NO_PI
         try:
-            tap = pytun.TunTapDevice(name=want.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+            tap = pytun.TunTapDevice(name=want.name, flags=flags | (
+                vnet.IFF_VNET_HDR if refusal is None else 0))
+            if refusal is None:
+                names = tapdev.set_offloads(tap.fileno())
+                if names is None:
+                    # a TAP without offloads: reopened without vnet headers, whose
+                    # per-frame writes cost twice as much
+                    tap.close()
+                    refusal = "off: the TAP takes no offloads (TUNSETOFFLOAD refused)"
+                    tap = pytun.TunTapDevice(name=want.name, flags=flags)
         except pytun.Error as e:
             raise NetlinkRefused(f"creating TAP device {want.name}: {e}")
+        self.vnet = refusal is None
+        self.gso_mtu = None
+        if self.vnet:
+            state_ = (f"on: TAP {names}, UDP GSO over {len(self.pool)} source ports, "
+                      + ("UDP GRO" if self.gro else "no UDP GRO (one datagram a read)"))
+        else:
+            state_ = refusal + "; one frame a system call"
+        if state_ != self.offload_state:
+            log.info(f"offloads {state_}")
+            self.offload_state = state_
         tap.hwaddr = bytes.fromhex(want.mac.replace(":", ""))
         tap.mtu = want.mtu
         os.set_blocking(tap.fileno(), False)
@@ -227,10 +289,13 @@ class TapLink:
     def io(self) -> dict:
         if self.dp is None or self.tap is None or self.rx is None:
             return {}
-        return {self.tap.fileno(): self.dp.tx_batch, self.rx.fileno(): self.dp.rx_batch}
+        loops = self.op or self.dp
+        return {self.tap.fileno(): loops.tx_batch, self.rx.fileno(): loops.rx_batch}
 
     def counters(self) -> dict:
-        return self.dp.counters.to_dict() if self.dp else {}
+        if not self.dp:
+            return {}
+        return {**self.dp.counters.to_dict(), "offloads": self.offload_state}
 
     def remove(self, name: str, peers: int) -> bool:
         """Close our TAP: the kernel deletes it with its last fd, and its entries with it."""
@@ -267,10 +332,11 @@ class TapLink:
             return None
 
     def _close_sockets(self) -> None:
-        for s in (self.rx, self.tx, *self.mtu_socks.values()):
+        for s in (self.rx, self.tx, *self.mtu_socks.values(), *self.pool):
             if s is not None:
                 s.close()
         self.rx = self.tx = None
+        self.pool = []
         self.mtu_socks = {}
         self.bound = None
 

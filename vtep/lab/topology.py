@@ -23,7 +23,8 @@ seed.topology(); a newcomer reads Topology.start first.
 
 API:
 - Topology(prefix): add_node(name, forward=False) -> Node; add_link(a, b, a_if, b_if,
-  a_addr=None, b_addr=None, mtu=None, tx_offload=True, a_mac=None, b_mac=None) -> Link;
+  a_addr=None, b_addr=None, mtu=None, tx_offload=True, a_mac=None, b_mac=None,
+  a_gro=False) -> Link;
   add_route(node, dst, via); start() -> self; stop(); t[name] -> Node; t.nodes (dict);
   t.namespaces (created, in order).
 - Node: .name (logical), .ns (real namespace = prefix + name), .path (/run/netns/<ns>),
@@ -33,7 +34,9 @@ API:
   x type veth peer name y netns B`), so nothing ever exists in the root namespace.
   tx_offload=False turns tx checksum offload off on both ends: a veth otherwise leaves
   outer UDP checksums unfilled (CHECKSUM_PARTIAL), which a capture shows as bad and a
-  userspace VTEP would drop.
+  userspace VTEP would drop. a_gro=True turns GRO on at a's end (a veth's is off, a
+  real NIC's on): the userspace VTEP's UDP_GRO coalesces received datagrams only
+  when the device it receives on does GRO.
 """
 from __future__ import annotations
 
@@ -88,6 +91,7 @@ class Link:
     tx_offload: bool = True
     a_mac: str | None = None    # None: the kernel picks a random one
     b_mac: str | None = None
+    a_gro: bool = False         # GRO on at a's end, as on a real NIC (see the docstring)
 
     def create(self) -> None:
         a_mac = ["address", self.a_mac] if self.a_mac else []
@@ -99,6 +103,8 @@ class Link:
                 node.cmd(["ip", "link", "set", dev, "mtu", str(self.mtu)])
             if not self.tx_offload:
                 node.cmd(["ethtool", "-K", dev, "tx", "off"])
+            if self.a_gro and node is self.a:
+                node.cmd(["ethtool", "-K", dev, "gro", "on"])
             if addr:
                 node.cmd(["ip", "address", "add", addr, "dev", dev])
             node.cmd(["ip", "link", "set", dev, "up"])
@@ -146,8 +152,8 @@ class Topology:
     def add_link(self, a: Node, b: Node, a_if: str, b_if: str, a_addr: str | None = None,
                  b_addr: str | None = None, *, mtu: int | None = None,
                  tx_offload: bool = True, a_mac: str | None = None,
-                 b_mac: str | None = None) -> Link:
-        link = Link(a, b, a_if, b_if, a_addr, b_addr, mtu, tx_offload, a_mac, b_mac)
+                 b_mac: str | None = None, a_gro: bool = False) -> Link:
+        link = Link(a, b, a_if, b_if, a_addr, b_addr, mtu, tx_offload, a_mac, b_mac, a_gro)
         self.links.append(link)
         return link
 

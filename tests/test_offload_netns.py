@@ -1,0 +1,227 @@
+"""The userspace path's offloads (issue 11) on the seed topology, in network namespaces.
+
+What each test would catch:
+- segmented TCP on the wire: a super-frame read from the TAP with its virtio-net
+  header must leave as the same VXLAN datagrams the kernel's vxlan device makes of it
+  (inner headers, sequence numbers, flags, IDs and checksums byte for byte); a
+  segmenter that gets one field wrong differs from the kernel here.
+- a TCP stream through every pairing: data corrupted, lost or reordered by the
+  segmenter or the coalescer changes the sha256 the receiver computes; the counters
+  prove offloads were used (datagrams > TAP frames each way), not the fallback.
+- the fallbacks: --no-offload and udp_checksum = false run the per-frame loops and
+  say so in one log line and in the status.
+
+Underlay veths: tx checksum offload off (the seed's default, as every lab mixing the
+paths), GRO on at the nodes' ends (seed.topology: as a real NIC).
+"""
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from vtep.lab import seed
+from vtep.lab.topology import end_process
+import seedlab
+from seedlab import FRAME_SENDER, Vtep, run_py
+from test_userspace_netns import OUTER_UDP, capture, mask_outer
+
+pytestmark = pytest.mark.netns
+
+POD_IP, REMOTE = "172.2.0.2", "172.2.1.0"
+MSS = 1398          # a full segment: the overlay MTU 1450 less the IPv4 and TCP headers
+VNET = struct.Struct("<BBHHHH")   # virtio_net_hdr, written by hand (not vtep.vnet)
+
+
+def pseudo_sum(src: str, dst: str, length: int) -> int:
+    """The folded, uncomplemented TCP pseudo-header sum (RFC 793) a CHECKSUM_PARTIAL frame
+    carries in its checksum field; computed here from the RFC, not by vtep."""
+    words = [int.from_bytes(bytes(map(int, a.split("."))), "big") for a in (src, dst)]
+    s = sum(w >> 16 for w in words) + sum(w & 0xFFFF for w in words) + 6 + length
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def super_frames(pod_mac: str, node_mac: str) -> list[str]:
+    """TSO super-frames as a guest's virtio driver hands them over: a virtio-net header
+    (NEEDS_CSUM, GSO_TCPV4, the MSS) and one 64 KiB-class TCP packet whose checksum field
+    holds the pseudo-header sum. One ends in PSH, one in FIN with CWR on (CWR belongs on
+    the first segment only), one a short tail of 1 byte."""
+    out = []
+    cases = [(5 * MSS + 700, "PA", 0x5000), (3 * MSS, "FAC", 0x6000), (2 * MSS + 1, "A", 0xFFFF)]
+    for i, (size, flags, ident) in enumerate(cases):
+        payload = bytes((i * 7 + k) % 251 for k in range(size))
+        pkt = (Ether(src=pod_mac, dst=node_mac) / IP(src=POD_IP, dst=REMOTE, id=ident, flags="DF")
+               / TCP(sport=41000 + i, dport=5001, seq=0xFFFFF000 + i, ack=77, flags=flags,
+                     window=500) / Raw(payload))
+        raw = bytearray(bytes(pkt))
+        tcp_len = len(raw) - 34
+        struct.pack_into("!H", raw, 34 + 16, pseudo_sum(POD_IP, REMOTE, tcp_len))
+        hdr = VNET.pack(1, 1 | (0x80 if "C" in flags else 0), 54, MSS, 34, 16)
+        out.append((hdr + bytes(raw)).hex())
+    return out
+
+
+def test_segmented_tcp_leaves_as_the_kernel_path_sends_it(netns_prefix, plan_file, tmp_path):
+    t = seed.topology(netns_prefix + "o1-")
+    pod = t.add_node("pod-1")
+    # tx offload ON at the pod: its veth keeps the super-frame whole (GSO) as far as the
+    # node, which forwards it to vxlan0 (the kernel device, or vtep's TAP) unsegmented
+    t.add_link(pod, t["network-1"], "eth0", "vpod", f"{POD_IP}/24", "172.2.0.1/24")
+    with t:
+        n1, n2, router = t["network-1"], t["network-2"], t["router"]
+        n2.cmd(seedlab.VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
+        mac = {}
+        for node, dev in ((pod, "eth0"), (n1, "vpod")):
+            mac[node.name] = json.loads(node.cmd(["ip", "-j", "link", "show", dev]).stdout)[0][
+                "address"]
+        frames = super_frames(mac["pod-1"], mac["network-1"])
+
+        def send():
+            run_py(pod, FRAME_SENDER, {"iface": "eth0", "frames": frames, "vnet": True})
+
+        runs = {}
+        for mode in ("kernel", "userspace"):
+            v = Vtep(n1, mode, plan_file, tmp_path / f"state-{mode}")
+            try:
+                runs[mode] = capture(router, tmp_path / f"{mode}.pcap", send)
+                if mode == "userspace":
+                    c = v.wait_counters(lambda c: c["tx"]["frames"] >= 3)
+            finally:
+                assert v.stop() == 0, v.output()
+            if mode == "userspace":
+                assert "offloads on: TAP csum tso4 tso6" in v.output(), v.output()
+        k, u = runs["kernel"], runs["userspace"]
+        # 6 + 3 + 3 segments: 1 + ceil(size / MSS) each, counted by hand from the cases
+        assert len(k) == len(u) == 12, (len(k), len(u))
+        for i, (a, b) in enumerate(zip(k, u)):
+            assert mask_outer(a) == mask_outer(b), f"segment {i}: kernel vs userspace differ\n" \
+                f"{Ether(a).show(dump=True)}\n{Ether(b).show(dump=True)}"
+        # and what both sent is right by scapy's reading, not only equal
+        seq = {}
+        for f in u:
+            inner = Ether(f[OUTER_UDP + 16:])
+            tcp = inner[TCP]
+            again = Ether(bytes(inner))
+            del again[IP].chksum, again[TCP].chksum
+            again = Ether(bytes(again))
+            assert (again[IP].chksum, again[TCP].chksum) == (inner[IP].chksum, tcp.chksum)
+            seq.setdefault(tcp.sport, []).append((tcp.seq, len(tcp.payload), str(tcp.flags)))
+        assert seq[41000][0] == (0xFFFFF000, MSS, "A") and seq[41000][-1][2] == "PA"
+        assert [s for s, _, _ in seq[41001]] == [(0xFFFFF001 + j * MSS) % 2**32 for j in range(3)]
+        assert [f for _, _, f in seq[41001]] == ["AC", "A", "FA"]
+        assert [n for _, n, _ in seq[41002]] == [MSS, MSS, 1]
+        # the userspace side counted one TAP frame per super-frame, a datagram per segment
+        assert c["tx"]["frames"] == 3 and c["tx"]["packets"] == 12, c
+
+
+TCP_SINK = r"""
+import hashlib, json, socket, sys
+a = json.loads(sys.argv[1])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((a["ip"], a["port"]))
+s.listen(1)
+s.settimeout(a["limit"])
+print("listening", flush=True)
+c, _ = s.accept()
+c.settimeout(a["limit"])
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print(json.dumps({"bytes": n, "sha256": h.hexdigest()}), flush=True)
+"""
+
+TCP_SOURCE = r"""
+import hashlib, json, random, socket, sys
+a = json.loads(sys.argv[1])
+data = random.Random(a["seed"]).randbytes(a["size"])
+s = socket.create_connection((a["dst"], a["port"]), timeout=a["limit"],
+                             source_address=(a["src"], 0))
+s.sendall(data)
+s.close()
+print(json.dumps({"sha256": hashlib.sha256(data).hexdigest()}))
+"""
+VTEP_IP = {"network-1": "172.2.0.0", "network-2": "172.2.1.0"}
+SIZE = 24 << 20
+
+
+def transfer(src, dst, seed_):
+    sink = dst.popen([sys.executable, "-c", TCP_SINK,
+                      json.dumps({"ip": VTEP_IP[dst.name], "port": 5002, "limit": 30})],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "listening", sink.stderr.read()
+        sent = json.loads(run_py(src, TCP_SOURCE, {
+            "dst": VTEP_IP[dst.name], "src": VTEP_IP[src.name], "port": 5002, "size": SIZE,
+            "seed": seed_, "limit": 30}, timeout=60).stdout)
+        got = json.loads(sink.stdout.readline())
+    finally:
+        end_process(sink)
+        sink.stdout.close()
+        sink.stderr.close()
+    assert got == {"bytes": SIZE, "sha256": sent["sha256"]}
+
+
+@pytest.mark.parametrize("modes", [("userspace", "kernel"), ("kernel", "userspace"),
+                                   ("userspace", "userspace")], ids="-".join)
+def test_a_tcp_stream_is_delivered_whole_through_the_offloads(netns_prefix, plan_file,
+                                                             tmp_path, modes):
+    t = seed.topology(netns_prefix + "o2-")
+    with t:
+        nodes = [t["network-1"], t["network-2"]]
+        vteps = [Vtep(n, m, plan_file, tmp_path / f"state-{n.name}")
+                 for n, m in zip(nodes, modes)]
+        try:
+            transfer(nodes[0], nodes[1], 1)
+            transfer(nodes[1], nodes[0], 2)
+            for v, m in zip(vteps, modes):
+                if m != "userspace":
+                    continue
+                # 24 MiB each way: sent as super-frames (many datagrams per TAP read), and
+                # received coalesced (many datagrams per TAP write; GRO on the underlay)
+                c = v.wait_counters(lambda c: c["rx"]["packets"] > SIZE // 1500)
+                assert c["tx"]["packets"] > 4 * c["tx"]["frames"], c
+                assert c["rx"]["packets"] > 4 * c["rx"]["frames"], c
+                assert not any(c["rx_drops"].values()), c
+                assert c["offloads"].startswith("on: TAP csum tso4 tso6"), c
+                assert c["offloads"].endswith("UDP GRO"), c
+        finally:
+            for v in vteps:
+                assert v.stop() == 0, v.output()
+
+
+@pytest.mark.parametrize("how,line", [
+    ("--no-offload", "offloads off: --no-offload; one frame a system call"),
+    ("udp_checksum = false", "offloads off: udp_checksum = false (UDP GSO always fills the "
+                             "outer checksum); one frame a system call")])
+def test_without_offloads_the_per_frame_loops_run_and_say_so(netns_prefix, plan_file,
+                                                            tmp_path, how, line):
+    extra = [how] if how.startswith("--") else []
+    if not extra:
+        plan_file.write_text(plan_file.read_text().replace("[cluster]\n",
+                                                           f"[cluster]\n{how}\n"))
+    t = seed.topology(netns_prefix + "o3-")
+    with t:
+        n1, n2 = t["network-1"], t["network-2"]
+        n2.cmd(seedlab.VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
+        v = Vtep(n1, "userspace", plan_file, tmp_path / "state", *extra)
+        try:
+            transfer(n1, n2, 3)
+            c = v.wait_counters(lambda c: c["tx"]["packets"] > SIZE // 1500)
+            # one datagram a frame each way: no segmentation, no coalescing
+            assert c["tx"]["packets"] == c["tx"]["frames"], c
+            assert c["rx"]["packets"] == c["rx"]["frames"], c
+            assert c["offloads"] == line.removeprefix("offloads "), c
+        finally:
+            assert v.stop() == 0, v.output()
+        assert v.output().count("offloads ") == 1 and line in v.output(), v.output()
