@@ -43,7 +43,8 @@ removed in `finally`; every process it starts is ended by its PID):
    Exit status 1 if a step fails; with --strict also on a missed target.
 
 --profile DIR records each userspace VTEP with py-spy (pip install py-spy)
-during the first TCP run of each pairing, as collapsed stacks in DIR/<pairing>-<node>.folded
+during the TCP runs of each pairing's first repetition, as collapsed stacks in
+DIR/<pairing>-<1to2|2to1>-<node>.folded
 (flamegraph.pl or speedscope draw them; `--profile` slows the VTEP it samples).
 """
 from __future__ import annotations
@@ -185,7 +186,7 @@ class Pairing:
                     raise BenchError(f"{self.name}: iperf3 server in {dst} did not start")
                 time.sleep(0.05)
             if profile:
-                spies = self.spy(profile, seconds)
+                spies = self.spy(profile, seconds, f"{src[-1]}to{dst[-1]}")
             r = sn.cmd(["iperf3", "-c", VTEP_IP[dst], "-B", VTEP_IP[src], "-p", str(IPERF_PORT),
                         "-t", str(seconds), "-J", "--connect-timeout", "3000", *extra],
                        check=False, timeout=seconds + 20)
@@ -205,14 +206,14 @@ class Pairing:
             for s in spies:
                 end(s, grace=15)
 
-    def spy(self, outdir, seconds):
+    def spy(self, outdir, seconds, tag):
         exe = shutil.which("py-spy")
         if not exe:
             raise BenchError("--profile needs py-spy (pip install py-spy)")
         spies = []
         for node, mode in zip(NODES, self.modes):
             if mode == "userspace":
-                out = os.path.join(outdir, f"{self.name}-{node}.folded")
+                out = os.path.join(outdir, f"{self.name}-{tag}-{node}.folded")
                 spies.append(subprocess.Popen(
                     [exe, "record", "-r", "500", "-d", str(seconds), "-f", "raw", "-o", out, "-p",
                      str(self.procs[node]["pid"])], stdout=subprocess.DEVNULL,
@@ -299,7 +300,7 @@ class Pairing:
             k0 = self.kernel_drops()
             a, b = NODES
             self.result["tcp"] = {f"{a}->{b}": self.tcp(a, b, profile),
-                                  f"{b}->{a}": self.tcp(b, a)}
+                                  f"{b}->{a}": self.tcp(b, a, profile)}
             time.sleep(1.2)  # the status file is republished every second
             self.result["counters_after_tcp"] = self.counters()
             k1 = self.kernel_drops()

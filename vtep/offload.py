@@ -37,7 +37,7 @@ from .datapath import FLOW_PROTOS, FRAGMENT_BITS, INNER, SPORT_BASE, SPORT_SPAN,
 from .errors import DeviceLost
 from .inet import ETH_P_IP
 from .segment import Segmenter, SegmentError, complete_checksum
-from .tapdev import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT
+from .tapdev import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, POOL, SOL_UDP, UDP_GRO, UDP_SEGMENT
 from .wire import FLAGS_WORD_I, HEADER_LEN, pack_into
 
 RX_BUFFER = 8 << 16   # received datagrams coalesced at once: 8 reads of up to 64 KiB
