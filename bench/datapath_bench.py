@@ -43,8 +43,8 @@ removed in `finally`; every process it starts is ended by its PID):
    Exit status 1 if a step fails; with --strict also on a missed target.
 
 --profile DIR records each userspace VTEP with py-spy (pip install py-spy)
-during the TCP runs of each pairing's first repetition, as collapsed stacks in
-DIR/<pairing>-<1to2|2to1>-<node>.folded
+during the TCP and UDP runs of each pairing's first repetition, as collapsed stacks in
+DIR/<pairing>-<tcp|udp><1to2|2to1>-<node>.folded
 (flamegraph.pl or speedscope draw them; `--profile` slows the VTEP it samples).
 """
 from __future__ import annotations
@@ -186,7 +186,8 @@ class Pairing:
                     raise BenchError(f"{self.name}: iperf3 server in {dst} did not start")
                 time.sleep(0.05)
             if profile:
-                spies = self.spy(profile, seconds, f"{src[-1]}to{dst[-1]}")
+                kind = "udp" if "-u" in extra else "tcp"
+                spies = self.spy(profile, seconds, f"{kind}{src[-1]}to{dst[-1]}")
             r = sn.cmd(["iperf3", "-c", VTEP_IP[dst], "-B", VTEP_IP[src], "-p", str(IPERF_PORT),
                         "-t", str(seconds), "-J", "--connect-timeout", "3000", *extra],
                        check=False, timeout=seconds + 20)
@@ -204,7 +205,11 @@ class Pairing:
         finally:
             end(server)
             for s in spies:
-                end(s, grace=15)
+                try:   # py-spy writes its file when its -d seconds are up: let it
+                    s.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pass
+                end(s)
 
     def spy(self, outdir, seconds, tag):
         exe = shutil.which("py-spy")
@@ -215,9 +220,9 @@ class Pairing:
             if mode == "userspace":
                 out = os.path.join(outdir, f"{self.name}-{tag}-{node}.folded")
                 spies.append(subprocess.Popen(
-                    [exe, "record", "-r", "500", "-d", str(seconds), "-f", "raw", "-o", out, "-p",
+                    [exe, "record", "-r", "500", "-d", str(max(1, int(seconds))), "-f", "raw", "-o", out, "-p",
                      str(self.procs[node]["pid"])], stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL))
+                    stderr=open(out + ".log", "w")))
         time.sleep(0.5)  # attached before the traffic starts
         return spies
 
@@ -245,9 +250,9 @@ class Pairing:
         return {"gbps": end_["sum_received"]["bits_per_second"] / 1e9,
                 "retransmits": end_["sum_sent"].get("retransmits"), "vtep_cpu": cpu}
 
-    def udp(self, src, dst):
+    def udp(self, src, dst, profile=None):
         doc = self.iperf(src, dst, ["-u", "-l", "64", "-b", self.args.udp_rate],
-                         self.args.udp_time)
+                         self.args.udp_time, profile)
         end_ = doc["end"]
         # iperf3 3.12: end.sum is the receiver's account (from the server) for UDP
         s = end_.get("sum_received") or end_["sum"]
@@ -304,7 +309,8 @@ class Pairing:
             time.sleep(1.2)  # the status file is republished every second
             self.result["counters_after_tcp"] = self.counters()
             k1 = self.kernel_drops()
-            self.result["udp64"] = {f"{a}->{b}": self.udp(a, b), f"{b}->{a}": self.udp(b, a)}
+            self.result["udp64"] = {f"{a}->{b}": self.udp(a, b, profile),
+                                    f"{b}->{a}": self.udp(b, a, profile)}
             time.sleep(1.2)
             self.result["counters_end"] = self.counters()
             k2 = self.kernel_drops()

@@ -37,7 +37,7 @@ from .datapath import FLOW_PROTOS, FRAGMENT_BITS, INNER, SPORT_BASE, SPORT_SPAN,
 from .errors import DeviceLost
 from .inet import ETH_P_IP
 from .segment import Segmenter, SegmentError, complete_checksum
-from .tapdev import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, POOL, SOL_UDP, UDP_GRO, UDP_SEGMENT
+from .tapdev import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT
 from .wire import FLAGS_WORD_I, HEADER_LEN, pack_into
 
 RX_BUFFER = 8 << 16   # received datagrams coalesced at once: 8 reads of up to 64 KiB
@@ -86,6 +86,7 @@ class OffloadPath:
         per_peer = dp.counters.peers
         drops = dp.counters.tx_drops
         sends = self.sends
+        pool = len(sends)
         inner = INNER.unpack_from
         vhead = vnet.HEADER.unpack_from
         crc32 = zlib.crc32
@@ -119,7 +120,7 @@ class OffloadPath:
                     sport = crc32(buf[HEADER_LEN + 26:HEADER_LEN + 38])
                 else:
                     sport = datapath.flow_port(buf, HEADER_LEN, n) - SPORT_BASE
-                sock = sport % SPORT_SPAN % POOL
+                sock = sport % SPORT_SPAN % pool
                 flags, gso_type, _, gso_size, start, offset = vhead(hdr)
                 if gso_type:
                     try:
@@ -192,12 +193,19 @@ class OffloadPath:
         """EMSGSIZE (a datagram over the path MTU, DF set) or EINVAL (a UDP_SEGMENT size
         over it: udp_send_skb checks the segment size against the path) are "too big":
         the inner sender hears of it as it would for one frame that size."""
-        drops = self.dp.counters.tx_drops
-        if e.errno in (errno.EMSGSIZE, errno.EINVAL):
-            drops["too-big"] += 1
-            self.dp.too_big(peer, first)
-        else:
+        dp = self.dp
+        drops = dp.counters.tx_drops
+        if e.errno == errno.EINVAL:
+            # EINVAL has other causes: too big only when the segment exceeds the path
+            mtu = dp.path_mtu(peer) if dp.path_mtu else None
+            if not mtu or len(first) - 14 + dp.overhead <= mtu:
+                drops["send-error"] += 1
+                return
+        elif e.errno != errno.EMSGSIZE:
             drops["send-error"] += 1
+            return
+        drops["too-big"] += 1
+        dp.too_big(peer, first)
 
     def tap_write(self, frame) -> int:
         """One plain frame to the TAP (an ICMP error): behind an all-zero vnet header."""

@@ -96,6 +96,7 @@ class TapLink:
         self.vnet = False               # the open TAP has vnet headers and offloads on
         self.offload_state = None       # what the log and the status say about offloads
         self.pool: list[socket.socket] = []   # the offload loops' send sockets
+        self.gso_error: str | None = None     # why the kernel gave no UDP GSO sockets
         self.gro = False
         self.gso_mtu = None             # the MTU the TAP's gso_max_size was set for
         self.op = None                  # the OffloadPath, when self.vnet
@@ -148,7 +149,7 @@ class TapLink:
                     self.pool = tapdev.send_pool(dev.local)
                 except OSError as e:
                     self.pool = []
-                    self.offload_state = f"off: no UDP GSO on this kernel ({e.strerror})"
+                    self.gso_error = f"off: no UDP GSO on this kernel ({e.strerror})"
                 self.gro = tapdev.enable_gro(self.rx)
         if msg is None:
             self._close_tap()
@@ -226,9 +227,7 @@ class TapLink:
             return "off: --no-offload"
         if not dev.udp_checksum and ":" not in dev.local:
             return "off: udp_checksum = false (UDP GSO always fills the outer checksum)"
-        if not self.pool:
-            return self.offload_state or "off: no UDP GSO"
-        return None
+        return self.gso_error
 
     def _set_gso_max_size(self, idx: int, mtu: int) -> None:
         size = tapdev.gso_max_size(mtu)
