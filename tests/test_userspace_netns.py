@@ -488,6 +488,9 @@ def test_errors(netns_prefix, plan_file, tmp_path):
 
         one_line(n1.cmd(run + ["--once"], check=False), 2, "--once", "--userspace")
         one_line(n1.cmd(run + ["--keep"], check=False), 2, "--keep")
+        kernel = [a if a != "--userspace" else "--kernel" for a in run]
+        one_line(n1.cmd(kernel + ["--no-offload"], check=False), 2, "--no-offload",
+                 "--userspace only")
         # the port held by a kernel vxlan device in the same namespace
         n1.cmd(["ip", "link", "add", "vxo", "type", "vxlan", "id", "10", "dstport", "4789",
                 "local", N1_IP, "dev", "eth0"])
