@@ -557,3 +557,215 @@ def test_any_batch_delivers_each_flows_bytes_once_in_order(batch):
             if (in4_chksum if IP in p else in6_chksum)(6, ip, bytes(p[TCP])) == 0:
                 valid.add((flow_of(p), p[TCP].seq, bytes(p[TCP].payload)))
     assert all(u in valid for u in check_writes.merged)
+
+
+# ---------------------------------------------------------------- plan_runs: UDP GRO reads
+
+
+def gro(reads, start=8):
+    """A receive buffer as offload.rx_batch fills it from UDP GRO reads: each read's
+    datagrams back to back (VXLAN header + frame, all as long as the first but the last),
+    each read starting even. Returns the buffer, the runs and the frames expanded."""
+    buf = bytearray(start)
+    runs, spans = [], []
+    for frames in reads:
+        stride = len(frames[0]) + 8
+        assert all(len(f) == len(frames[0]) for f in frames[:-1])
+        assert len(frames[-1]) <= len(frames[0])
+        runs.append((len(buf) + 8, stride, len(frames), len(frames[-1])))
+        for f in frames:
+            buf += b"\x08" + bytes(7)
+            spans.append((len(buf), len(f)))
+            buf += f
+        buf += bytes(len(buf) & 1)
+    buf += bytes(64)
+    return buf, runs, spans
+
+
+def run_gro(reads, coalescer=None):
+    """plan_runs on the reads, checked with scapy (check_writes) and against plan() on
+    the same frames expanded, in a copy of the buffer: the same bytes, write by write,
+    and the same frame counts. Returns the shape and the writes."""
+    buf, runs, spans = gro(reads)
+    twin = bytearray(buf)
+    writes = (coalescer or Coalescer()).plan_runs(buf, runs)
+    got = [(b"".join(bytes(x) for x in iov), count) for iov, count in writes]
+    want = [(b"".join(bytes(x) for x in iov), count)
+            for iov, count in Coalescer().plan(twin, spans)]
+    assert got == want
+    shape = check_writes(writes, [f for frames in reads for f in frames])
+    return shape, writes
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("options", ["ts", "none"])
+@pytest.mark.parametrize("last", [1398, 700, 1])
+def test_plan_runs_one_read_is_one_super_frame_in_few_iovecs(v6, options, last):
+    opts = TS if options == "ts" else []
+    frames = stream([1398] * 44 + [last], v6=v6, options=opts)
+    shape, writes = run_gro([frames])
+    assert shape == [45]
+    (iov, _), = writes
+    # the fast path: the headers, the first frame, the copied payloads, the last one's
+    assert len(iov) <= 4
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_plan_runs_psh_on_the_last_segment(v6):
+    frames = stream([1398] * 10, v6=v6)
+    frames[-1] = rebuild(frames[-1], TCP, flags="PA")
+    shape, writes = run_gro([frames])
+    assert shape == [10]
+    assert Ether(b"".join(map(bytes, writes[0][0][1:])))[TCP].flags == "PA"
+
+
+@pytest.mark.parametrize("count, shape", [(64, [64]), (65, [64, 1]), (130, [64, 64, 2])])
+def test_plan_runs_at_most_max_segments(count, shape):
+    assert run_gro([stream([500] * count)])[0] == shape
+
+
+@pytest.mark.parametrize("last, shape", [(13095, [5]), (13096, [4, 1])])
+def test_plan_runs_64k_limit_is_exact(last, shape):
+    assert run_gro([stream([13100] * 4 + [last], options=[])])[0] == shape
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_plan_runs_a_flow_over_several_reads_splits_at_64k(v6):
+    frames = stream([1398] * 135, v6=v6)
+    shape, _ = run_gro([frames[:45], frames[45:90], frames[90:]])
+    assert shape == [46, 46, 43]
+
+
+def test_plan_runs_odd_segment_size_and_sequence_wrap():
+    assert run_gro([stream([999] * 20, seq=2**32 - 5000)])[0] == [20]
+
+
+@pytest.mark.parametrize("where", [0, 1, 2, 20, 43, 44])
+@pytest.mark.parametrize("at", ["payload", "last-byte", "ip-checksum", "window"])
+def test_plan_runs_one_bad_checksum_anywhere(where, at):
+    frames = stream([1398] * 45)
+    frames[where] = {"payload": lambda f: corrupt(f, 14 + 20 + 32 + 700),
+                     "last-byte": corrupt, "ip-checksum": bad_ip_checksum,
+                     "window": lambda f: corrupt(f, 14 + 20 + 14)}[at](frames[where])
+    shape, _ = run_gro([frames])
+    assert sum(shape) == 45 and 1 in shape and max(shape) < 45
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_plan_runs_a_read_mixing_two_flows(v6):
+    a = stream([1398] * 20, sport=1111, v6=v6)
+    b = stream([1398] * 20, sport=2222, v6=v6)
+    assert run_gro([[x for pair in zip(a, b) for x in pair]])[0] == [20, 20]
+    # B between two stretches of A does not close A's super-frame
+    assert run_gro([a[:10] + b[:10] + a[10:]])[0] == [20, 10]
+
+
+@pytest.mark.parametrize("kind", ["fin", "syn", "pure-ack", "psh", "rst", "cwr", "ethertype",
+                                  "dst-mac"])
+def test_plan_runs_a_control_segment_inside_a_read(kind):
+    frames = stream([1000] * 12)
+    if kind == "ethertype":
+        # the same bytes but not IPv4 (an experimental EtherType): written alone
+        frames[6] = frames[6][:12] + b"\x88\xb5" + frames[6][14:]
+    elif kind == "dst-mac":
+        frames[6] = rebuild(frames[6], Ether, dst=MAC_C)
+    elif kind == "pure-ack":
+        # a frame as long as the others, padded, so the read keeps its shape
+        frames[6] = seg(Ether(frames[6])[TCP].seq, 0) + bytes(1000)
+    else:
+        fl = {"fin": "FA", "syn": "SA", "psh": "PA", "rst": "RA", "cwr": "AC"}[kind]
+        frames[6] = rebuild(frames[6], TCP, flags=fl)
+    shape, _ = run_gro([frames])
+    assert sum(shape) == 12 and len(shape) >= 2
+
+
+def test_plan_runs_a_sequence_gap_inside_a_read():
+    frames = stream([1000] * 6) + stream([1000] * 6, seq=1_000_000 + 7000)
+    assert run_gro([frames])[0] == [6, 6]
+
+
+def test_plan_runs_a_changed_header_inside_a_read():
+    frames = stream([1000] * 12)
+    frames = frames[:5] + [rebuild(f, IP, ttl=63) for f in frames[5:]]
+    assert run_gro([frames])[0] == [5, 7]
+
+
+def test_plan_runs_reads_interleaving_flows():
+    a = stream([1398] * 60, sport=1111)
+    b = stream([1000] * 30, sport=2222, v6=True)
+    acks = [seg(777, 0, sport=5201, dport=40000) for _ in range(3)]
+    reads = [a[:20], b[:15], [acks[0]], a[20:40], b[15:], acks[1:], a[40:]]
+    shape, _ = run_gro(reads)
+    assert shape == [46, 30, 1, 1, 1, 14]
+
+
+def test_plan_runs_single_datagram_reads():
+    frames = stream([1000] * 6)
+    assert run_gro([[f] for f in frames])[0] == [6]
+
+
+def test_plan_runs_reuses_its_coalescer():
+    c = Coalescer()
+    for k in range(3):
+        assert run_gro([stream([1398] * 45, v6=k == 1)], coalescer=c)[0] == [45]
+
+
+@st.composite
+def gro_reads(draw):
+    """Reads of random flows as UDP GRO returns them: equal-length frames (the last may
+    be shorter), with corruptions, control flags, gaps, other flows mixed in."""
+    nflows = draw(st.integers(1, 3))
+    state = [dict(seq=draw(st.integers(0, 2**32 - 1)), v6=draw(st.booleans()),
+                  mss=draw(st.sampled_from([7, 536, 1398, 1448]))) for _ in range(nflows)]
+    reads = []
+    for _ in range(draw(st.integers(1, 5))):
+        f = draw(st.integers(0, nflows - 1))
+        mss = state[f]["mss"]
+        frames = []
+        for k in range(draw(st.integers(1, 24))):
+            g = f if draw(st.integers(0, 9)) else draw(st.integers(0, nflows - 1))
+            fs = state[g]
+            kind = draw(st.sampled_from(["full"] * 12 + ["bad", "psh", "fin", "ack", "gap",
+                                                         "newack", "badip"]))
+            if kind == "gap":
+                fs["seq"] = (fs["seq"] + 100) & 0xFFFFFFFF
+            flags = {"psh": "PA", "fin": "FA"}.get(kind, "A")
+            size = 0 if kind == "ack" else fs["mss"]
+            frame = seg(fs["seq"], size, v6=fs["v6"], flags=flags, sport=1000 + g,
+                        ack=900 if kind == "newack" else 777)
+            if kind == "bad":
+                frame = corrupt(frame, -1 - draw(st.integers(0, max(size - 1, 0))))
+            if kind == "badip" and not fs["v6"]:
+                frame = bad_ip_checksum(frame)
+            fs["seq"] = (fs["seq"] + size + (kind == "fin")) & 0xFFFFFFFF
+            frames.append(frame)
+        # a read's frames are all as long as its first (pad or drop those that are not)
+        n = len(frames[0])
+        frames = [f + bytes(n - len(f)) if len(f) < n else f for f in frames if len(f) <= n]
+        if draw(st.booleans()):
+            # a short last one: the next segment of the read's flow
+            fs = state[f]
+            size = draw(st.integers(1, mss))
+            frames.append(seg(fs["seq"], size, v6=fs["v6"], sport=1000 + f))
+            fs["seq"] = (fs["seq"] + size) & 0xFFFFFFFF
+            if len(frames[-1]) > n:
+                frames.pop()
+        reads.append(frames)
+    return reads
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gro_reads())
+def test_plan_runs_equals_plan_on_any_reads(reads):
+    # run_gro: the same bytes and counts as plan() on the frames expanded, and every
+    # write passes the scapy checker (each flow's data once, in order, valid, <= 64 KiB)
+    run_gro(reads)
+    valid = set()
+    for frames in reads:
+        for f in frames:
+            p = Ether(f)
+            if TCP in p:
+                ip = p[IP] if IP in p else p[IPv6]
+                if (in4_chksum if IP in p else in6_chksum)(6, ip, bytes(p[TCP])) == 0:
+                    valid.add((flow_of(p), p[TCP].seq, bytes(p[TCP].payload)))
+    assert all(u in valid for u in check_writes.merged)
