@@ -31,6 +31,8 @@ import socket
 import struct
 import zlib
 
+import numpy as np
+
 from . import datapath, vnet
 from .coalesce import Coalescer
 from .datapath import FLOW_PROTOS, FRAGMENT_BITS, INNER, SPORT_BASE, SPORT_SPAN, VXLAN_WORD
@@ -44,6 +46,15 @@ RX_BUFFER = 8 << 16   # received datagrams coalesced at once: 8 reads of up to 6
 ANCILLARY = socket.CMSG_SPACE(4)
 _U16 = struct.Struct("=H")
 _INT = struct.Struct("=i")
+
+
+VECTOR_MIN = 8         # datagrams in a read from which numpy checks their headers at once
+
+
+def _all_headers(buf, pos: int, stride: int, count: int, expect: int) -> bool:
+    """Whether the `count` VXLAN headers at pos, pos + stride, ... are all `expect`: one
+    strided numpy view in place of a loop over the read's datagrams."""
+    return bool((np.ndarray((count,), ">u8", buf, pos, (stride,)) == expect).all())
 
 
 class OffloadPath:
@@ -223,8 +234,9 @@ class OffloadPath:
         per_peer = dp.counters.peers
         drops = dp.counters.rx_drops
         min_dgram = datapath.MIN_DATAGRAM
-        frames: list[tuple[int, int]] = []
-        add = frames.append
+        runs: list[tuple[int, int, int, int]] = []   # Coalescer.plan_runs: one a read
+        add = runs.append
+        all_good = _all_headers
         limit = RX_BUFFER - datapath.MAX_FRAME
         packets = octets = done = pos = writes = 0
         try:
@@ -243,17 +255,27 @@ class OffloadPath:
                 if allowed is not None and src not in allowed:
                     drops["source"] += -(-n // seg) if n else 1
                     continue
-                got = got_bytes = 0
-                off = pos
-                while off < end:
-                    m = seg if off + seg <= end else end - off
-                    if m < min_dgram or word(buf, off)[0] != expect:
-                        drops[datapath.rx_reason(view[off:off + m], m, expect)] += 1
-                    else:
-                        add((off + HEADER_LEN, m - HEADER_LEN))
-                        got += 1
-                        got_bytes += m
-                    off += m
+                count = -(-n // seg)
+                last = n - (count - 1) * seg
+                if last >= min_dgram and (
+                        all_good(buf, pos, seg, count, expect) if count >= VECTOR_MIN
+                        else all(word(buf, off)[0] == expect for off in range(pos, end, seg))):
+                    # the common case: every datagram of the read is well-formed VXLAN of
+                    # our VNI, and the read is one run for the coalescer
+                    add((pos + HEADER_LEN, seg, count, last - HEADER_LEN))
+                    got, got_bytes = count, n
+                else:
+                    got = got_bytes = 0
+                    off = pos
+                    while off < end:
+                        m = seg if off + seg <= end else end - off
+                        if m < min_dgram or word(buf, off)[0] != expect:
+                            drops[datapath.rx_reason(view[off:off + m], m, expect)] += 1
+                        else:
+                            add((off + HEADER_LEN, m, 1, m - HEADER_LEN))
+                            got += 1
+                            got_bytes += m
+                        off += m
                 if not n:
                     drops["short"] += 1
                 pos = end + (end & 1)   # keep every read's start even (16-bit sums)
@@ -263,10 +285,10 @@ class OffloadPath:
                 if c is not None:
                     c[2] += got
                     c[3] += got_bytes
-            if frames:
+            if runs:
                 writev = os.writev
                 fd = self.tap_fd
-                for iov, count in self.coalescer.plan(buf, frames):
+                for iov, count in self.coalescer.plan_runs(buf, runs):
                     try:
                         writev(fd, iov)
                     except OSError:
