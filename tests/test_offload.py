@@ -200,3 +200,34 @@ def test_a_gro_read_is_split_checked_and_merged(rig, bad):
     assert c["rx"]["bytes"] == sum(len(segs[i]) for i in keep)
     assert c["rx_drops"]["vni"] == (bad is not None)
     assert frames == (1 if bad in (None, 0, 9) else 2)   # merged around the gap
+
+
+def test_small_frames_of_one_flow_go_in_one_send_in_order(rig):
+    """Five pure ACKs, a shorter frame of the same flow, then a frame of another flow: the
+    first six leave in one UDP_SEGMENT send (the shorter one last), the seventh on its
+    own, all in the order read and each the VXLAN header and its frame. Catches a train
+    that reorders, drops its short tail, or is not flushed at the end of a batch."""
+    acks = [bytes(Ether(dst=DST_MAC) / IP(src="172.2.0.2", dst="172.2.1.9")
+                  / TCP(sport=1000, dport=2000, seq=i, flags="A")) for i in range(5)]
+    short = acks[0][:-4]              # fewer bytes: a train's last datagram may be shorter
+    other = bytes(Ether(dst=DST_MAC) / IP(src="172.2.0.2", dst="172.2.1.9")
+                  / TCP(sport=1001, dport=2000, flags="A"))
+    calls = []
+
+    def counting(i):
+        real = rig.op.sendmsgs[i]
+
+        def sendmsg(bufs, cmsg, flags, addr):
+            calls.append((len(bufs[0]), cmsg[0][2]))
+            return real(bufs, cmsg, flags, addr)
+        return sendmsg
+    rig.op.sendmsgs = tuple(counting(i) for i in range(len(rig.op.sendmsgs)))
+    for f in acks + [short, other]:
+        rig.tap.send(vnet.ZERO + f)
+    assert rig.op.tx_batch() == 7
+    got = datagrams(rig.peer, 7)
+    assert got == [VX + f for f in acks + [short, other]]
+    assert calls == [(5 * (8 + len(acks[0])) + 8 + len(short),
+                      struct.pack("=H", 8 + len(acks[0])))]
+    c = rig.dp.counters.to_dict()["tx"]
+    assert c == {"packets": 7, "frames": 7, "bytes": sum(len(g) for g in got)}
