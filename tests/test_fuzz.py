@@ -501,4 +501,4 @@ def test_receive_delivers_exactly_the_valid_datagrams(datagrams, any_source):
             delivered.append(data[8:])
     assert io.tap_out == delivered
     assert {k: v for k, v in dp.counters.rx_drops.items() if v} == dict(drops)
-    assert dp.counters.rx == [len(delivered), sum(len(d) + 8 for d in delivered)]
+    assert dp.counters.rx == [len(delivered), sum(len(d) + 8 for d in delivered), len(delivered)]

@@ -626,7 +626,7 @@ def test_without_net_admin_nothing_is_touched(monkeypatch, plan):
                      replace=False, df=None, interval=10.0, state_dir="/nonexistent",
                      mtu=None, accept_any_source=False, etcd=None, etcd_prefix="/vtep",
                      etcd_cacert=None, etcd_cert=None, etcd_key=None, name=None,
-                     underlay_ip=None, ttl=20)
+                     underlay_ip=None, ttl=20, offload=True)
     for mode in ("kernel", "userspace"):
         for once in (True, False):
             args.once, args.mode = once, mode

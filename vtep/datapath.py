@@ -122,9 +122,10 @@ class Datapath:
     the calls themselves: buffers, views and the peers' (ip, port) addresses
     are made once (addresses again by set_fdb), one struct call decodes what
     forwarding and the flow hash need, and the total counters are added up in
-    locals and written back once per batch. A batched loop (recvmmsg and
-    sendmmsg, or TAP IFF_VNET_HDR with TSO and UDP GSO/GRO) keeps this shape
-    with a frame vector in place of the single buffer.
+    locals and written back once per batch. vtep.offload's loops (TAP
+    IFF_VNET_HDR with TSO, UDP GSO/GRO) keep this shape with a super-frame in
+    place of the frame; these run with `--no-offload` or where offloads are
+    unavailable.
     """
 
     def __init__(self, *, vni: int, port: int, fdb: dict[bytes, str], peers,

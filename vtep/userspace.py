@@ -9,14 +9,19 @@ vxlan link and leaves kernel fdb entries alone (kernel_fdb = False). The fdb
 (inner MAC -> peer underlay IP) lives in the process instead, rebuilt from
 each new desired state.
 
-Data flow: pod -> TAP fd -> Datapath.tx_batch (fdb lookup, encapsulate) -> raw
-socket -> peer; peer -> UDP socket -> Datapath.rx_batch (check, decapsulate)
--> TAP fd -> pod. The event loop (vtep.daemon) polls the two fds that io()
-names in the same select() as netlink events and signals.
+Data flow: pod -> TAP fd -> the transmit loop (fdb lookup, encapsulate) -> send
+socket -> peer; peer -> UDP socket -> the receive loop (check, decapsulate) ->
+TAP fd -> pod. The loops are vtep.offload's (a TAP with IFF_VNET_HDR and TSO,
+UDP GSO sends from a pool of UDP sockets, UDP GRO reads, merged writes) unless
+offloads are off (--no-offload, udp_checksum = false over IPv4, a kernel
+without them: said in one log line), then vtep.datapath's, one frame a system
+call. The event loop (vtep.daemon) polls the two fds that io() names in the
+same select() as netlink events and signals.
 
 Sockets: one UDP socket bound to the node's underlay IP and the plan's port
-receives (and holds the port, so a kernel vxlan device on the same port is a
-clear error); a raw UDP socket sends, because RFC 7348 section 5 wants the
+receives for both loops (and holds the port, so a kernel vxlan device on the
+same port is a clear error); the per-frame loops send from a raw UDP socket,
+because RFC 7348 section 5 wants the
 source port to be a hash of the inner flow and a bound UDP socket has one
 port. The raw socket sets DF (IP_PMTUDISC_DO): VTEPs must not fragment (RFC
 7348 section 4.3); a datagram too big for the path fails with EMSGSIZE and is
