@@ -15,12 +15,13 @@ Underlay veths: tx checksum offload off (the seed's default, as every lab mixing
 paths), GRO on at the nodes' ends (seed.topology: as a real NIC).
 """
 import json
+import signal
 import struct
 import subprocess
 import sys
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -37,11 +38,11 @@ MSS = 1398          # a full segment: the overlay MTU 1450 less the IPv4 and TCP
 VNET = struct.Struct("<BBHHHH")   # virtio_net_hdr, written by hand (not vtep.vnet)
 
 
-def pseudo_sum(src: str, dst: str, length: int) -> int:
-    """The folded, uncomplemented TCP pseudo-header sum (RFC 793) a CHECKSUM_PARTIAL frame
-    carries in its checksum field; computed here from the RFC, not by vtep."""
+def pseudo_sum(src: str, dst: str, length: int, proto: int = 6) -> int:
+    """The folded, uncomplemented pseudo-header sum (RFC 793, RFC 768) a CHECKSUM_PARTIAL
+    frame carries in its checksum field; computed here from the RFCs, not by vtep."""
     words = [int.from_bytes(bytes(map(int, a.split("."))), "big") for a in (src, dst)]
-    s = sum(w >> 16 for w in words) + sum(w & 0xFFFF for w in words) + 6 + length
+    s = sum(w >> 16 for w in words) + sum(w & 0xFFFF for w in words) + proto + length
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
@@ -51,7 +52,7 @@ def super_frames(pod_mac: str, node_mac: str) -> list[str]:
     """TSO super-frames as a guest's virtio driver hands them over: a virtio-net header
     (NEEDS_CSUM, GSO_TCPV4, the MSS) and one 64 KiB-class TCP packet whose checksum field
     holds the pseudo-header sum. One ends in PSH, one in FIN with CWR on (CWR belongs on
-    the first segment only), one a short tail of 1 byte."""
+    the first segment only), one a short tail of 1 byte; and a UDP super-frame (USO)."""
     out = []
     cases = [(5 * MSS + 700, "PA", 0x5000), (3 * MSS, "FAC", 0x6000), (2 * MSS + 1, "A", 0xFFFF)]
     for i, (size, flags, ident) in enumerate(cases):
@@ -64,6 +65,13 @@ def super_frames(pod_mac: str, node_mac: str) -> list[str]:
         struct.pack_into("!H", raw, 34 + 16, pseudo_sum(POD_IP, REMOTE, tcp_len))
         hdr = VNET.pack(1, 1 | (0x80 if "C" in flags else 0), 54, MSS, 34, 16)
         out.append((hdr + bytes(raw)).hex())
+    # USO: a UDP super-frame (GSO_UDP_L4), cut into datagrams of 1400 payload bytes
+    payload = bytes(k % 249 for k in range(3 * 1400 + 333))
+    pkt = (Ether(src=pod_mac, dst=node_mac) / IP(src=POD_IP, dst=REMOTE, id=0x7000, flags="DF")
+           / UDP(sport=42000, dport=5001) / Raw(payload))
+    raw = bytearray(bytes(pkt))
+    struct.pack_into("!H", raw, 34 + 6, pseudo_sum(POD_IP, REMOTE, len(raw) - 34, 17))
+    out.append((VNET.pack(1, 5, 42, 1400, 34, 6) + bytes(raw)).hex())
     return out
 
 
@@ -91,21 +99,34 @@ def test_segmented_tcp_leaves_as_the_kernel_path_sends_it(netns_prefix, plan_fil
             try:
                 runs[mode] = capture(router, tmp_path / f"{mode}.pcap", send)
                 if mode == "userspace":
-                    c = v.wait_counters(lambda c: c["tx"]["frames"] >= 3)
+                    c = v.wait_counters(lambda c: c["tx"]["frames"] >= 4)
             finally:
                 assert v.stop() == 0, v.output()
             if mode == "userspace":
                 assert "offloads on: TAP csum tso4 tso6" in v.output(), v.output()
         k, u = runs["kernel"], runs["userspace"]
-        # 6 + 3 + 3 segments: 1 + ceil(size / MSS) each, counted by hand from the cases
-        assert len(k) == len(u) == 12, (len(k), len(u))
+        # 6 + 3 + 3 TCP segments (ceil(size / MSS) each, counted by hand from the cases)
+        # and 4 UDP datagrams
+        assert len(k) == len(u) == 16, (len(k), len(u))
         for i, (a, b) in enumerate(zip(k, u)):
             assert mask_outer(a) == mask_outer(b), f"segment {i}: kernel vs userspace differ\n" \
                 f"{Ether(a).show(dump=True)}\n{Ether(b).show(dump=True)}"
         # and what both sent is right by scapy's reading, not only equal
         seq = {}
+        udp = [Ether(f[OUTER_UDP + 16:]) for f in u if Ether(f[OUTER_UDP + 16:]).haslayer(UDP)
+               and Ether(f[OUTER_UDP + 16:])[UDP].sport == 42000]
+        assert b"".join(bytes(p[UDP].payload) for p in udp) == bytes(k % 249 for k in
+                                                                      range(3 * 1400 + 333))
+        assert [p[IP].id for p in udp] == [0x7000 + j for j in range(4)]
+        for p in udp:
+            again = Ether(bytes(p))
+            del again[IP].chksum, again[UDP].chksum, again[UDP].len
+            again = Ether(bytes(again))
+            assert (again[IP].chksum, again[UDP].chksum) == (p[IP].chksum, p[UDP].chksum)
         for f in u:
             inner = Ether(f[OUTER_UDP + 16:])
+            if not inner.haslayer(TCP):
+                continue
             tcp = inner[TCP]
             again = Ether(bytes(inner))
             del again[IP].chksum, again[TCP].chksum
@@ -117,7 +138,7 @@ def test_segmented_tcp_leaves_as_the_kernel_path_sends_it(netns_prefix, plan_fil
         assert [f for _, _, f in seq[41001]] == ["AC", "A", "FA"]
         assert [n for _, n, _ in seq[41002]] == [MSS, MSS, 1]
         # the userspace side counted one TAP frame per super-frame, a datagram per segment
-        assert c["tx"]["frames"] == 3 and c["tx"]["packets"] == 12, c
+        assert c["tx"]["frames"] == 4 and c["tx"]["packets"] == 16, c
 
 
 TCP_SINK = r"""
@@ -225,3 +246,36 @@ def test_without_offloads_the_per_frame_loops_run_and_say_so(netns_prefix, plan_
         finally:
             assert v.stop() == 0, v.output()
         assert v.output().count("offloads ") == 1 and line in v.output(), v.output()
+
+
+def test_a_reload_that_turns_the_checksum_off_turns_offloads_off_and_back(
+        netns_prefix, plan_file, tmp_path):
+    """SIGHUP with udp_checksum = false: the TAP is remade without vnet headers (UDP GSO
+    cannot send a zero checksum) and says so; back to true, offloads return. Traffic
+    flows in each state. Catches a TAP left with vnet headers under per-frame loops (every
+    frame read would start with 10 bytes of header), or a reload that never comes back."""
+    t = seed.topology(netns_prefix + "o4-")
+    with t:
+        n1, n2 = t["network-1"], t["network-2"]
+        n2.cmd(seedlab.VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
+        v = Vtep(n1, "userspace", plan_file, tmp_path / "state")
+        text = plan_file.read_text()
+        try:
+            states = []
+            for checksum in ("false", "true"):
+                plan_file.write_text(text.replace("[cluster]\n",
+                                                  f"[cluster]\nudp_checksum = {checksum}\n"))
+                v.signal(signal.SIGHUP)
+                want = "off: udp_checksum" if checksum == "false" else "on: TAP"
+                c = v.wait_counters(lambda c: c["offloads"].startswith(want))
+                ok = n1.cmd(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", REMOTE],
+                            check=False, timeout=20)
+                assert ok.returncode == 0, ok.stdout + v.output()
+                transfer(n1, n2, 4)
+                states.append(c["offloads"])
+        finally:
+            assert v.stop() == 0, v.output()
+        assert [s.split(":")[0] for s in states] == ["off", "on"]
+        log = v.output()
+        assert log.count("offloads off: udp_checksum = false") == 1, log
+        assert log.count("offloads on: TAP") == 2, log
