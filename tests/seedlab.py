@@ -287,3 +287,61 @@ for f in a["frames"]:
 
 def run_py(node, program, arg, timeout=30):
     return node.cmd([sys.executable, "-c", program, json.dumps(arg)], timeout=timeout)
+
+
+# --- a bounded TCP transfer checked by hash -------------------------------------------------
+
+TCP_RECEIVER = r"""
+import hashlib, json, socket, sys
+a = json.loads(sys.argv[1])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((a["ip"], a["port"]))
+s.listen(1)
+s.settimeout(a["limit"])
+print("ready", flush=True)
+c, peer = s.accept()
+c.settimeout(a["limit"])
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "peer": peer[0]}), flush=True)
+"""
+
+TCP_SENDER = r"""
+import json, random, socket, sys
+a = json.loads(sys.argv[1])
+data = random.Random(a["seed"]).randbytes(a["bytes"])
+c = socket.create_connection((a["ip"], a["port"]), timeout=a["limit"])
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+"""
+
+
+def transfer(src, dst, dst_ip: str, seed: int, size: int, port: int = 5001,
+             limit: float = 30.0) -> None:
+    """`size` bytes from `src` to `dst_ip` (in `dst`) over TCP; the receiver's sha256 must
+    be that of the bytes generated here (independently of the path), so data lost,
+    corrupted or reordered on the way fails it."""
+    import hashlib
+    import random
+    import select
+    want = hashlib.sha256(random.Random(seed).randbytes(size)).hexdigest()
+    rx = dst.popen([sys.executable, "-c", TCP_RECEIVER, json.dumps(
+        {"ip": dst_ip, "port": port, "limit": limit})], stdout=subprocess.PIPE, text=True)
+    try:
+        assert select.select([rx.stdout], [], [], 10)[0], "receiver did not start"
+        assert rx.stdout.readline().strip() == "ready"
+        run_py(src, TCP_SENDER, {"ip": dst_ip, "port": port, "seed": seed, "bytes": size,
+                                 "limit": limit}, timeout=limit + 5)
+        out, _ = rx.communicate(timeout=limit)
+    finally:
+        end_process(rx)
+    got = json.loads(out)
+    assert got["bytes"] == size and got["sha256"] == want, \
+        f"{src.name} -> {dst.name} ({dst_ip}): {got} (want {size} bytes, sha256 {want})"

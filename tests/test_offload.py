@@ -231,3 +231,16 @@ def test_small_frames_of_one_flow_go_in_one_send_in_order(rig):
                       struct.pack("=H", 8 + len(acks[0])))]
     c = rig.dp.counters.to_dict()["tx"]
     assert c == {"packets": 7, "frames": 7, "bytes": sum(len(g) for g in got)}
+
+
+def test_an_empty_datagram_is_a_short_drop_not_a_crash(rig):
+    """A zero-length UDP datagram (anyone can send one) comes with no UDP_GRO size: counted
+    `short`, and the datagram after it is delivered. Catches a division by its size."""
+    good = VX + reference(v4(), tcp(flags="A"), b"p" * 40, 1000)[0][8:]
+    rig.op.rx = GroSocket([([b""], PEER), ([good], PEER)])
+    rig.op.rx.recvmsg_into = lambda bufs, anc, real=rig.op.rx.recvmsg_into: (
+        lambda r: (r[0], [] if r[0] == 0 else r[1], r[2], r[3]))(real(bufs, anc))
+    assert rig.op.rx_batch() == 2
+    assert rig.dp.counters.rx_drops["short"] == 1 and rig.dp.counters.rx[0] == 1
+    rig.tap.setblocking(False)
+    assert rig.tap.recv(65535)[vnet.LEN:] == good[8:]

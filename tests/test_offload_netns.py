@@ -17,8 +17,6 @@ paths), GRO on at the nodes' ends (seed.topology: as a real NIC).
 import json
 import signal
 import struct
-import subprocess
-import sys
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -26,7 +24,6 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from vtep.lab import seed
-from vtep.lab.topology import end_process
 import seedlab
 from seedlab import FRAME_SENDER, Vtep, run_py
 from test_userspace_netns import OUTER_UDP, capture, mask_outer
@@ -141,56 +138,13 @@ def test_segmented_tcp_leaves_as_the_kernel_path_sends_it(netns_prefix, plan_fil
         assert c["tx"]["frames"] == 4 and c["tx"]["packets"] == 16, c
 
 
-TCP_SINK = r"""
-import hashlib, json, socket, sys
-a = json.loads(sys.argv[1])
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((a["ip"], a["port"]))
-s.listen(1)
-s.settimeout(a["limit"])
-print("listening", flush=True)
-c, _ = s.accept()
-c.settimeout(a["limit"])
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(json.dumps({"bytes": n, "sha256": h.hexdigest()}), flush=True)
-"""
-
-TCP_SOURCE = r"""
-import hashlib, json, random, socket, sys
-a = json.loads(sys.argv[1])
-data = random.Random(a["seed"]).randbytes(a["size"])
-s = socket.create_connection((a["dst"], a["port"]), timeout=a["limit"],
-                             source_address=(a["src"], 0))
-s.sendall(data)
-s.close()
-print(json.dumps({"sha256": hashlib.sha256(data).hexdigest()}))
-"""
 VTEP_IP = {"network-1": "172.2.0.0", "network-2": "172.2.1.0"}
 SIZE = 24 << 20
 
 
 def transfer(src, dst, seed_):
-    sink = dst.popen([sys.executable, "-c", TCP_SINK,
-                      json.dumps({"ip": VTEP_IP[dst.name], "port": 5002, "limit": 30})],
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert sink.stdout.readline().strip() == "listening", sink.stderr.read()
-        sent = json.loads(run_py(src, TCP_SOURCE, {
-            "dst": VTEP_IP[dst.name], "src": VTEP_IP[src.name], "port": 5002, "size": SIZE,
-            "seed": seed_, "limit": 30}, timeout=60).stdout)
-        got = json.loads(sink.stdout.readline())
-    finally:
-        end_process(sink)
-        sink.stdout.close()
-        sink.stderr.close()
-    assert got == {"bytes": SIZE, "sha256": sent["sha256"]}
+    """SIZE bytes over TCP from src's VTEP address to dst's, checked by sha256."""
+    seedlab.transfer(src, dst, VTEP_IP[dst.name], seed_, SIZE, port=5002)
 
 
 @pytest.mark.parametrize("modes", [("userspace", "kernel"), ("kernel", "userspace"),
@@ -251,9 +205,11 @@ def test_without_offloads_the_per_frame_loops_run_and_say_so(netns_prefix, plan_
 def test_a_reload_that_turns_the_checksum_off_turns_offloads_off_and_back(
         netns_prefix, plan_file, tmp_path):
     """SIGHUP with udp_checksum = false: the TAP is remade without vnet headers (UDP GSO
-    cannot send a zero checksum) and says so; back to true, offloads return. Traffic
-    flows in each state. Catches a TAP left with vnet headers under per-frame loops (every
-    frame read would start with 10 bytes of header), or a reload that never comes back."""
+    cannot send a zero checksum) and UDP_GRO goes off on the receive socket, and it says
+    so; back to true, offloads return. Traffic flows both ways in each state. Catches a
+    TAP left with vnet headers under per-frame loops (every frame read would start with 10
+    bytes of header), a socket left coalescing under them, or a reload that never comes
+    back."""
     t = seed.topology(netns_prefix + "o4-")
     with t:
         n1, n2 = t["network-1"], t["network-2"]
@@ -272,6 +228,11 @@ def test_a_reload_that_turns_the_checksum_off_turns_offloads_off_and_back(
                             check=False, timeout=20)
                 assert ok.returncode == 0, ok.stdout + v.output()
                 transfer(n1, n2, 4)
+                before = c["rx"]["packets"]
+                transfer(n2, n1, 5)   # the kernel peer fills the checksum: GRO could merge
+                # at least one datagram counted for each full-size segment: a per-frame loop
+                # reading a socket left with UDP_GRO on takes a coalesced read for one
+                c = v.wait_counters(lambda c: c["rx"]["packets"] - before > SIZE // 1450)
                 states.append(c["offloads"])
         finally:
             assert v.stop() == 0, v.output()

@@ -18,7 +18,6 @@ userspace path and Open vSwitch, captured at the router, checked against the tab
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -48,7 +47,7 @@ import ovspeer
 import seedlab
 from ovslab import OVS_NODE, VTEP_NODES, node_mode, tunnel_port
 from ovspeer import OvsPeer
-from seedlab import FRAME_SENDER, Vtep, run_py
+from seedlab import FRAME_SENDER, Vtep, run_py, transfer
 
 # the namespace tests are marked one by one: the README table's parser is a unit test
 
@@ -176,59 +175,6 @@ def flood_frames(src_mac: str) -> dict[bytes, str]:
     return out
 
 
-# --- a bounded TCP transfer checked by hash ----------------------------------------------------
-
-RECEIVER = r"""
-import hashlib, json, socket, sys
-a = json.loads(sys.argv[1])
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((a["ip"], a["port"]))
-s.listen(1)
-s.settimeout(a["limit"])
-print("ready", flush=True)
-c, peer = s.accept()
-c.settimeout(a["limit"])
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "peer": peer[0]}), flush=True)
-"""
-
-SENDER = r"""
-import json, random, socket, sys
-a = json.loads(sys.argv[1])
-data = random.Random(a["seed"]).randbytes(a["bytes"])
-c = socket.create_connection((a["ip"], a["port"]), timeout=a["limit"])
-c.sendall(data)
-c.shutdown(socket.SHUT_WR)
-c.recv(1)
-"""
-
-
-def transfer(src, dst, dst_ip: str, seed: int, limit: float = 30.0) -> None:
-    """TRANSFER bytes from `src` to `dst_ip` (in `dst`) over TCP; the receiver's sha256
-    must be that of the bytes generated here (independently of the path)."""
-    want = hashlib.sha256(random.Random(seed).randbytes(TRANSFER)).hexdigest()
-    rx = dst.popen([sys.executable, "-c", RECEIVER, json.dumps(
-        {"ip": dst_ip, "port": TCP_PORT, "limit": limit})], stdout=subprocess.PIPE, text=True)
-    try:
-        assert select.select([rx.stdout], [], [], LIMIT)[0], "receiver did not start"
-        assert rx.stdout.readline().strip() == "ready"
-        run_py(src, SENDER, {"ip": dst_ip, "port": TCP_PORT, "seed": seed, "bytes": TRANSFER,
-                             "limit": limit}, timeout=limit + 5)
-        out, _ = rx.communicate(timeout=limit)
-    finally:
-        end_process(rx)
-    got = json.loads(out)
-    assert got["bytes"] == TRANSFER and got["sha256"] == want, \
-        f"{src.name} -> {dst.name} ({dst_ip}): {got} (want {TRANSFER} bytes, sha256 {want})"
-
-
 def vxinspect(plan_file: Path, pcap: Path) -> tuple[int, dict]:
     """`vxinspect --plan --json` on a capture: (exit code, the JSON report)."""
     r = subprocess.run([sys.executable, "-m", "vxinspect", "--plan", str(plan_file), "--json",
@@ -274,8 +220,9 @@ def test_interop_with_open_vswitch(netns_prefix, tmp_path, mode):
                     assert "1430 bytes from" in out, out   # 1422 + ICMP 8: the echo came back whole
             # 3. 5 MB over TCP each way, checked by sha256
             for i, name in enumerate(VTEP_NODES):
-                transfer(n3, lab[name], lab.vtep_ip(name), seed=2 * i)
-                transfer(lab[name], n3, ovs_ip, seed=2 * i + 1)
+                transfer(n3, lab[name], lab.vtep_ip(name), seed=2 * i, size=TRANSFER,
+                         port=TCP_PORT)
+                transfer(lab[name], n3, ovs_ip, seed=2 * i + 1, size=TRANSFER, port=TCP_PORT)
             # 4. (after) ARP resolved through the tunnel: each vtep node's VTEP MAC, learnt
             neigh = neighbours(n3, ovspeer.OVL)
             for name in VTEP_NODES:

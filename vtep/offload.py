@@ -309,6 +309,9 @@ class OffloadPath:
                 except BlockingIOError:
                     break
                 done += 1
+                if not n:
+                    drops["short"] += 1   # an empty datagram: nothing to split
+                    continue
                 seg = n
                 for level, kind, data in anc:
                     if level == SOL_UDP and kind == UDP_GRO:
@@ -316,7 +319,7 @@ class OffloadPath:
                 end = pos + n
                 src = addr[0]
                 if allowed is not None and src not in allowed:
-                    drops["source"] += -(-n // seg) if n else 1
+                    drops["source"] += -(-n // seg)
                     continue
                 count = -(-n // seg)
                 last = n - (count - 1) * seg
@@ -340,8 +343,6 @@ class OffloadPath:
                             got += 1
                             got_bytes += m
                         off += m
-                if not n:
-                    drops["short"] += 1
                 pos = end + (end & 1)   # keep every read's start even (16-bit sums)
                 packets += got
                 octets += got_bytes

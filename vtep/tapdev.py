@@ -88,9 +88,10 @@ def send_pool(local: str, n: int = POOL) -> list[socket.socket]:
     return pool
 
 
-def enable_gro(sock: socket.socket) -> bool:
+def set_gro(sock: socket.socket, on: bool) -> bool:
+    """UDP_GRO on or off; whether it is on (False too where the kernel lacks it)."""
     try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        sock.setsockopt(SOL_UDP, UDP_GRO, int(on))
     except OSError:
         return False
-    return True
+    return on

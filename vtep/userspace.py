@@ -102,7 +102,8 @@ class TapLink:
         self.offload_state = None       # what the log and the status say about offloads
         self.pool: list[socket.socket] = []   # the offload loops' send sockets
         self.gso_error: str | None = None     # why the kernel gave no UDP GSO sockets
-        self.gro = False
+        self.gro = False                # UDP_GRO is on on the receive socket
+        self.gro_for = None             # (socket, wanted) it was last set for
         self.gso_mtu = None             # the MTU the TAP's gso_max_size was set for
         self.op = None                  # the OffloadPath, when self.vnet
         self.ifindex: int | None = None
@@ -125,9 +126,6 @@ class TapLink:
             links.note(f"rebinding UDP {dev.local} port {dev.port} (was "
                        f"{self.bound[0]} port {self.bound[1]})")
             self._close_sockets()
-        if self.tap is not None and self.vnet != (self._offload_refusal(dev) is None):
-            # a re-read plan changed udp_checksum: offloads go on or off with a new TAP
-            self._close_tap()
         msg = links.get(dev.name)
         created = False
         if msg is not None and (self.tap is None or msg["index"] != self.ifindex):
@@ -152,10 +150,16 @@ class TapLink:
             if self.offload:
                 try:
                     self.pool = tapdev.send_pool(dev.local)
+                    self.gso_error = None
                 except OSError as e:
                     self.pool = []
                     self.gso_error = f"off: no UDP GSO on this kernel ({e.strerror})"
-                self.gro = tapdev.enable_gro(self.rx)
+        if self.tap is not None and self.vnet != (self._offload_refusal(dev) is None):
+            # a re-read plan changed udp_checksum (or a rebind found no UDP GSO): the loops
+            # change, with a new TAP (vnet headers are set when a TAP is opened). Closing
+            # our TAP's last fd deletes the device there and then.
+            self._close_tap()
+            msg = None
         if msg is None:
             self._close_tap()
             self._open_tap(dev)
@@ -218,6 +222,7 @@ class TapLink:
                                 for p in want.peers}
             self.dp.overhead = wire.overhead(":" in dev.local)
             self.dp_peers = want.peers
+        self._set_gro()
         fd = self.tap.fileno()
         if self.op is not None:
             self.op.tap_fd = fd
@@ -233,6 +238,13 @@ class TapLink:
         if not dev.udp_checksum and ":" not in dev.local:
             return "off: udp_checksum = false (UDP GSO always fills the outer checksum)"
         return self.gso_error
+
+    def _set_gro(self) -> None:
+        """UDP_GRO on the receive socket exactly when the offload loops read it: the
+        per-frame loop's recvfrom_into would take a coalesced read for one datagram."""
+        if self.gro_for != (self.rx, self.vnet):
+            self.gro = tapdev.set_gro(self.rx, self.vnet)
+            self.gro_for = (self.rx, self.vnet)
 
     def _set_gso_max_size(self, idx: int, mtu: int) -> None:
         size = tapdev.gso_max_size(mtu)
@@ -262,6 +274,7 @@ class TapLink:
             raise NetlinkRefused(f"creating TAP device {want.name}: {e}")
         self.vnet = refusal is None
         self.gso_mtu = None
+        self._set_gro()
         if self.vnet:
             state_ = (f"on: TAP {names}, UDP GSO over {len(self.pool)} source ports, "
                       + ("UDP GRO" if self.gro else "no UDP GRO (one datagram a read)"))
