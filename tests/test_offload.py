@@ -244,3 +244,31 @@ def test_an_empty_datagram_is_a_short_drop_not_a_crash(rig):
     assert rig.dp.counters.rx_drops["short"] == 1 and rig.dp.counters.rx[0] == 1
     rig.tap.setblocking(False)
     assert rig.tap.recv(65535)[vnet.LEN:] == good[8:]
+
+
+def test_a_super_frame_too_big_for_the_path_gets_the_answer_one_segment_would(rig):
+    """UDP_SEGMENT refused with EINVAL (the kernel's answer when a segment exceeds the path
+    MTU): one too-big drop, and the inner sender gets "fragmentation needed" with the path
+    MTU less 50, quoting the first segment's IP header (its length is one segment's, not
+    the super-frame's). EINVAL for a segment that fits the path is a send error, no ICMP.
+    Catches a super-frame dropped silently, or an error quoting 64 KiB."""
+    rig.dp.vtep_ips = {PEER: socket.inet_aton("172.2.1.0")}
+    l3 = IP(src="172.2.0.2", dst="172.2.1.9", flags="DF", id=9)
+    frame = super_frame(l3, tcp(), bytes(3 * 1398))
+
+    def refuse(*_):
+        raise OSError(22, "Invalid argument")    # EINVAL
+    rig.op.sendmsgs = (refuse,) * len(rig.op.sendmsgs)
+    for mtu, icmps in ((1400, 1), (1500, 1)):   # counted so far: the second adds none
+        rig.dp.path_mtu = lambda peer, mtu=mtu: mtu
+        rig.tap.send(vnet.HEADER.pack(1, vnet.GSO_TCPV4, 54, 1398, 34, 16) + frame)
+        rig.op.tx_batch()
+        assert rig.dp.counters.icmp_too_big == icmps
+    assert rig.dp.counters.tx_drops["too-big"] == 1
+    assert rig.dp.counters.tx_drops["send-error"] == 1
+    rig.tap.setblocking(False)
+    out = Ether(rig.tap.recv(65535)[vnet.LEN:])
+    assert bytes(out)[14 + 20:14 + 20 + 2] == b"\x03\x04"
+    assert struct.unpack_from("!H", bytes(out), 14 + 20 + 6)[0] == 1400 - 50
+    quoted = IP(bytes(out)[14 + 20 + 8:])
+    assert (quoted.len, quoted.id, quoted.dst) == (1398 + 40, 9, "172.2.1.9")
