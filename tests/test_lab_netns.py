@@ -83,7 +83,8 @@ def test_demo_passes_and_leaves_nothing(prefix, tmp_path, mode):
         line = re.search(rf"^      {node} \(userspace\) counters: (.*)$", out, re.M)
         assert (line is not None) == (path == "userspace"), out
         if line:
-            c = re.match(r"tx (\d+) packets \d+ bytes, rx (\d+) packets \d+ bytes, drops (.*)",
+            c = re.match(r"tx (\d+) packets \d+ bytes in \d+ TAP frames, rx (\d+) packets "
+                         r"\d+ bytes in \d+ TAP frames, drops ([^;]*); offloads on: TAP",
                          line.group(1))
             assert int(c.group(1)) >= 12 and int(c.group(2)) >= 12, line.group(1)
             assert c.group(3) == "none", line.group(1)

@@ -156,7 +156,8 @@ def test_interop_with_a_hand_configured_kernel_peer(netns_prefix, plan_file, tmp
         assert not any(c["rx_drops"].values()), c
         assert v.stop() == 0
         out = v.output()
-        assert re.search(r"vtep: counters: tx \d+ packets \d+ bytes, rx \d+ packets", out), out
+        assert re.search(r"vtep: counters: tx \d+ packets \d+ bytes in \d+ TAP frames, rx \d+ "
+                         r"packets", out), out
         assert n2.cmd(["ip", "link", "show", "vxlan0"], check=False).returncode != 0
         assert "Traceback" not in out
 

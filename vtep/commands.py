@@ -339,8 +339,9 @@ def status(args) -> int:
         if d.get("counters"):
             print(f"  {format_counters(d['counters'])}")
             for ip, c in d["counters"].get("peers", {}).items():
-                print(f"  peer {ip}: tx {c['tx_packets']} packets {c['tx_bytes']} bytes, "
-                      f"rx {c['rx_packets']} packets {c['rx_bytes']} bytes")
+                frames = f" in {c['tx_frames']} TAP frames" if "tx_frames" in c else ""
+                print(f"  peer {ip}: tx {c['tx_packets']} packets {c['tx_bytes']} bytes"
+                      f"{frames}, rx {c['rx_packets']} packets {c['rx_bytes']} bytes")
         if d.get("error"):
             print(f"  error: {d['error']}")
     return 0

@@ -363,5 +363,12 @@ def format_counters(c: dict) -> str:
     drops = [f"{way} {k} {v}" for way in ("tx", "rx")
              for k, v in c[f"{way}_drops"].items() if v]
     icmp = f", ICMP too-big sent {c['icmp_too_big']}" if c.get("icmp_too_big") else ""
-    return (f"tx {c['tx']['packets']} packets {c['tx']['bytes']} bytes, rx {c['rx']['packets']} "
-            f"packets {c['rx']['bytes']} bytes, drops " + (", ".join(drops) or "none") + icmp)
+
+    def way(w: str) -> str:
+        d = c[w]
+        # with offloads a TAP frame is many datagrams: their ratio is what offloads buy
+        frames = f" in {d['frames']} TAP frames" if "frames" in d else ""
+        return f"{w} {d['packets']} packets {d['bytes']} bytes{frames}"
+    offloads = f"; offloads {c['offloads']}" if c.get("offloads") else ""
+    return (f"{way('tx')}, {way('rx')}, drops " + (", ".join(drops) or "none") + icmp
+            + offloads)
