@@ -240,3 +240,30 @@ def test_a_reload_that_turns_the_checksum_off_turns_offloads_off_and_back(
         log = v.output()
         assert log.count("offloads off: udp_checksum = false") == 1, log
         assert log.count("offloads on: TAP") == 2, log
+
+
+def test_a_pods_super_frames_reach_the_tap_whole(netns_prefix, plan_file, tmp_path):
+    """Pod to pod, each pod behind its node on a veth with the kernel's default offloads
+    (TSO on): the node forwards the pod's 64 KiB super-frames to the TAP, which must take
+    them whole, so the transmit side sends many datagrams per TAP read. Catches a TAP
+    whose gso_max_size is under 64 KiB: the kernel segments every forwarded super-frame
+    longer than that in software (gso_features_check), and pods lose the offloads."""
+    t = seed.topology(netns_prefix + "o5-")
+    pods = {}
+    for name, sub in (("network-1", "172.2.0"), ("network-2", "172.2.1")):
+        pod = pods[name] = t.add_node(f"pod-{name[-1]}")
+        t.add_link(pod, t[name], "eth0", "vpod", f"{sub}.2/24", f"{sub}.1/24", mtu=1450)
+        t.add_route(pod, "default", f"{sub}.1")
+    with t:
+        vteps = [Vtep(t[n], "userspace", plan_file, tmp_path / f"state-{n}")
+                 for n in ("network-1", "network-2")]
+        try:
+            seedlab.transfer(pods["network-1"], pods["network-2"], "172.2.1.2", 6, SIZE,
+                             port=5003)
+            c = vteps[0].wait_counters(lambda c: c["tx"]["packets"] > SIZE // 1500)
+            assert c["tx"]["packets"] > 4 * c["tx"]["frames"], c
+            c = vteps[1].wait_counters(lambda c: c["rx"]["packets"] > SIZE // 1500)
+            assert c["rx"]["packets"] > 4 * c["rx"]["frames"], c
+        finally:
+            for v in vteps:
+                assert v.stop() == 0, v.output()

@@ -243,8 +243,12 @@ class OffloadPath:
         return True
 
     def send_segments(self, sock: int, total: int, size: int, addr, peer: str) -> bool:
-        """The segmenter's datagrams to one peer: one UDP_SEGMENT send, or a few when they
-        exceed what one send carries. False (counted) when the path refused them."""
+        """The segmenter's datagrams to one peer: one UDP_SEGMENT send, or two when they
+        exceed what one send carries (65,507 bytes: a 64 KiB super-frame of 1,398-byte
+        segments is 68 KiB once each has its headers). The TAP's gso_max_size is left at
+        its default on purpose: the kernel segments in software any forwarded GSO packet
+        longer than a device's gso_max_size (gso_features_check), and a pod's 64 KiB
+        super-frames are forwarded. False (counted) when the path refused them."""
         out = self.segmenter.view
         cmsg = self.cmsgs.get(size)
         if cmsg is None:

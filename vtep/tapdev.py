@@ -18,8 +18,6 @@ import struct
 
 from . import vnet
 from .inet import IP_MTU_DISCOVER, IP_PMTUDISC_DO, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO
-from .wire import HEADER_LEN
-
 SOL_UDP = 17
 UDP_SEGMENT = 103      # <linux/udp.h>: the cmsg/option carrying the segment size (u16)
 UDP_GRO = 104          # receive: coalesced datagrams and their segment size (int)
@@ -33,14 +31,6 @@ OFFLOAD_SETS = (
     (_TSO | vnet.TUN_F_USO4 | vnet.TUN_F_USO6, "csum tso4 tso6 uso4 uso6"),
     (_TSO, "csum tso4 tso6"),
 )
-
-
-def gso_max_size(mtu: int) -> int:
-    """The TAP's gso_max_size for an overlay MTU: the largest super-frame whose segments
-    still fit one UDP send (a full segment is an MTU-sized IP packet behind Ethernet and
-    VXLAN headers; the kernel keeps TCP's super-frames a few hundred bytes under this)."""
-    segments = GSO_MAX_BYTES // (HEADER_LEN + 14 + mtu)
-    return segments * (mtu - 40)
 
 
 def drop_all_filter(sock: socket.socket) -> None:

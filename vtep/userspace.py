@@ -104,7 +104,6 @@ class TapLink:
         self.gso_error: str | None = None     # why the kernel gave no UDP GSO sockets
         self.gro = False                # UDP_GRO is on on the receive socket
         self.gro_for = None             # (socket, wanted) it was last set for
-        self.gso_mtu = None             # the MTU the TAP's gso_max_size was set for
         self.op = None                  # the OffloadPath, when self.vnet
         self.ifindex: int | None = None
         self.tap = None
@@ -174,8 +173,6 @@ class TapLink:
         links.mark(dev.name, idx, have.alias, self.node, self.mode)
         _, repairs = device_diffs(dev, have, under.index, {}, None)
         links.repair(dev, have, repairs)
-        if self.vnet and self.gso_mtu != dev.mtu:
-            self._set_gso_max_size(idx, dev.mtu)
         links.addresses(dev, idx)
         if not have.up:
             links.call(f"setting {dev.name} up", links.ipr.link, "set", index=idx, state="up")
@@ -246,15 +243,6 @@ class TapLink:
             self.gro = tapdev.set_gro(self.rx, self.vnet)
             self.gro_for = (self.rx, self.vnet)
 
-    def _set_gso_max_size(self, idx: int, mtu: int) -> None:
-        size = tapdev.gso_max_size(mtu)
-        try:
-            self.links.ipr.link("set", index=idx, gso_max_size=size)
-        except Exception as e:   # noqa: BLE001 - an older kernel: sends are split instead
-            log.info(f"TAP gso_max_size {size} refused ({e}): super-frames go out in two "
-                     "sends")
-        self.gso_mtu = mtu
-
     def _open_tap(self, want: state.Device) -> None:
         import pytun   # only this backend needs it: the other commands run without it
         refusal = self._offload_refusal(want)
@@ -273,7 +261,6 @@ class TapLink:
         except pytun.Error as e:
             raise NetlinkRefused(f"creating TAP device {want.name}: {e}")
         self.vnet = refusal is None
-        self.gso_mtu = None
         self._set_gro()
         if self.vnet:
             state_ = (f"on: TAP {names}, UDP GSO over {len(self.pool)} source ports, "
