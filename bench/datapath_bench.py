@@ -4,6 +4,7 @@
     sudo python bench/datapath_bench.py [--pairings kernel-kernel,userspace-kernel,...]
                                         [--time 5] [--udp-time 3] [--udp-rate 200M]
                                         [--repeat N] [--profile DIR] [--json FILE] [--strict]
+                                        [--between vteps|pods] [--ping-count N]
 
 What it does (root; everything inside namespaces it creates, named vtb<pid>-...,
 removed in `finally`; every process it starts is ended by its PID):
@@ -24,7 +25,10 @@ removed in `finally`; every process it starts is ended by its PID):
                             the same with `--no-offload`: the per-frame loops, the
                             "before" of issue 11's offloads,
    starts the two VTEPs inside the node namespaces, waits until the overlay
-   answers a ping, then measures between the VTEP addresses 172.2.0.0 and 172.2.1.0:
+   answers a ping, then measures between the VTEP addresses 172.2.0.0 and 172.2.1.0
+   (or, with --between pods, between a pod on each node, 172.2.0.2 and 172.2.1.2,
+   attached by `vtep pod add` with its veth's default offloads and forwarded by the
+   node: the traffic of a cluster):
      ping RTT               ping -c N -i 0.01 (min, median, 90th percentile of the
                             replies' times; --ping-count N, default 100),
      TCP                    iperf3, one stream, --time seconds, each direction
@@ -102,6 +106,19 @@ def end(p: subprocess.Popen | None, grace: float = 5.0) -> None:
         end_process(p, grace)
 
 
+class PodEnd:
+    """A lab pod's namespace with the two calls Pairing makes of a topology Node."""
+
+    def __init__(self, ns):
+        self.ns = ns
+
+    def cmd(self, argv, check=True, timeout=30):
+        return netns.sh(argv, ns=self.ns, check=check, timeout=timeout)
+
+    def popen(self, argv, **kw):
+        return subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kw)
+
+
 class Pairing:
     """Two `vtep run` processes, one per node namespace (lablib.start_agent, recorded in the
     lab), and what is measured between them."""
@@ -111,6 +128,17 @@ class Pairing:
         self.args = args
         self.procs: dict[str, dict] = {}     # node -> the lab's record of its `vtep run`
         self.result: dict = {"pairing": name, "modes": dict(zip(NODES, modes))}
+
+    def end(self, node):
+        """(where the traffic of `node` starts or ends, its address): the node itself and
+        its VTEP address, or with --between pods its pod (a namespace of the lab)."""
+        if self.args.between == "pods":
+            pod = self.lab.pods[node]
+            return PodEnd(pod["ns"]), pod["ip"]
+        return self.topo[node], VTEP_IP[node]
+
+    def ip(self, node):
+        return self.end(node)[1]
 
     def state_dir(self, node):
         return str(self.lab.dir / node)
@@ -144,10 +172,10 @@ class Pairing:
 
     def wait_converged(self):
         t0 = time.monotonic()
-        n1 = self.topo["network-1"]
+        n1, _ = self.end("network-1")
         while True:
             self.alive()
-            r = n1.cmd(["ping", "-c1", "-W1", "-I", VTEP_IP["network-1"], VTEP_IP["network-2"]],
+            r = n1.cmd(["ping", "-c1", "-W1", "-I", self.ip("network-1"), self.ip("network-2")],
                        check=False, timeout=5)
             if r.returncode == 0:
                 self.result["converge_s"] = round(time.monotonic() - t0, 2)
@@ -162,9 +190,9 @@ class Pairing:
     def ping(self):
         """RTT over the tunnel: min, median, 90th percentile and max of each reply's time
         (an average is one slow reply away from another figure on a shared machine)."""
-        r = self.topo["network-1"].cmd(
+        r = self.end("network-1")[0].cmd(
             ["ping", "-n", "-c", str(self.args.ping_count), "-i", "0.01", "-W", "1",
-             VTEP_IP["network-2"]], check=False, timeout=15 + self.args.ping_count * 0.05)
+             self.ip("network-2")], check=False, timeout=15 + self.args.ping_count * 0.05)
         times = sorted(float(t) for t in re.findall(r"time=([\d.]+) ms", r.stdout))
         loss = re.search(r"([\d.]+)% packet loss", r.stdout)
         if not times:
@@ -176,8 +204,8 @@ class Pairing:
 
     def iperf(self, src, dst, extra, seconds, profile=None):
         """One bounded iperf3 run, client (sender) in `src`, one-off server in `dst`."""
-        sn, dn = self.topo[src], self.topo[dst]
-        server = dn.popen(["iperf3", "-s", "-1", "-B", VTEP_IP[dst], "-p", str(IPERF_PORT)],
+        sn, dn = self.end(src)[0], self.end(dst)[0]
+        server = dn.popen(["iperf3", "-s", "-1", "-B", self.ip(dst), "-p", str(IPERF_PORT)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           stdin=subprocess.DEVNULL)
         spies = []
@@ -193,7 +221,7 @@ class Pairing:
             if profile:
                 kind = "udp" if "-u" in extra else "tcp"
                 spies = self.spy(profile, seconds, f"{kind}{src[-1]}to{dst[-1]}")
-            r = sn.cmd(["iperf3", "-c", VTEP_IP[dst], "-B", VTEP_IP[src], "-p", str(IPERF_PORT),
+            r = sn.cmd(["iperf3", "-c", self.ip(dst), "-B", self.ip(src), "-p", str(IPERF_PORT),
                         "-t", str(seconds), "-J", "--connect-timeout", "3000", *extra],
                        check=False, timeout=seconds + 20)
             try:
@@ -476,6 +504,10 @@ def main() -> int:
     ap.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of the userspace VTEPs")
     ap.add_argument("--udp-checksum", choices=("on", "off"), default="on",
                     help="the plan's cluster.udp_checksum (default on, the plan's default)")
+    ap.add_argument("--between", choices=("vteps", "pods"), default="vteps",
+                    help="measure between the nodes' VTEP addresses (default) or between a "
+                         "pod on each node (its veth with the kernel's default offloads, "
+                         "forwarded by the node)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--strict", action="store_true", help="exit 1 on a missed target")
     args = ap.parse_args()
@@ -511,8 +543,8 @@ def main() -> int:
         text = seed.plan_text()
         if args.udp_checksum == "off":
             text = text.replace("[cluster]\n", "[cluster]\nudp_checksum = false\n", 1)
-        lablib.build(lab, lablib.LabSpec(pods=False, agents=False, plan_text=text),
-                     say=lablib.silent)
+        lablib.build(lab, lablib.LabSpec(pods=args.between == "pods", agents=False,
+                                         plan_text=text), say=lablib.silent)
         print(f"seed topology up (prefix {prefix}); plan {lab.plan_path}")
         for name in names:
             runs = []
