@@ -99,7 +99,10 @@ class Coalescer:
 
     def __init__(self):
         self._hdrs: list[bytearray] = [bytearray(vnet.LEN) for _ in range(16)]
-        self._masks: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        # _block's: header masks by (TCP offset, header length); the expected bytes of
+        # its masked header differences by those, the row count and the segment size
+        self._masks: dict[tuple[int, int], np.ndarray] = {}
+        self._steps: dict[tuple[int, int, int, int, int], tuple[bytes, bytes]] = {}
         self._arena = bytearray(0)      # payloads _writes copies (see plan_runs)
         self._aview = memoryview(self._arena)
 
@@ -108,7 +111,7 @@ class Coalescer:
         (already VXLAN-checked, each >= 14 bytes). Returns the TAP writes, each flow's
         frames in order: (iov for one os.writev, beginning with a 10-byte virtio-net
         header; how many received frames it carries)."""
-        return self._plan(buf, frames, None, set())
+        return self._plan(buf, frames, None, set(), set())
 
     def plan_runs(self, buf: bytearray,
                   runs: list[tuple[int, int, int, int]]) -> list[tuple[list, int]]:
@@ -120,11 +123,14 @@ class Coalescer:
 
         A read's full-size frames are first checked at once, as rows of a strided 2-D
         view (`_block`): when all repeat frame 0's headers but for the per-segment
-        fields, follow in sequence and verify, they are merged with a few list
-        operations, not one step per frame; any other read goes the generic way."""
+        fields and follow in sequence, they are merged with a few list operations, not
+        one step per frame; the rows whose checksums fail (known from the same row
+        sums) are written alone and split the merge, as plan splits it. Any other read
+        goes the generic way."""
         frames: list[tuple[int, int]] = []
-        blocks: dict[int, int] = {}
+        blocks: dict[int, tuple] = {}
         good: set[int] = set()
+        bad: set[int] = set()
         extend = frames.extend
         block = self._block
         append = frames.append
@@ -133,24 +139,37 @@ class Coalescer:
             full = count - 1
             if count >= 3:
                 rows = count if last == stride - 8 else full
-                if block(buf, off, stride, rows, full):
-                    # frame i and the last go the generic way; _bulk places the rest
-                    blocks[i] = (full, stride)
+                failed = block(buf, off, stride, rows, full)
+                if failed is not None:
                     good.update(range(i, i + rows))
-                    append((off, stride - 8))
-                    extend(repeat(None, full - 1))
+                    g = 0
+                    if failed:
+                        # rows whose checksum failed: each written alone, as plan writes
+                        # them (_group and _bulk close the flow's super-frame at each)
+                        failed = [i + r for r in failed]
+                        bad.update(failed)
+                        good.difference_update(failed)
+                        while g < full and i + g in bad:
+                            g += 1       # the block starts at its first good row
+                        extend(zip(range(off, off + g * stride, stride), repeat(stride - 8, g)))
+                        failed = tuple(j for j in failed if i + g < j < i + full)
+                    if g < full:
+                        # frame i + g and the last go the generic way; _bulk places the rest
+                        blocks[i + g] = (full - g, stride, failed)
+                        append((off + g * stride, stride - 8))
+                        extend(repeat(None, full - g - 1))
                     append((off + full * stride, last))
                     continue
             if full:
                 extend(zip(range(off, off + full * stride, stride), repeat(stride - 8, full)))
             append((off + full * stride, last))
-        return self._plan(buf, frames, blocks, good)
+        return self._plan(buf, frames, blocks, good, bad)
 
-    def _plan(self, buf, frames, blocks: dict[int, tuple[int, int]] | None,
-              good: set[int]) -> list[tuple[list, int]]:
-        """plan, given `blocks` (a first frame index -> (k, stride): the frames from it
-        to the next k - 1 passed _block) and `good` (frames whose checksums verified)."""
-        bad: set[int] = set()
+    def _plan(self, buf, frames, blocks: dict[int, tuple] | None, good: set[int],
+              bad: set[int]) -> list[tuple[list, int]]:
+        """plan, given `blocks` (a first frame index -> (k, stride, failed): the frames
+        from it to the next k - 1 passed _block but those in `failed`), `good` (frames
+        whose checksums verified) and `bad` (frames whose checksums failed)."""
         while True:
             slots = self._group(buf, frames, bad, blocks)
             failed = self._verify(buf, frames, slots, good)
@@ -162,70 +181,67 @@ class Coalescer:
         return self._writes(buf, frames, slots)
 
     # ------------------------------------------------------------------ one read at once
-    def _block(self, buf, o: int, stride: int, rows: int, plain: int) -> bool:
+    def _block(self, buf, o: int, stride: int, rows: int, plain: int) -> list[int] | None:
         """Whether the `rows` frames of stride - 8 bytes at buf[o + r * stride] are one
-        flow's consecutive full segments that _group would merge in a row: frame 0 may
-        start a super-frame (TCP over IPv4 without options or IPv6 without extension
-        headers, ACK alone, payload, IP length = frame length, valid IPv4 header), every
-        row repeats its first bytes up to the payload but for IPv4 ID and checksum, TCP
-        sequence, window, checksum and urgent pointer (and PSH on rows from `plain` on),
-        sequence numbers step by the payload size, and every IPv4 header and TCP
-        checksum verifies. A few numpy operations on strided views, none per row."""
+        flow's consecutive full segments that _group would merge in a row but for those
+        whose checksums fail: frame 0 may start a super-frame (TCP over IPv4 without
+        options or IPv6 without extension headers, ACK alone, payload, IP length = frame
+        length), every row repeats its first bytes up to the payload but for IPv4 ID and
+        checksum, TCP sequence, window, checksum and urgent pointer (and PSH on rows from
+        `plain` on), and sequence numbers step by the payload size. None when not;
+        otherwise the rows whose IPv4 header or TCP checksum fails (usually none: []).
+        A few numpy operations on strided views, none per row."""
         n = stride - 8
         if n < 54 or o + (rows - 1) * stride + n > len(buf):
-            return False
+            return None
         et = buf[o + 12] << 8 | buf[o + 13]
         if et == ETH_P_IP:
             if buf[o + 14] != 0x45:
-                return False       # IPv4 options: the generic way
+                return None        # IPv4 options: the generic way
             head, tl, ipid, mid, ck, key, seq, ackoff, fl = V4.unpack_from(buf, o)
             if (mid[3] != IPPROTO_TCP or (mid[0] << 8 | mid[1]) & FRAGMENT
                     or ETH_HLEN + tl != n):
-                return False
+                return None
             t = 34
             addrs = key[:8]
         elif et == ETH_P_IPV6:
             if n < 74:
-                return False
+                return None
             head, pl, mid, key, seq, ackoff, fl = V6.unpack_from(buf, o)
             if mid[0] != IPPROTO_TCP or head[14] >> 4 != 6 or 54 + pl != n:
-                return False
+                return None
             t = 54
             addrs = key[:32]
         else:
-            return False
+            return None
         doff = ackoff[4] >> 4 << 2
         hlen = t + doff
         m = n - hlen
         if fl != TCP_ACK or doff < 20 or m <= 0:
-            return False
-        mask = self._masks.get((t, hlen))
-        if mask is None:
-            mask = self._masks[(t, hlen)] = _header_mask(t, hlen)
-        words, ref = mask
-        if words.size * 8 > n:
-            return False
-        # the headers: rows of 64-bit words, masked, against row 0's repeated
-        heads = np.ndarray((rows, words.size), "<u8", buf, o, (stride, 8))
-        if (heads & words).tobytes() != (_from_bytes(buf[o:o + words.size * 8], "little")
-                                         & ref).to_bytes(words.size * 8, "little") * rows:
-            return False
-        if np.ndarray((plain,), np.uint8, buf, o + t + 13, (stride,)).tobytes() != _ACK * plain:
-            return False           # PSH before the last row
-        # sequence numbers: each the previous one plus m (mod 2**32, as uint32 wraps)
-        seqs = np.ndarray((rows,), ">u4", buf, o + t + 4, (stride,))
-        if (seqs[1:] - seqs[:-1]).astype("=u4", copy=False).tobytes() != _U32.pack(m) * (rows - 1):
-            return False
-        if t == 34:
-            # IPv4 header checksums: each header is row 0's (valid) but for ID and checksum,
-            # so it verifies iff those two words sum as row 0's do, mod 0xFFFF; the 8 bytes
-            # from ID to checksum as one 64-bit number is congruent to their word sum
-            # mod 0xFFFF (2**16 == 1), and the two words between are row 0's
-            if checksum.word_sum(buf[o + 14:o + 34]):
-                return False
-            ip = np.ndarray((rows,), "<u8", buf, o + 18, (stride,)) % 0xFFFF
-            if ip.tobytes() != ip[:1].tobytes() * rows:
-                return False
+            return None
+        # the headers and sequence numbers of all rows at once: big-endian 64-bit words
+        # from `shift` bytes before the frame, so that the sequence number is the high
+        # half of one word; masked (the varying fields zeroed), minus row 0's, they must
+        # be 0 but for that word, r * m << 32 in row r (a difference mod 2**32 in the high
+        # half: the low halves are equal); and in the last row, when it is not one of
+        # the first `plain`, PSH may add its bit (row 0 has none: no other row may)
+        shift = 2 if t == 34 else 6
+        words = self._masks.get((t, hlen))
+        if words is None:
+            words = self._masks[(t, hlen)] = _header_mask(t, hlen, shift)
+        size = words.size * 8
+        if size > n + shift or o < shift:
+            return None
+        want = self._steps.get((t, hlen, rows, plain, m))
+        if want is None:
+            if len(self._steps) >= 64:
+                self._steps.clear()      # many segment sizes: keep the cache small
+            want = self._steps[(t, hlen, rows, plain, m)] = _differences(
+                t, shift, words.size, rows, plain, m)
+        heads = np.ndarray((rows, words.size), ">u8", buf, o - shift, (stride, 8)) & words
+        heads = (heads - heads[0]).tobytes()
+        if heads != want[0] and heads != want[1]:
+            return None
         # TCP checksums, little-endian words as in _failing: each row's sum plus the
         # (byte-swapped) pseudo-header sum must be 0 mod 0xFFFF
         tcp = n - t
@@ -235,7 +251,20 @@ class Coalescer:
             sums += np.ndarray((rows,), np.uint8, buf, o + n - 1, (stride,))
         sums %= 0xFFFF
         want = -((_from_bytes(addrs, "big") + IPPROTO_TCP + tcp) % 0xFFFF * 256) % 0xFFFF
-        return sums.tobytes() == _U32.pack(want) * rows
+        tcp_ok = sums.tobytes() == _U32.pack(want) * rows
+        if t == 54:
+            return [] if tcp_ok else np.flatnonzero(sums != want).tolist()
+        # IPv4 header checksums: each header is row 0's but for ID and checksum (the
+        # words between them are row 0's too), so it verifies iff those four words sum
+        # to minus the other six, mod 0xFFFF; the 8 bytes from ID to checksum as one
+        # little-endian 64-bit number are congruent to 256 times their big-endian word
+        # sum (2**16 == 1 mod 0xFFFF, and a byte swap is a product by 256)
+        ipwant = -((_from_bytes(buf[o + 14:o + 18], "big") + _from_bytes(addrs, "big"))
+                   % 0xFFFF * 256) % 0xFFFF
+        ip = np.ndarray((rows,), "<u8", buf, o + 18, (stride,)) % 0xFFFF
+        if ip.tobytes() == _U64.pack(ipwant) * rows:
+            return [] if tcp_ok else np.flatnonzero(sums != want).tolist()
+        return np.flatnonzero((sums != want) | (ip != ipwant)).tolist()
 
     # ------------------------------------------------------------------ grouping
     def _group(self, buf, frames, bad: set[int],
@@ -511,19 +540,31 @@ def _failing(buf, start: int, length: int, rows: int, stride: int, pseudo: int) 
 
 
 def _bulk(run: _Run, runs: dict, key: bytes, emit, frames: list, i: int,
-          block: tuple[int, int], seq: int, m: int) -> int:
-    """Frames i + 1 .. i + k - 1 of a block (k, stride), frame i just placed in `run`:
-    the steps _group's loop would take for each, a stretch of frames at a time. They
-    repeat frame i but for the sequence (each m more) and the fields that may vary, so
-    each extends the flow's open run until 64 KiB or MAX_SEGMENTS close it, and then
-    starts the next. Returns k - 1, the frames placed. Their `frames` entries are
-    placeholders (plan_runs does not build them): a run's first frame gets its own."""
-    k, stride = block
+          block: tuple[int, int, tuple[int, ...]], seq: int, m: int) -> int:
+    """Frames i + 1 .. i + k - 1 of a block (k, stride, failed), frame i just placed in
+    `run`: the steps _group's loop would take for each, a stretch of frames at a time.
+    They repeat frame i but for the sequence (each m more) and the fields that may vary,
+    so each extends the flow's open run until 64 KiB or MAX_SEGMENTS close it, and then
+    starts the next. A frame in `failed` (its checksum failed) is written alone and
+    closes the flow's run, as in _group: the next one starts a new run. Returns k - 1,
+    the frames placed. Their `frames` entries are placeholders (plan_runs does not
+    build them): a run's first frame and a failed one get their own."""
+    k, stride, failed = block
     j = i + 1
     end = i + k
     first = run
     o0, n = frames[i]
+    nb = failed[0] if failed else end
+    f = 1
     while j < end:
+        if j == nb:
+            frames[j] = (o0 + (j - i) * stride, n)
+            runs.pop(key, None)
+            emit(j)
+            j += 1
+            nb = failed[f] if f < len(failed) else end
+            f += 1
+            continue
         run = runs.get(key)
         if run is None:
             # frame j starts a super-frame, as frame i could: the same header facts
@@ -538,7 +579,7 @@ def _bulk(run: _Run, runs: dict, key: bytes, emit, frames: list, i: int,
         # an open run takes frames of m bytes (its gso: a larger one closed it at frame i)
         members = run.members
         have = len(members)
-        take = min(end - j, MAX_SEGMENTS - have, (run.limit - run.total) // m)
+        take = min(nb - j, MAX_SEGMENTS - have, (run.limit - run.total) // m)
         if take <= 0:
             del runs[key]        # 64 KiB: the next frame starts the next one
             continue
@@ -561,23 +602,38 @@ def _skip(it, k: int) -> None:
     next(islice(it, k, k), None)
 
 
-def _header_mask(t: int, hlen: int) -> tuple[np.ndarray, int]:
-    """For _block: the 64-bit little-endian words covering a frame's first `hlen` bytes
-    (TCP at `t`), with zeros where a later segment may differ from the first (and past
-    the headers), as an array and as one integer."""
-    size = -(-hlen // 8) * 8
-    keep = bytearray(b"\xff" * hlen + bytes(size - hlen))
-    vary = [(t + 4, 4), (t + 14, 6)]                 # seq; window, checksum, urgent pointer
+def _header_mask(t: int, hlen: int, shift: int) -> np.ndarray:
+    """For _block: the big-endian 64-bit words covering a frame's first `hlen` bytes
+    (TCP at `t`) from `shift` bytes before it, with zeros where a later segment may
+    differ from the first (and outside the headers)."""
+    keep = bytearray(bytes(shift) + b"\xff" * hlen)
+    keep += bytes(-len(keep) % 8)
+    vary = [(t + 14, 6)]                             # window, checksum, urgent pointer
     if t == 34:
         vary += [(18, 2), (24, 2)]                   # IPv4 ID and header checksum
     for at, ln in vary:
-        keep[at:at + ln] = bytes(ln)
-    keep[t + 13] = 0xFF ^ TCP_PSH                   # PSH: checked apart (last row only)
-    return np.frombuffer(bytes(keep), "<u8").copy(), _from_bytes(keep, "little")
+        keep[shift + at:shift + at + ln] = bytes(ln)
+    return np.frombuffer(bytes(keep), ">u8").astype(np.uint64)
 
 
-_ACK = bytes((TCP_ACK,))
+def _differences(t: int, shift: int, size: int, rows: int, plain: int,
+                 m: int) -> tuple[bytes, bytes]:
+    """For _block: the bytes of the masked header words of `rows` segments of m bytes
+    minus the first's, as they must be: zero but for the sequence number's word (row
+    r: r * m mod 2**32, in the high half); and the same with PSH in the last row,
+    when it is not one of the first `plain` (else, no second way)."""
+    d = np.zeros((rows, size), np.uint64)
+    d[:, (t + 4 + shift) >> 3] = (np.arange(rows, dtype=np.uint64) * m & 0xFFFFFFFF) << 32
+    plain_bytes = d.tobytes()
+    if rows > plain:
+        at = t + 13 + shift                          # the flags byte, in its word
+        d[-1, at >> 3] += TCP_PSH << (7 - (at & 7)) * 8
+        return plain_bytes, d.tobytes()
+    return plain_bytes, plain_bytes
+
+
 _U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
 
 
 # IPv6 extension headers a TCP header may follow (RFC 8200 section 4; 50/51 ESP and AH,
