@@ -60,14 +60,13 @@ def _all_headers(buf, pos: int, stride: int, count: int, expect: int) -> bool:
 class OffloadPath:
     """The offload loops of one node, sharing a Datapath's fdb and counters.
 
-    tap_fd: the TAP (IFF_VNET_HDR, offloads on); pool: the send sockets; rx: the
-    receive socket (UDP_GRO on if `gro`)."""
+    tap_fd: the TAP (IFF_VNET_HDR, offloads on); pool: the send sockets (UDP_SEGMENT);
+    rx: the receive socket (UDP_GRO on, where the kernel has it: TapLink sets it)."""
 
     def __init__(self, dp: datapath.Datapath, tap_fd: int, pool: list[socket.socket],
                  rx: socket.socket):
         self.dp = dp
         self.tap_fd = tap_fd
-        self.pool = tuple(pool)
         self.sends = tuple(s.sendto for s in pool)
         self.sendmsgs = tuple(s.sendmsg for s in pool)
         self.rx = rx
@@ -233,14 +232,18 @@ class OffloadPath:
             if count == 1:
                 self.sends[sock](part, addr)
             else:
-                cmsg = self.cmsgs.get(size)
-                if cmsg is None:
-                    cmsg = self.cmsgs[size] = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
-                self.sendmsgs[sock]([part], cmsg, 0, addr)
+                self.sendmsgs[sock]([part], self.cmsg(size), 0, addr)
         except OSError as e:
             self.send_failed(e, peer, self.trainview[HEADER_LEN:size], count)
             return False
         return True
+
+    def cmsg(self, size: int) -> list:
+        """The UDP_SEGMENT control message for datagrams of `size` bytes, made once."""
+        cmsg = self.cmsgs.get(size)
+        if cmsg is None:
+            cmsg = self.cmsgs[size] = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
+        return cmsg
 
     def send_segments(self, sock: int, total: int, size: int, addr, peer: str) -> bool:
         """The segmenter's datagrams to one peer: one UDP_SEGMENT send, or two when they
@@ -250,9 +253,7 @@ class OffloadPath:
         longer than a device's gso_max_size (gso_features_check), and a pod's 64 KiB
         super-frames are forwarded. False (counted) when the path refused them."""
         out = self.segmenter.view
-        cmsg = self.cmsgs.get(size)
-        if cmsg is None:
-            cmsg = self.cmsgs[size] = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
+        cmsg = self.cmsg(size)
         step = min(GSO_MAX_BYTES // size, GSO_MAX_SEGMENTS) * size
         sendmsg = self.sendmsgs[sock]
         try:
