@@ -100,7 +100,6 @@ class OffloadPath:
         readv = os.readv
         route = dp.route
         flood = dp.flood
-        per_peer = dp.counters.peers
         drops = dp.counters.tx_drops
         sends = self.sends
         pool = len(sends)
@@ -111,7 +110,8 @@ class OffloadPath:
         flow_protos = FLOW_PROTOS
         fragment_bits = FRAGMENT_BITS
         train = self.train
-        packets = octets = frames = done = 0
+        sent = self.sent
+        done = 0
         # the train: its socket, peer, address, datagram size, datagrams, bytes, and
         # whether a shorter (hence last) datagram joined it
         t_sock = t_peer = t_addr = None
@@ -119,15 +119,7 @@ class OffloadPath:
         t_short = False
 
         def flush():
-            nonlocal packets, octets, frames
-            if self.send_train(t_sock, t_addr, t_peer, t_size, t_count, t_len):
-                packets += t_count
-                octets += t_len
-                frames += t_count
-                c = per_peer[t_peer]
-                c[0] += t_count
-                c[1] += t_len
-                c[4] += t_count
+            self.send_train(t_sock, t_addr, t_peer, t_size, t_count, t_len)
 
         try:
             while done < budget:
@@ -190,14 +182,7 @@ class OffloadPath:
                         drops["bad-offload"] += 1
                         continue
                     for peer, addr, _ in targets:
-                        if self.send_segments(sock, total, size, addr, peer):
-                            packets += count
-                            octets += total
-                            frames += 1
-                            c = per_peer[peer]
-                            c[0] += count
-                            c[1] += total
-                            c[4] += 1
+                        self.send_segments(sock, total, size, count, addr, peer)
                     continue
                 datagram = view[:size]
                 send = sends[sock]
@@ -207,26 +192,28 @@ class OffloadPath:
                     except OSError as e:
                         self.send_failed(e, peer, view[HEADER_LEN:size])
                         continue
-                    packets += 1
-                    octets += size
-                    frames += 1
-                    c = per_peer[peer]
-                    c[0] += 1
-                    c[1] += size
-                    c[4] += 1
+                    sent(peer, 1, size, 1)
         finally:
             if t_count:
                 flush()
-            tx = dp.counters.tx
-            tx[0] += packets
-            tx[1] += octets
-            tx[2] += frames
         return done
 
+    def sent(self, peer: str, datagrams: int, octets: int, frames: int) -> None:
+        """Count what one send carried, in the totals and for its peer. Called per send,
+        not per frame read: a train or a super-frame is one call."""
+        tx = self.dp.counters.tx
+        tx[0] += datagrams
+        tx[1] += octets
+        tx[2] += frames
+        c = self.dp.counters.peers[peer]
+        c[0] += datagrams
+        c[1] += octets
+        c[4] += frames
+
     def send_train(self, sock: int, addr, peer: str, size: int, count: int,
-                   length: int) -> bool:
-        """The train's datagrams to their peer in one send. False (counted per datagram)
-        when refused."""
+                   length: int) -> None:
+        """The train's datagrams (count frames, one datagram each) to their peer in one
+        send, counted; a refusal is counted per datagram."""
         part = self.trainview[:length]
         try:
             if count == 1:
@@ -235,8 +222,8 @@ class OffloadPath:
                 self.sendmsgs[sock]([part], self.cmsg(size), 0, addr)
         except OSError as e:
             self.send_failed(e, peer, self.trainview[HEADER_LEN:size], count)
-            return False
-        return True
+            return
+        self.sent(peer, count, length, count)
 
     def cmsg(self, size: int) -> list:
         """The UDP_SEGMENT control message for datagrams of `size` bytes, made once."""
@@ -245,13 +232,15 @@ class OffloadPath:
             cmsg = self.cmsgs[size] = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
         return cmsg
 
-    def send_segments(self, sock: int, total: int, size: int, addr, peer: str) -> bool:
+    def send_segments(self, sock: int, total: int, size: int, count: int, addr,
+                      peer: str) -> None:
         """The segmenter's datagrams to one peer: one UDP_SEGMENT send, or two when they
         exceed what one send carries (65,507 bytes: a 64 KiB super-frame of 1,398-byte
         segments is 68 KiB once each has its headers). The TAP's gso_max_size is left at
         its default on purpose: the kernel segments in software any forwarded GSO packet
         longer than a device's gso_max_size (gso_features_check), and a pod's 64 KiB
-        super-frames are forwarded. False (counted) when the path refused them."""
+        super-frames are forwarded. Counted as one frame of `count` datagrams, or as
+        refused."""
         out = self.segmenter.view
         cmsg = self.cmsg(size)
         step = min(GSO_MAX_BYTES // size, GSO_MAX_SEGMENTS) * size
@@ -265,8 +254,8 @@ class OffloadPath:
                     sendmsg([part], cmsg, 0, addr)
         except OSError as e:
             self.send_failed(e, peer, out[HEADER_LEN:size])
-            return False
-        return True
+            return
+        self.sent(peer, count, total, 1)
 
     def send_failed(self, e: OSError, peer: str, first, count: int = 1) -> None:
         """EMSGSIZE (a datagram over the path MTU, DF set) or EINVAL (a UDP_SEGMENT size
