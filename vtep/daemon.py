@@ -141,6 +141,11 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
     def publish(resync: bool):
         info.update(ifindex=rec.ifindex, peers=[p.name for p in rec.want.peers]
                     if rec.want else [], last_pass=now())
+        if rec.want:   # what vtep-cni reads when its config names no plan or store
+            node = rec.node
+            info["network"] = {"subnet": str(node.subnet), "gateway": str(node.gateway),
+                               "underlay_ip": str(node.underlay_ip),
+                               "overlay": str(rec.plan.overlay), "mtu": rec.want.device.mtu}
         note_store()
         if counting:
             info["counters"] = backend.counters()

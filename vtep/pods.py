@@ -180,21 +180,24 @@ def ensure_bridge(ipr, name: str, node: planlib.Node) -> int:
     return idx
 
 
-def ensure_veth(ipr, veth: str, ns_path: str, bridge_idx: int, mtu: int) -> None:
-    """The pair: `veth` here on the bridge, eth0 created directly in the pod namespace."""
+def ensure_veth(ipr, veth: str, ns_path: str, bridge_idx: int, mtu: int,
+                ifname: str = POD_IF) -> None:
+    """The pair: `veth` here on the bridge, `ifname` created directly in the pod namespace.
+    An `ifname` already in the pod that is not the other end of `veth` is refused (EEXIST
+    from the kernel, raised): it belongs to someone else."""
     idx = ipr.link_lookup(ifname=veth)
-    if idx and not _pod_has_eth0(ns_path):  # half a pair (the pod side vanished): start over
+    if idx and not _pod_has_if(ns_path, ifname):  # half a pair (the pod side vanished)
         ipr.link("del", index=idx[0])
         idx = []
     if not idx:
         fd = os.open(ns_path, os.O_RDONLY)
         try:
             ipr.link("add", ifname=veth, kind="veth", mtu=mtu,
-                     peer={"ifname": POD_IF, "net_ns_fd": fd, "mtu": mtu})
+                     peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
         finally:
             os.close(fd)
         idx = ipr.link_lookup(ifname=veth)
-    ipr.link("set", index=idx[0], master=bridge_idx, state="up")
+    ipr.link("set", index=idx[0], master=bridge_idx, state="up", mtu=mtu)
 
 
 def remove_veth(veth: str) -> bool:
@@ -225,24 +228,45 @@ def _in_pod(ns_path: str, argv: list[str], check: bool = True) -> subprocess.Com
     return r
 
 
-def _pod_has_eth0(ns_path: str) -> bool:
-    return _in_pod(ns_path, ["ip", "link", "show", POD_IF], check=False).returncode == 0
+def _pod_has_if(ns_path: str, ifname: str = POD_IF) -> bool:
+    return _in_pod(ns_path, ["ip", "link", "show", ifname], check=False).returncode == 0
 
 
-def configure_pod(ns_path: str, ip: str, node: planlib.Node) -> None:
-    """lo up; eth0 holds exactly `ip`/prefix, up; default route via the gateway."""
+def pod_link(ns_path: str, ifname: str = POD_IF) -> dict | None:
+    """What `ifname` in the pod is now: mac, mtu, up, its IPv4 addresses (CIDR) and the
+    gateways of its default routes; None when the pod has no such interface."""
+    r = _in_pod(ns_path, ["ip", "-j", "address", "show", "dev", ifname], check=False)
+    if r.returncode:
+        return None
+    try:
+        link = json.loads(r.stdout)[0]
+        routes = json.loads(_in_pod(ns_path, ["ip", "-j", "-4", "route", "show", "default",
+                                              "dev", ifname]).stdout or "[]")
+    except (ValueError, IndexError) as e:
+        raise PodError(f"in {ns_path}: unreadable `ip -j` output ({e})")
+    return {"mac": link.get("address", ""), "mtu": link.get("mtu"),
+            "up": "UP" in link.get("flags", ()),
+            "addresses": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", ())
+                          if a.get("family") == "inet"],
+            "default_via": [x.get("gateway") for x in routes]}
+
+
+def configure_pod(ns_path: str, ip: str, node: planlib.Node, ifname: str = POD_IF,
+                  mtu: int | None = None) -> None:
+    """lo up; `ifname` holds exactly `ip`/prefix, has `mtu`, is up; default route via the
+    gateway. Each step is a no-op when already so: a repeated add repairs drift."""
     cidr = f"{ip}/{node.subnet.prefixlen}"
     _in_pod(ns_path, ["ip", "link", "set", "lo", "up"])
-    have = _in_pod(ns_path, ["ip", "-4", "-o", "address", "show", "dev", POD_IF]).stdout.split()
+    have = _in_pod(ns_path, ["ip", "-4", "-o", "address", "show", "dev", ifname]).stdout.split()
     addrs = [have[i + 1] for i, w in enumerate(have[:-1]) if w == "inet"]
     for a in addrs:
         if a != cidr:  # a stale address of an earlier allocation
-            _in_pod(ns_path, ["ip", "address", "del", a, "dev", POD_IF])
+            _in_pod(ns_path, ["ip", "address", "del", a, "dev", ifname])
     if cidr not in addrs:
-        _in_pod(ns_path, ["ip", "address", "add", cidr, "dev", POD_IF])
-    _in_pod(ns_path, ["ip", "link", "set", POD_IF, "up"])
+        _in_pod(ns_path, ["ip", "address", "add", cidr, "dev", ifname])
+    _in_pod(ns_path, ["ip", "link", "set", ifname] + (["mtu", str(mtu)] if mtu else []) + ["up"])
     _in_pod(ns_path, ["ip", "route", "replace", "default", "via", str(node.gateway),
-                      "dev", POD_IF])
+                      "dev", ifname])
 
 
 # --- namespaces -----------------------------------------------------------------------------
@@ -355,7 +379,7 @@ def add(args) -> dict:
             with _ipr() as ipr:
                 bridge = ensure_bridge(ipr, args.bridge, node)
                 ensure_veth(ipr, rec["veth"], ns_path, bridge, mtu)
-            configure_pod(ns_path, ip, node)
+            configure_pod(ns_path, ip, node, mtu=mtu)
         except BaseException as e:
             if fresh:  # nothing half-configured: undo what this call made
                 remove_veth(rec["veth"])

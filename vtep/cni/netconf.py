@@ -1,0 +1,174 @@
+"""The plugin's own keys in a network config, and where the node's share of the overlay
+comes from.
+
+`read_conf` checks the keys (a typo is refused with code 2, naming the key and its
+value, instead of being silently ignored); `node_net` then turns the config into a
+NodeNet, the four facts an attachment needs (node, subnet, gateway, overlay MTU), from
+one of three places, as flannel's plugin reads flanneld's subnet file:
+
+- "plan": a plan file; the node is "node", or the one whose underlay address is on
+  this host; the MTU is the plan's, or the underlay device's minus the encapsulation.
+- "etcd": the cluster in etcd (the same records `vtep run --etcd` keeps); the node as
+  above, from the live members.
+- neither: the running agent's status file, `<stateDir>/<device>.<node>.json`, which
+  `vtep run` rewrites after every pass; it also carries the MTU that `--mtu auto`
+  found. A file whose agent is gone, or runs in another network namespace, is refused
+  (code 11: start the agent, then retry).
+"""
+from __future__ import annotations
+
+import glob
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+
+from .. import host, plan as planlib, state as statelib
+from ..config import DEFAULT_DEVICE, DEFAULT_STATE_DIR
+from ..netns import alive
+from ..status import netns_inode
+from .spec import (INVALID_CONFIG, TRY_AGAIN_LATER, UNSUPPORTED_FIELD, CniError)
+
+# Our keys and their types; every other key must be the protocol's (section 1).
+OWN = {"plan": str, "etcd": str, "etcdPrefix": str, "etcdCACert": str, "etcdCert": str,
+       "etcdKey": str, "node": str, "bridge": str, "stateDir": str, "device": str}
+PROTOCOL = {"cniVersion", "cniVersions", "name", "type", "runtimeConfig", "args",
+            "prevResult", "capabilities", "disableCheck", "disableGC", "dns", "ipMasq",
+            "loadOnlyInlinedPlugins"}
+DEFAULT_BRIDGE = "br0"
+
+
+@dataclass(frozen=True)
+class Conf:
+    name: str
+    plan: str | None = None
+    etcd: str | None = None
+    etcd_prefix: str = "/vtep"
+    etcd_tls: tuple = (None, None, None)
+    node: str | None = None
+    bridge: str = DEFAULT_BRIDGE
+    state_dir: str = DEFAULT_STATE_DIR
+    device: str = DEFAULT_DEVICE
+    dns: dict | None = None
+
+
+@dataclass(frozen=True)
+class NodeNet:
+    node: planlib.Node
+    mtu: int
+    source: str          # where the facts came from, for messages
+
+    @property
+    def subnet(self):
+        return self.node.subnet
+
+    @property
+    def gateway(self):
+        return self.node.gateway
+
+
+def read_conf(config: dict) -> Conf:
+    """The config's keys, checked; never touches the host."""
+    for k, v in config.items():
+        if k in OWN:
+            if not isinstance(v, OWN[k]) or not v:
+                raise CniError(INVALID_CONFIG, f"network config: {k} must be a non-empty "
+                                               f"string (got {json.dumps(v)[:60]})")
+        elif k not in PROTOCOL and not k.startswith("cni.dev/"):
+            raise CniError(UNSUPPORTED_FIELD, f"network config: unknown key {k!r} "
+                           f"(value {json.dumps(v)[:60]}); vtep knows {', '.join(sorted(OWN))}")
+    name = config.get("name")
+    if not isinstance(name, str) or not name:
+        raise CniError(INVALID_CONFIG, "network config: name is missing")
+    if config.get("ipMasq"):
+        raise CniError(UNSUPPORTED_FIELD, "network config: ipMasq true: vtep routes pod "
+                       "addresses across the overlay without NAT; remove it or set it false")
+    if config.get("type") != "vtep":
+        raise CniError(INVALID_CONFIG, f"network config: type {config.get('type')!r}, "
+                                       "expected \"vtep\"")
+    if "plan" in config and "etcd" in config:
+        raise CniError(INVALID_CONFIG, "network config: plan and etcd both given; name one "
+                                       "(or neither, to read the running agent's status)")
+    bridge = config.get("bridge", DEFAULT_BRIDGE)
+    for key, dev in (("bridge", bridge), ("device", config.get("device", DEFAULT_DEVICE))):
+        why = planlib.ifname_problem(dev)
+        if why:
+            raise CniError(INVALID_CONFIG, f"network config: {key} {dev!r}: {why}")
+    dns = config.get("dns")
+    if dns is not None and not isinstance(dns, dict):
+        raise CniError(INVALID_CONFIG, "network config: dns must be an object")
+    return Conf(name=name, plan=config.get("plan"), etcd=config.get("etcd"),
+                etcd_prefix=config.get("etcdPrefix", "/vtep"),
+                etcd_tls=(config.get("etcdCACert"), config.get("etcdCert"),
+                          config.get("etcdKey")),
+                node=config.get("node"), bridge=bridge,
+                state_dir=config.get("stateDir", DEFAULT_STATE_DIR),
+                device=config.get("device", DEFAULT_DEVICE), dns=dns or None)
+
+
+def node_net(conf: Conf) -> NodeNet:
+    """This node's subnet, gateway and overlay MTU. vtep's own errors propagate (the
+    entry point maps them); only the status file's problems are CniErrors here."""
+    if conf.plan:
+        return _from_plan(planlib.load(conf.plan), conf, f"plan {conf.plan}")
+    if conf.etcd:
+        return _from_plan(_etcd_plan(conf), conf, f"etcd {conf.etcd}{conf.etcd_prefix}")
+    return from_status(conf)
+
+
+def _from_plan(plan: planlib.Plan, conf: Conf, where: str) -> NodeNet:
+    node = host.select_node(plan, conf.node)
+    _, underlay_mtu = host.underlay(node)
+    return NodeNet(node, statelib.overlay_mtu(plan, underlay_mtu), where)
+
+
+def _etcd_plan(conf: Conf) -> planlib.Plan:
+    from ..etcd import Client, TLSFiles
+    from ..etcd.membership import snapshot
+    from ..etcd.model import Layout, to_plan
+    layout = Layout(conf.etcd_prefix)
+    with Client(conf.etcd, tls=TLSFiles(*conf.etcd_tls)) as client:
+        config, members, _ = snapshot(client, layout)
+    return to_plan(config, members, f"etcd {conf.etcd}{conf.etcd_prefix}")
+
+
+def status_files(conf: Conf) -> list[str]:
+    if conf.node:
+        path = os.path.join(conf.state_dir, f"{conf.device}.{conf.node}.json")
+        return [path] if os.path.exists(path) else []
+    return sorted(glob.glob(os.path.join(glob.escape(conf.state_dir), f"{conf.device}.*.json")))
+
+
+def from_status(conf: Conf) -> NodeNet:
+    """The facts the running agent published (vtep.daemon writes "network")."""
+    found = status_files(conf)
+    which = f"{conf.device}.{conf.node or '*'}.json in {conf.state_dir}"
+    if not found:
+        raise CniError(TRY_AGAIN_LATER, f"no status file {which}: is `vtep run` running on "
+                       "this node? (or name a \"plan\" or \"etcd\" in the network config)")
+    if len(found) > 1:
+        names = ", ".join(os.path.basename(f) for f in found)
+        raise CniError(INVALID_CONFIG, f"several agents' status files ({names}): name the "
+                                       "node with \"node\" in the network config")
+    path = found[0]
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        net = doc["network"]
+        subnet = ipaddress.IPv4Network(net["subnet"])
+        mtu = int(net["mtu"])
+        pid, ns = int(doc["pid"]), doc.get("netns")
+        node = planlib.Node(str(doc["node"]), ipaddress.ip_address(net["underlay_ip"]),
+                            subnet, "")
+    except FileNotFoundError:
+        raise CniError(TRY_AGAIN_LATER, f"{path}: gone while read (the agent stopped)")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CniError(TRY_AGAIN_LATER, f"{path}: no network facts in it ({type(e).__name__}: "
+                       f"{e}); an agent older than the plugin? restart `vtep run`")
+    if not alive(pid):
+        raise CniError(TRY_AGAIN_LATER, f"{path}: the agent that wrote it (pid {pid}) is not "
+                                        "running; start `vtep run`, then retry")
+    if ns is not None and ns != netns_inode():
+        raise CniError(INVALID_CONFIG, f"{path}: written by an agent in another network "
+                                       "namespace; run the plugin in the node's namespace")
+    return NodeNet(node, mtu, f"status {path}")

@@ -1,0 +1,280 @@
+"""What each CNI command does to the node: attachments made with vtep.pods' connectivity
+rule (a veth from the container to the node bridge, an address from the node's subnet,
+the gateway, the overlay MTU) and recorded in the same allocation file `vtep pod add`
+uses, so the two never hand out one address twice.
+
+An attachment is (CNI_CONTAINERID, CNI_IFNAME); its record's key is "ID/IFNAME" (a
+`vtep pod` name never holds '/') and it remembers the network's name, for GC. ADD and
+DEL hold the node's allocation lock from the first read to the last write, so parallel
+ADDs (the runtime starts plugins concurrently) see each other's addresses. DEL needs
+neither the plan nor the agent: it finds the record by its key under stateDir, so a
+node whose agent is down still releases its addresses.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .. import host, pods
+from ..errors import VtepError
+from . import netconf
+from .spec import (CHECK_FAILED, EXHAUSTED, INVALID_CONFIG, NOT_AVAILABLE, SETUP_FAILED,
+                   TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError, Request, render_result)
+
+
+def run(req: Request) -> dict | None:
+    """The command's answer (None: print nothing)."""
+    from .spec import version_result
+    if req.command == "VERSION":
+        return version_result(req.version)
+    conf = netconf.read_conf(req.config)
+    try:
+        return COMMANDS[req.command](req, conf)
+    except CniError:
+        raise
+    except pods.SubnetExhausted as e:
+        raise CniError(EXHAUSTED, str(e))
+    except pods.PodError as e:
+        raise CniError(SETUP_FAILED, str(e))
+    except VtepError as e:
+        raise translate(e)
+
+
+def translate(e: VtepError) -> CniError:
+    """vtep's own errors as the spec's: an unreachable store is worth a retry; a bad
+    plan, node, option or host is an invalid config for this node."""
+    from ..etcd import EtcdUnavailable
+    return CniError(TRY_AGAIN_LATER if isinstance(e, EtcdUnavailable) else INVALID_CONFIG,
+                    str(e))
+
+
+# --- ADD ------------------------------------------------------------------------------------
+
+def requested_ip(req: Request) -> str | None:
+    """A static address: runtimeConfig "ips" (the `ips` capability, podman --ip with
+    netavark-style configs) or CNI_ARGS IP= (host-local's convention, what podman's CNI
+    backend passes). One IPv4 address; a prefix, if given, must be the subnet's."""
+    wanted = []
+    rc = req.config.get("runtimeConfig")
+    if isinstance(rc, dict) and isinstance(rc.get("ips"), list):
+        wanted += [str(x) for x in rc["ips"]]
+    if req.args.get("IP"):
+        wanted += req.args["IP"].split(",")
+    wanted = sorted(set(w.split("/")[0] for w in wanted))
+    if len(wanted) > 1:
+        raise CniError(INVALID_CONFIG, f"several static addresses asked for "
+                                       f"({', '.join(wanted)}); vtep gives one per attachment")
+    return wanted[0] if wanted else None
+
+
+def add(req: Request, conf: netconf.Conf) -> dict:
+    host.require_net_admin("vtep-cni ADD")
+    net = netconf.node_net(conf)
+    if not os.path.exists(req.netns):
+        raise CniError(UNKNOWN_CONTAINER, f"CNI_NETNS {req.netns}: no such namespace")
+    want_ip = requested_ip(req)
+    store = pods.PodStore(conf.state_dir, net.node.name)
+    with store.locked():
+        rec = store.pods.get(req.key)
+        if rec and rec["netns"] != req.netns:
+            # the runtime re-added the container in a new namespace without a DEL: the
+            # old pair went with the old namespace, or goes now; the address stays
+            pods.remove_veth(rec["veth"])
+        if rec and want_ip and want_ip != rec["ip"]:
+            raise CniError(INVALID_CONFIG, f"{req.key} already has {rec['ip']}, not {want_ip}; "
+                                           "DEL it first")
+        ip = rec["ip"] if rec else pods.allocate(net.node, store.taken(), want_ip, req.key)
+        new = {"ip": ip, "gateway": str(net.gateway), "veth": pods.veth_name(req.key),
+               "netns": req.netns, "created_netns": False, "bridge": conf.bridge,
+               "cni": {"network": conf.name, "container": req.container,
+                       "ifname": req.ifname}}
+        try:
+            with pods._ipr() as ipr:
+                bridge = pods.ensure_bridge(ipr, conf.bridge, net.node)
+                pods.ensure_veth(ipr, new["veth"], req.netns, bridge, net.mtu, req.ifname)
+            pods.configure_pod(req.netns, ip, net.node, req.ifname, net.mtu)
+            macs = _macs(conf.bridge, new["veth"])
+            pod = pods.pod_link(req.netns, req.ifname)
+        except BaseException as e:
+            if rec is None:  # nothing half-made: undo what this call made
+                pods.remove_veth(new["veth"])
+            if isinstance(e, VtepError):
+                raise
+            if isinstance(e, Exception):
+                raise CniError(SETUP_FAILED, f"{req.key} in {req.netns}: {_why(e)}") from None
+            raise
+        store.pods[req.key] = new
+        store.save()
+    interfaces = [{"name": conf.bridge, "mac": macs[0]},
+                  {"name": new["veth"], "mac": macs[1]},
+                  {"name": req.ifname, "mac": pod["mac"], "mtu": pod["mtu"],
+                   "sandbox": req.netns}]
+    ips = [{"address": f"{ip}/{net.subnet.prefixlen}", "gateway": str(net.gateway)}]
+    routes = [{"dst": "0.0.0.0/0", "gw": str(net.gateway)}]
+    return _merge(req, interfaces, ips, routes, conf.dns)
+
+
+def _why(e: Exception) -> str:
+    from pyroute2 import NetlinkError
+    code = e.code if isinstance(e, NetlinkError) else e.errno if isinstance(e, OSError) else None
+    if isinstance(code, int) and code > 0:
+        return f"{os.strerror(code)} ({e})"
+    return str(e) or type(e).__name__
+
+
+def _macs(bridge: str, veth: str) -> tuple[str, str]:
+    with pods._ipr() as ipr:
+        out = []
+        for name in (bridge, veth):
+            idx = ipr.link_lookup(ifname=name)
+            out.append(ipr.get_links(idx[0])[0].get_attr("IFLA_ADDRESS") if idx else "")
+    return out[0], out[1]
+
+
+def _merge(req, interfaces, ips, routes, dns) -> dict:
+    """Our part after what earlier plugins of a chain made (section 5: a prevResult is
+    passed on, with this plugin's changes added); ips point into the joint list."""
+    prev = req.config.get("prevResult")
+    prev = prev if isinstance(prev, dict) else {}
+    before = list(prev.get("interfaces") or [])
+    pod_index = len(before) + 2
+    ips = [dict(ip, interface=pod_index) for ip in ips]
+    old_ips = [{k: v for k, v in ip.items() if k != "version"} for ip in prev.get("ips") or []]
+    return render_result(req.version, before + interfaces, old_ips + ips,
+                         list(prev.get("routes") or []) + routes, dns or prev.get("dns"))
+
+
+# --- DEL and GC -----------------------------------------------------------------------------
+
+def _stores(conf: netconf.Conf):
+    """The allocation files this config may have written: the named node's, or all."""
+    base = Path(conf.state_dir)
+    pattern = f"pods-{conf.node}.json" if conf.node else "pods-*.json"
+    for path in sorted(base.glob(pattern)):
+        try:
+            node = json.loads(path.read_text())["node"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        yield pods.PodStore(conf.state_dir, node)
+
+
+def delete(req: Request, conf: netconf.Conf) -> None:
+    """Release the attachment; success when it, its veth or its namespace is gone."""
+    host.require_net_admin("vtep-cni DEL")
+    removed = False
+    for store in _stores(conf):
+        with store.locked(create=False):
+            rec = store.pods.pop(req.key, None)
+            if rec is None:
+                continue
+            pods.remove_veth(rec["veth"])
+            store.save()
+            removed = True
+    if not removed:   # a crashed ADD may have left the pair without a record
+        pods.remove_veth(pods.veth_name(req.key))
+    return None
+
+
+def gc(req: Request, conf: netconf.Conf) -> None:
+    """Release this network's attachments that the runtime no longer lists (1.1.0)."""
+    host.require_net_admin("vtep-cni GC")
+    valid = req.config.get("cni.dev/valid-attachments", [])
+    if not isinstance(valid, list) or not all(isinstance(v, dict) for v in valid):
+        raise CniError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
+    keep = {f"{v.get('containerID')}/{v.get('ifname')}" for v in valid}
+    failed = []
+    for store in _stores(conf):
+        with store.locked(create=False):
+            stale = [k for k, r in store.pods.items()
+                     if (r.get("cni") or {}).get("network") == conf.name and k not in keep]
+            for k in stale:
+                try:
+                    pods.remove_veth(store.pods[k]["veth"])
+                except Exception as e:   # section 2: carry on, report at the end
+                    failed.append(f"{k}: {_why(e)}")
+                    continue
+                del store.pods[k]
+            if stale:
+                store.save()
+    if failed:
+        raise CniError(SETUP_FAILED, "GC could not release " + "; ".join(failed))
+    return None
+
+
+# --- CHECK and STATUS -----------------------------------------------------------------------
+
+def check(req: Request, conf: netconf.Conf) -> None:
+    """Every resource ADD made, as ADD made it: the record, the host's veth on the
+    bridge, the address, the MTU and the default route in the container."""
+    prev = req.config.get("prevResult")
+    if not isinstance(prev, dict):
+        raise CniError(INVALID_CONFIG, "CHECK needs prevResult, the result of the ADD")
+    net = netconf.node_net(conf)
+    store = pods.PodStore(conf.state_dir, net.node.name)
+    with store.locked(create=False):
+        rec = store.pods.get(req.key)
+    if rec is None:
+        raise CniError(CHECK_FAILED, f"{req.key}: no address is allocated to it on node "
+                                     f"{net.node.name} (never added, or released)")
+    cidr = f"{rec['ip']}/{net.subnet.prefixlen}"
+    listed = {ip.get("address") for ip in prev.get("ips") or []}
+    problems = []
+    if cidr not in listed:
+        problems.append(f"prevResult lists {', '.join(sorted(map(str, listed))) or 'no address'}"
+                        f", the allocation is {cidr}")
+    problems += _host_problems(rec, conf.bridge)
+    if not os.path.exists(req.netns):
+        problems.append(f"namespace {req.netns} is gone")
+    else:
+        pod = pods.pod_link(req.netns, req.ifname)
+        if pod is None:
+            problems.append(f"{req.ifname} is missing in {req.netns}")
+        else:
+            if cidr not in pod["addresses"]:
+                problems.append(f"address {cidr} missing on {req.ifname}")
+            if pod["mtu"] != net.mtu:
+                problems.append(f"MTU {pod['mtu']} on {req.ifname}, expected {net.mtu}")
+            if not pod["up"]:
+                problems.append(f"{req.ifname} is down")
+            if str(net.gateway) not in pod["default_via"]:
+                problems.append(f"no default route via {net.gateway}")
+    if problems:
+        raise CniError(CHECK_FAILED, f"{req.key}: " + "; ".join(problems))
+    return None
+
+
+def _host_problems(rec: dict, bridge: str) -> list[str]:
+    with pods._ipr() as ipr:
+        br = ipr.link_lookup(ifname=bridge)
+        idx = ipr.link_lookup(ifname=rec["veth"])
+        if not idx:
+            return [f"host veth {rec['veth']} is missing"]
+        link = ipr.get_links(idx[0])[0]
+        out = []
+        if not br or link.get_attr("IFLA_MASTER") != br[0]:
+            out.append(f"host veth {rec['veth']} is not a port of {bridge}")
+        if not link["flags"] & 1:   # IFF_UP
+            out.append(f"host veth {rec['veth']} is down")
+    return out
+
+
+def status(req: Request, conf: netconf.Conf) -> None:
+    """Ready when the node's facts are known and its subnet has a free address."""
+    try:
+        net = netconf.node_net(conf)
+    except CniError as e:
+        raise CniError(NOT_AVAILABLE, e.details)
+    except VtepError as e:
+        raise CniError(NOT_AVAILABLE, str(e))
+    store = pods.PodStore(conf.state_dir, net.node.name)
+    with store.locked(create=False):
+        taken = store.taken()
+    try:
+        pods.allocate(net.node, taken, None, "?")
+    except pods.SubnetExhausted as e:
+        raise CniError(NOT_AVAILABLE, str(e))
+    return None
+
+
+COMMANDS = {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc}
