@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-PKGS="python3 python3-venv python3-dev gcc iproute2 iputils-ping tcpdump tshark ethtool iperf3 nftables procps util-linux openvswitch-switch etcd-server"
+PKGS="python3 python3-venv python3-dev gcc iproute2 iputils-ping tcpdump tshark ethtool iperf3 nftables procps util-linux openvswitch-switch etcd-server podman runc containernetworking-plugins busybox-static"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -15,7 +15,7 @@ if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     # wireshark-common asks whether non-root users may capture: no.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-    # Open vSwitch and etcd are started by the tests themselves, inside their namespaces
+    # Open vSwitch, etcd and podman are started by the tests themselves, inside their namespaces
     # or on loopback: their packages must not start the system services. policy-rc.d (Debian's switch for that)
     # is put in place only if the machine has none, and removed again.
     guard=""

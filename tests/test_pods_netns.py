@@ -209,7 +209,7 @@ def test_netns_path_from_a_runtime(cluster):
         assert in_ns(path, ["ip", "link", "show", "eth0"]).returncode != 0  # veth gone
         assert holder.poll() is None  # the runtime's namespace (and process) untouched
         r = cluster.pod("add", cluster.prefix + "cid2", "network-1", "--netns", "/nonexistent")
-        assert r.returncode == 2 and "--netns /nonexistent: no such namespace path" in r.stderr
+        assert r.returncode == 2 and "--netns /nonexistent: no such file or directory" in r.stderr
     finally:
         holder.kill()
         holder.wait()

@@ -271,6 +271,32 @@ def configure_pod(ns_path: str, ip: str, node: planlib.Node, ifname: str = POD_I
 
 # --- namespaces -----------------------------------------------------------------------------
 
+NS_GET_NSTYPE = 0xB703      # ioctl on a namespace fd (linux/nsfs.h): its CLONE_NEW* type
+CLONE_NEWNET = 0x40000000
+
+
+def netns_problem(path: str) -> str | None:
+    """Why `path` cannot be a pod's network namespace: missing, not a network namespace
+    (a file, a mount namespace), or this very namespace, the node's own, whose default
+    route and addresses a pod's setup would overwrite. None when it can be."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        return e.strerror.lower()
+    try:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError:
+            kind = None
+        if kind != CLONE_NEWNET:
+            return "not a network namespace"
+        if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            return "this node's own network namespace, not a pod's"
+    finally:
+        os.close(fd)
+    return None
+
+
 def netns_dir_is_private() -> bool:
     """True inside `ip netns exec` (or any slave mount namespace): /run/netns is mounted
     there as a slave ("master:N") of the host's shared mount, so a namespace created here
@@ -363,8 +389,9 @@ def add(args) -> dict:
         if args.netns:
             ns_path = os.path.abspath(args.netns)  # not realpath: /proc/PID/ns/net is a
             # magic link whose target ("net:[...]") is no path
-            if not os.path.exists(ns_path):
-                raise UsageError(f"--netns {args.netns}: no such namespace path")
+            why = netns_problem(ns_path)
+            if why:
+                raise UsageError(f"--netns {args.netns}: {why}")
             created = bool(rec and rec.get("created_netns"))
         else:
             ns_path = f"{NETNS_DIR}/{args.name}"

@@ -28,8 +28,15 @@ def _version_of(stdin: bytes) -> str:
     return v if v in SUPPORTED else LATEST
 
 
+# Where `ip` and `nsenter` live; a runtime's PATH may lack the sbin directories.
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    have = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([d for d in have if d] +
+                                         [d for d in SYSTEM_PATH if d not in have])
     if argv or (not os.environ.get("CNI_COMMAND") and sys.stdin.isatty()):
         print(ABOUT, file=sys.stderr)   # a human, not a runtime (the plugins' skel does so)
         return 0 if not argv or argv[0] in ("-h", "--help", "--version") else 2
@@ -69,3 +76,7 @@ def _write(text: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError:   # the reader went away: nothing left to tell it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import host, pods
 from ..errors import VtepError
 from . import netconf
-from .spec import (CHECK_FAILED, EXHAUSTED, INVALID_CONFIG, NOT_AVAILABLE, SETUP_FAILED,
+from .spec import (BAD_ENVIRONMENT, CHECK_FAILED, EXHAUSTED, INVALID_CONFIG, NOT_AVAILABLE, SETUP_FAILED,
                    TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError, Request, render_result)
 
 
@@ -71,8 +71,11 @@ def requested_ip(req: Request) -> str | None:
 def add(req: Request, conf: netconf.Conf) -> dict:
     host.require_net_admin("vtep-cni ADD")
     net = netconf.node_net(conf)
-    if not os.path.exists(req.netns):
+    if not os.path.lexists(req.netns):
         raise CniError(UNKNOWN_CONTAINER, f"CNI_NETNS {req.netns}: no such namespace")
+    why = pods.netns_problem(req.netns)
+    if why:
+        raise CniError(BAD_ENVIRONMENT, f"CNI_NETNS {req.netns}: {why}")
     want_ip = requested_ip(req)
     store = pods.PodStore(conf.state_dir, net.node.name)
     with store.locked():
@@ -224,7 +227,7 @@ def check(req: Request, conf: netconf.Conf) -> None:
         problems.append(f"prevResult lists {', '.join(sorted(map(str, listed))) or 'no address'}"
                         f", the allocation is {cidr}")
     problems += _host_problems(rec, conf.bridge)
-    if not os.path.exists(req.netns):
+    if not os.path.lexists(req.netns):
         problems.append(f"namespace {req.netns} is gone")
     else:
         pod = pods.pod_link(req.netns, req.ifname)

@@ -1,0 +1,471 @@
+"""vtep-cni driven the way the reference plugins' own tests drive theirs: the binary run
+with CNI_* variables and a network config on stdin (ADD, CHECK, DEL, DEL again), inside
+a node of the seed topology, with no container runtime (tests/test_cni_podman_netns.py
+has the runtime). The container namespaces are made by the test, named with the run's
+prefix. Expected values come from the seed plan's convention (node network-1 owns
+172.2.0.0/24: the VTEP .0, the gateway .1, pods from .2; the overlay MTU 1500 - 50),
+from the CNI specification's documents written by hand, from the kernel (read with
+`ip -j`) and from the reference bridge plugin's own result."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from seedlab import Vtep, hand_configure
+from test_etcd_netns import etcd_lab, pair, vtep_address  # noqa: F401 (etcd_lab: a fixture)
+from vtep import netns, plan as planlib, pods
+from vtep.lab import seed
+
+PLUGIN = str(Path(sys.executable).with_name("vtep-cni"))
+VTEP = [sys.executable, "-m", "vtep.cli"]
+REFERENCE = Path("/usr/lib/cni")     # Debian's containernetworking-plugins
+
+
+class Answer(NamedTuple):
+    code: int            # the plugin's exit status
+    doc: dict | None     # what it printed on stdout, parsed
+    stderr: str
+
+
+class Cni:
+    """The seed topology's two nodes, with the plugin run in their namespaces."""
+
+    def __init__(self, topo, plan_path, state, prefix):
+        self.topo, self.plan, self.state, self.prefix = topo, plan_path, state, prefix
+
+    def container(self, name: str) -> str:
+        """A fresh namespace standing in for a container's; its path."""
+        netns.add(self.prefix + name)
+        return f"/run/netns/{self.prefix}{name}"
+
+    def config(self, at="network-1", version="1.0.0", **extra) -> dict:
+        """The network config for node `at` (its own state dir); extra keys added, a
+        None value removing a key."""
+        conf = {"cniVersion": version, "name": "vtepnet", "type": "vtep", "plan": self.plan,
+                "stateDir": str(self.state / at)}
+        conf.update(extra)
+        return {k: v for k, v in conf.items() if v is not None}
+
+    def call(self, command, container="c1", netns_path=None, *, node="network-1",
+             ifname="eth0", conf=None, raw=None, env=None, **kw) -> Answer:
+        stdin = raw if raw is not None else json.dumps(conf or self.config(node, **kw))
+        e = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": container,
+             "CNI_NETNS": netns_path or "", "CNI_IFNAME": ifname,
+             "CNI_PATH": str(REFERENCE)}
+        e.update(env or {})
+        e = {k: v for k, v in e.items() if v is not None}
+        r = subprocess.run(["nsenter", f"--net={self.topo[node].path}", PLUGIN], input=stdin,
+                           env=e, capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in r.stderr + r.stdout, r.stderr
+        return Answer(r.returncode, json.loads(r.stdout) if r.stdout.strip() else None,
+                      r.stderr)
+
+    def add(self, container="c1", netns_path=None, **kw) -> dict:
+        a = self.call("ADD", container, netns_path or self.container(container), **kw)
+        assert a.code == 0, a
+        return a.doc
+
+    def allocations(self, node="network-1") -> dict:
+        path = self.state / node / f"pods-{node}.json"
+        return json.loads(path.read_text())["pods"] if path.exists() else {}
+
+    def links(self, node="network-1") -> list[str]:
+        out = self.topo[node].cmd(["ip", "-j", "link", "show"]).stdout
+        return sorted(x["ifname"] for x in json.loads(out))
+
+
+def in_ns(path, argv, check=True):
+    r = subprocess.run(["nsenter", f"--net={path}"] + argv, capture_output=True, text=True,
+                       timeout=15)
+    assert not check or r.returncode == 0, r.stderr
+    return r
+
+
+def kernel_view(path, ifname="eth0") -> dict:
+    """The container's interface as the kernel reports it (`ip -j`), not as we recorded."""
+    r = in_ns(path, ["ip", "-j", "address", "show", "dev", ifname], check=False)
+    if r.returncode:
+        return {}
+    link = json.loads(r.stdout)[0]
+    routes = json.loads(in_ns(path, ["ip", "-j", "-4", "route", "show"]).stdout)
+    return {"mtu": link["mtu"], "mac": link["address"], "up": "UP" in link["flags"],
+            "inet": [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                     if a["family"] == "inet"],
+            "default": [r.get("gateway") for r in routes if r["dst"] == "default"]}
+
+
+@pytest.fixture
+def cni(netns_prefix, tmp_path, plan_file):
+    """Both nodes' VTEPs configured with the seed's own iproute2 commands; forwarding on."""
+    prefix = netns_prefix + "cni-"
+    plan = planlib.load(plan_file)
+    try:
+        with seed.topology(prefix) as t:
+            for name in seed.NODES:
+                hand_configure(t[name], plan, name)
+                t[name].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            yield Cni(t, str(plan_file), tmp_path / "state", prefix)
+    finally:   # the container namespaces are the test's, not the topology's
+        netns.sweep(prefix)
+
+
+# --- the protocol, as the reference plugins test it --------------------------------------
+
+@pytest.mark.netns
+def test_add_check_del_and_del_again(cni):
+    path = cni.container("c1")
+    a = cni.call("ADD", "c1", path)
+    assert a.code == 0, a
+    veth = pods.veth_name("c1/eth0")
+    mac = kernel_view(path)["mac"]
+    # CNI 1.0.0's result, written out: the host's bridge and veth, then the container's
+    # interface with its sandbox; the address points at that interface (index 2)
+    assert a.doc == {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "br0", "mac": a.doc["interfaces"][0]["mac"]},
+                       {"name": veth, "mac": a.doc["interfaces"][1]["mac"]},
+                       {"name": "eth0", "mac": mac, "sandbox": path}],
+        "ips": [{"address": "172.2.0.2/24", "gateway": "172.2.0.1", "interface": 2}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "172.2.0.1"}],
+    }
+    assert kernel_view(path) == {"mtu": 1450, "mac": mac, "up": True,
+                                 "inet": ["172.2.0.2/24"], "default": ["172.2.0.1"]}
+    host = json.loads(cni.topo["network-1"].cmd(["ip", "-j", "-d", "link", "show", veth]).stdout)[0]
+    assert host["master"] == "br0" and host["mtu"] == 1450
+    assert host["address"] == a.doc["interfaces"][1]["mac"]
+    assert in_ns(path, ["ping", "-c1", "-W1", "172.2.0.1"]).returncode == 0
+
+    assert cni.call("CHECK", "c1", path, conf=cni.config(prevResult=a.doc)) == (0, None, "")
+    assert cni.call("DEL", "c1", path) == (0, None, "")
+    assert veth not in cni.links() and cni.allocations() == {}
+    assert kernel_view(path) == {}     # the pair went: the container's end with it
+    assert cni.call("DEL", "c1", path) == (0, None, "")   # again: still success
+    gone = cni.call("CHECK", "c1", path, conf=cni.config(prevResult=a.doc))
+    assert gone.code == 1 and gone.doc["code"] == 102
+    assert "no address is allocated" in gone.doc["details"]
+
+
+@pytest.mark.netns
+def test_the_result_has_the_reference_bridge_plugins_shape(cni, tmp_path):
+    """The same attachment made by Debian's bridge plugin with host-local IPAM: our
+    result must carry the same keys, so whatever a runtime reads from theirs it finds
+    in ours (the interface list, sandbox, ips with interface index, routes)."""
+    theirs_path = cni.container("ref")
+    conf = {"cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cniref0",
+            "isGateway": True, "ipam": {"type": "host-local", "subnet": "10.99.0.0/24",
+                                        "routes": [{"dst": "0.0.0.0/0", "gw": "10.99.0.1"}],
+                                        "dataDir": str(tmp_path / "host-local")}}
+    e = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ref",
+         "CNI_NETNS": theirs_path, "CNI_IFNAME": "eth0", "CNI_PATH": str(REFERENCE)}
+    r = subprocess.run(["nsenter", f"--net={cni.topo['network-1'].path}",
+                        str(REFERENCE / "bridge")], input=json.dumps(conf), env=e,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    theirs = json.loads(r.stdout)
+    ours = cni.add("c1")
+
+    def shape(doc):
+        return (sorted(k for k in doc if k != "dns"),
+                [sorted(i) for i in doc["interfaces"]],
+                [sorted(i) for i in doc["ips"]], [sorted(i) for i in doc["routes"]])
+    assert shape(ours) == shape(theirs)
+    assert [("sandbox" in i) for i in ours["interfaces"]] == \
+        [("sandbox" in i) for i in theirs["interfaces"]]
+    assert ours["ips"][0]["interface"] == theirs["ips"][0]["interface"] == 2
+
+
+@pytest.mark.netns
+def test_add_again_returns_the_same_result_and_repairs_drift(cni):
+    path = cni.container("c1")
+    first = cni.add("c1", path, version="1.1.0")
+    assert first["interfaces"][2]["mtu"] == 1450      # 1.1.0 carries the MTU
+    in_ns(path, ["ip", "link", "set", "eth0", "mtu", "1500"])
+    in_ns(path, ["ip", "route", "del", "default"])
+    assert cni.add("c1", path, version="1.1.0") == first
+    assert kernel_view(path)["mtu"] == 1450 and kernel_view(path)["default"] == ["172.2.0.1"]
+    assert list(cni.allocations()) == ["c1/eth0"]
+    # a second interface of the same container is a second attachment
+    second = cni.add("c1", path, ifname="net1")
+    assert second["ips"][0]["address"] == "172.2.0.3/24"
+    assert kernel_view(path, "net1")["inet"] == ["172.2.0.3/24"]
+
+
+BREAKAGES = {
+    "address": (["ip", "address", "del", "172.2.0.2/24", "dev", "eth0"],
+                "address 172.2.0.2/24 missing on eth0"),
+    "route": (["ip", "route", "del", "default"], "no default route via 172.2.0.1"),
+    "mtu": (["ip", "link", "set", "eth0", "mtu", "1400"], "MTU 1400 on eth0, expected 1450"),
+    "down": (["ip", "link", "set", "eth0", "down"], "eth0 is down"),
+    "interface": (["ip", "link", "del", "eth0"], "eth0 is missing in"),
+}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("what", sorted(BREAKAGES))
+def test_check_names_what_is_broken(cni, what):
+    path = cni.container("c1")
+    result = cni.add("c1", path)
+    argv, message = BREAKAGES[what]
+    in_ns(path, argv)
+    a = cni.call("CHECK", "c1", path, conf=cni.config(prevResult=result))
+    assert a.code == 1 and a.doc["code"] == 102 and a.doc["cniVersion"] == "1.0.0", a
+    assert message in a.doc["details"], a.doc
+    assert a.stderr.strip() == f"vtep-cni: {a.doc['details']}"
+
+
+@pytest.mark.netns
+def test_check_sees_the_host_side_and_a_foreign_prev_result(cni):
+    path = cni.container("c1")
+    result = cni.add("c1", path)
+    veth = result["interfaces"][1]["name"]
+    cni.topo["network-1"].cmd(["ip", "link", "set", veth, "nomaster"])
+    a = cni.call("CHECK", "c1", path, conf=cni.config(prevResult=result))
+    assert a.doc["code"] == 102 and f"host veth {veth} is not a port of br0" in a.doc["details"]
+    cni.topo["network-1"].cmd(["ip", "link", "set", veth, "master", "br0"])
+    other = json.loads(json.dumps(result).replace("172.2.0.2/24", "172.2.0.9/24"))
+    a = cni.call("CHECK", "c1", path, conf=cni.config(prevResult=other))
+    assert a.doc["code"] == 102 and "the allocation is 172.2.0.2/24" in a.doc["details"]
+    a = cni.call("CHECK", "c1", path)      # the runtime must send prevResult
+    assert a.doc["code"] == 7 and "prevResult" in a.doc["details"]
+
+
+@pytest.mark.netns
+def test_del_succeeds_when_the_namespace_or_the_allocation_is_gone(cni):
+    path = cni.container("c1")
+    cni.add("c1", path)
+    netns.delete(cni.prefix + "c1")        # the runtime removed the namespace first
+    assert cni.call("DEL", "c1", path) == (0, None, "")
+    assert cni.allocations() == {} and pods.veth_name("c1/eth0") not in cni.links()
+    assert cni.call("DEL", "c1", "") == (0, None, "")    # CNI_NETNS is optional for DEL
+    # a DEL for a container never added, on a node with no allocation file: success,
+    # and nothing is created for it
+    assert cni.call("DEL", "ghost", "", node="network-2") == (0, None, "")
+    assert not (cni.state / "network-2").exists()
+    # DEL needs neither the plan nor the agent: the allocation is found by its key
+    path = cni.container("c2")
+    cni.add("c2", path)
+    a = cni.call("DEL", "c2", path, plan="/nonexistent/plan.toml")
+    assert a == (0, None, ""), a
+    assert cni.allocations() == {}
+
+
+@pytest.mark.netns
+def test_ten_concurrent_adds_get_ten_distinct_addresses(cni):
+    paths = {f"c{i}": cni.container(f"c{i}") for i in range(10)}
+    answers = {}
+
+    def add(name):
+        answers[name] = cni.call("ADD", name, paths[name])
+    threads = [threading.Thread(target=add, args=(n,)) for n in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a.code == 0 for a in answers.values()), answers
+    got = {n: a.doc["ips"][0]["address"] for n, a in answers.items()}
+    assert sorted(got.values(), key=lambda c: int(c.split(".")[3].split("/")[0])) == \
+        [f"172.2.0.{i}/24" for i in range(2, 12)]
+    for name, cidr in got.items():     # each container holds what its result says
+        assert kernel_view(paths[name])["inet"] == [cidr]
+    assert {k: v["ip"] + "/24" for k, v in cni.allocations().items()} == \
+        {f"{n}/eth0": c for n, c in got.items()}
+    threads = [threading.Thread(target=lambda n=n: cni.call("DEL", n, paths[n])) for n in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cni.allocations() == {}
+    assert not [x for x in cni.links() if x.startswith("veth")]
+
+
+@pytest.mark.netns
+def test_vtep_pod_and_the_plugin_share_one_allocation_file(cni):
+    pod = cni.prefix + "p1"
+    r = subprocess.run(["nsenter", f"--net={cni.topo['network-1'].path}"] + VTEP +
+                       ["pod", "add", pod, "--config", cni.plan, "--node", "network-1",
+                        "--state-dir", str(cni.state / "network-1")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "172.2.0.2" in r.stdout, r.stderr
+    assert cni.add("c1")["ips"][0]["address"] == "172.2.0.3/24"
+    assert cni.call("DEL", "c1", "").code == 0
+    assert list(cni.allocations()) == [pod]
+
+
+@pytest.mark.netns
+def test_containers_on_two_nodes_reach_each_other_without_nat(cni):
+    p1, p2 = cni.container("c1"), cni.container("c2")
+    ip1 = cni.add("c1", p1)["ips"][0]["address"].split("/")[0]
+    ip2 = cni.add("c2", p2, node="network-2")["ips"][0]["address"].split("/")[0]
+    assert (ip1, ip2) == ("172.2.0.2", "172.2.1.2")
+    assert in_ns(p1, ["ping", "-c2", "-i0.2", "-W2", ip2]).returncode == 0
+    # a TCP server in c2 reports the source address it sees: c1's own, not a node's
+    server = subprocess.Popen(["nsenter", f"--net={p2}", sys.executable, "-c", ACCEPT_ONE],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        in_ns(p1, [sys.executable, "-c", CONNECT, ip2])
+        assert server.stdout.readline().strip() == ip1
+    finally:
+        server.kill()
+        server.wait()
+
+
+ACCEPT_ONE = """
+import socket
+s = socket.socket(); s.settimeout(20); s.bind(("0.0.0.0", 7000)); s.listen(1)
+print("listening", flush=True)
+c, peer = s.accept(); print(peer[0], flush=True)
+"""
+CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], 7000), timeout=10).close()"
+
+
+# --- bad input: the spec's error object, and nothing left --------------------------------
+
+BAD = {
+    "no cniVersion": (dict(version=None), {}, 7, "cniVersion is missing"),
+    "unknown version": (dict(version="9.9.9"), {}, 1, "cniVersion 9.9.9 is not supported"),
+    "node not in plan": (dict(node_="network-9"), {}, 7, "no node named 'network-9'"),
+    "no netns variable": ({}, {"CNI_NETNS": None}, 4, "CNI_NETNS"),
+    "unknown key": (dict(brige="br1"), {}, 2, "unknown key 'brige'"),
+    "netns path gone": ({}, {"CNI_NETNS": "/run/netns/nonexistent-vtep-test"}, 3,
+                        "no such namespace"),
+    "plan unreadable": (dict(plan="/nonexistent/plan.toml"), {}, 7, "/nonexistent/plan.toml"),
+    "netns is a file": ({}, {"CNI_NETNS": "/etc/hostname"}, 4,
+                        "/etc/hostname: not a network namespace"),
+    "netns is a mount namespace": ({}, {"CNI_NETNS": "/proc/self/ns/mnt"}, 4,
+                                   "not a network namespace"),
+    # the node's own: a pod's setup would replace the node's default route
+    "netns is the node's": ({}, {"CNI_NETNS": "/proc/self/ns/net"}, 4,
+                            "this node's own network namespace"),
+}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_the_specs_error_and_leaves_nothing(cni, case):
+    kw, env, code, needle = BAD[case]
+    kw = {("node" if k == "node_" else k): v for k, v in kw.items()}   # the config's key
+    path = cni.container("c1")
+    before = cni.links()
+    a = cni.call("ADD", "c1", path, env=env, conf=cni.config(**kw))
+    assert a.code == 1, a
+    assert set(a.doc) == {"cniVersion", "code", "msg", "details"}, a.doc
+    assert a.doc["code"] == code and needle in a.doc["details"], a.doc
+    assert len(a.stderr.splitlines()) == 1
+    assert cni.links() == before and cni.allocations() == {}
+    assert kernel_view(path) == {}
+
+
+@pytest.mark.netns
+def test_a_full_subnet_is_an_error_and_status_says_so(cni, tmp_path):
+    """A plan whose network-1 owns a /30: .0 the VTEP, .1 the gateway, .2 the only pod
+    address, .3 broadcast (the underlay addresses are the seed's, so the node is found)."""
+    small = tmp_path / "small.toml"
+    small.write_text(Path(cni.plan).read_text().replace('"172.2.0.0/24"', '"172.2.0.0/30"'))
+    assert "172.2.0.0/30" in small.read_text()
+    conf = cni.config(plan=str(small), version="1.1.0")
+    assert cni.call("STATUS", conf=conf) == (0, None, "")
+    assert cni.add("c1", conf=conf)["ips"][0]["address"] == "172.2.0.2/30"
+    path = cni.container("c2")
+    before = cni.links()
+    a = cni.call("ADD", "c2", path, conf=conf)
+    assert a.code == 1 and a.doc["code"] == 100 and "exhausted" in a.doc["details"], a
+    assert cni.links() == before and list(cni.allocations()) == ["c1/eth0"]
+    assert kernel_view(path) == {}
+    s = cni.call("STATUS", conf=conf)
+    assert s.code == 1 and s.doc["code"] == 50 and "exhausted" in s.doc["details"]
+
+
+@pytest.mark.netns
+def test_an_interface_the_container_already_has_is_refused(cni):
+    """Section 2: an interface of the requested name already in the container is an
+    error; nothing of ours is left, and the foreign interface is untouched."""
+    path = cni.container("c1")
+    in_ns(path, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0"])
+    a = cni.call("ADD", "c1", path)
+    assert a.code == 1 and a.doc["code"] == 101, a
+    assert cni.allocations() == {} and pods.veth_name("c1/eth0") not in cni.links()
+    assert kernel_view(path) != {}
+
+
+# --- versions, GC, other sources ---------------------------------------------------------
+
+@pytest.mark.netns
+def test_a_0_4_0_config_gets_a_0_4_0_result(cni):
+    path = cni.container("c1")
+    result = cni.add("c1", path, version="0.4.0")
+    assert result["cniVersion"] == "0.4.0"
+    assert result["ips"] == [{"version": "4", "address": "172.2.0.2/24",
+                              "gateway": "172.2.0.1", "interface": 2}]
+    assert cni.call("CHECK", "c1", path, version="0.4.0",
+                    conf=cni.config(version="0.4.0", prevResult=result)).code == 0
+    old = cni.call("CHECK", "c1", path, conf=cni.config(version="0.3.1", prevResult=result))
+    assert old.doc["code"] == 1 and old.doc["cniVersion"] == "0.3.1"
+
+
+@pytest.mark.netns
+def test_gc_releases_what_the_runtime_no_longer_lists(cni):
+    pa, pb = cni.container("a"), cni.container("b")
+    cni.add("a", pa)
+    cni.add("b", pb)
+    other = cni.add("o", cni.container("o"), name="othernet")   # another network's
+    conf = cni.config(version="1.1.0", **{"cni.dev/valid-attachments": [
+        {"containerID": "a", "ifname": "eth0"}]})
+    assert cni.call("GC", "", conf=conf) == (0, None, "")
+    assert sorted(cni.allocations()) == ["a/eth0", "o/eth0"]
+    assert pods.veth_name("b/eth0") not in cni.links()
+    assert kernel_view(pb) == {} and kernel_view(pa) != {}
+    assert other["ips"][0]["address"] == "172.2.0.4/24"
+
+
+@pytest.mark.netns
+def test_the_running_agents_status_file_is_a_source(cni, tmp_path, plan_file):
+    """No plan and no etcd in the config: the facts come from `vtep run`'s status file,
+    as flannel's plugin reads flanneld's subnet file; a stopped agent is "try later"."""
+    state = cni.state / "network-1"
+    state.mkdir(parents=True)
+    agent = Vtep(cni.topo["network-1"], "kernel", plan_file, state, "--mtu", "1400")
+    conf = cni.config(plan=None, version="1.1.0")
+    try:
+        result = cni.add("c1", conf=conf)
+        assert result["ips"][0]["address"] == "172.2.0.2/24"
+        assert result["interfaces"][2]["mtu"] == 1400        # the agent's --mtu
+    finally:
+        assert agent.stop() == 0, agent.output()
+    a = cni.call("ADD", "c2", cni.container("c2"), conf=conf)
+    assert a.doc["code"] == 11 and "is `vtep run` running" in a.doc["details"], a
+    assert cni.call("DEL", "c1", "", conf=conf).code == 0    # DEL still releases
+    assert cni.allocations() == {}
+
+
+@pytest.mark.netns
+def test_the_cluster_in_etcd_is_a_source(etcd_lab, tmp_path):
+    """"etcd" in the config: the node's subnet is the one it claimed in the store (the
+    kernel's vxlan0 holds its first address), found by the node's underlay address."""
+    t, srv = etcd_lab
+    a1, a2 = pair(t, srv, tmp_path)
+    prefix = t.prefix
+    try:
+        c = Cni(t, None, tmp_path / "cni-state", prefix)
+        vtep = vtep_address(t["network-1"])
+        want = f"{vtep.rsplit('.', 1)[0]}.2/24"
+        conf = c.config(plan=None, etcd=srv.url)
+        path = c.container("c1")
+        result = c.call("ADD", "c1", path, conf=conf)
+        assert result.code == 0, result
+        assert result.doc["ips"][0]["address"] == want
+        assert kernel_view(path)["inet"] == [want]
+        assert c.call("DEL", "c1", path, conf=conf).code == 0
+        bad = c.call("ADD", "c2", c.container("c2"), conf=dict(conf, etcdPrefix="/elsewhere"))
+        assert bad.code == 1 and bad.doc["code"] == 7, bad
+    finally:
+        assert a1.stop() == 0, a1.output()
+        assert a2.stop() == 0, a2.output()
+        netns.sweep(prefix + "c")
