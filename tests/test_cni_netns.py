@@ -204,6 +204,8 @@ BREAKAGES = {
     "mtu": (["ip", "link", "set", "eth0", "mtu", "1400"], "MTU 1400 on eth0, expected 1450"),
     "down": (["ip", "link", "set", "eth0", "down"], "eth0 is down"),
     "interface": (["ip", "link", "del", "eth0"], "eth0 is missing in"),
+    "mac": (["ip", "link", "set", "eth0", "address", "02:00:00:00:00:99"],
+            "eth0 has MAC 02:00:00:00:00:99, prevResult"),
 }
 
 

@@ -240,6 +240,10 @@ def check(req: Request, conf: netconf.Conf) -> None:
                 problems.append(f"MTU {pod['mtu']} on {req.ifname}, expected {net.mtu}")
             if not pod["up"]:
                 problems.append(f"{req.ifname} is down")
+            said = [i.get("mac") for i in prev.get("interfaces") or []
+                    if i.get("name") == req.ifname and i.get("sandbox") == req.netns]
+            if said and said[0] and said[0] != pod["mac"]:   # remade since the ADD
+                problems.append(f"{req.ifname} has MAC {pod['mac']}, prevResult {said[0]}")
             if str(net.gateway) not in pod["default_via"]:
                 problems.append(f"no default route via {net.gateway}")
     if problems:
