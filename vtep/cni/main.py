@@ -23,7 +23,7 @@ def _version_of(stdin: bytes) -> str:
     """The cniVersion to answer an error in: the config's when it has a usable one."""
     try:
         v = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         return LATEST
     return v if v in SUPPORTED else LATEST
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(e: CniError, version: str) -> int:
     _write(json.dumps(e.document(version), indent=2))
     try:
-        print(f"vtep-cni: {e.details}", file=sys.stderr)
+        print("vtep-cni: " + " ".join(e.details.split()), file=sys.stderr)   # one line
     except OSError:
         pass
     return 1

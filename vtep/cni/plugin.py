@@ -54,7 +54,8 @@ def translate(e: VtepError) -> CniError:
 def requested_ip(req: Request) -> str | None:
     """A static address: runtimeConfig "ips" (the `ips` capability, podman --ip with
     netavark-style configs) or CNI_ARGS IP= (host-local's convention, what podman's CNI
-    backend passes). One IPv4 address; a prefix, if given, must be the subnet's."""
+    backend passes). One IPv4 address; a prefix given with it is ignored (the address
+    gets the node subnet's)."""
     wanted = []
     rc = req.config.get("runtimeConfig")
     if isinstance(rc, dict) and isinstance(rc.get("ips"), list):

@@ -13,6 +13,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from ..plan import ifname_problem
+
 # What this plugin speaks. 0.1.0 and 0.2.0 results have another shape (ip4/ip6 keys)
 # that no runtime of the last five years asks for; they are refused with code 1.
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -55,8 +57,9 @@ REQUIRED = {
     "VERSION": (), "STATUS": (), "GC": (),
 }
 # Section 2: "alphanumeric, then alphanumerics, underscore, dot or hyphen".
-CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+# fullmatch, ASCII only: `$` would let a trailing newline through, `\d` any script's digits
+CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", re.ASCII)
+VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+", re.ASCII)
 
 
 class CniError(Exception):
@@ -114,16 +117,17 @@ def read_request(env, stdin: bytes) -> Request:
         raise CniError(BAD_ENVIRONMENT, f"{command} needs {', '.join(missing)}, which "
                                         f"{'is' if len(missing) == 1 else 'are'} not set")
     container = env.get("CNI_CONTAINERID", "")
-    if container and not CONTAINER_ID.match(container):
+    if container and not CONTAINER_ID.fullmatch(container):
         raise CniError(BAD_ENVIRONMENT, f"CNI_CONTAINERID {container[:80]!r}: letters, digits, "
                                         "'_', '.' and '-', starting with a letter or digit")
     ifname = env.get("CNI_IFNAME", "")
-    if ifname and not _ifname_ok(ifname):
+    why = ifname_problem(ifname) if ifname else None
+    if why:
         raise CniError(BAD_ENVIRONMENT, f"CNI_IFNAME {ifname[:40]!r}: not a Linux interface "
-                                        "name (1-15 characters, no '/', ':' or spaces)")
+                                        f"name ({why})")
     try:
         config = json.loads(stdin) if stdin.strip() else None
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CniError(UNDECODABLE, f"network config on stdin: not JSON ({e})")
     if config is None and command == "VERSION":
         config = {}  # VERSION may come with nothing on stdin: answer with the latest
@@ -135,7 +139,7 @@ def read_request(env, stdin: bytes) -> Request:
         if command != "VERSION":
             raise CniError(INVALID_CONFIG, "network config: cniVersion is missing")
         version = LATEST
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise CniError(UNDECODABLE, f"network config: cniVersion {version!r} is not a "
                                     "version (e.g. \"1.0.0\")")
     if version not in SUPPORTED and command != "VERSION":
@@ -149,12 +153,6 @@ def read_request(env, stdin: bytes) -> Request:
                                              f"(the config says {version})")
     return Request(command, version, config, container, env.get("CNI_NETNS", ""), ifname,
                    parse_args(env.get("CNI_ARGS", "")))
-
-
-def _ifname_ok(name: str) -> bool:
-    # the kernel's dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or space
-    return (0 < len(name.encode()) < 16 and name not in (".", "..")
-            and not any(c in name for c in "/: \t\n"))
 
 
 def version_result(req_version: str) -> dict:
@@ -171,8 +169,8 @@ def render_result(version: str, interfaces: list[dict], ips: list[dict], routes:
     out_ips = []
     for ip in ips:
         item = dict(ip)
-        if old:
-            item = {"version": "4", **item}
+        if old:   # "4" or "6", by the address (0.3.0's IPConfig.version)
+            item = {"version": "6" if ":" in str(item.get("address")) else "4", **item}
         out_ips.append(item)
     result = {"cniVersion": version, "interfaces": ifs, "ips": out_ips, "routes": routes}
     if dns:
