@@ -170,3 +170,16 @@ def test_installed_vtep_runs_a_command_from_the_lab_package(installed):
         assert r.returncode == 0 and "not up; nothing to do" in r.stdout, r.stderr
     else:  # the lab needs CAP_NET_ADMIN: exit 3, after the import succeeded
         assert r.returncode == 3, r.stderr
+
+
+def test_installed_vtep_cni_answers_version_as_the_spec_says(installed):
+    """The plugin binary a runtime runs (linked as `vtep` into its plugin directory):
+    VERSION with a config on stdin, as libcni asks it (spec section 2, "VERSION")."""
+    bindir, env, _, cwd = installed
+    r = subprocess.run([str(bindir / "vtep-cni")], input='{"cniVersion": "1.0.0"}',
+                       capture_output=True, text=True, timeout=60, cwd=cwd,
+                       env=dict(env, CNI_COMMAND="VERSION"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["cniVersion"] == "1.0.0"
+    assert {"0.4.0", "1.0.0", "1.1.0"} <= set(doc["supportedVersions"])

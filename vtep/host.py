@@ -15,6 +15,7 @@ import struct
 from typing import NamedTuple
 
 from .errors import HostMismatch, PermissionDenied
+from .rtlink import RtLink
 
 CAP_NET_ADMIN = 12
 
@@ -36,29 +37,19 @@ def require_net_admin(what: str) -> None:
         raise PermissionDenied(f"{what} needs root or CAP_NET_ADMIN (try sudo)")
 
 
-def _ipr():
-    from pyroute2 import IPRoute
-    return IPRoute()
-
-
 def addresses() -> dict[str, str]:
     """Every address of this namespace -> the device that holds it."""
-    out = {}
-    with _ipr() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for a in ipr.get_addr():
-            ip = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
-            if ip:
-                out[ip] = names.get(a["index"], "?")
-    return out
+    with RtLink() as rt:
+        names = {link.index: link.name for link in rt.links()}
+        return {ip: names.get(index, "?") for ip, _, index in rt.addresses()}
 
 
 def device_mtu(name: str) -> int:
-    with _ipr() as ipr:
-        links = ipr.link_lookup(ifname=name)
-        if not links:
-            raise HostMismatch(f"underlay device {name} does not exist here")
-        return ipr.get_links(links[0])[0].get_attr("IFLA_MTU")
+    with RtLink() as rt:
+        link = rt.link(name)
+    if link is None:
+        raise HostMismatch(f"underlay device {name} does not exist here")
+    return link.mtu
 
 
 class Underlay(NamedTuple):
@@ -72,14 +63,9 @@ def underlay_facts(node) -> Underlay:
     """The node's underlay: the plan's underlay_dev, or the device that holds its
     underlay_ip; with its MTU and index, read through one netlink socket. Raises
     HostMismatch when neither is here."""
-    with _ipr() as ipr:
-        links = {m["index"]: (m.get_attr("IFLA_IFNAME"), m.get_attr("IFLA_MTU"))
-                 for m in ipr.get_links()}
-        held = {}
-        for a in ipr.get_addr():
-            ip = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
-            if ip:
-                held[ip] = a["index"]
+    with RtLink() as rt:
+        links = {m.index: (m.name, m.mtu) for m in rt.links()}
+        held = {ip: index for ip, _, index in rt.addresses()}
     ip = str(node.underlay_ip)
     if node.underlay_dev:
         index = next((i for i, (name, _) in links.items() if name == node.underlay_dev), None)

@@ -146,6 +146,11 @@ class Plan:
 UDP_CHECKSUM_DEFAULT = True
 
 
+def overlay_mtu(plan: Plan, underlay_mtu: int) -> int:
+    """The plan's MTU, or the underlay's minus the encapsulation overhead."""
+    return plan.mtu if plan.mtu is not None else underlay_mtu - plan.overhead
+
+
 def derive_mac(name: str, subnet) -> str:
     """A locally administered unicast MAC, stable for (name, subnet)."""
     h = bytearray(hashlib.sha256(f"vtep:{name}:{subnet}".encode()).digest()[:6])

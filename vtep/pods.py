@@ -14,9 +14,11 @@ Allocations live in `<state-dir>/pods-<node>.json`, written atomically (a
 temporary file renamed over the old one) under an flock, so concurrent adds
 never hand out one address twice and a restart keeps every pod's address.
 
-Node-side changes go through pyroute2 (ensure-style: EEXIST is success);
-pod-side changes through `nsenter --net=PATH ip ...`, which accepts any
-namespace path a container runtime hands over (`--netns PATH`).
+`attach` makes or repairs an attachment through two vtep.rtlink sockets, one in
+the node's namespace and one created inside the pod's (any namespace path a
+container runtime hands over, `--netns PATH`); every step is ensure-style, so a
+repeated add repairs what drifted. vtep-cni (vtep.cni) attaches containers with
+the same `attach`, in the same allocation file.
 """
 from __future__ import annotations
 
@@ -31,9 +33,11 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-from . import host, plan as planlib, state as statelib
+from . import host, plan as planlib
 from .errors import HostMismatch, UsageError, VtepError
+from .rtlink import Link, RtError, RtLink
 
 NETNS_DIR = "/run/netns"
 POD_IF = "eth0"
@@ -145,128 +149,113 @@ def veth_name(pod: str) -> str:
     return "veth" + hashlib.sha256(pod.encode()).hexdigest()[:8]
 
 
-# --- node side (this namespace), through pyroute2 ------------------------------------------
+# --- the attachment: node side and pod side, through one netlink socket each ----------------
 
-def _ipr():
-    from pyroute2 import IPRoute
-    return IPRoute()
-
-
-def _ok_if_exists(fn, *a, **kw):
-    from pyroute2 import NetlinkError
-    try:
-        fn(*a, **kw)
-    except NetlinkError as e:
-        if e.code != errno.EEXIST:
-            raise
+class Attached(NamedTuple):
+    bridge_mac: str
+    veth_mac: str
+    pod: dict            # pod_link()'s view of the pod's interface after the setup
 
 
-def ensure_bridge(ipr, name: str, node: planlib.Node) -> int:
-    """br0 holding the gateway with the subnet prefix, up. Idempotent; returns its index."""
-    idx = ipr.link_lookup(ifname=name)
-    if not idx:
-        _ok_if_exists(ipr.link, "add", ifname=name, kind="bridge")
-        idx = ipr.link_lookup(ifname=name)
-    else:
-        kind = ipr.get_links(idx[0])[0].get_attr("IFLA_LINKINFO")
-        kind = kind.get_attr("IFLA_INFO_KIND") if kind else None
-        if kind != "bridge":
-            raise UsageError(f"--bridge {name}: a device of that name exists and is not a bridge "
-                             f"({kind or 'no kind'})")
-    idx = idx[0]
-    _ok_if_exists(ipr.addr, "add", index=idx, address=str(node.gateway),
-                  prefixlen=node.subnet.prefixlen)
-    ipr.link("set", index=idx, state="up")
-    return idx
+def attach(node: planlib.Node, ns_path: str, veth: str, ip: str, mtu: int,
+           bridge: str = "br0", ifname: str = POD_IF) -> Attached:
+    """The connectivity rule, made or repaired: `bridge` holding the gateway, up; the
+    pair `veth` (here, on the bridge) <-> `ifname` (in the pod) at `mtu`; in the pod, lo
+    up, exactly `ip`/prefix, up, and the default route via the gateway. Each step is a
+    no-op when already so. An `ifname` in the pod that is not our pair's end is left
+    alone and refused (EEXIST, raised as RtError)."""
+    with RtLink() as here, RtLink(ns_path) as pod:
+        br = ensure_bridge(here, bridge, node)
+        host_end = ensure_veth(here, pod, veth, ns_path, br, mtu, ifname)
+        configure_pod(pod, ip, node, ifname, mtu)
+        br = here.link(bridge)   # as it is now (an older bridge follows its ports' MACs)
+        return Attached(br.mac if br else "", host_end.mac, pod_link(pod, ifname))
 
 
-def ensure_veth(ipr, veth: str, ns_path: str, bridge_idx: int, mtu: int,
-                ifname: str = POD_IF) -> None:
-    """The pair: `veth` here on the bridge, `ifname` created directly in the pod namespace.
-    An `ifname` already in the pod that is not the other end of `veth` is refused (EEXIST
-    from the kernel, raised): it belongs to someone else."""
-    idx = ipr.link_lookup(ifname=veth)
-    if idx and not _pod_has_if(ns_path, ifname):  # half a pair (the pod side vanished)
-        ipr.link("del", index=idx[0])
-        idx = []
-    if not idx:
-        fd = os.open(ns_path, os.O_RDONLY)
+def ensure_bridge(rt: RtLink, name: str, node: planlib.Node) -> Link:
+    """`name`, a bridge holding the gateway with the subnet's prefix, up."""
+    br = rt.link(name)
+    if br is None:
         try:
-            ipr.link("add", ifname=veth, kind="veth", mtu=mtu,
-                     peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
+            # A MAC of its own: a bridge without one takes its lowest port's, so the
+            # gateway's MAC would change under every pod's ARP cache as pods come and go.
+            rt.add_bridge(name, planlib.derive_mac(f"{node.name}/{name}", node.subnet))
+        except RtError as e:
+            if e.errno != errno.EEXIST:   # made meanwhile by a concurrent add: fine
+                raise
+        br = rt.link(name)
+    elif br.kind != "bridge":
+        raise UsageError(f"--bridge {name}: a device of that name exists and is not a bridge "
+                         f"({br.kind or 'no kind'})")
+    rt.add_address(br.index, str(node.gateway), node.subnet.prefixlen)
+    if not br.up:
+        rt.set_link(br, up=True)
+    return br
+
+
+def ensure_veth(rt: RtLink, pod: RtLink, veth: str, ns_path: str, bridge: Link, mtu: int,
+                ifname: str = POD_IF) -> Link:
+    """The pair: `veth` here on the bridge, `ifname` created directly in the pod."""
+    host_end = rt.link(veth)
+    if host_end is not None and pod.link(ifname) is None:   # half a pair: start over
+        rt.del_link(host_end)
+        host_end = None
+    if host_end is None:
+        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            rt.add_veth(veth, mtu, ifname, fd)
         finally:
             os.close(fd)
-        idx = ipr.link_lookup(ifname=veth)
-    ipr.link("set", index=idx[0], master=bridge_idx, state="up", mtu=mtu)
+        host_end = rt.link(veth)
+    if host_end.master != bridge.index or not host_end.up or host_end.mtu != mtu:
+        rt.set_link(host_end, up=True, mtu=mtu, master=bridge.index)
+    return host_end
 
 
 def remove_veth(veth: str) -> bool:
-    from pyroute2 import NetlinkError
-    with _ipr() as ipr:
-        idx = ipr.link_lookup(ifname=veth)
-        if not idx:
+    """Delete the pair by its host end (the pod's end goes with it); False if absent."""
+    with RtLink() as rt:
+        link = rt.link(veth)
+        if link is None:
             return False
         try:
-            ipr.link("del", index=idx[0])  # the pod's eth0 goes with it
-        except NetlinkError as e:
-            if e.code != errno.ENODEV:
+            rt.del_link(link)
+        except RtError as e:
+            if e.errno != errno.ENODEV:   # gone meanwhile (its namespace was deleted)
                 raise
     return True
 
 
-# --- pod side, through nsenter (works for any namespace path) -------------------------------
+def configure_pod(pod: RtLink, ip: str, node: planlib.Node, ifname: str = POD_IF,
+                  mtu: int | None = None) -> None:
+    """lo up; `ifname` holds exactly `ip`/prefix, has `mtu`, is up; the default route
+    via the gateway. A repeated add repairs drift."""
+    lo = pod.link("lo")
+    if lo is not None and not lo.up:
+        pod.set_link(lo, up=True)
+    dev = pod.link(ifname)
+    if dev is None:
+        raise PodError(f"{ifname} vanished from the pod while it was set up")
+    plen = node.subnet.prefixlen
+    for addr, alen, _ in pod.addresses(dev.index):
+        if ":" not in addr and (addr, alen) != (ip, plen):   # a stale earlier allocation
+            pod.del_address(dev.index, addr, alen)
+    pod.add_address(dev.index, ip, plen)
+    if not dev.up or (mtu and dev.mtu != mtu):
+        pod.set_link(dev, up=True, mtu=mtu)
+    if pod.default_gateways(dev.index) != [str(node.gateway)]:
+        pod.replace_default(str(node.gateway), dev.index)
 
-def _in_pod(ns_path: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    full = ["nsenter", f"--net={ns_path}"] + argv
-    try:
-        r = subprocess.run(full, capture_output=True, text=True, timeout=10)
-    except FileNotFoundError:
-        raise PodError("nsenter: command not found (util-linux)")
-    if check and r.returncode:
-        err = (r.stderr or r.stdout).strip().splitlines()
-        raise PodError(f"in {ns_path}: {' '.join(argv)}: {err[-1] if err else f'exit {r.returncode}'}")
-    return r
 
-
-def _pod_has_if(ns_path: str, ifname: str = POD_IF) -> bool:
-    return _in_pod(ns_path, ["ip", "link", "show", ifname], check=False).returncode == 0
-
-
-def pod_link(ns_path: str, ifname: str = POD_IF) -> dict | None:
+def pod_link(pod: RtLink, ifname: str = POD_IF) -> dict | None:
     """What `ifname` in the pod is now: mac, mtu, up, its IPv4 addresses (CIDR) and the
     gateways of its default routes; None when the pod has no such interface."""
-    r = _in_pod(ns_path, ["ip", "-j", "address", "show", "dev", ifname], check=False)
-    if r.returncode:
+    dev = pod.link(ifname)
+    if dev is None:
         return None
-    try:
-        link = json.loads(r.stdout)[0]
-        routes = json.loads(_in_pod(ns_path, ["ip", "-j", "-4", "route", "show", "default",
-                                              "dev", ifname]).stdout or "[]")
-    except (ValueError, IndexError) as e:
-        raise PodError(f"in {ns_path}: unreadable `ip -j` output ({e})")
-    return {"mac": link.get("address", ""), "mtu": link.get("mtu"),
-            "up": "UP" in link.get("flags", ()),
-            "addresses": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", ())
-                          if a.get("family") == "inet"],
-            "default_via": [x.get("gateway") for x in routes]}
-
-
-def configure_pod(ns_path: str, ip: str, node: planlib.Node, ifname: str = POD_IF,
-                  mtu: int | None = None) -> None:
-    """lo up; `ifname` holds exactly `ip`/prefix, has `mtu`, is up; default route via the
-    gateway. Each step is a no-op when already so: a repeated add repairs drift."""
-    cidr = f"{ip}/{node.subnet.prefixlen}"
-    _in_pod(ns_path, ["ip", "link", "set", "lo", "up"])
-    have = _in_pod(ns_path, ["ip", "-4", "-o", "address", "show", "dev", ifname]).stdout.split()
-    addrs = [have[i + 1] for i, w in enumerate(have[:-1]) if w == "inet"]
-    for a in addrs:
-        if a != cidr:  # a stale address of an earlier allocation
-            _in_pod(ns_path, ["ip", "address", "del", a, "dev", ifname])
-    if cidr not in addrs:
-        _in_pod(ns_path, ["ip", "address", "add", cidr, "dev", ifname])
-    _in_pod(ns_path, ["ip", "link", "set", ifname] + (["mtu", str(mtu)] if mtu else []) + ["up"])
-    _in_pod(ns_path, ["ip", "route", "replace", "default", "via", str(node.gateway),
-                      "dev", ifname])
+    return {"mac": dev.mac, "mtu": dev.mtu, "up": dev.up,
+            "addresses": [f"{a}/{n}" for a, n, _ in pod.addresses(dev.index) if ":" not in a],
+            "default_via": pod.default_gateways(dev.index)}
 
 
 # --- namespaces -----------------------------------------------------------------------------
@@ -368,7 +357,7 @@ def _overlay_mtu(plan, node) -> int:
         _, underlay_mtu = host.underlay(node)
     except HostMismatch as e:
         raise HostMismatch(f"{e} (run `vtep pod` on node {node.name!r}, in its namespace)")
-    return statelib.overlay_mtu(plan, underlay_mtu)
+    return planlib.overlay_mtu(plan, underlay_mtu)
 
 
 def add(args) -> dict:
@@ -403,10 +392,7 @@ def add(args) -> dict:
                "netns": ns_path, "created_netns": created, "bridge": args.bridge}
         fresh = args.name not in store.pods
         try:
-            with _ipr() as ipr:
-                bridge = ensure_bridge(ipr, args.bridge, node)
-                ensure_veth(ipr, rec["veth"], ns_path, bridge, mtu)
-            configure_pod(ns_path, ip, node, mtu=mtu)
+            attach(node, ns_path, rec["veth"], ip, mtu, args.bridge)
         except BaseException as e:
             if fresh:  # nothing half-configured: undo what this call made
                 remove_veth(rec["veth"])

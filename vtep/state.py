@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import owner
 from .nlmsg import RTPROT_VTEP
-from .plan import Node, Plan
+from .plan import Node, Plan, overlay_mtu  # noqa: F401 (state.overlay_mtu: its callers')
 
 DEFAULT_DEVICE = "vxlan0"
 FLOOD_MAC = "00:00:00:00:00:00"   # the vxlan driver's default destination(s)
@@ -105,11 +105,6 @@ def peer_entries(peer: Node) -> Peer:
                 Neighbour(vtep_ip, peer.vtep_mac),
                 Fdb(peer.vtep_mac, _text(peer.underlay_ip)),
                 Route(f"{vtep_ip}/{peer.subnet.prefixlen}", vtep_ip))
-
-
-def overlay_mtu(plan: Plan, underlay_mtu: int) -> int:
-    """The plan's MTU, or the underlay's minus the encapsulation overhead."""
-    return plan.mtu if plan.mtu is not None else underlay_mtu - plan.overhead
 
 
 def desired(plan: Plan, node_name: str, *, underlay_dev: str, underlay_mtu: int,

@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from .. import host, plan as planlib, state as statelib
+from .. import host, plan as planlib
 from ..config import DEFAULT_DEVICE, DEFAULT_STATE_DIR
 from ..netns import alive
 from ..status import netns_inode
@@ -119,7 +119,7 @@ def node_net(conf: Conf) -> NodeNet:
 def _from_plan(plan: planlib.Plan, conf: Conf, where: str) -> NodeNet:
     node = host.select_node(plan, conf.node)
     _, underlay_mtu = host.underlay(node)
-    return NodeNet(node, statelib.overlay_mtu(plan, underlay_mtu), where)
+    return NodeNet(node, planlib.overlay_mtu(plan, underlay_mtu), where)
 
 
 def _etcd_plan(conf: Conf) -> planlib.Plan:

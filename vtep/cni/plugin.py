@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import host, pods
 from ..errors import VtepError
+from ..rtlink import RtError, RtLink
 from . import netconf
 from .spec import (BAD_ENVIRONMENT, CHECK_FAILED, EXHAUSTED, INVALID_CONFIG, NOT_AVAILABLE, SETUP_FAILED,
                    TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError, Request, render_result)
@@ -94,12 +95,8 @@ def add(req: Request, conf: netconf.Conf) -> dict:
                "cni": {"network": conf.name, "container": req.container,
                        "ifname": req.ifname}}
         try:
-            with pods._ipr() as ipr:
-                bridge = pods.ensure_bridge(ipr, conf.bridge, net.node)
-                pods.ensure_veth(ipr, new["veth"], req.netns, bridge, net.mtu, req.ifname)
-            pods.configure_pod(req.netns, ip, net.node, req.ifname, net.mtu)
-            macs = _macs(conf.bridge, new["veth"])
-            pod = pods.pod_link(req.netns, req.ifname)
+            made = pods.attach(net.node, req.netns, new["veth"], ip, net.mtu, conf.bridge,
+                               req.ifname)
         except BaseException as e:
             if rec is None:  # nothing half-made: undo what this call made
                 pods.remove_veth(new["veth"])
@@ -110,9 +107,9 @@ def add(req: Request, conf: netconf.Conf) -> dict:
             raise
         store.pods[req.key] = new
         store.save()
-    interfaces = [{"name": conf.bridge, "mac": macs[0]},
-                  {"name": new["veth"], "mac": macs[1]},
-                  {"name": req.ifname, "mac": pod["mac"], "mtu": pod["mtu"],
+    interfaces = [{"name": conf.bridge, "mac": made.bridge_mac},
+                  {"name": new["veth"], "mac": made.veth_mac},
+                  {"name": req.ifname, "mac": made.pod["mac"], "mtu": made.pod["mtu"],
                    "sandbox": req.netns}]
     ips = [{"address": f"{ip}/{net.subnet.prefixlen}", "gateway": str(net.gateway)}]
     routes = [{"dst": "0.0.0.0/0", "gw": str(net.gateway)}]
@@ -120,20 +117,9 @@ def add(req: Request, conf: netconf.Conf) -> dict:
 
 
 def _why(e: Exception) -> str:
-    from pyroute2 import NetlinkError
-    code = e.code if isinstance(e, NetlinkError) else e.errno if isinstance(e, OSError) else None
-    if isinstance(code, int) and code > 0:
-        return f"{os.strerror(code)} ({e})"
+    if isinstance(e, RtError):
+        return e.strerror   # names the step: "creating veth ... (peer eth0): File exists"
     return str(e) or type(e).__name__
-
-
-def _macs(bridge: str, veth: str) -> tuple[str, str]:
-    with pods._ipr() as ipr:
-        out = []
-        for name in (bridge, veth):
-            idx = ipr.link_lookup(ifname=name)
-            out.append(ipr.get_links(idx[0])[0].get_attr("IFLA_ADDRESS") if idx else "")
-    return out[0], out[1]
 
 
 def _merge(req, interfaces, ips, routes, dns) -> dict:
@@ -231,7 +217,8 @@ def check(req: Request, conf: netconf.Conf) -> None:
     if not os.path.lexists(req.netns):
         problems.append(f"namespace {req.netns} is gone")
     else:
-        pod = pods.pod_link(req.netns, req.ifname)
+        with RtLink(req.netns) as there:
+            pod = pods.pod_link(there, req.ifname)
         if pod is None:
             problems.append(f"{req.ifname} is missing in {req.netns}")
         else:
@@ -253,17 +240,15 @@ def check(req: Request, conf: netconf.Conf) -> None:
 
 
 def _host_problems(rec: dict, bridge: str) -> list[str]:
-    with pods._ipr() as ipr:
-        br = ipr.link_lookup(ifname=bridge)
-        idx = ipr.link_lookup(ifname=rec["veth"])
-        if not idx:
-            return [f"host veth {rec['veth']} is missing"]
-        link = ipr.get_links(idx[0])[0]
-        out = []
-        if not br or link.get_attr("IFLA_MASTER") != br[0]:
-            out.append(f"host veth {rec['veth']} is not a port of {bridge}")
-        if not link["flags"] & 1:   # IFF_UP
-            out.append(f"host veth {rec['veth']} is down")
+    with RtLink() as here:
+        br, link = here.link(bridge), here.link(rec["veth"])
+    if link is None:
+        return [f"host veth {rec['veth']} is missing"]
+    out = []
+    if br is None or link.master != br.index:
+        out.append(f"host veth {rec['veth']} is not a port of {bridge}")
+    if not link.up:
+        out.append(f"host veth {rec['veth']} is down")
     return out
 
 
