@@ -2,10 +2,12 @@
 from /usr/lib/cni): real podman containers in one node of a two-namespace lab get
 addresses, ping each other, serve HTTP (the server reports the client's address), are
 reachable from the other node, release what they held at `podman rm`, start ten at once
-with ten distinct addresses, and leave nothing on the host after stop(). The bridge plugin
-runs behind the harness's recorder, so the test also pins what podman hands a CNI plugin
-(environment and stdin), which a plugin of ours must accept. The conflist and plugin table
-are the only plugin-specific parts: a test of another plugin swaps them."""
+with ten distinct addresses, reach containers of a second node's podman, and leave nothing
+on the host after stop(), also after a failing plugin, a killed conmon or a killed keeper.
+The bridge plugin runs behind the harness's recorder, so the test also pins what podman
+hands a CNI plugin (environment and stdin), which a plugin of ours must accept. The
+conflist and plugin table are the only plugin-specific parts: a test of another plugin
+swaps them."""
 from __future__ import annotations
 
 import ipaddress
@@ -254,3 +256,43 @@ def test_stop_leaves_nothing_after_failures(netns_prefix, tmp_path):
         assert_nothing_left(pm, before, prefix, tmp_path / "keeper", seen, topo)
     finally:
         topo.stop()
+
+
+def test_containers_on_two_nodes_reach_each_other(netns_prefix, tmp_path):
+    """One Podman per node, side by side (the shape of a later cross-node test): each node
+    bridges its own subnet, routes the other's via the link, and a container on n1 pings
+    and fetches from one on n2, which sees the n1 container's own address."""
+    reason = have_podman()
+    if reason:
+        pytest.skip(reason)
+    prefix = netns_prefix + "pm2-"
+    before = host_state(prefix)
+    subnets = {"n1": "10.99.1.0/24", "n2": "10.99.2.0/24"}
+    topo = Topology(prefix)
+    n1, n2 = topo.add_node("n1", forward=True), topo.add_node("n2", forward=True)
+    topo.add_link(n1, n2, "eth0", "eth0", N1_ADDR, N2_ADDR)
+    topo.add_route(n1, subnets["n2"], N2_ADDR.split("/")[0])
+    topo.add_route(n2, subnets["n1"], N1_ADDR.split("/")[0])
+    pms, seen = [], []
+    try:
+        topo.start()
+        for node in (n1, n2):
+            conf = json.loads(json.dumps(CONFLIST))
+            conf["plugins"][0]["ipam"]["ranges"] = [[{"subnet": subnets[node.name]}]]
+            pms.append(Podman(node, tmp_path, PLUGINS, conf).start())
+        pm1, pm2 = pms
+        pm1.run("a", SLEEP)
+        pm2.run("b", HTTPD)
+        a, b = pm1.ip("a"), pm2.ip("b")
+        assert ipaddress.ip_address(a) in ipaddress.ip_network(subnets["n1"])
+        assert ipaddress.ip_address(b) in ipaddress.ip_network(subnets["n2"])
+        assert pm1.exec("a", ["ping", "-c", "2", "-W", "1", b]).returncode == 0
+        assert pm1.fetch("a", f"http://{b}/cgi-bin/ip").strip() == a
+        assert pm1.cgroup != pm2.cgroup and pm1.runroot != pm2.runroot
+        seen = _seen(pm1) + _seen(pm2)
+    finally:
+        for pm in pms:
+            pm.stop()
+        topo.stop()
+    for pm in pms:
+        assert_nothing_left(pm, before, prefix, tmp_path, seen)
