@@ -1,0 +1,110 @@
+"""vtep-cni with a real container runtime: podman 4.3 (CNI backend, runc) inside each node
+of the seed topology, `vtep run --kernel` on each node, containers attached through
+`vtep-cni` with nothing else in between (tests/podmanlab.py contains podman: its own
+mount namespace, root, runroot, plugin and config directories, all removed in
+`finally`). The network config names no plan: the plugin reads the running agent's
+status file, as a Kubernetes node would run it.
+
+Expected values: the seed plan's convention (network-1 owns 172.2.0.0/24, network-2
+172.2.1.0/24, the gateway .1, the first pod .2, the overlay MTU 1500 - 50), the kernel's
+and podman's own view of each container (`ip`, `podman inspect`), and the HTTP server's
+report of the client address it saw (busybox httpd's REMOTE_ADDR)."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from podmanlab import HTTPD, Podman, have_podman
+from seedlab import Vtep
+from vtep import pods
+from vtep.lab import seed
+
+pytestmark = pytest.mark.netns
+
+PLUGIN = Path(sys.executable).with_name("vtep-cni")
+SLEEP = ["sleep", "300"]   # bounded: even a container nobody removes ends by itself
+SUBNETS = {"network-1": "172.2.0.0/24", "network-2": "172.2.1.0/24"}
+
+
+class Node:
+    def __init__(self, topo_node, pm: Podman, state: Path):
+        self.node, self.pm, self.state = topo_node, pm, state
+
+    def allocations(self) -> dict:
+        path = self.state / f"pods-{self.node.name}.json"
+        return json.loads(path.read_text())["pods"] if path.exists() else {}
+
+    def links(self) -> list[str]:
+        out = self.node.cmd(["ip", "-j", "link", "show"]).stdout
+        return [x["ifname"] for x in json.loads(out)]
+
+
+@pytest.fixture
+def cluster(netns_prefix, tmp_path, plan_file):
+    """{node name: Node}: the seed topology, an agent and a podman on each node."""
+    reason = have_podman()
+    if reason:
+        pytest.skip(reason)
+    with seed.topology(netns_prefix + "cp-") as t, ExitStack() as stack:
+        nodes = {}
+        for name in seed.NODES:
+            state = tmp_path / f"state-{name}"
+            state.mkdir()
+            Vtep(t[name], "kernel", plan_file, state)   # ended by the topology, by PID
+            conflist = {"cniVersion": "1.0.0", "name": "vtep",
+                        "plugins": [{"type": "vtep", "stateDir": str(state)}]}
+            pm = stack.enter_context(Podman(t[name], tmp_path, {"vtep": PLUGIN}, conflist))
+            nodes[name] = Node(t[name], pm, state)
+        yield nodes
+
+
+def test_containers_on_two_nodes_reach_each_other_without_nat(cluster):
+    n1, n2 = cluster["network-1"], cluster["network-2"]
+    n2.pm.run("web", HTTPD)
+    cid = n1.pm.run("cli", SLEEP)
+    cli, web = n1.pm.ip("cli"), n2.pm.ip("web")
+    assert (cli, web) == ("172.2.0.2", "172.2.1.2")
+    mtu = n1.pm.exec("cli", ["cat", "/sys/class/net/eth0/mtu"], check=True).stdout.strip()
+    assert mtu == "1450"
+    route = n1.pm.exec("cli", ["ip", "route"], check=True).stdout
+    assert "default via 172.2.0.1 dev eth0" in route
+    assert n1.pm.exec("cli", ["ping", "-c", "2", "-W", "2", web]).returncode == 0
+    assert n2.pm.exec("web", ["ping", "-c", "2", "-W", "2", cli]).returncode == 0
+    # the server on network-2 saw the client container's own address: nothing NATed it
+    assert n1.pm.fetch("cli", f"http://{web}/cgi-bin/ip").strip() == cli
+    # the allocation is keyed by podman's container ID and the interface it asked for
+    assert n1.allocations() == {f"{cid}/eth0": {
+        "ip": cli, "gateway": "172.2.0.1", "veth": pods.veth_name(f"{cid}/eth0"),
+        "netns": n1.pm.netns("cli"), "created_netns": False, "bridge": "br0",
+        "cni": {"network": "vtep", "container": cid, "ifname": "eth0"}}}
+    assert pods.veth_name(f"{cid}/eth0") in n1.links()
+    # `podman rm` is a DEL (run by conmon's cleanup, with a bare environment): the
+    # address is free and the veth gone
+    n1.pm.rm("cli")
+    assert n1.allocations() == {} and pods.veth_name(f"{cid}/eth0") not in n1.links()
+    n1.pm.run("again", SLEEP)
+    assert n1.pm.ip("again") == "172.2.0.2"   # the freed address, lowest first
+
+
+def test_ten_containers_started_at_once_get_ten_distinct_addresses(cluster):
+    n1 = cluster["network-1"]
+    names = [f"c{i}" for i in range(10)]
+    procs = [n1.pm.popen(n1.pm.run_argv(n, SLEEP)) for n in names]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    ips = {n: n1.pm.ip(n) for n in names}
+    assert len(set(ips.values())) == 10, ips
+    assert sorted(ips.values(), key=ipaddress.ip_address) == \
+        [f"172.2.0.{i}" for i in range(2, 12)]
+    assert sorted(r["ip"] for r in n1.allocations().values()) == sorted(ips.values())
+    assert all(n1.pm.exec("c0", ["ping", "-c", "1", "-W", "2", ip]).returncode == 0
+               for ip in ips.values())
+    n1.pm.podman(["rm", "-f", "-a", "-t", "0"], timeout=120)
+    assert n1.allocations() == {}
+    assert not [x for x in n1.links() if x.startswith("veth")]
