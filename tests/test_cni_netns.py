@@ -393,6 +393,7 @@ def test_an_interface_the_container_already_has_is_refused(cni):
     in_ns(path, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0"])
     a = cni.call("ADD", "c1", path)
     assert a.code == 1 and a.doc["code"] == 101, a
+    assert "eth0 already exists in" in a.doc["details"] and "is not this pod's" in a.doc["details"]
     assert cni.allocations() == {} and pods.veth_name("c1/eth0") not in cni.links()
     assert kernel_view(path) != {}
 

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -579,6 +580,22 @@ def test_from_status_dead_pid_is_code_11(tmp_path):
     write_status(tmp_path, "vxt0.n1.json", status_doc(pid=child.pid))
     details = status_refused(status_conf(tmp_path), 11)
     assert str(child.pid) in details
+
+
+def test_from_status_a_zombie_agent_is_code_11(tmp_path):
+    """An agent killed with SIGKILL whose parent is gone is a zombie until init reaps
+    it: kill(pid, 0) still succeeds, but nothing runs."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        os.kill(child.pid, 0)   # still "exists": the case a plain liveness check misses
+        write_status(tmp_path, "vxt0.n1.json", status_doc(pid=child.pid))
+        assert str(child.pid) in status_refused(status_conf(tmp_path), 11)
+    finally:
+        child.wait(timeout=60)
 
 
 @pytest.mark.parametrize("node", [None, "n1"])

@@ -204,6 +204,11 @@ def ensure_veth(rt: RtLink, pod: RtLink, veth: str, ns_path: str, bridge: Link, 
         fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             rt.add_veth(veth, mtu, ifname, fd)
+        except RtError as e:
+            if e.errno == errno.EEXIST and pod.link(ifname) is not None:
+                raise PodError(f"{ifname} already exists in {ns_path} and is not this "
+                               "pod's (another attachment's, or the runtime's)") from None
+            raise
         finally:
             os.close(fd)
         host_end = rt.link(veth)

@@ -139,6 +139,18 @@ def status_files(conf: Conf) -> list[str]:
     return sorted(glob.glob(os.path.join(glob.escape(conf.state_dir), f"{conf.device}.*.json")))
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: an agent killed with SIGKILL whose parent is gone stays
+    a zombie until init reaps it, and holds nothing meanwhile."""
+    if not _running(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def from_status(conf: Conf) -> NodeNet:
     """The facts the running agent published (vtep.daemon writes "network")."""
     found = status_files(conf)
@@ -165,7 +177,7 @@ def from_status(conf: Conf) -> NodeNet:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CniError(TRY_AGAIN_LATER, f"{path}: no network facts in it ({type(e).__name__}: "
                        f"{e}); an agent older than the plugin? restart `vtep run`")
-    if not alive(pid):
+    if not _running(pid):
         raise CniError(TRY_AGAIN_LATER, f"{path}: the agent that wrote it (pid {pid}) is not "
                                         "running; start `vtep run`, then retry")
     if ns is not None and ns != netns_inode():
