@@ -142,7 +142,7 @@ def status_files(conf: Conf) -> list[str]:
 def _running(pid: int) -> bool:
     """Alive and not a zombie: an agent killed with SIGKILL whose parent is gone stays
     a zombie until init reaps it, and holds nothing meanwhile."""
-    if not _running(pid):
+    if not alive(pid):
         return False
     try:
         with open(f"/proc/{pid}/stat") as f:
