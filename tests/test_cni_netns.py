@@ -472,3 +472,98 @@ def test_the_cluster_in_etcd_is_a_source(etcd_lab, tmp_path):
         assert a1.stop() == 0, a1.output()
         assert a2.stop() == 0, a2.output()
         netns.sweep(prefix + "c")
+
+
+# --- what a review found: scope, crashes, refusals, second interfaces -------------------
+
+@pytest.mark.netns
+def test_gc_leaves_other_nodes_allocations_in_a_shared_state_dir(cni):
+    """Two nodes (namespaces of one host) share one stateDir, each with its own
+    allocation file: a GC from network-1's runtime releases network-1's only."""
+    shared = {"stateDir": str(cni.state / "shared")}
+    cni.add("a", cni.container("a"), **shared)
+    cni.add("b", cni.container("b"), node="network-2", **shared)
+    conf = cni.config(version="1.1.0", **shared, **{"cni.dev/valid-attachments": []})
+    assert cni.call("GC", "", conf=conf) == (0, None, "")
+    files = {p.name: json.loads(p.read_text())["pods"]
+             for p in (cni.state / "shared").glob("pods-*.json")}
+    assert files["pods-network-1.json"] == {}
+    assert list(files["pods-network-2.json"]) == ["b/eth0"]
+
+
+@pytest.mark.netns
+def test_a_crash_after_the_reservation_leaves_a_record_del_releases(cni):
+    """kill -9 between the reservation and the setup (here: the process exits inside
+    attach, after the veth exists): the address stays reserved, so no later ADD hands it
+    out again, and DEL releases it and the veth."""
+    path = cni.container("c1")
+    crash = ("import os, sys\nfrom vtep import pods\nfrom vtep.cni import main\n"
+             "real = pods.attach\n"
+             "def attach(*a, **k):\n    real(*a, **k)\n    os._exit(9)\n"
+             "pods.attach = attach\nsys.exit(main.main([]))\n")
+    e = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="c1", CNI_NETNS=path,
+             CNI_IFNAME="eth0")
+    r = subprocess.run(["nsenter", f"--net={cni.topo['network-1'].path}", sys.executable,
+                        "-c", crash], input=json.dumps(cni.config()), env=e,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 9, r.stderr
+    assert cni.allocations()["c1/eth0"]["ip"] == "172.2.0.2"
+    assert cni.add("c2")["ips"][0]["address"] == "172.2.0.3/24"   # not .2 again
+    assert cni.call("DEL", "c1", path).code == 0
+    assert "c1/eth0" not in cni.allocations()
+    assert pods.veth_name("c1/eth0") not in cni.links()
+
+
+@pytest.mark.netns
+def test_a_refused_re_add_touches_nothing(cni):
+    first = cni.container("c1")
+    cni.add("c1", first)
+    other = cni.container("c1b")
+    a = cni.call("ADD", "c1", other, env={"CNI_ARGS": "IP=172.2.0.77"})
+    assert a.doc["code"] == 7 and "already has 172.2.0.2" in a.doc["details"], a
+    assert kernel_view(first)["inet"] == ["172.2.0.2/24"]      # still attached
+    assert pods.veth_name("c1/eth0") in cni.links() and kernel_view(other) == {}
+    assert cni.allocations()["c1/eth0"]["netns"] == first
+
+
+@pytest.mark.netns
+def test_a_state_dir_that_cannot_be_written_leaves_nothing(cni):
+    state = cni.state / "network-1"
+    state.mkdir(parents=True)
+    (state / "pods-network-1.json").mkdir()    # the file's place is taken: no rename works
+    path = cni.container("c1")
+    before = cni.links()
+    a = cni.call("ADD", "c1", path)
+    assert a.code == 1 and a.doc["code"] in (5, 7), a
+    assert cni.links() == before and kernel_view(path) == {}
+
+
+@pytest.mark.netns
+def test_a_second_interface_routes_the_overlay_and_leaves_the_default_route(cni):
+    """A multi-network container (Multus' net1): its eth0 keeps the default route; net1
+    gets the overlay's route via the gateway, and CHECK holds it to that."""
+    path = cni.container("c1")
+    in_ns(path, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
+    in_ns(path, ["ip", "address", "add", "10.9.0.5/24", "dev", "eth0"])
+    in_ns(path, ["ip", "link", "set", "eth0", "up"])
+    in_ns(path, ["ip", "route", "add", "default", "via", "10.9.0.1"])
+    result = cni.add("c1", path, ifname="net1")
+    assert result["routes"] == [{"dst": "172.2.0.0/16", "gw": "172.2.0.1"}]
+    routes = json.loads(in_ns(path, ["ip", "-j", "-4", "route", "show"]).stdout)
+    assert [(r["dst"], r.get("gateway"), r["dev"]) for r in routes
+            if r.get("gateway")] == [("default", "10.9.0.1", "eth0"),
+                                     ("172.2.0.0/16", "172.2.0.1", "net1")]
+    ok = cni.call("CHECK", "c1", path, ifname="net1", conf=cni.config(prevResult=result))
+    assert ok.code == 0, ok
+    in_ns(path, ["ip", "route", "del", "172.2.0.0/16"])
+    bad = cni.call("CHECK", "c1", path, ifname="net1", conf=cni.config(prevResult=result))
+    assert "no route 172.2.0.0/16 via 172.2.0.1" in bad.doc["details"], bad
+
+
+@pytest.mark.netns
+def test_check_of_a_namespace_that_is_not_one_is_a_finding_not_a_crash(cni):
+    path = cni.container("c1")
+    result = cni.add("c1", path)
+    netns.delete(cni.prefix + "c1")
+    a = cni.call("CHECK", "c1", path, conf=cni.config(prevResult=result))
+    assert a.doc["code"] == 102 and f"namespace {path}" in a.doc["details"], a

@@ -157,17 +157,20 @@ class Attached(NamedTuple):
     pod: dict            # pod_link()'s view of the pod's interface after the setup
 
 
+DEFAULT_ROUTE = "0.0.0.0/0"
+
+
 def attach(node: planlib.Node, ns_path: str, veth: str, ip: str, mtu: int,
-           bridge: str = "br0", ifname: str = POD_IF) -> Attached:
+           bridge: str = "br0", ifname: str = POD_IF, route: str = DEFAULT_ROUTE) -> Attached:
     """The connectivity rule, made or repaired: `bridge` holding the gateway, up; the
     pair `veth` (here, on the bridge) <-> `ifname` (in the pod) at `mtu`; in the pod, lo
-    up, exactly `ip`/prefix, up, and the default route via the gateway. Each step is a
-    no-op when already so. An `ifname` in the pod that is not our pair's end is left
-    alone and refused (EEXIST, raised as RtError)."""
+    up, exactly `ip`/prefix, up, and `route` (the default route, or the overlay's for a
+    second interface) via the gateway. Each step is a no-op when already so. An `ifname`
+    in the pod that is not our pair's end is left alone and refused."""
     with RtLink() as here, RtLink(ns_path) as pod:
         br = ensure_bridge(here, bridge, node)
         host_end = ensure_veth(here, pod, veth, ns_path, br, mtu, ifname)
-        configure_pod(pod, ip, node, ifname, mtu)
+        configure_pod(pod, ip, node, ifname, mtu, route)
         br = here.link(bridge)   # as it is now (an older bridge follows its ports' MACs)
         return Attached(br.mac if br else "", host_end.mac, pod_link(pod, ifname))
 
@@ -232,9 +235,9 @@ def remove_veth(veth: str) -> bool:
 
 
 def configure_pod(pod: RtLink, ip: str, node: planlib.Node, ifname: str = POD_IF,
-                  mtu: int | None = None) -> None:
-    """lo up; `ifname` holds exactly `ip`/prefix, has `mtu`, is up; the default route
-    via the gateway. A repeated add repairs drift."""
+                  mtu: int | None = None, route: str = DEFAULT_ROUTE) -> None:
+    """lo up; `ifname` holds exactly `ip`/prefix, has `mtu`, is up; `route` via the
+    gateway. A repeated add repairs drift."""
     lo = pod.link("lo")
     if lo is not None and not lo.up:
         pod.set_link(lo, up=True)
@@ -248,19 +251,24 @@ def configure_pod(pod: RtLink, ip: str, node: planlib.Node, ifname: str = POD_IF
     pod.add_address(dev.index, ip, plen)
     if not dev.up or (mtu and dev.mtu != mtu):
         pod.set_link(dev, up=True, mtu=mtu)
-    if pod.default_gateways(dev.index) != [str(node.gateway)]:
-        pod.replace_default(str(node.gateway), dev.index)
+    gw = str(node.gateway)
+    if [g for d, g, _ in pod.gateway_routes(dev.index) if d == route] != [gw]:
+        pod.replace_route(route, gw, dev.index)
 
 
 def pod_link(pod: RtLink, ifname: str = POD_IF) -> dict | None:
-    """What `ifname` in the pod is now: mac, mtu, up, its IPv4 addresses (CIDR) and the
-    gateways of its default routes; None when the pod has no such interface."""
+    """What `ifname` in the pod is now: mac, mtu, up, its IPv4 addresses (CIDR) and its
+    routes through a gateway ({destination CIDR: [gateways]}); None when the pod has no
+    such interface."""
     dev = pod.link(ifname)
     if dev is None:
         return None
+    routes: dict[str, list[str]] = {}
+    for dst, gw, _ in pod.gateway_routes(dev.index):
+        routes.setdefault(dst, []).append(gw)
     return {"mac": dev.mac, "mtu": dev.mtu, "up": dev.up,
             "addresses": [f"{a}/{n}" for a, n, _ in pod.addresses(dev.index) if ":" not in a],
-            "default_via": pod.default_gateways(dev.index)}
+            "routes": routes}
 
 
 # --- namespaces -----------------------------------------------------------------------------
@@ -380,37 +388,65 @@ def add(args) -> dict:
         if rec and args.netns and os.path.abspath(args.netns) != rec["netns"]:
             raise UsageError(f"pod {args.name!r} is already attached to {rec['netns']}")
         ip = rec["ip"] if rec else allocate(node, store.taken(), args.ip, args.name)
+        make_ns = False
         if args.netns:
             ns_path = os.path.abspath(args.netns)  # not realpath: /proc/PID/ns/net is a
             # magic link whose target ("net:[...]") is no path
             why = netns_problem(ns_path)
             if why:
                 raise UsageError(f"--netns {args.netns}: {why}")
-            created = bool(rec and rec.get("created_netns"))
         else:
             ns_path = f"{NETNS_DIR}/{args.name}"
-            created = bool(rec and rec.get("created_netns"))
-            if not os.path.exists(ns_path):
-                _create_netns(args.name)
-                created = True
+            make_ns = not os.path.exists(ns_path)
+        created = bool(rec and rec.get("created_netns")) or make_ns
+        old = rec
         rec = {"ip": ip, "gateway": str(node.gateway), "veth": veth_name(args.name),
                "netns": ns_path, "created_netns": created, "bridge": args.bridge}
-        fresh = args.name not in store.pods
+        # The reservation is written before anything is made: a crash (kill -9) from here
+        # on leaves a record that `vtep pod del` releases, never an address in use that
+        # the file does not hold, nor a namespace nobody would delete.
+        reserve(store, args.name, rec)
         try:
+            if make_ns:
+                _create_netns(args.name)
             attach(node, ns_path, rec["veth"], ip, mtu, args.bridge)
         except BaseException as e:
-            if fresh:  # nothing half-configured: undo what this call made
-                remove_veth(rec["veth"])
-                if created:
-                    _delete_netns(args.name)
+            if old is None:  # nothing half-configured: undo what this call made
+                _quietly(remove_veth, rec["veth"])
+            if make_ns:
+                _delete_netns(args.name)
+            unreserve(store, args.name, old)
             if isinstance(e, VtepError):
                 raise
             if isinstance(e, Exception):
                 raise PodError(f"pod {args.name}: {e}") from None
             raise
-        store.pods[args.name] = rec
-        store.save()
     return rec
+
+
+def reserve(store: PodStore, key: str, rec: dict) -> None:
+    store.pods[key] = rec
+    try:
+        store.save()
+    except OSError as e:
+        raise UsageError(f"{store.path}: cannot write the allocation ({e.strerror})")
+
+
+def unreserve(store: PodStore, key: str, old: dict | None) -> None:
+    """Put the record back as it was before a failed add (best effort: the failure
+    being reported matters more than a second one)."""
+    if old is None:
+        store.pods.pop(key, None)
+    else:
+        store.pods[key] = old
+    _quietly(store.save)
+
+
+def _quietly(fn, *a) -> None:
+    try:
+        fn(*a)
+    except (OSError, VtepError):
+        pass
 
 
 def delete(args) -> dict | None:

@@ -21,11 +21,13 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 from typing import NamedTuple
 
 # linux/netlink.h
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x2, 0x4, 0x10
+DUMP_TRIES = 5
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 # linux/rtnetlink.h
@@ -104,13 +106,26 @@ def setns(fd: int) -> None:
         raise RtError(e, f"setns: {os.strerror(e)}")
 
 
+def _go_home(fd: int) -> None:
+    """Back to the namespace we came from, or end the process: anything it did next
+    (sockets, routes, the next attachment) would happen in the pod's namespace."""
+    try:
+        setns(fd)
+    except RtError as e:
+        sys.stderr.write(f"vtep: cannot return to this node's network namespace "
+                         f"({e.strerror}): stopping\n")
+        os._exit(70)
+
+
 class RtLink:
     def __init__(self, netns: str | None = None):
         self.seq = 0
+        self.interrupted = False
         if netns is None:
             self.sock = self._open()
             return
-        home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        # setns(2) moves the calling thread only: thread-self, not self (the main thread)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             there = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -118,7 +133,7 @@ class RtLink:
                 try:
                     self.sock = self._open()
                 finally:
-                    setns(home)   # back home before anything else runs here
+                    _go_home(home)
             finally:
                 os.close(there)
         finally:
@@ -145,12 +160,23 @@ class RtLink:
     def _request(self, kind: int, flags: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
         """Send one request; the (type, payload) of each answer message until its ACK or
         the end of its dump. An NLMSG_ERROR with an errno raises RtError naming `what`."""
+        if flags & NLM_F_DUMP == NLM_F_DUMP:
+            for _ in range(DUMP_TRIES):
+                out = self._once(kind, flags, body, what)
+                if not self.interrupted:
+                    return out
+            raise RtError(errno.EAGAIN, f"{what}: the kernel's tables kept changing during "
+                                        f"{DUMP_TRIES} dumps")
+        return self._once(kind, flags, body, what)
+
+    def _once(self, kind: int, flags: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
         self.seq += 1
         seq = self.seq
+        self.interrupted = False
         self.sock.send(HDR.pack(HDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
         out = []
         while True:
-            data = self.sock.recv(1 << 16)
+            data = self.sock.recv(1 << 17)
             off = 0
             while off + HDR.size <= len(data):
                 length, mtype, mflags, mseq, _ = HDR.unpack_from(data, off)
@@ -165,7 +191,12 @@ class RtLink:
                     if code:
                         raise RtError(code, f"{what}: {os.strerror(code)}")
                     return out   # the ACK
+                if mflags & NLM_F_DUMP_INTR:   # the table changed during the dump: redo it
+                    self.interrupted = True
                 if mtype == NLMSG_DONE:
+                    code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
+                    if code > 0:
+                        raise RtError(code, f"{what}: {os.strerror(code)}")
                     return out
                 out.append((mtype, payload))
                 if not mflags & NLM_F_MULTI and not flags & NLM_F_ACK:
@@ -197,7 +228,9 @@ class RtLink:
             if e.errno == errno.ENODEV:
                 return None
             raise
-        return self._link(got[0][1]) if got else None
+        link = self._link(got[0][1]) if got else None
+        # the kernel also finds a device by an alternative name (5.5+): not this one
+        return link if link is not None and link.name == name else None
 
     def links(self) -> list[Link]:
         got = self._request(RTM_GETLINK, NLM_F_DUMP, IFINFO.pack(0, 0, 0, 0, 0), "listing links")
@@ -253,8 +286,9 @@ class RtLink:
             if index is not None and idx != index:
                 continue
             a = _attrs(p, IFADDR.size, len(p))
-            raw = a.get(IFA_LOCAL) if family == socket.AF_INET else None
-            raw = raw or a.get(IFA_ADDRESS)
+            # IFA_LOCAL is this end on a point-to-point link (IFA_ADDRESS the peer), in
+            # both families, as iproute2 reads it
+            raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
             if raw:
                 out.append((str(ipaddress.ip_address(raw)), plen, idx))
         return out
@@ -279,28 +313,40 @@ class RtLink:
 
     # --- default routes ---------------------------------------------------------------------
 
-    def default_gateways(self, index: int | None = None) -> list[str]:
-        """The gateways of the main table's IPv4 default routes (through one device)."""
+    def gateway_routes(self, index: int | None = None) -> list[tuple[str, str, int]]:
+        """(destination CIDR, gateway, device index) of the main table's IPv4 routes
+        through a gateway (through one device)."""
         got = self._request(RTM_GETROUTE, NLM_F_DUMP, RTMSG.pack(socket.AF_INET, 0, 0, 0, 0,
                                                                    0, 0, 0, 0),
                             "listing routes")
         out = []
         for t, p in got:
+            if t != RTM_NEWROUTE:
+                continue
             _, dst_len, _, _, table, _, _, _, _ = RTMSG.unpack_from(p)
             a = _attrs(p, RTMSG.size, len(p))
             if RTA_TABLE in a:
                 table = struct.unpack("=I", a[RTA_TABLE])[0]
-            if dst_len or table != RT_TABLE_MAIN or RTA_GATEWAY not in a:
+            if table != RT_TABLE_MAIN or RTA_GATEWAY not in a:
                 continue
-            if index is not None and struct.unpack("=I", a.get(RTA_OIF, b"\0" * 4))[0] != index:
+            oif = struct.unpack("=I", a.get(RTA_OIF, b"\0" * 4))[0]
+            if index is not None and oif != index:
                 continue
-            out.append(str(ipaddress.IPv4Address(a[RTA_GATEWAY])))
+            dst = ipaddress.IPv4Address(a.get(RTA_DST, b"\0" * 4))
+            out.append((f"{dst}/{dst_len}", str(ipaddress.IPv4Address(a[RTA_GATEWAY])), oif))
         return out
 
-    def replace_default(self, gateway: str, index: int) -> None:
-        """`ip route replace default via GATEWAY dev INDEX`."""
+    def default_gateways(self, index: int | None = None) -> list[str]:
+        """The gateways of the main table's IPv4 default routes (through one device)."""
+        return [gw for dst, gw, _ in self.gateway_routes(index) if dst == "0.0.0.0/0"]
+
+    def replace_route(self, dst: str, gateway: str, index: int) -> None:
+        """`ip route replace DST via GATEWAY dev INDEX` (DST a CIDR, 0.0.0.0/0 default)."""
+        net = ipaddress.IPv4Network(dst)
+        body = RTMSG.pack(socket.AF_INET, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+                          RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+        if net.prefixlen:
+            body += _attr(RTA_DST, net.network_address.packed)
         self._request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                      RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
-                                 RT_SCOPE_UNIVERSE, RTN_UNICAST, 0) +
-                      _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) +
-                      _u32(RTA_OIF, index), f"default route via {gateway}")
+                      body + _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) +
+                      _u32(RTA_OIF, index), f"route {dst} via {gateway}")

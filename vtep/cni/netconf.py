@@ -57,6 +57,7 @@ class NodeNet:
     node: planlib.Node
     mtu: int
     source: str          # where the facts came from, for messages
+    overlay: str = "0.0.0.0/0"   # the whole overlay (CIDR): a second interface's route
 
     @property
     def subnet(self):
@@ -86,6 +87,10 @@ def read_conf(config: dict) -> Conf:
     if config.get("type") != "vtep":
         raise CniError(INVALID_CONFIG, f"network config: type {config.get('type')!r}, "
                                        "expected \"vtep\"")
+    node = config.get("node")
+    if node is not None and (node in (".", "..") or any(c in node for c in "/*?[]\0")
+                             or not node.isprintable()):
+        raise CniError(INVALID_CONFIG, f"network config: node {node[:40]!r} is not a node name")
     if "plan" in config and "etcd" in config:
         raise CniError(INVALID_CONFIG, "network config: plan and etcd both given; name one "
                                        "(or neither, to read the running agent's status)")
@@ -119,24 +124,33 @@ def node_net(conf: Conf) -> NodeNet:
 def _from_plan(plan: planlib.Plan, conf: Conf, where: str) -> NodeNet:
     node = host.select_node(plan, conf.node)
     _, underlay_mtu = host.underlay(node)
-    return NodeNet(node, planlib.overlay_mtu(plan, underlay_mtu), where)
+    return NodeNet(node, planlib.overlay_mtu(plan, underlay_mtu), where, str(plan.overlay))
 
 
 def _etcd_plan(conf: Conf) -> planlib.Plan:
     from ..etcd import Client, TLSFiles
-    from ..etcd.membership import snapshot
-    from ..etcd.model import Layout, to_plan
+    from ..etcd.membership import current_plan
+    from ..etcd.model import Layout
     layout = Layout(conf.etcd_prefix)
     with Client(conf.etcd, tls=TLSFiles(*conf.etcd_tls)) as client:
-        config, members, _ = snapshot(client, layout)
-    return to_plan(config, members, f"etcd {conf.etcd}{conf.etcd_prefix}")
+        return current_plan(client, layout, f"etcd {conf.etcd}{conf.etcd_prefix}")
 
 
 def status_files(conf: Conf) -> list[str]:
     if conf.node:
         path = os.path.join(conf.state_dir, f"{conf.device}.{conf.node}.json")
         return [path] if os.path.exists(path) else []
-    return sorted(glob.glob(os.path.join(glob.escape(conf.state_dir), f"{conf.device}.*.json")))
+    found = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(conf.state_dir),
+                                               f"{glob.escape(conf.device)}.*.json"))):
+        try:   # "vxlan0.*" also matches device vxlan0.100's files: the file says whose
+            with open(path) as f:
+                if json.load(f).get("device", conf.device) != conf.device:
+                    continue
+        except (OSError, ValueError, AttributeError):
+            pass   # unreadable: from_status says so
+        found.append(path)
+    return found
 
 
 def _running(pid: int) -> bool:
@@ -183,4 +197,4 @@ def from_status(conf: Conf) -> NodeNet:
     if ns is not None and ns != netns_inode():
         raise CniError(INVALID_CONFIG, f"{path}: written by an agent in another network "
                                        "namespace; run the plugin in the node's namespace")
-    return NodeNet(node, mtu, f"status {path}")
+    return NodeNet(node, mtu, f"status {path}", str(net.get("overlay", "0.0.0.0/0")))

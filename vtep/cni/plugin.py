@@ -12,6 +12,7 @@ node whose agent is down still releases its addresses.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from .. import host, pods
 from ..errors import VtepError
 from ..rtlink import RtError, RtLink
 from . import netconf
-from .spec import (BAD_ENVIRONMENT, CHECK_FAILED, EXHAUSTED, INVALID_CONFIG, NOT_AVAILABLE, SETUP_FAILED,
+from .spec import (BAD_ENVIRONMENT, CHECK_FAILED, IO_FAILURE, EXHAUSTED, INVALID_CONFIG, NOT_AVAILABLE, SETUP_FAILED,
                    TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError, Request, render_result)
 
 
@@ -40,6 +41,10 @@ def run(req: Request) -> dict | None:
         raise CniError(SETUP_FAILED, str(e))
     except VtepError as e:
         raise translate(e)
+    except RtError as e:   # a kernel refusal outside an attachment (DEL's, GC's)
+        raise CniError(SETUP_FAILED, _why(e))
+    except OSError as e:
+        raise CniError(IO_FAILURE, f"{e.filename or 'I/O'}: {e.strerror or e}")
 
 
 def translate(e: VtepError) -> CniError:
@@ -70,6 +75,13 @@ def requested_ip(req: Request) -> str | None:
     return wanted[0] if wanted else None
 
 
+def route_for(req: Request, net: netconf.NodeNet) -> str:
+    """The default route for the container's first interface (eth0); a second interface
+    of a multi-network container (Multus' net1, ...) gets the overlay's route only, and
+    the default route stays with whoever owns eth0."""
+    return pods.DEFAULT_ROUTE if req.ifname == pods.POD_IF else net.overlay
+
+
 def add(req: Request, conf: netconf.Conf) -> dict:
     host.require_net_admin("vtep-cni ADD")
     net = netconf.node_net(conf)
@@ -79,41 +91,49 @@ def add(req: Request, conf: netconf.Conf) -> dict:
     if why:
         raise CniError(BAD_ENVIRONMENT, f"CNI_NETNS {req.netns}: {why}")
     want_ip = requested_ip(req)
+    route = route_for(req, net)
     store = pods.PodStore(conf.state_dir, net.node.name)
     with store.locked():
-        rec = store.pods.get(req.key)
-        if rec and rec["netns"] != req.netns:
-            # the runtime re-added the container in a new namespace without a DEL: the
-            # old pair went with the old namespace, or goes now; the address stays
-            pods.remove_veth(rec["veth"])
-        if rec and want_ip and want_ip != rec["ip"]:
-            raise CniError(INVALID_CONFIG, f"{req.key} already has {rec['ip']}, not {want_ip}; "
+        old = store.pods.get(req.key)
+        # every check before any change: a refused ADD touches nothing
+        if old and want_ip and want_ip != old["ip"]:
+            raise CniError(INVALID_CONFIG, f"{req.key} already has {old['ip']}, not {want_ip}; "
                                            "DEL it first")
-        ip = rec["ip"] if rec else pods.allocate(net.node, store.taken(), want_ip, req.key)
+        ip = old["ip"] if old else pods.allocate(net.node, store.taken(), want_ip, req.key)
         new = {"ip": ip, "gateway": str(net.gateway), "veth": pods.veth_name(req.key),
                "netns": req.netns, "created_netns": False, "bridge": conf.bridge,
                "cni": {"network": conf.name, "container": req.container,
                        "ifname": req.ifname}}
+        moved = old is not None and old["netns"] != req.netns
+        # The reservation first: a crash (kill -9, a runtime's timeout) from here on
+        # leaves a record that DEL and GC release, never an address in use that the
+        # file does not hold, which the next ADD would hand out again.
+        pods.reserve(store, req.key, new)
         try:
+            if moved:   # re-added in a new namespace without a DEL: the old pair goes
+                pods.remove_veth(old["veth"])
             made = pods.attach(net.node, req.netns, new["veth"], ip, net.mtu, conf.bridge,
-                               req.ifname)
+                               req.ifname, route)
         except BaseException as e:
-            if rec is None:  # nothing half-made: undo what this call made
-                pods.remove_veth(new["veth"])
+            if old is None or moved:   # nothing half-made: undo what this call made
+                pods._quietly(pods.remove_veth, new["veth"])
+            pods.unreserve(store, req.key, None if moved else old)
             if isinstance(e, VtepError):
                 raise
             if isinstance(e, Exception):
                 raise CniError(SETUP_FAILED, f"{req.key} in {req.netns}: {_why(e)}") from None
             raise
-        store.pods[req.key] = new
-        store.save()
     interfaces = [{"name": conf.bridge, "mac": made.bridge_mac},
                   {"name": new["veth"], "mac": made.veth_mac},
                   {"name": req.ifname, "mac": made.pod["mac"], "mtu": made.pod["mtu"],
                    "sandbox": req.netns}]
     ips = [{"address": f"{ip}/{net.subnet.prefixlen}", "gateway": str(net.gateway)}]
-    routes = [{"dst": "0.0.0.0/0", "gw": str(net.gateway)}]
+    routes = [{"dst": route, "gw": str(net.gateway)}]
     return _merge(req, interfaces, ips, routes, conf.dns)
+
+
+def _details(e: Exception) -> str:
+    return e.details if isinstance(e, CniError) else str(e)
 
 
 def _why(e: Exception) -> str:
@@ -173,8 +193,15 @@ def gc(req: Request, conf: netconf.Conf) -> None:
     if not isinstance(valid, list) or not all(isinstance(v, dict) for v in valid):
         raise CniError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
     keep = {f"{v.get('containerID')}/{v.get('ifname')}" for v in valid}
+    # This node's allocations only: nodes that share a stateDir (namespaces of one host)
+    # each have their own file, and another node's attachments are not this runtime's.
+    try:
+        node = conf.node or netconf.node_net(conf).node.name
+    except (CniError, VtepError) as e:
+        raise CniError(INVALID_CONFIG, f"GC needs this node's name (\"node\" in the config, "
+                                       f"or a source that finds it): {_details(e)}")
     failed = []
-    for store in _stores(conf):
+    for store in _stores(dataclasses.replace(conf, node=node)):
         with store.locked(create=False):
             stale = [k for k, r in store.pods.items()
                      if (r.get("cni") or {}).get("network") == conf.name and k not in keep]
@@ -217,11 +244,23 @@ def check(req: Request, conf: netconf.Conf) -> None:
     if not os.path.lexists(req.netns):
         problems.append(f"namespace {req.netns} is gone")
     else:
-        with RtLink(req.netns) as there:
-            pod = pods.pod_link(there, req.ifname)
-        if pod is None:
-            problems.append(f"{req.ifname} is missing in {req.netns}")
+        try:
+            with RtLink(req.netns) as there:
+                pod = pods.pod_link(there, req.ifname)
+        except OSError as e:   # gone meanwhile, or not a network namespace
+            problems.append(f"namespace {req.netns}: {e.strerror or e}")
         else:
+            problems += _pod_problems(req, net, prev, cidr, pod)
+    if problems:
+        raise CniError(CHECK_FAILED, f"{req.key}: " + "; ".join(problems))
+    return None
+
+
+def _pod_problems(req: Request, net, prev: dict, cidr: str, pod: dict | None) -> list[str]:
+    problems = []
+    if pod is None:
+        problems.append(f"{req.ifname} is missing in {req.netns}")
+    else:
             if cidr not in pod["addresses"]:
                 problems.append(f"address {cidr} missing on {req.ifname}")
             if pod["mtu"] != net.mtu:
@@ -232,11 +271,11 @@ def check(req: Request, conf: netconf.Conf) -> None:
                     if i.get("name") == req.ifname and i.get("sandbox") == req.netns]
             if said and said[0] and said[0] != pod["mac"]:   # remade since the ADD
                 problems.append(f"{req.ifname} has MAC {pod['mac']}, prevResult {said[0]}")
-            if str(net.gateway) not in pod["default_via"]:
-                problems.append(f"no default route via {net.gateway}")
-    if problems:
-        raise CniError(CHECK_FAILED, f"{req.key}: " + "; ".join(problems))
-    return None
+            route = route_for(req, net)
+            if str(net.gateway) not in pod["routes"].get(route, []):
+                problems.append(f"no default route via {net.gateway}" if route ==
+                                pods.DEFAULT_ROUTE else f"no route {route} via {net.gateway}")
+    return problems
 
 
 def _host_problems(rec: dict, bridge: str) -> list[str]:

@@ -99,6 +99,13 @@ def snapshot(client, layout: Layout) -> tuple[ClusterConfig, dict, int]:
     return recs.config, recs.members, rev
 
 
+def current_plan(client, layout: Layout, where: str) -> planmod.Plan:
+    """The live members as a Plan now (what an agent would be serving)."""
+    from .model import to_plan
+    config, members, _ = snapshot(client, layout)
+    return to_plan(config, members, where)
+
+
 # --- cluster init --------------------------------------------------------------------------
 
 def init_cluster(client, layout: Layout, plan: planmod.Plan, subnet_len: int,
