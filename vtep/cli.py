@@ -189,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the status files as JSON")
     s.set_defaults(handler="vtep.commands:status")
 
+    s = sub.add_parser("doctor", help="check one node: agent, device, host, and (--probe) "
+                       "the data path; one finding per line")
+    _plan_args(s, config_required=False)
+    _etcd_args(s.add_argument_group("the cluster in etcd (instead of --config)"),
+               required=False)
+    s.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
+                   help="where the agent writes its status file (default /run/vtep)")
+    s.add_argument("--json", action="store_true", help="the findings as one JSON document")
+    s.add_argument("--probe", action="store_true",
+                   help="also probe each peer: underlay path MTU, pings through the tunnel "
+                        "with a capture vxinspect judges")
+    s.set_defaults(handler="vtep.doctor.command:doctor")
+
     s = sub.add_parser("mtu", help="probe each peer's underlay path MTU; recommend an overlay MTU")
     _plan_args(s)
     s.add_argument("--timeout", type=_seconds(TIMEOUT_MIN, TIMEOUT_MAX),

@@ -50,6 +50,7 @@ class PathMtu:
     mtu: int            # largest IP packet that arrives unfragmented
     probes: int
     learned: bool       # an ICMP error told us the bottleneck's MTU
+    hop: str | None = None   # who told: the router (or host) at the bottleneck
 
 
 class Unreachable(VtepError):
@@ -86,6 +87,7 @@ class Prober:
         self.tries = tries
         self.ident = os.getpid() & 0xFFFF
         self.seq = 0
+        self.hop: str | None = None   # the source of the last too-big error
         self.hlen = IPV6_HLEN if self.v6 else IPV4_HLEN
         self.refused: str | None = None   # why the last probe could not reach its peer
 
@@ -153,16 +155,18 @@ class Prober:
         if unreach:  # a router (or the peer) says our probe cannot be delivered at all
             self.refused = f"{src} answered destination unreachable (code {code})"
             return False, None
+        self.hop = src
         return False, (mtu or None)
 
     def path_mtu(self, name: str, dst: str, ceiling: int) -> PathMtu:
         """Binary search for the largest size that fits, between 576 and `ceiling`."""
+        self.hop = None
         mtu, probes, learned = search(lambda size: self.probe(dst, size), ceiling, self.tries)
         if mtu is None:
             raise Unreachable(name, dst, f"no {MIN_MTU}-byte probe with DF came back in "
                               f"{self.tries} tries: " + (self.refused or "the underlay path "
                                                          "is down or drops ICMP echo"))
-        return PathMtu(name, dst, mtu, probes, learned)
+        return PathMtu(name, dst, mtu, probes, learned, self.hop if learned else None)
 
 
 def search(probe, ceiling: int, tries: int) -> tuple[int | None, int, bool]:

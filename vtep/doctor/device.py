@@ -1,0 +1,102 @@
+"""The device against the plan: VNI, port (8472 against 4789 called out), local address,
+underlay binding, learning, MTU against the underlay's, DF; and a vxlan device of
+someone else's on the same port, which takes the plan's traffic or keeps ours down."""
+from __future__ import annotations
+
+from .. import wire
+from ..linkfacts import DF, DF_NAMES, device_diffs
+from ..vxlanlink import bound_index
+from .facts import Facts
+from .finding import Finding, ok
+
+WHY = {
+    "vni": "the VNI is the overlay's name on the wire (RFC 7348 section 5): peers drop "
+           "what carries another",
+    "local": "peers send to and expect packets from the plan's underlay address",
+    "dev": "the device follows the wrong underlay device's MTU and routes",
+    "learning": "learning lets any sender rewrite the fdb that vtep programs statically "
+                "(RFC 7348 section 4.1)",
+    "external": "a collect-metadata device ignores its own fdb",
+    "remote": "a default remote sends every unknown frame to one place",
+    "udp_checksum": "the outer UDP checksum setting differs from the plan's",
+    "kind": "the device is not a vxlan device",
+}
+
+
+def check(f: Facts) -> list[Finding]:
+    out = []
+    d, want = f.dev, f.want
+    if f.under is None:
+        out.append(Finding("host.underlay", "error", f.under_error or "no underlay",
+                           "without its underlay address the node cannot send or receive "
+                           "VXLAN", "add the address, or fix underlay_ip in the plan"))
+        return out
+    out.append(ok("host.underlay", f"{f.under.dev}, MTU {f.under.mtu}"))
+    if d is None:
+        out.append(Finding("device.missing", "error", f"no device {f.device}",
+                           "this node sends nothing into the overlay",
+                           f"vtep run --{f.mode} ... --node {f.node.name}"))
+        out += foreign_on_port(f)
+        return out
+    if f.mode == "kernel":
+        bad, repairs = device_diffs(want.device, d, bound_index(want.device, f.under),
+                                    {x.index: x.name for x in f.links})
+        for item in bad:
+            field_, _, values = item.partition(": ")
+            if field_ == "port":
+                out.append(port_finding(f, d.port))
+                continue
+            out.append(Finding(f"device.{field_.replace('_', '-')}", "error",
+                               f"{f.device} {field_}: {values} (plan vs device)",
+                               WHY.get(field_, ""), f"vtep run --{f.mode} --replace ..."))
+        if not bad:
+            out.append(ok("device.identity", f"{f.device}: vni {d.vni}, port {d.port}, "
+                                             f"local {d.local}, nolearning"))
+    else:
+        repairs = {}
+        if d.mtu != want.device.mtu:
+            repairs["mtu"] = want.device.mtu
+    if "mtu" in repairs:
+        out.append(Finding("device.mtu", "warning", f"{f.device} MTU {d.mtu}, the plan's "
+                           f"is {want.device.mtu}", "pods and the device disagree on the "
+                           "largest frame", "the agent repairs it; else `vtep run --once`"))
+    limit = f.under.mtu - wire.overhead(f.plan.ipv6_underlay)
+    if d.mtu is not None and d.mtu > limit:
+        out.append(Finding("device.mtu-above-underlay", "error",
+                           f"{f.device} MTU {d.mtu} > underlay {f.under.dev} MTU "
+                           f"{f.under.mtu} - {f.under.mtu - limit}",
+                           "full-size frames do not fit the encapsulation: fragmented or "
+                           "dropped (RFC 7348 section 4.3)",
+                           f"set the plan's mtu to {limit} or less, or use --mtu auto"))
+    if d.df is not None and d.df != DF["set"] and f.mode == "kernel":
+        out.append(Finding("device.df", "info",
+                           f"{f.device} df {DF_NAMES.get(d.df, d.df)}",
+                           "outer packets may be fragmented on the way instead of "
+                           "signalling a too-small path", "vtep run --df set"))
+    if not d.up:
+        out.append(Finding("device.down", "error", f"{f.device} is down",
+                           "nothing goes through it", f"ip link set {f.device} up"))
+    out += foreign_on_port(f)
+    return out
+
+
+def port_finding(f: Facts, have: int | None) -> Finding:
+    plan = f.plan.port
+    note = ""
+    if {plan, have} == {wire.VXLAN_PORT, wire.VXLAN_PORT_LINUX_LEGACY}:
+        note = (f" ({wire.VXLAN_PORT_LINUX_LEGACY} is the Linux kernel's old default, which "
+                f"flannel uses; {wire.VXLAN_PORT} is IANA's, RFC 7348)")
+    return Finding("device.port", "error", f"{f.device} sends to UDP {have}, the plan says "
+                   f"{plan}{note}", "peers listen on the plan's port: nothing arrives",
+                   f"vtep run --{f.mode} --replace ... (or set port = {have} in the plan "
+                   "on every node)")
+
+
+def foreign_on_port(f: Facts) -> list[Finding]:
+    others = [x for x in f.links if x.kind == "vxlan" and x.port == f.plan.port
+              and x.name != f.device]
+    return [Finding("device.foreign-on-port", "error",
+                     f"{x.name} (vni {x.vni}) also uses UDP {x.port}",
+                     "the kernel gives each received packet to one socket per port and "
+                     "address: one of the two devices loses its traffic",
+                     f"ip link del {x.name}, or give it another port") for x in others]

@@ -1,0 +1,83 @@
+"""What `vtep doctor` looks at, gathered once: the plan and this node, the underlay, the
+live agent (owner.holder: whatever state dir it was given) and its status file, every
+link of this namespace, the node's device and the entries the kernel holds on it, and
+the state `vtep run` would want. Reading only; nothing here changes the host."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .. import host, owner, state
+from ..errors import HostMismatch, VtepError
+from ..linkfacts import LinkFacts, facts as link_facts
+from ..plan import Node, Plan
+from ..status import StatusFile
+
+
+@dataclass
+class Facts:
+    plan: Plan
+    node: Node
+    source: str                        # "plan F" or "etcd URL/prefix"
+    device: str
+    state_dir: str
+    under: host.Underlay | None = None
+    under_error: str | None = None
+    agent_pid: int | None = None       # the live agent holding the device's lock
+    status: dict | None = None
+    status_path: str = ""
+    links: list[LinkFacts] = field(default_factory=list)
+    want: state.NodeState | None = None
+    realised: object | None = None     # nlmsg.Realised of the device, when it exists
+
+    @property
+    def dev(self) -> LinkFacts | None:
+        return next((x for x in self.links if x.name == self.device), None)
+
+    @property
+    def mode(self) -> str:
+        """kernel or userspace: the agent's, else the device's kind."""
+        if self.status and self.status.get("mode") in ("kernel", "userspace"):
+            return self.status["mode"]
+        d = self.dev
+        return "userspace" if d is not None and d.kind == "tun" else "kernel"
+
+    def name_of(self, index: int | None) -> str:
+        return next((x.name for x in self.links if x.index == index), f"if{index}")
+
+
+def gather(plan: Plan, node: Node, source: str, device: str, state_dir: str) -> Facts:
+    f = Facts(plan, node, source, device, state_dir)
+    try:
+        f.under = host.underlay_facts(node)
+    except HostMismatch as e:
+        f.under_error = str(e)
+    f.agent_pid = owner.holder(device)
+    sf = StatusFile(state_dir, node.name, device)
+    f.status, f.status_path = sf.read(), sf.path
+    from ..links import Links
+    links = Links()
+    try:
+        f.links = [link_facts(m) for m in links.dump()]
+    finally:
+        links.close()
+    if f.under is not None:
+        mtu_plan = plan
+        net = (f.status or {}).get("network") or {}
+        if isinstance(net.get("mtu"), int) and plan.mtu is None and f.agent_pid:
+            # the agent's MTU outranks the plan's when it chose one (`--mtu auto|N`)
+            if net["mtu"] != state.overlay_mtu(plan, f.under.mtu):
+                mtu_plan = dataclasses.replace(plan, mtu=net["mtu"])
+        f.want = state.desired(mtu_plan, node.name, underlay_dev=f.under.dev,
+                               underlay_mtu=f.under.mtu, device=device)
+    dev = f.dev
+    if dev is not None:
+        from ..netlink import Rtnl
+        rt = Rtnl()
+        try:
+            f.realised = rt.read(dev.index)
+        except VtepError:
+            f.realised = None
+        finally:
+            rt.close()
+    return f

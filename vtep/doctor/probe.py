@@ -1,0 +1,178 @@
+"""`vtep doctor --probe`: the data path itself, per peer.
+
+For each peer: the underlay path MTU (vtep.pmtu, DF probes; an ICMP "fragmentation
+needed" names the hop at the bottleneck); then pings of the peer's VTEP address through
+the tunnel, one small and one of the overlay MTU with DF, while tcpdump captures the
+peer's VXLAN on the underlay device; vxinspect judges the capture (VNI, flags, outer
+and inner checksums, DF, sizes, the plan). A failing peer is named with the hop that
+fails: the underlay path, our own requests never leaving, the peer never answering,
+only full-size packets lost, or a capture vxinspect finds fault with. Bounded: two
+pings of each size, 2 s each, a capture of at most 64 packets.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+from .. import wire
+from ..inet import IPV4_HLEN, ICMP_HLEN
+from .facts import Facts
+from .finding import Finding, ok
+
+PING_WAIT = 2          # s per reply
+CAPTURE_LIMIT = 64     # packets
+
+
+def check(f: Facts) -> list[Finding]:
+    if f.under is None or f.want is None:
+        return [Finding("probe.skipped", "warning", "no probe: the node's underlay is not "
+                        "here", "", "")]
+    if f.dev is None:
+        return [Finding("probe.skipped", "warning", f"no probe: {f.device} does not exist",
+                        "", "")]
+    out = []
+    from ..pmtu import probe_each
+    peers = [(p.name, str(p.underlay_ip)) for p in f.plan.peers(f.node.name)]
+    if not peers:
+        return [ok("probe.peers", "no peers to probe")]
+    need = f.want.device.mtu + wire.overhead(f.plan.ipv6_underlay)
+    found, lost = probe_each(str(f.node.underlay_ip), peers, f.under.mtu, timeout=0.5)
+    paths = {p.peer: p for p in found}
+    down = {u.peer: u for u in lost}
+    for peer in f.plan.peers(f.node.name):
+        out += _peer(f, peer, paths.get(peer.name), down.get(peer.name), need)
+    return out
+
+
+def _peer(f: Facts, peer, path, unreachable, need: int) -> list[Finding]:
+    name, addr = peer.name, str(peer.underlay_ip)
+    if unreachable is not None:
+        return [Finding("probe.underlay", "error",
+                        f"peer {name}: its underlay address {addr} does not answer: "
+                        f"{unreachable.why}", "nothing reaches that node",
+                        f"check the route to {addr} (`ip route get {addr}`) and the links "
+                        "on the way")]
+    out = []
+    if path.mtu < need:
+        hop = f" (hop {path.hop} says its MTU is {path.mtu})" if path.hop else \
+            " (no hop said why: ICMP is filtered on the way, a black hole)"
+        out.append(Finding("probe.path-mtu", "error",
+                           f"peer {name}: the underlay path to {addr} carries {path.mtu}-byte "
+                           f"packets, the overlay needs {need}{hop}",
+                           "full-size pod packets are dropped (DF) or fragmented: large "
+                           "transfers hang", f"vtep run --mtu auto (or mtu = "
+                           f"{path.mtu - (need - f.want.device.mtu)} in the plan)"))
+    else:
+        out.append(ok("probe.path-mtu", f"peer {name}: path MTU {path.mtu} >= {need}"))
+    out += _tunnel(f, peer)
+    return out
+
+
+def _tunnel(f: Facts, peer) -> list[Finding]:
+    name, target = peer.name, str(peer.vtep_ip)
+    big = f.want.device.mtu - IPV4_HLEN - ICMP_HLEN
+    with tempfile.TemporaryDirectory(prefix="vtep-doctor-") as tmp:
+        pcap = os.path.join(tmp, "probe.pcap")
+        cap = _capture(f.under.dev, f.plan.port, str(peer.underlay_ip), pcap)
+        try:
+            small_ok = _ping(target, 56, str(f.node.vtep_ip))
+            big_ok = _ping(target, big, str(f.node.vtep_ip)) if small_ok else False
+        finally:
+            _stop(cap)
+        report = _judge(f, pcap)
+    sent, back = _directions(report, str(f.node.underlay_ip), str(peer.underlay_ip))
+    out = []
+    if not small_ok:
+        if not sent:
+            hop = (f"this node sent nothing towards {peer.underlay_ip}: its fdb, neighbour "
+                   f"or route entry for {name} is missing or wrong")
+            fix = "see the drift findings; `vtep run --once`"
+        elif not back:
+            hop = (f"requests left for {peer.underlay_ip} and nothing came back: {name}'s "
+                   "agent, device, port or firewall")
+            fix = f"run `vtep doctor` on {name}"
+        else:
+            hop = f"VXLAN came back from {name} but the ping got no reply: the inner path"
+            fix = f"run `vtep doctor` on {name}"
+        out.append(Finding("probe.tunnel", "error", f"peer {name}: no reply from {target} "
+                           f"through the tunnel; {hop}", "pods here cannot reach pods there",
+                           fix))
+    elif not big_ok:
+        out.append(Finding("probe.tunnel-mtu", "error",
+                           f"peer {name}: {big + 28}-byte packets with DF get no reply "
+                           "through the tunnel (small ones do)", "an MTU black hole: large "
+                           "transfers hang", "vtep run --mtu auto"))
+    else:
+        out.append(ok("probe.tunnel", f"peer {name}: {target} answers through the tunnel "
+                                      f"at 84 and {big + 28} bytes"))
+    if report is not None and not report.ok:
+        fired = ", ".join(f"{cid} ({c['count']})" for cid, c in sorted(report.checks.items())
+                          if c["count"] and c["severity"] == "error")
+        out.append(Finding("probe.capture", "error", f"peer {name}: vxinspect finds in the "
+                           f"probe's VXLAN: {fired or (report.error or {}).get('message')}",
+                           "peers drop what fails these checks", "see `vxinspect` on a "
+                           "capture of the underlay"))
+    elif report is not None and report.vxlan_packets:
+        out.append(ok("probe.capture", f"peer {name}: {report.vxlan_packets} VXLAN packets "
+                                       "captured, vxinspect finds no error"))
+    return out
+
+
+def _capture(dev: str, port: int, peer: str, path: str) -> subprocess.Popen | None:
+    try:
+        # --immediate-mode: without it packets wait in the ring for a block timeout (1 s)
+        # and a SIGINT before it loses them
+        p = subprocess.Popen(["tcpdump", "-i", dev, "-n", "-U", "--immediate-mode", "-c",
+                              str(CAPTURE_LIMIT),
+                              "-w", path, f"udp port {port} and host {peer}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except OSError:
+        return None
+    deadline = time.monotonic() + 5
+    line = ""
+    while time.monotonic() < deadline and "listening on" not in line:
+        line = p.stderr.readline()
+        if not line and p.poll() is not None:
+            return None
+    return p
+
+
+def _stop(p: subprocess.Popen | None) -> None:
+    if p is None:
+        return
+    time.sleep(0.2)   # the last replies reach the capture
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def _ping(dst: str, size: int, src: str) -> bool:
+    r = subprocess.run(["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", str(PING_WAIT),
+                        "-M", "do", "-s", str(size), "-I", src, dst],
+                       capture_output=True, text=True, timeout=2 * PING_WAIT + 5)
+    return r.returncode == 0
+
+
+def _judge(f: Facts, pcap: str):
+    if not os.path.exists(pcap) or os.path.getsize(pcap) < 24:
+        return None
+    from vxinspect.analyze import Options, inspect_file
+    opts = Options(vnis=frozenset({f.plan.vni}), underlay_mtu=f.under.mtu,
+                   mtu=f.want.device.mtu, plan=f.plan)
+    return inspect_file(pcap, opts)
+
+
+def _directions(report, me: str, peer: str) -> tuple[int, int]:
+    """(VXLAN packets from this node to the peer, from the peer to this node)."""
+    if report is None:
+        return 0, 0
+    sent = sum(x["packets"] for x in report.flows if x["src"] == me and x["dst"] == peer)
+    back = sum(x["packets"] for x in report.flows if x["src"] == peer and x["dst"] == me)
+    return sent, back
