@@ -270,3 +270,43 @@ def test_the_endpoint_serves_on_loopback_and_a_taken_port_is_exit_4():
 def test_an_address_not_on_this_host_is_exit_4():
     with pytest.raises(metrics.MetricsUnavailable, match="not one of this host's"):
         metrics.Server(metrics.Metrics(), "192.0.2.77", 9)
+
+
+# --- the live view: the store's state and its contact clock ------------------------------------
+
+class FakeClient:
+    def __init__(self):
+        self.fail = False
+
+    def call(self, path, body, *, write, timeout=None):
+        if self.fail:
+            raise OSError("etcd away")
+        return {"path": path}
+
+
+class FakeStore:
+    def __init__(self):
+        self.reachable = True
+
+    def status(self):
+        return {"store": "http://127.0.0.1:2379", "reachable": self.reachable,
+                "unreachable_since": None, "error": None}
+
+
+def test_the_store_is_up_and_its_last_contact_is_its_last_answer(monkeypatch):
+    client, store = FakeClient(), FakeStore()
+    now = [1000.0]
+    monkeypatch.setattr(metrics.time, "time", lambda: now[0])
+    clock = metrics.ContactClock(client)
+    now[0] = 1010.0
+    assert client.call("/v3/lease/keepalive", {}, write=False) == {"path": "/v3/lease/keepalive"}
+    client.fail, store.reachable = True, False
+    now[0] = 1020.0
+    with pytest.raises(OSError):
+        client.call("/v3/kv/range", {}, write=False)
+    rec = type("Rec", (), {"want": None})()
+    view = metrics.LiveView(rec, store, clock)
+    assert view.store() == {"reachable": False, "last_contact": 1010.0}
+    assert view.peers() == [] and view.path_mtus() == {}
+    # a plan file has no store
+    assert metrics.LiveView(rec, type("F", (), {"status": lambda self: None})()).store() is None
