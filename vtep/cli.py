@@ -123,6 +123,14 @@ def _etcd_args(p, required: bool = True) -> None:
     p.add_argument("--etcd-key", metavar="F", help="its private key")
 
 
+def _metrics_arg(text: str) -> tuple[str, int]:
+    from .config import parse_listen
+    try:
+        return parse_listen(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _subnet_len_arg(text: str) -> int:
     try:
         return int(text)
@@ -171,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-offload", dest="offload", action="store_false",
                    help="userspace: one frame per system call (no TAP offloads, UDP GSO or "
                         "GRO), to compare with the offload loops")
+    s.add_argument("--metrics", type=_metrics_arg, metavar="[ADDR:]PORT",
+                   help="serve Prometheus metrics over HTTP on ADDR:PORT (default address "
+                        "127.0.0.1; IPv6 as [::1]:PORT); see README, Metrics")
     e = s.add_argument_group("the cluster in etcd (instead of --config)")
     _etcd_args(e, required=False)
     e.add_argument("--name", metavar="N",

@@ -9,6 +9,7 @@ objects.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -77,7 +78,7 @@ def run_config(args, mtu: int | None = None,
                      interval=float(args.interval), once=args.once, keep=args.keep,
                      replace=args.replace, df=args.df, state_dir=args.state_dir, mtu=mtu,
                      reprobe=reprobe, accept_any_source=args.accept_any_source, etcd=etcd,
-                     offload=args.offload)
+                     offload=args.offload, metrics=getattr(args, "metrics", None))
 
 
 def _check_source(args) -> None:
@@ -131,7 +132,7 @@ def run_etcd(args) -> int:
     from .etcd.join import join   # the etcd client only for runs that use it
     config = run_config(args, None if args.mtu == "auto" else args.mtu)
     _prepare(config)
-    with owner.Claim(config.device):
+    with owner.Claim(config.device), _metrics(config) as metrics:
         p, source = join(config)
         try:
             config = dataclasses.replace(config, node=source.name)
@@ -139,7 +140,11 @@ def run_etcd(args) -> int:
                 found = _auto(p, source.name)
                 config = dataclasses.replace(config, mtu=found.overlay_mtu,
                                              reprobe=found.unreachable)
-            return _serve(config, p, source)
+            contact = None
+            if metrics is not None:
+                from .metrics import ContactClock
+                contact = ContactClock(source.client)
+            return _serve(config, p, source, metrics, contact)
         finally:
             source.close()
 
@@ -178,6 +183,26 @@ def _prepare(config: RunConfig) -> None:
             if getattr(config, flag):
                 raise UsageError(f"--{flag} does not apply to --userspace: its TAP device "
                                  "lives only as long as the process that reads it")
+    if config.once and config.metrics is not None:
+        raise UsageError("--metrics does not apply to --once: nothing would be left to "
+                         "scrape after its one pass")
+
+
+@contextlib.contextmanager
+def _metrics(config: RunConfig):
+    """`--metrics`: the endpoint, listening before anything is touched (a port taken is
+    exit 4 with nothing made), closed when the run ends; None without it."""
+    if config.metrics is None:
+        yield None
+        return
+    from . import metrics as metricslib   # prometheus-client only for runs that serve it
+    m = metricslib.Metrics()
+    server = metricslib.Server(m, *config.metrics)
+    log.info(f"metrics: http://{server.where}/metrics")
+    try:
+        yield m
+    finally:
+        server.close()
 
 
 def run_with(config: RunConfig, p) -> int:
@@ -185,13 +210,15 @@ def run_with(config: RunConfig, p) -> int:
     device backend and the reconciler, built from the configuration and handed to the
     event loop (or, with --once, one pass)."""
     _prepare(config)
-    with owner.Claim(config.device):   # before anything is touched, --once included
-        return _serve(config, p, None)
+    # the claim before anything is touched, --once included; then the metrics endpoint
+    with owner.Claim(config.device), _metrics(config) as metrics:
+        return _serve(config, p, None, metrics)
 
 
-def _serve(config: RunConfig, p, source) -> int:
+def _serve(config: RunConfig, p, source, metrics=None, contact=None) -> int:
     """Under the device's claim: the reconciler, then one pass (--once) or the event loop
-    fed by `source` (None: the plan file)."""
+    fed by `source` (None: the plan file). `metrics` (vtep.metrics.Metrics) reads the
+    agent's state through a LiveView; `contact`, the etcd client's ContactClock."""
     if config.mtu is not None:
         p = dataclasses.replace(p, mtu=config.mtu)
     rec = reconciler(config, p)
@@ -206,7 +233,12 @@ def _serve(config: RunConfig, p, source) -> int:
         if source is None:
             source = FileSource(config.plan_path)
         try:
-            return daemon.serve(rec, source, config)
+            if metrics is not None:
+                from .metrics import LiveView
+                backend = rec.backend
+                socks = (lambda: backend.mtu_socks) if config.mode == "userspace" else None
+                metrics.attach(LiveView(rec, source, contact, socks))
+            return daemon.serve(rec, source, config, metrics)
         finally:
             source.close()
     finally:

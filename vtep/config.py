@@ -8,12 +8,38 @@ directly.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 DEFAULT_DEVICE = "vxlan0"
 DEFAULT_STATE_DIR = "/run/vtep"
 DEFAULT_INTERVAL = 10.0
 MODES = ("kernel", "userspace")
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"   # loopback: metrics are not for the whole network
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`--metrics [ADDR:]PORT` -> (address, port). ADDR is an IP address, IPv6 in
+    brackets (`[::1]:9470`); without it the address is loopback. Raises ValueError with
+    the reason (the CLI turns it into a one-line usage error)."""
+    addr, sep, port = text.rpartition(":")
+    if not sep:
+        addr, port = DEFAULT_METRICS_ADDRESS, text
+    elif addr.startswith("[") and addr.endswith("]"):
+        addr = addr[1:-1]
+        if ":" not in addr:
+            raise ValueError(f"{text!r}: brackets are for IPv6 addresses ([::1]:PORT)")
+    elif ":" in addr:   # an IPv6 address without brackets: its last group would be the port
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [ADDR]:PORT")
+    elif not addr:
+        raise ValueError(f"{text!r}: an address before the colon, or only the port")
+    try:
+        addr = str(ipaddress.ip_address(addr))
+    except ValueError:
+        raise ValueError(f"{addr!r} is not an IP address ([ADDR:]PORT)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{port!r} is not a port number (1 to 65535)")
+    return addr, int(port)
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,8 @@ class RunConfig:
     accept_any_source: bool = False    # userspace: VXLAN from any source, not only peers
     offload: bool = True               # userspace: TAP offloads, UDP GSO/GRO (vtep.offload)
     etcd: EtcdRun | None = None        # the plan comes from etcd instead of plan_path
+    # `--metrics`: (address, port) the Prometheus endpoint listens on (vtep.metrics); None: off
+    metrics: tuple[str, int] | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:

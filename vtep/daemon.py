@@ -21,6 +21,12 @@ which scheduled it; the pass's own start for a periodic resync) and when the
 pass ended, in seconds of CLOCK_MONOTONIC, the clock every process on the host
 shares. So the repair latency is measured by the agent itself, not by whoever
 polls the device.
+
+With `--metrics` (vtep.metrics) the loop also records each pass (its duration,
+its changes by kind from Reconciler.kinds, and whether they repaired drift: a
+pass under the same plan as the last good one) and each plan adopted or
+rejected; once a pass, never per frame. A scrape reads the rest on the HTTP
+server's thread.
 """
 from __future__ import annotations
 
@@ -76,9 +82,10 @@ class _Signals:
         self.w.close()
 
 
-def serve(rec, source: PlanSource, config: RunConfig) -> int:
+def serve(rec, source: PlanSource, config: RunConfig, metrics=None) -> int:
     """Converge, then keep converged until SIGTERM/SIGINT; new plans come from `source`
-    (SIGHUP asks it for one)."""
+    (SIGHUP asks it for one). `metrics` (vtep.metrics.Metrics or None) records the
+    passes and reloads."""
     # (a second agent on the device was refused before: commands.run holds the owner.Claim)
     status = StatusFile(config.state_dir, rec.node.name, rec.device)
     sigs = _Signals()          # before the first pass: a SIGTERM then still cleans up
@@ -86,7 +93,7 @@ def serve(rec, source: PlanSource, config: RunConfig) -> int:
     reprobe = Reprobe(rec, config.reprobe) if config.reprobe is not None else None
     prober = Job(reprobe.work) if reprobe is not None else None
     try:
-        return _loop(rec, source, config, status, sigs, events, reprobe, prober)
+        return _loop(rec, source, config, status, sigs, events, reprobe, prober, metrics)
     finally:
         if prober is not None:
             prober.close()
@@ -121,7 +128,7 @@ def _forward(rec, lost: list) -> None:
             return
 
 
-def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
+def _loop(rec, source, config, status, sigs, events, reprobe, prober, metrics) -> int:
     """The control loop. A backend with a data path of its own (the userspace TAP link)
     names its fds in `io()`, {fd: handler} polled in the same select(), and has
     `counters()`, which the status file republishes every STATUS_EVERY seconds."""
@@ -155,7 +162,12 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
 
     lost: list[str] = []   # devices the data path lost during a pass (see _forward)
     rec.rtnl.idle = events.idle = lambda: _forward(rec, lost)
+    started = time.monotonic()
     lines = rec.converge(first=True, replace=config.replace)
+    if metrics is not None:   # the first pass realises the plan: no drift
+        metrics.record_pass(time.monotonic() - started, rec.kinds)
+    # the plan of the last good pass: changes made under it again are drift repaired
+    converged_plan = rec.plan
     rec.summary(lines)
     counting = bool(backend.counters())   # the kernel keeps its own: none here
     info["changes"] += len(lines)
@@ -229,9 +241,13 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
                 rec.teardown()
                 status.remove()
                 return 0
-            elif rec.reload(*got):
-                due, reasons = time.monotonic(), reasons + ["plan re-read"]
-                noticed = woke if noticed is None else noticed
+            else:
+                adopted = rec.reload(*got)
+                if metrics is not None:
+                    metrics.record_reload(adopted)
+                if adopted:
+                    due, reasons = time.monotonic(), reasons + ["plan re-read"]
+                    noticed = woke if noticed is None else noticed
         if probe_fd is not None and probe_fd in ready and prober.busy:
             found, err = prober.take()
             if err is not None and not isinstance(err, VtepError):
@@ -255,6 +271,8 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
             lines = rec.converge()
             echo = rec.echo()
         except VtepError as e:
+            if metrics is not None:
+                metrics.record_pass(time.monotonic() - started, None, failed=True)
             msg = str(e)
             if msg != last_error:
                 log.error(f"cannot converge {rec.device}: {msg}; retrying on the next change, "
@@ -263,6 +281,12 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober) -> int:
             due = time.monotonic() + RETRY
             noticed = started if noticed is None else noticed   # repaired by a retry
         else:
+            if metrics is not None:
+                # a plan adopted (or an MTU lowered) since the last good pass: its changes
+                # realise the new plan; otherwise the host drifted and was repaired
+                metrics.record_pass(time.monotonic() - started, rec.kinds,
+                                    drift=rec.plan is converged_plan)
+            converged_plan = rec.plan
             if last_error:
                 log.info(f"{rec.device} converges again")
                 last_error = info["error"] = None

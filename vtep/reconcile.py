@@ -34,6 +34,10 @@ from .nlmsg import NUD_PERMANENT
 
 log = logging.getLogger("vtep")
 
+# the kind of a per-peer change, named by its netlink operation's (kernel.Op.kind); the
+# device's own changes are "device", the forwarding sysctls "sysctl"
+CHANGE_KINDS = {"neigh": "neighbour", "fdb": "fdb", "route": "route"}
+
 
 @runtime_checkable
 class DeviceBackend(Protocol):
@@ -83,6 +87,9 @@ class Reconciler:
         self.conflicts: list[str] = []
         self._reported: set[str] = set()
         self.report_conflicts = True   # `--once` reports them as its error instead
+        # what the last pass changed, by kind ({"device": 1, "neighbour": 2, ...}; the
+        # counts add up to its change lines): the metrics count them (vtep.metrics)
+        self.kinds: dict[str, int] = {}
 
     @property
     def ifindex(self) -> int | None:
@@ -135,11 +142,14 @@ class Reconciler:
         """One pass: read the realised state, apply the difference, log each change.
         Returns the change lines (empty: nothing was out of place)."""
         self.links.notes = []
+        self.kinds = {}
         under = host.underlay_facts(self.node)
         want = self.desired(self.plan, self.node, under)
         self.underlay_index = under.index
         idx, created = self.backend.ensure(want, under, first, replace or self.replace_next)
         self.replace_next = False
+        # whatever the backend noted is the device's (its settings, address, TAP, sockets)
+        device_changes = len(self.links.notes)
         try:
             changes = kernel.diff(want, self.rtnl.read(idx), fdb=self.backend.kernel_fdb)
             failed = self.rtnl.apply([op for c in changes for op in c.ops], idx)
@@ -157,13 +167,17 @@ class Reconciler:
                     log.error(line)
         self._reported = set(self.conflicts)
         bad = {id(op) for op, _code, _text in failed} | set(conflicts)
+        kinds = {"device": device_changes} if device_changes else {}
         for c in changes:
             if not any(id(op) in bad for op in c.ops):
                 self.links.note(c.text)
+                kind = CHANGE_KINDS[c.ops[0].kind]   # one Change is one entry: one kind
+                kinds[kind] = kinds.get(kind, 0) + 1
         self.want = want
         if not failed:   # last, so that a pass that fails changes nothing on the host
             for line in host.enable_forwarding(self.backend.df):
                 self.links.note(line)
+                kinds["sysctl"] = kinds.get("sysctl", 0) + 1
         if failed:
             self._undo(created and first, idx, want.device.name)
             op, code, text = failed[0]
@@ -171,6 +185,7 @@ class Reconciler:
             raise netlink.NetlinkRefused(f"the kernel refused to {kernel.describe(op)} on "
                                          f"{want.device.name}: "
                                          f"{nlmsg.describe_errno(code, text)}{more}")
+        self.kinds = kinds
         return self.links.notes
 
     def _route_conflicts(self, failed: list, idx: int, want: state.NodeState):
