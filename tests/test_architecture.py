@@ -10,6 +10,7 @@ PACKAGES = {"vtep": ROOT / "vtep", "vxinspect": ROOT / "inspect" / "vxinspect"}
 # the command layer: the CLIs parse, these handlers turn the namespace into typed values
 # (`vtep lab` is a command of its own: its package is its handler)
 COMMAND_LAYER = ("vtep.cli", "vtep.commands", "vtep.clustercmd", "vtep.pods", "vtep.lab",
+                 "vtep.doctor.command",
                  "vxinspect.cli")
 
 

@@ -16,12 +16,13 @@ class Finding:
     fix: str = ""
 
     def line(self) -> str:
-        text = f"{self.severity.upper():7} {self.id}: {self.saw}"
+        text = self.saw
         if self.why:
             text += f"; {self.why}"
         if self.fix:
             text += f"; fix: {self.fix}"
-        return " ".join(text.split())   # one line, whatever a kernel message held
+        # one line, whatever a kernel message or a file name held
+        return f"{self.severity.upper():7} {self.id}: " + " ".join(text.split())
 
 
 def ok(id: str, saw: str) -> Finding:

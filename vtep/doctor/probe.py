@@ -95,8 +95,10 @@ def _tunnel(f: Facts, peer) -> list[Finding]:
                    "agent, device, port or firewall")
             fix = f"run `vtep doctor` on {name}"
         else:
-            hop = f"VXLAN came back from {name} but the ping got no reply: the inner path"
-            fix = f"run `vtep doctor` on {name}"
+            hop = (f"VXLAN from {name} arrived on {f.under.dev} but the ping got no reply: "
+                   "dropped on this node (see host.firewall, host.rp-filter) or a wrong "
+                   "inner packet")
+            fix = "see this node's other findings"
         out.append(Finding("probe.tunnel", "error", f"peer {name}: no reply from {target} "
                            f"through the tunnel; {hop}", "pods here cannot reach pods there",
                            fix))
