@@ -164,3 +164,20 @@ def test_a_router_link_narrowed_to_1400(lab):
     # the device's df is unset (the seed's): the kernel fragments the full-size outer
     # packets once the router's ICMP taught it the path MTU, and the capture shows it
     assert "outer-fragment" in found["probe.capture"]["saw"], found
+
+
+def test_another_vxlan_device_on_the_port(lab):
+    """A collect-metadata device (OVS's vxlan_sys_4789, Cilium's) on the port: an error
+    (it cannot be up beside ours, or takes every VNI); another VNI shares the kernel's
+    socket (information only). The kernel itself refuses a second device of the same
+    VNI and port."""
+    lab.once()
+    lab.sh("network-1", "ip", "link", "add", "vxsame", "type", "vxlan", "external",
+           "dstport", "4789")
+    lab.sh("network-1", "ip", "link", "add", "vxother", "type", "vxlan", "id", "42",
+           "dstport", "4789", "local", "192.168.1.138", "nolearning")
+    found = lab.findings()
+    assert found["device.foreign-on-port"]["severity"] == "error"
+    assert "vxsame" in found["device.foreign-on-port"]["saw"]
+    assert found["device.shared-port"]["severity"] == "info"
+    assert "vxother" in found["device.shared-port"]["saw"]

@@ -93,10 +93,22 @@ def port_finding(f: Facts, have: int | None) -> Finding:
 
 
 def foreign_on_port(f: Facts) -> list[Finding]:
-    others = [x for x in f.links if x.kind == "vxlan" and x.port == f.plan.port
-              and x.name != f.device]
-    return [Finding("device.foreign-on-port", "error",
-                     f"{x.name} (vni {x.vni}) also uses UDP {x.port}",
-                     "the kernel gives each received packet to one socket per port and "
-                     "address: one of the two devices loses its traffic",
-                     f"ip link del {x.name}, or give it another port") for x in others]
+    """Other vxlan devices on the plan's port. With another VNI they share the kernel's
+    UDP socket, which hands each packet to the device of its VNI: harmless. With the same
+    VNI, or in collect-metadata mode (OVS's vxlan_sys_4789, Cilium's), the two cannot be
+    up together (EADDRINUSE) or the other takes every VNI's packets."""
+    out = []
+    for x in f.links:
+        if x.kind != "vxlan" or x.port != f.plan.port or x.name == f.device:
+            continue
+        if x.external or x.vni == f.plan.vni:
+            what = "collect-metadata (every VNI)" if x.external else f"the same VNI {x.vni}"
+            out.append(Finding("device.foreign-on-port", "error",
+                               f"{x.name} also uses UDP {x.port}, with {what}",
+                               "only one of the two can be up, or it takes this node's "
+                               "VXLAN", f"ip link del {x.name}, or give it another port"))
+        else:
+            out.append(Finding("device.shared-port", "info",
+                               f"{x.name} (vni {x.vni}) also uses UDP {x.port}",
+                               "the kernel hands each packet to the device of its VNI", ""))
+    return out
