@@ -181,3 +181,35 @@ def test_another_vxlan_device_on_the_port(lab):
     assert "vxsame" in found["device.foreign-on-port"]["saw"]
     assert found["device.shared-port"]["severity"] == "info"
     assert "vxother" in found["device.shared-port"]["saw"]
+
+
+def test_the_pod_leg_of_the_probe(lab):
+    """With pods on both nodes, --probe also pings from a pod here to the peer's pod
+    gateway; a forward chain dropping everything breaks that leg only (the VTEPs still
+    reach each other), and the finding says so."""
+    lab.agent("network-1")
+    lab.agent("network-2")
+    for node in ("network-1", "network-2"):
+        pod = f"{lab.t.prefix}{node}-p"
+        r = subprocess.run(["nsenter", f"--net={lab.t[node].path}"] + VTEP +
+                           ["pod", "add", pod, "--config", lab.plan, "--node", node,
+                            "--state-dir", str(lab.state(node))],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    try:
+        code, doc = lab.doctor("network-1", "--probe")
+        ids = {f["id"]: f for f in doc["findings"]}
+        assert code == 0 and ids["probe.pod"]["severity"] == "ok", doc
+        assert "172.2.0.2" in ids["probe.pod"]["saw"] and "172.2.1.1" in ids["probe.pod"]["saw"]
+        for cmd in (["add", "table", "inet", "vtt"],
+                    ["add", "chain", "inet", "vtt", "through",
+                     "{ type filter hook forward priority 0; policy drop; }"]):
+            lab.sh("network-1", "nft", *cmd)
+        found = lab.findings("network-1", "--probe")
+        assert found["probe.tunnel"]["severity"] == "ok"
+        assert found["probe.pod"]["severity"] == "error", found
+        assert "while the VTEPs reach each other" in found["probe.pod"]["saw"]
+    finally:
+        for node in ("network-1", "network-2"):
+            subprocess.run(["ip", "netns", "delete", f"{lab.t.prefix}{node}-p"],
+                           capture_output=True)

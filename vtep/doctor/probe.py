@@ -3,7 +3,8 @@
 For each peer: the underlay path MTU (vtep.pmtu, DF probes; an ICMP "fragmentation
 needed" names the hop at the bottleneck); then pings of the peer's VTEP address through
 the tunnel, one small and one of the overlay MTU with DF, while tcpdump captures the
-peer's VXLAN on the underlay device; vxinspect judges the capture (VNI, flags, outer
+peer's VXLAN on the underlay device; vxinspect judges the capture; where this node has
+pods, the same pings from one of them to the peer's pod gateway (pod to pod) (VNI, flags, outer
 and inner checksums, DF, sizes, the plan). A failing peer is named with the hop that
 fails: the underlay path, our own requests never leaving, the peer never answering,
 only full-size packets lost, or a capture vxinspect finds fault with. Bounded: two
@@ -42,9 +43,51 @@ def check(f: Facts) -> list[Finding]:
     found, lost = probe_each(str(f.node.underlay_ip), peers, f.under.mtu, timeout=0.5)
     paths = {p.peer: p for p in found}
     down = {u.peer: u for u in lost}
+    pod = _a_pod(f)
     for peer in f.plan.peers(f.node.name):
-        out += _peer(f, peer, paths.get(peer.name), down.get(peer.name), need)
+        found = _peer(f, peer, paths.get(peer.name), down.get(peer.name), need)
+        out += found
+        tunnel_ok = any(x.id == "probe.tunnel" and x.severity == "ok" for x in found)
+        if pod is not None and tunnel_ok:
+            out += _pod_leg(f, peer, pod)
     return out
+
+
+def _a_pod(f: Facts) -> tuple[str, dict] | None:
+    """One of this node's pods (`vtep pod`, `vtep-cni`) whose namespace is here."""
+    from ..pods import PodStore
+    store = PodStore(f.state_dir, f.node.name)
+    try:
+        with store.locked(create=False):
+            pods = dict(store.pods)
+    except Exception:   # an unreadable allocation file: no pod leg, the rest still runs
+        return None
+    for name, rec in sorted(pods.items()):
+        if os.path.exists(rec.get("netns", "")):
+            return name, rec
+    return None
+
+
+def _pod_leg(f: Facts, peer, pod: tuple[str, dict]) -> list[Finding]:
+    """Pod to pod: from a pod of this node to the peer's pod gateway (its bridge, the
+    first address of its pods' subnet), small and full size with DF: the way pod
+    traffic goes (the pod's veth, the bridge, forwarding, the VTEP, the peer's bridge)."""
+    name, rec = pod
+    target = str(peer.gateway)
+    big = f.want.device.mtu - IPV4_HLEN - ICMP_HLEN
+    small = _ping(target, 56, None, rec["netns"])
+    full = _ping(target, big, None, rec["netns"]) if small else False
+    if small and full:
+        return [ok("probe.pod", f"peer {peer.name}: pod {name} ({rec['ip']}) reaches "
+                                f"{target}, {peer.name}'s pod gateway, at 84 and {big + 28} "
+                                "bytes")]
+    what = "no reply" if not small else f"no reply at {big + 28} bytes (84 bytes pass)"
+    return [Finding("probe.pod", "error",
+                    f"peer {peer.name}: pod {name} ({rec['ip']}) gets {what} from {target}, "
+                    f"{peer.name}'s pod gateway, while the VTEPs reach each other",
+                    "the pod leg fails: this node's forwarding or rp_filter, the pod's route "
+                    f"or MTU, or {peer.name} has no pod bridge", "see this node's host "
+                    f"findings; `vtep doctor` on {peer.name}")]
 
 
 def _peer(f: Facts, peer, path, unreachable, need: int) -> list[Finding]:
@@ -155,10 +198,12 @@ def _stop(p: subprocess.Popen | None) -> None:
         p.wait()
 
 
-def _ping(dst: str, size: int, src: str) -> bool:
-    r = subprocess.run(["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", str(PING_WAIT),
-                        "-M", "do", "-s", str(size), "-I", src, dst],
-                       capture_output=True, text=True, timeout=2 * PING_WAIT + 5)
+def _ping(dst: str, size: int, src: str | None, netns: str | None = None) -> bool:
+    argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", str(PING_WAIT), "-M", "do",
+            "-s", str(size)] + (["-I", src] if src else []) + [dst]
+    if netns:
+        argv = ["nsenter", f"--net={netns}"] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=2 * PING_WAIT + 5)
     return r.returncode == 0
 
 
