@@ -13,12 +13,13 @@ import struct
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from vtep import netns, state
+from vtep import netns, plan as planlib, state
 from vtep.errors import LabError
-from vtep.lab.seed import SEED
+from vtep.lab.seed import NODES as SEED_NODES, SEED, topology as seed_topology
 from vtep.lab.topology import end_process
 
 
@@ -45,6 +46,22 @@ def hand_configure(node, plan, name):
     for cmd in state.iproute2(s):
         node.cmd(cmd.split())
     return s
+
+
+@contextmanager
+def hand_configured(prefix: str, plan_file):
+    """The seed topology with both VTEPs configured by the seed's own iproute2 commands
+    and forwarding on; afterwards every namespace with the prefix goes, also those the
+    test made itself (pods, containers), not only the topology's."""
+    plan = planlib.load(plan_file)
+    try:
+        with seed_topology(prefix) as t:
+            for name in SEED_NODES:
+                hand_configure(t[name], plan, name)
+                t[name].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            yield t
+    finally:
+        netns.sweep(prefix)
 
 
 # What a system that is not there yet raises: a file not written yet or half written

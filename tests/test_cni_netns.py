@@ -18,10 +18,9 @@ from typing import NamedTuple
 
 import pytest
 
-from seedlab import Vtep, hand_configure
+from seedlab import Vtep, hand_configured
 from test_etcd_netns import etcd_lab, pair, vtep_address  # noqa: F401 (etcd_lab: a fixture)
-from vtep import netns, plan as planlib, pods
-from vtep.lab import seed
+from vtep import netns, pods
 
 PLUGIN = str(Path(sys.executable).with_name("vtep-cni"))
 VTEP = [sys.executable, "-m", "vtep.cli"]
@@ -103,17 +102,11 @@ def kernel_view(path, ifname="eth0") -> dict:
 
 @pytest.fixture
 def cni(netns_prefix, tmp_path, plan_file):
-    """Both nodes' VTEPs configured with the seed's own iproute2 commands; forwarding on."""
+    """Both nodes' VTEPs configured with the seed's own iproute2 commands; forwarding on;
+    the container namespaces (the test's, not the topology's) swept after."""
     prefix = netns_prefix + "cni-"
-    plan = planlib.load(plan_file)
-    try:
-        with seed.topology(prefix) as t:
-            for name in seed.NODES:
-                hand_configure(t[name], plan, name)
-                t[name].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            yield Cni(t, str(plan_file), tmp_path / "state", prefix)
-    finally:   # the container namespaces are the test's, not the topology's
-        netns.sweep(prefix)
+    with hand_configured(prefix, plan_file) as t:
+        yield Cni(t, str(plan_file), tmp_path / "state", prefix)
 
 
 # --- the protocol, as the reference plugins test it --------------------------------------

@@ -450,13 +450,17 @@ def test_ipmasq_false_is_accepted():
     assert netconf.read_conf(base_conf(ipMasq=False)).name == "podnet"
 
 
+def conf_with(key, value):
+    """base_conf with `key` set to `value`, or without `key` when value is None."""
+    config = base_conf(**{key: value})
+    if value is None:
+        del config[key]
+    return config
+
+
 @pytest.mark.parametrize("type_", ["bridge", "VTEP", "", None, 7])
 def test_type_not_vtep_is_code_7(type_):
-    config = base_conf(type=type_)
-    if type_ is None:
-        del config["type"]
-    details = conf_refused(config, 7)
-    assert "type" in details
+    assert "type" in conf_refused(conf_with("type", type_), 7)
 
 
 def test_plan_and_etcd_both_is_code_7():
@@ -486,11 +490,7 @@ def test_bad_interface_name_in_config_is_code_7(key, name):
 
 @pytest.mark.parametrize("name", [None, "", 5])
 def test_network_name_missing_is_code_7(name):
-    config = base_conf(name=name)
-    if name is None:
-        del config["name"]
-    details = conf_refused(config, 7)
-    assert "name" in details
+    assert "name" in conf_refused(conf_with("name", name), 7)
 
 
 def test_protocol_keys_are_accepted():

@@ -11,10 +11,9 @@ from argparse import Namespace
 
 import pytest
 
-from seedlab import hand_configure
+from seedlab import hand_configured
 from vtep import netns, plan as planlib, pods
 from vtep.errors import PermissionDenied
-from vtep.lab import seed
 
 
 # --- without root: the allocator and the privilege check ------------------------------------
@@ -92,17 +91,11 @@ def in_ns(path, argv):
 
 @pytest.fixture
 def cluster(netns_prefix, tmp_path, plan_file):
-    """The seed topology with both VTEPs configured by hand (the seed's commands)."""
+    """The seed topology with both VTEPs configured by hand (the seed's commands); the
+    pod namespaces `vtep pod add` makes are swept after, not only the topology's."""
     prefix = netns_prefix + "pod-"
-    plan = planlib.load(plan_file)
-    try:
-        with seed.topology(prefix) as t:
-            for name in seed.NODES:
-                hand_configure(t[name], plan, name)
-                t[name].cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            yield Cluster(t, str(plan_file), tmp_path / "state", prefix)
-    finally:  # pod namespaces are made by `vtep pod add`, not by the topology
-        netns.sweep(prefix)
+    with hand_configured(prefix, plan_file) as t:
+        yield Cluster(t, str(plan_file), tmp_path / "state", prefix)
 
 
 @pytest.mark.netns

@@ -28,7 +28,7 @@ def load(args):
 def doctor(args) -> int:
     from ..errors import UsageError
     if bool(args.config) == bool(args.etcd):
-        raise UsageError("vtep doctor: give --config F or --etcd URL (one of the two)")
+        raise UsageError("doctor: give --config F or --etcd URL (one of the two)")
     host.require_net_admin("vtep doctor")
     plan, where = load(args)
     node = host.select_node(plan, args.node)
