@@ -95,3 +95,53 @@ def test_findings_render_one_line_each_errors_first_and_json_says_healthy():
     doc_ = json.loads(render(fs, "n1", as_json=True))
     assert doc_["healthy"] is False and doc_["findings"][0]["id"] == "b.err"
     assert healthy([ok("x", "y"), Finding("w", "warning", "z")])
+
+
+# --- the agent's findings and drift, from facts built by hand -------------------------------
+
+import time  # noqa: E402
+
+from vtep import nlmsg, plan as planlib, state  # noqa: E402
+from vtep.doctor import agent  # noqa: E402
+from vtep.doctor.facts import Facts  # noqa: E402
+
+
+def seed_facts(plan_file, **kw) -> Facts:
+    plan = planlib.load(plan_file)
+    node = plan.node("network-1")
+    f = Facts(plan, node, f"plan {plan_file}", "vxlan0", "/nonexistent", **kw)
+    f.want = state.desired(plan, "network-1", underlay_dev="eth0", underlay_mtu=1500)
+    return f
+
+
+def test_an_empty_device_is_drift_entry_by_entry(plan_file):
+    """Nothing on the device: each of network-2's entries is missing (RFC 7348's static
+    state as vtep keeps it: the neighbour, the fdb entry and its flood entry, the route);
+    with no agent they are errors, with one (which repairs them) warnings."""
+    f = seed_facts(plan_file, realised=nlmsg.Realised({}, (), {}))
+    ids = sorted(x.id for x in agent.drift(f))
+    assert ids == ["drift.fdb-missing", "drift.fdb-missing", "drift.neigh-missing",
+                   "drift.route-missing"]
+    assert {x.severity for x in agent.drift(f)} == {"error"}
+    saw = " ".join(x.saw for x in agent.drift(f))
+    assert "172.2.1.0" in saw and "192.168.2.142" in saw and saw.count("missing: ") == 4
+    f.agent_pid = 4242
+    assert {x.severity for x in agent.drift(f)} == {"warning"}
+
+
+def test_a_stale_or_failing_agent(plan_file):
+    old = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - 600))
+    f = seed_facts(plan_file, agent_pid=4242, realised=None,
+                   status={"pid": 4242, "mode": "kernel", "passes": 7, "last_pass": old,
+                           "error": "the kernel refused to add route ...",
+                           "etcd": {"reachable": False, "unreachable_since": old,
+                                    "error": "connection refused"}})
+    got = {x.id: x for x in agent.check(f)}
+    assert got["agent.running"].severity == "ok"
+    assert got["agent.stale"].severity == "warning"
+    age = int(got["agent.stale"].saw.split("was ")[1].split(" s")[0])
+    assert 595 <= age <= 660, got["agent.stale"].saw
+    assert got["agent.error"].severity == "error"
+    assert got["agent.store-unreachable"].severity == "error"
+    f.agent_pid = None
+    assert "agent.not-running" in {x.id for x in agent.check(f)}
