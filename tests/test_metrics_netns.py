@@ -6,22 +6,34 @@ program through Node.cmd) and is parsed with prometheus-client's own parser.
 The counters are compared with `vtep status --json` with traffic stopped: the
 status file is republished every second, so both are read once it stopped
 changing. The topology is removed in `finally` (seed.topology as a context
-manager, which also ends the agents by PID).
+manager, which also ends the agents by PID). The store's series are read from an
+agent that joined a real etcd (test_etcd_netns.etcd_lab: etcd in the router's
+namespace, stopped by its PID); the learnt path MTU is checked against what the
+node's kernel says (`ip route get`) with the router's link towards network-2
+narrowed.
 """
+import json
+import os
+import re
 import signal
 import sys
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from vtep.etcd.gateway import DEFAULT_TIMEOUT
 from vtep.lab import seed
 import seedlab
 from seedlab import VTEP, Vtep, one_line
+from test_etcd_netns import TTL, Agent, etcd_lab  # noqa: F401 (etcd_lab: a fixture)
 
 pytestmark = pytest.mark.netns
 
 N1_IP, N2_IP = "192.168.1.138", "192.168.2.142"
 PORT = 9470
+RENEW = TTL / 3       # s: how often an --etcd agent renews its lease (a request to etcd)
+ETCD_TIMEOUT = DEFAULT_TIMEOUT   # s: the etcd client's request timeout
 PING = ["ping", "-n", "-c", "5", "-i", "0.2", "-W", "2"]
 
 SCRAPE = r"""
@@ -170,3 +182,131 @@ def test_kernel_metrics_drift_ipv6_loopback_and_a_taken_port(netns_prefix, plan_
         assert not (state / "vxm.network-1.json").exists()
         assert v.stop() == 0
         assert listeners(n1) == []
+
+
+# --- the store's series with a real etcd (tests/etcdserver.py, in the router's namespace) ----
+
+def store_series(node) -> tuple[float, float | None]:
+    """(vtep_store_up, vtep_store_last_contact_timestamp_seconds) of the node's agent."""
+    s = scrape(node)
+    return s[("vtep_store_up", L())], s.get(("vtep_store_last_contact_timestamp_seconds", L()))
+
+
+def test_etcd_store_series_follow_the_store_and_agree_with_status(etcd_lab, tmp_path):
+    """`vtep run --etcd URL --metrics`: vtep_store_up and the last contact follow etcd
+    stopped (its connections closed: refused) and frozen by SIGSTOP (requests unanswered
+    until the client's 5 s timeout), each time with `vtep status --json`'s etcd.reachable,
+    and come back when etcd does."""
+    t, srv = etcd_lab
+    n1 = t["network-1"]
+    a1 = Agent(n1, "kernel", srv.url, tmp_path, "--metrics", f"127.0.0.1:{PORT}")
+
+    def reachable():
+        r = n1.cmd(VTEP + ["status", "--json", "--state-dir", str(a1.state_dir)])
+        (doc,) = json.loads(r.stdout)
+        return doc["etcd"]["reachable"]
+
+    def back(since: float) -> None:
+        """Up again, with a contact after `since`, and the status says so too."""
+        def up_since():
+            up, last = store_series(n1)
+            return up == 1 and last > since
+        assert wait_for(up_since, RENEW + 5), \
+            (store_series(n1), a1.output())
+        assert wait_for(lambda: reachable() is True, 5), a1.output()
+        assert store_series(n1)[0] == 1
+
+    def away() -> float:
+        """Down within the renewal period plus the client's timeout, the status agreeing;
+        returns the last contact, which must then stay where it is."""
+        assert wait_for(lambda: store_series(n1)[0] == 0, RENEW + ETCD_TIMEOUT + 3), \
+            (store_series(n1), a1.output())
+        assert wait_for(lambda: reachable() is False, 5), a1.output()
+        up, frozen = store_series(n1)
+        assert up == 0 and frozen is not None
+        time.sleep(2 * RENEW + 0.5)   # at least two renewals' worth: none got an answer
+        assert store_series(n1) == (0, frozen), a1.output()
+        assert reachable() is False
+        return frozen
+
+    stopped = False
+    try:
+        a1.converged(0)
+        up, first = store_series(n1)
+        assert up == 1 and reachable() is True
+        assert abs(time.time() - first) < RENEW + 2, first   # recent: renewals every TTL/3
+        # it advances while etcd answers (the lease's renewals)
+        assert wait_for(lambda: store_series(n1)[1] > first, RENEW + 2), a1.output()
+
+        srv.stop()
+        frozen = away()
+        srv.start()
+        back(frozen)
+
+        os.kill(srv.proc.pid, signal.SIGSTOP)   # `ip netns exec` execs etcd: its PID
+        stopped = True
+        frozen = away()
+        os.kill(srv.proc.pid, signal.SIGCONT)
+        stopped = False
+        back(frozen)
+    finally:
+        if stopped:
+            os.kill(srv.proc.pid, signal.SIGCONT)   # so that srv.stop() can end it
+        assert a1.stop() == 0, a1.output()
+
+
+# --- the learnt path MTU on the userspace path ------------------------------------------------
+
+def kernel_path_mtu(node, dst) -> int | None:
+    """The path MTU the node's kernel learnt towards `dst`: the "mtu N" of the cache line
+    `ip route get` prints while a PMTU exception exists (None: none learnt)."""
+    out = node.cmd(["ip", "route", "get", dst]).stdout
+    m = re.search(r"\bcache\b.*?\bmtu (\d+)", out, re.S)
+    return int(m.group(1)) if m else None
+
+
+def test_userspace_path_mtu_metric_is_what_the_kernel_learnt(netns_prefix, plan_file,
+                                                             tmp_path):
+    """The router's link towards network-2 narrowed to 1400: a full-size DF ping from
+    network-1's VTEP address through its userspace VTEP is dropped at the router, which
+    tells network-1's kernel "fragmentation needed, 1400"; the next frame's send fails,
+    the VTEP answers the pinger with a too-big (1400 - 50) and keeps a socket whose
+    IP_MTU the scrape reads: vtep_path_mtu_bytes{peer="network-2"} is the kernel's
+    1400 (read independently with `ip route get`), and the ICMP counter rose, as the
+    status says."""
+    with seed.topology(netns_prefix + "m3-") as t:
+        n1, n2 = t["network-1"], t["network-2"]
+        n2.cmd(VTEP + ["run", "--kernel", "--once", "--config", str(plan_file)])
+        seed.narrow(t, 1400)
+        v = Vtep(n1, "userspace", plan_file, tmp_path / "state", "--metrics",
+                 f"127.0.0.1:{PORT}")
+        s = scrape(n1)
+        assert not any(name == "vtep_path_mtu_bytes" for name, _ in s), s   # nothing refused
+        assert s[("vtep_icmp_errors_sent_total", L(type="too-big"))] == 0
+        assert kernel_path_mtu(n1, N2_IP) is None
+
+        r = n1.cmd(["ping", "-n", "-c", "4", "-i", "0.3", "-W", "1", "-M", "do", "-s", "1422",
+                    "-I", "172.2.0.0", "172.2.1.0"], check=False, timeout=20)
+        assert r.returncode != 0, r.stdout   # nothing of that size gets through
+        assert "mtu=1350" in r.stdout + r.stderr or "mtu = 1350" in r.stdout, \
+            r.stdout + r.stderr   # the VTEP's too-big reached the pinger
+        assert kernel_path_mtu(n1, N2_IP) == 1400, n1.cmd(["ip", "route", "get", N2_IP]).stdout
+
+        st = settled(v)
+        c = st["counters"]
+        s = scrape(n1)
+        assert s[("vtep_path_mtu_bytes", L(peer="network-2", address=N2_IP))] == 1400
+        assert [k for k in s if k[0] == "vtep_path_mtu_bytes"] == \
+            [("vtep_path_mtu_bytes", L(peer="network-2", address=N2_IP))]
+        assert s[("vtep_icmp_errors_sent_total", L(type="too-big"))] == c["icmp_too_big"] >= 1
+        assert s[("vtep_drops_total", L(direction="tx", reason="too-big"))] \
+            == c["tx_drops"]["too-big"] == c["icmp_too_big"]
+
+        # the kernel forgets what it learnt (as when the exception expires, mtu_expires:
+        # 10 min): the metric follows the kernel, not a socket connected while it knew
+        n1.cmd(["ip", "route", "flush", "cache"])
+        assert kernel_path_mtu(n1, N2_IP) is None
+        s = scrape(n1)
+        assert s[("vtep_path_mtu_bytes", L(peer="network-2", address=N2_IP))] == 1500
+        assert v.stop() == 0
+        assert "Traceback" not in v.output()

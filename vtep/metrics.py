@@ -218,20 +218,27 @@ class LiveView:
         return self.rec.backend.counters()
 
     def path_mtus(self) -> dict:
-        """What the kernel learnt of the path to each peer a send was refused to: the
-        userspace path keeps a connected socket per such peer (TapLink.path_mtu)."""
+        """What the kernel has learnt of the path to each peer a send was refused to (the
+        peers the userspace path keeps a socket for: TapLink.path_mtu), read through a
+        socket connected now. Not through the loop's own socket: a connected socket
+        keeps the route it was connected with, and IP_MTU reads that route's MTU as it
+        was, so once the kernel's exception expired or was flushed it would go on
+        saying the old path MTU (and one connected before the exception, the route's)."""
         if self.mtu_socks is None:
             return {}
         socks = dict(self.mtu_socks())   # one copy: the loop may add or replace the dict
         out = {}
         for peer, s in socks.items():
             try:
-                if s.family == socket.AF_INET6:
-                    out[peer] = s.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
-                else:
-                    out[peer] = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+                where = s.getpeername()   # the loop's destination: its port too (ip rule dport)
+                with socket.socket(s.family, socket.SOCK_DGRAM) as now:
+                    now.connect(where)
+                    if s.family == socket.AF_INET6:
+                        out[peer] = now.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+                    else:
+                        out[peer] = now.getsockopt(socket.IPPROTO_IP, IP_MTU)
             except OSError:
-                continue   # closed by the loop meanwhile (the sockets were reopened)
+                continue   # closed by the loop meanwhile, never connected, or no route now
         return out
 
     def store(self) -> dict | None:
