@@ -327,8 +327,12 @@ class TapLink:
             if s is None:
                 v6 = ":" in peer
                 s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    s.connect((peer, self.bound[1] if self.bound else wire.VXLAN_PORT))
+                except OSError:
+                    s.close()   # kept unconnected, it would answer ENOTCONN for good
+                    raise
                 self.mtu_socks[peer] = s
-                s.connect((peer, self.bound[1] if self.bound else wire.VXLAN_PORT))
             if s.family == socket.AF_INET6:
                 return s.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
             return s.getsockopt(socket.IPPROTO_IP, IP_MTU)
