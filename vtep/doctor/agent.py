@@ -3,6 +3,7 @@ run` computes (vtep.kernel.diff), shown entry by entry."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from .. import kernel
 from .facts import Facts
@@ -11,23 +12,28 @@ from .finding import Finding, ok
 STALE_PASS = 120.0   # s: an agent resyncs every 10 s by default; 12 missed passes is wrong
 
 
-def _run_cmd(f: Facts) -> str:
-    where = f"--config {f.plan.path}" if f.source.startswith("plan") else \
-        f"--etcd {f.source.split(' ', 1)[1]}"
-    return f"vtep run --{f.mode} {where} --node {f.node.name}"
+def _run_cmd(f: Facts, once: bool = False) -> str:
+    """The `vtep run` that would manage this node (with --once where it applies: a plan
+    file and the kernel path)."""
+    dev = f" --device {f.device}" if f.device != "vxlan0" else ""
+    if f.source.startswith("plan"):
+        return (f"vtep run --{f.mode} --config {f.plan.path} --node {f.node.name}{dev}"
+                + (" --once" if once and f.mode == "kernel" else ""))
+    return f"vtep run --{f.mode} --etcd URL --name {f.node.name}{dev} (the etcd options " \
+           "this doctor was given)"
 
 
 def check(f: Facts) -> list[Finding]:
     out = []
     st = f.status or {}
-    if not f.agent_pid:
+    if f.agent_pid is None:
         out.append(Finding("agent.not-running", "error",
                            f"no vtep agent manages {f.device} in this namespace",
                            "nobody repairs drift or follows the plan's changes; entries "
                            "made by an earlier run stay as they were",
                            _run_cmd(f)))
     else:
-        saw = f"pid {f.agent_pid} manages {f.device} ({f.mode})"
+        saw = f"pid {f.agent_pid or '(unknown)'} manages {f.device} ({f.mode})"
         if st.get("pid") == f.agent_pid:
             saw += f", {st.get('passes', 0)} passes, last {st.get('last_pass')}"
         out.append(ok("agent.running", saw))
@@ -53,8 +59,8 @@ def check(f: Facts) -> list[Finding]:
 
 
 def _age(stamp) -> float | None:
-    try:
-        return time.time() - time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z"))
+    try:   # datetime honours the %z offset (time.mktime would read it as local time)
+        return time.time() - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except (TypeError, ValueError):
         return None
 
@@ -71,15 +77,17 @@ def drift(f: Facts) -> list[Finding]:
         peers = len(f.want.peers)
         return [ok("drift.none", f"{f.device}'s neighbour, fdb and route entries are the "
                                  f"plan's ({peers} peers)")]
-    sev = "warning" if f.agent_pid else "error"
-    why = ("the agent repairs it at its next pass" if f.agent_pid else
+    live = f.agent_pid is not None
+    sev = "warning" if live else "error"
+    why = ("the agent repairs it at its next pass" if live else
            "no agent runs to repair it: traffic to that peer fails or goes astray")
-    fix = "wait a pass, or look at the agent's log" if f.agent_pid else \
-        f"{_run_cmd(f)} --once (or start the agent)"
+    fix = "wait a pass, or look at the agent's log" if live else \
+        f"{_run_cmd(f, once=True)} (or start the agent)"
     out = []
     for c in changes:
         verb, _, rest = c.text.partition(" ")
         kind = c.ops[0].kind if c.ops else "entry"
+        rest = rest.replace(" (not in the plan)", "")
         out.append(Finding(f"drift.{kind}-{SUFFIX.get(verb, 'changed')}", sev,
                            f"{PHRASE.get(verb, verb)}: {rest}", why, fix))
     return out

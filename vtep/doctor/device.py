@@ -68,7 +68,8 @@ def check(f: Facts) -> list[Finding]:
                            "full-size frames do not fit the encapsulation: fragmented or "
                            "dropped (RFC 7348 section 4.3)",
                            f"set the plan's mtu to {limit} or less, or use --mtu auto"))
-    if d.df is not None and d.df != DF["set"] and f.mode == "kernel":
+    if d.df is not None and d.df != DF["set"] and f.mode == "kernel" and \
+            not f.plan.ipv6_underlay:   # DF is IPv4's: IPv6 never fragments on the way
         out.append(Finding("device.df", "info",
                            f"{f.device} df {DF_NAMES.get(d.df, d.df)}",
                            "outer packets may be fragmented on the way instead of "

@@ -54,7 +54,13 @@ def gather(plan: Plan, node: Node, source: str, device: str, state_dir: str) -> 
         f.under_error = str(e)
     f.agent_pid = owner.holder(device)
     sf = StatusFile(state_dir, node.name, device)
-    f.status, f.status_path = sf.read(), sf.path
+    f.status_path = sf.path
+    st = sf.read()
+    # a file left by a dead agent (kill -9) says nothing about the live one: it counts
+    # only when its pid is the live agent's (0: an agent whose pid cannot be read)
+    if st is not None and f.agent_pid is not None and st.get("pid") in (f.agent_pid, None) \
+            or st is not None and f.agent_pid == 0:
+        f.status = st
     from ..links import Links
     links = Links()
     try:
@@ -64,10 +70,10 @@ def gather(plan: Plan, node: Node, source: str, device: str, state_dir: str) -> 
     if f.under is not None:
         mtu_plan = plan
         net = (f.status or {}).get("network") or {}
-        if isinstance(net.get("mtu"), int) and plan.mtu is None and f.agent_pid:
-            # the agent's MTU outranks the plan's when it chose one (`--mtu auto|N`)
-            if net["mtu"] != state.overlay_mtu(plan, f.under.mtu):
-                mtu_plan = dataclasses.replace(plan, mtu=net["mtu"])
+        if isinstance(net.get("mtu"), int) and net["mtu"] != state.overlay_mtu(plan,
+                                                                             f.under.mtu):
+            # the live agent's MTU outranks the plan's (`vtep run --mtu N|auto`)
+            mtu_plan = dataclasses.replace(plan, mtu=net["mtu"])
         f.want = state.desired(mtu_plan, node.name, underlay_dev=f.under.dev,
                                underlay_mtu=f.under.mtu, device=device)
     dev = f.dev

@@ -39,8 +39,11 @@ def forwarding() -> list[Finding]:
 
 
 def rp_filter(f: Facts) -> list[Finding]:
-    """The kernel uses the larger of `all` and the device's value (1 strict, 2 loose)."""
-    devs = [d for d in (f.under.dev if f.under else None, f.device, "br0") if d]
+    """The kernel uses the larger of `all` and the device's value (1 strict, 2 loose).
+    IPv4's rp_filter does not act on an IPv6 underlay's packets: then only the VTEP and
+    the bridge (the pods' IPv4 traffic) count."""
+    under = f.under.dev if f.under and not f.plan.ipv6_underlay else None
+    devs = [d for d in (under, f.device, "br0") if d]
     all_ = int(sysctl("net/ipv4/conf/all/rp_filter") or 0)
     strict = []
     for d in dict.fromkeys(devs):
@@ -53,7 +56,8 @@ def rp_filter(f: Facts) -> list[Finding]:
                         "a packet whose source the route back does not reach through the "
                         "same device is dropped silently: VXLAN from a multi-homed or "
                         "ECMP underlay, pod traffic after a route change",
-                        " ; ".join(f"sysctl -w net.ipv4.conf.{d}.rp_filter=2" for d in strict)
+                        " ; ".join(f"sysctl -w net.ipv4.conf.{d.replace('.', '/')}"
+                                   ".rp_filter=2" for d in strict)
                         + (" ; sysctl -w net.ipv4.conf.all.rp_filter=2" if all_ == 1 else ""))]
     return [ok("host.rp-filter", "no strict reverse-path filtering on the node's devices")]
 
@@ -71,6 +75,16 @@ def underlay_mtu(f: Facts) -> list[Finding]:
 
 
 # --- firewall -------------------------------------------------------------------------------
+#
+# The readers decide only what they can be sure of. A rule is weighed when every match in
+# it is one they understand (the UDP destination port by ==, !=, a set or a range; the L4
+# protocol); a rule with any other condition, a jump or goto to another chain, or a
+# statement they do not know makes everything after it uncertain: a drop seen after one
+# is a warning ("may drop"), not an error, and so is a drop policy.
+
+HARMLESS = {"counter", "log", "comment", "notrack"}
+VERDICTS = ("accept", "drop", "reject", "jump", "goto", "return", "continue", "queue")
+
 
 def _port_matches(right, port: int):
     """True, False, or None (not understood) for an nft match's right-hand side."""
@@ -78,51 +92,64 @@ def _port_matches(right, port: int):
         return right == port
     if isinstance(right, dict):
         if "set" in right:
-            items = right["set"]
-            return any(_port_matches(x, port) for x in items)
+            hits = [_port_matches(x, port) for x in right["set"]]
+            return True if True in hits else None if None in hits else False
         if "range" in right:
             lo, hi = right["range"]
             return lo <= port <= hi if isinstance(lo, int) and isinstance(hi, int) else None
     return None
 
 
-def _rule_applies(exprs: list, port: int):
-    """Does this rule match VXLAN to `port`? True, False, or None (a match we do not
-    understand: the rule is not counted either way)."""
-    applies = True
+def _rule(exprs: list, port: int) -> tuple[bool | None, str | None]:
+    """(does the rule match UDP to `port`: True, False or None (cannot tell), its
+    verdict or None)."""
+    applies: bool | None = True
+    verdict = None
     for e in exprs:
-        m = e.get("match") if isinstance(e, dict) else None
-        if m is None:
+        if not isinstance(e, dict) or len(e) != 1:
+            applies = None if applies else applies
             continue
-        left, right, op = m.get("left"), m.get("right"), m.get("op")
-        payload = left.get("payload") if isinstance(left, dict) else None
-        meta = left.get("meta") if isinstance(left, dict) else None
-        if payload and payload.get("field") == "dport" and \
-                payload.get("protocol") in ("udp", "th"):
-            hit = _port_matches(right, port)
-            if hit is None:
-                return None
-            if (op in ("==", "in") and not hit) or (op == "!=" and hit):
-                return False
-        elif meta and meta.get("key") == "l4proto":
-            if (right == "udp") != (op != "!="):
-                return False
+        (key, val), = e.items()
+        if key in VERDICTS:
+            verdict = verdict or key
+        elif key in HARMLESS:
+            continue
+        elif key == "match":
+            hit = _match(val, port)
+            if hit is False:
+                applies = False
+            elif hit is None and applies is not False:
+                applies = None
+        elif applies is not False:
+            applies = None   # xt, vmap, limit, set updates...: not weighed
+    return applies, verdict
+
+
+def _match(m: dict, port: int) -> bool | None:
+    left, right, op = m.get("left"), m.get("right"), m.get("op")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    meta = left.get("meta") if isinstance(left, dict) else None
+    if op not in ("==", "!=", "in"):
+        return None
+    if payload and payload.get("field") == "dport" and payload.get("protocol") in ("udp", "th"):
+        hit = _port_matches(right, port)
+    elif meta and meta.get("key") == "l4proto":
+        if isinstance(right, str):
+            hit = right == "udp"
+        elif isinstance(right, dict) and "set" in right:
+            hit = "udp" in right["set"]
         else:
             return None
-    return applies
+    else:
+        return None
+    if hit is None:
+        return None
+    return hit if op != "!=" else not hit
 
 
-def _verdict(exprs: list) -> str | None:
-    for e in exprs:
-        if isinstance(e, dict):
-            for v in ("accept", "drop", "reject"):
-                if v in e:
-                    return v
-    return None
-
-
-def nft_findings(doc: dict, port: int) -> list[str]:
-    """Lines naming each input-path chain that drops VXLAN to `port`."""
+def nft_findings(doc: dict, port: int, families=("inet", "ip", "netdev")) -> tuple[list, list]:
+    """(sure, maybe): lines naming each input-path chain that drops UDP to `port`, and
+    those that may (after a rule or jump the reader cannot weigh)."""
     chains, rules = {}, {}
     for item in doc.get("nftables", []):
         if "chain" in item:
@@ -131,69 +158,103 @@ def nft_findings(doc: dict, port: int) -> list[str]:
         elif "rule" in item:
             r = item["rule"]
             rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
-    out = []
+    sure, maybe = [], []
     for key, c in chains.items():
-        if c.get("hook") not in FIREWALL_HOOKS or c.get("family") in ("arp", "bridge"):
+        if c.get("hook") not in FIREWALL_HOOKS + ("ingress",) or c["family"] not in families:
             continue
-        decided = None
+        name = f"nft {c['family']} {c['table']} {c['name']}"
+        uncertain, decided = False, None
         for r in rules.get(key, []):
-            verdict = _verdict(r.get("expr", []))
-            if verdict is None or _rule_applies(r.get("expr", []), port) is not True:
+            applies, verdict = _rule(r.get("expr", []), port)
+            if applies is False or verdict is None:
+                continue
+            if applies is None or verdict not in ("accept", "drop", "reject"):
+                uncertain = uncertain or verdict != "continue"
                 continue
             decided = (verdict, r)
             break
-        name = f"nft {c['family']} {c['table']} {c['name']}"
         if decided and decided[0] in DROPS:
-            out.append(f"{name}: rule handle {decided[1].get('handle')} {decided[0]}s UDP "
-                       f"{port}")
+            line = f"{name}: rule handle {decided[1].get('handle')} {decided[0]}s UDP {port}"
+            (maybe if uncertain else sure).append(line)
         elif decided is None and c.get("policy") == "drop":
-            out.append(f"{name}: policy drop, and no rule accepts UDP {port}")
-    return out
+            line = f"{name}: policy drop" + (", after rules the reader cannot weigh" if
+                                             uncertain else f", and no rule accepts UDP {port}")
+            (maybe if uncertain else sure).append(line)
+    return sure, maybe
 
 
-IPT_RULE = re.compile(r"^-A (INPUT|PREROUTING) (.*) -j (DROP|REJECT|ACCEPT)\b")
+IPT_RULE = re.compile(r"^-A (INPUT|PREROUTING)\b(.*?)(?:\s+-j\s+(\S+))?\s*$")
 
 
-def iptables_findings(save: str, port: int) -> list[str]:
-    """The same from `iptables-save` (rules iptables-nft and legacy tables hold)."""
-    out, table, policy, decided = [], None, {}, {}
+def iptables_findings(save: str, port: int, tool: str = "iptables") -> tuple[list, list]:
+    """The same from `iptables-save` text (rules iptables-nft and legacy tables hold)."""
+    sure, maybe = [], []
+    table, policy, decided, uncertain = None, {}, {}, set()
     for line in save.splitlines():
         if line.startswith("*"):
-            table = line[1:]
+            table = line[1:].strip()
         m = re.match(r"^:(INPUT|PREROUTING) (\w+)", line)
         if m:
             policy[(table, m.group(1))] = m.group(2)
-        m = IPT_RULE.match(line)
+        m = IPT_RULE.match(line.strip())
         if not m or (table, m.group(1)) in decided:
             continue
-        spec = m.group(2)
-        words = spec.split()
-        if "-p" in words and words[words.index("-p") + 1] != "udp":
+        key, words, target = (table, m.group(1)), m.group(2).split(), m.group(3)
+        if target is None:
             continue
-        if any(w in words for w in ("-s", "-d", "-i", "-m")) and "--dport" not in words \
-                and "--dports" not in words:
-            continue   # matches something we do not weigh: not counted
-        ports = None
-        for flag in ("--dport", "--dports"):
-            if flag in words:
-                ports = words[words.index(flag) + 1]
-        if ports is not None and not _ipt_port(ports, port):
+        applies = _ipt_applies(words, port)
+        if applies is False:
             continue
-        decided[(table, m.group(1))] = m.group(3)
-        if m.group(3) in ("DROP", "REJECT"):
-            out.append(f"iptables -t {table} {m.group(1)}: {line.strip()}")
-    for (tbl, chain), pol in policy.items():
-        if pol == "DROP" and (tbl, chain) not in decided:
-            out.append(f"iptables -t {tbl} {chain}: policy DROP, and no rule accepts UDP "
-                       f"{port}")
-    return out
+        if applies is None or target not in ("ACCEPT", "DROP", "REJECT"):
+            if target != "LOG":
+                uncertain.add(key)
+            continue
+        decided[key] = target
+        if target in ("DROP", "REJECT"):
+            (maybe if key in uncertain else sure).append(f"{tool} -t {table} {key[1]}: "
+                                                         f"{line.strip()}")
+    for key, pol in policy.items():
+        if pol == "DROP" and key not in decided:
+            text = f"{tool} -t {key[0]} {key[1]}: policy DROP"
+            if key in uncertain:
+                maybe.append(text + ", after rules the reader cannot weigh")
+            else:
+                sure.append(text + f", and no rule accepts UDP {port}")
+    return sure, maybe
+
+
+def _ipt_applies(words: list[str], port: int) -> bool | None:
+    """Does an iptables rule's match part take UDP to `port`? None: it holds a match the
+    reader does not weigh (an address, an interface, negation, a module's option)."""
+    applies: bool | None = True
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "!":
+            return None
+        if w == "-p" and i + 1 < len(words):
+            if words[i + 1] not in ("udp", "17", "all"):
+                return False
+            i += 2
+            continue
+        if w == "-m" and i + 1 < len(words) and words[i + 1] in ("udp", "multiport"):
+            i += 2
+            continue
+        if w in ("--dport", "--dports", "--destination-port") and i + 1 < len(words):
+            if not _ipt_port(words[i + 1], port):
+                return False
+            i += 2
+            continue
+        applies = None   # anything else: a condition not weighed
+        i += 1
+    return applies
 
 
 def _ipt_port(spec: str, port: int) -> bool:
     for part in spec.split(","):
-        lo, _, hi = part.partition(":")
+        lo, colon, hi = part.partition(":")
         try:
-            if int(lo) <= port <= int(hi or lo):
+            if int(lo or 0) <= port <= (int(hi) if hi else 65535 if colon else int(lo)):
                 return True
         except ValueError:
             return False
@@ -211,29 +272,40 @@ def _run(argv: list[str]) -> str | None:
 
 
 def firewall(f: Facts) -> list[Finding]:
-    port = f.plan.port
-    lines = []
+    port, v6 = f.plan.port, f.plan.ipv6_underlay
+    sure, maybe = [], []
     text = _run(["nft", "-j", "list", "ruleset"])
     if text:
         try:
-            lines += nft_findings(json.loads(text), port)
-        except (ValueError, KeyError, TypeError):
+            a, b = nft_findings(json.loads(text), port,
+                                ("inet", "ip6" if v6 else "ip", "netdev"))
+            sure, maybe = sure + a, maybe + b
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
-    for tool in ("iptables-save", "ip6tables-save"):
-        save = _run([tool])
-        if save:
-            lines += [x for x in iptables_findings(save, port) if x not in lines]
-    if lines:
-        return [Finding("host.firewall", "error", f"the firewall drops VXLAN (UDP {port}): "
-                        + "; ".join(lines), "peers' packets never reach the VTEP",
-                        f"accept UDP {port} from the peers' underlay addresses before these "
-                        "rules")]
-    return [ok("host.firewall", f"no input rule drops UDP {port}")]
+    tool = "ip6tables-save" if v6 else "iptables-save"
+    save = _run([tool])
+    if save:
+        a, b = iptables_findings(save, port, tool.removesuffix("-save"))
+        sure += [x for x in a if x not in sure]
+        maybe += [x for x in b if x not in maybe]
+    out = []
+    if sure:
+        out.append(Finding("host.firewall", "error", f"the firewall drops VXLAN (UDP {port}): "
+                           + "; ".join(sure), "peers' packets never reach the VTEP",
+                           f"accept UDP {port} from the peers' underlay addresses before "
+                           "these rules"))
+    if maybe:
+        out.append(Finding("host.firewall-unclear", "warning", f"the firewall may drop VXLAN "
+                           f"(UDP {port}): " + "; ".join(maybe), "rules with conditions or "
+                           "jumps this check does not follow come first",
+                           f"check that UDP {port} from the peers is accepted; `vtep doctor "
+                           "--probe` tests it"))
+    return out or [ok("host.firewall", f"no input rule drops UDP {port}")]
 
 
 # --- checksum offload -----------------------------------------------------------------------
 
-NAT = re.compile(r'"(masquerade|snat|dnat)"|-j (MASQUERADE|SNAT|DNAT)\b')
+NAT = re.compile(r'"(masquerade|snat|dnat)": *[{n]|-j (MASQUERADE|SNAT|DNAT)\b')
 
 
 def offload(f: Facts) -> list[Finding]:
@@ -244,7 +316,10 @@ def offload(f: Facts) -> list[Finding]:
     guide). Without NAT the bug has nothing to act on."""
     if f.dev is None or f.mode != "kernel":
         return []
-    k = _run(["ethtool", "-k", f.device]) or ""
+    k = _run(["ethtool", "-k", f.device])
+    if k is None:
+        return [Finding("host.checksum-offload", "info", f"could not read {f.device}'s "
+                        "offloads (ethtool missing or refused)", "", "")]
     on = re.search(r"^tx-checksum-ip-generic: on", k, re.M) is not None
     nat = any(NAT.search(_run(argv) or "") for argv in
               (["nft", "-j", "list", "ruleset"], ["iptables-save", "-t", "nat"]))

@@ -13,12 +13,14 @@ pings of each size, 2 s each, a capture of at most 64 packets.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import time
 
 from .. import wire
+from ..errors import VtepError
 from ..inet import IPV4_HLEN, ICMP_HLEN
 from .facts import Facts
 from .finding import Finding, ok
@@ -40,12 +42,20 @@ def check(f: Facts) -> list[Finding]:
     if not peers:
         return [ok("probe.peers", "no peers to probe")]
     need = f.want.device.mtu + wire.overhead(f.plan.ipv6_underlay)
-    found, lost = probe_each(str(f.node.underlay_ip), peers, f.under.mtu, timeout=0.5)
+    try:
+        found, lost = probe_each(str(f.node.underlay_ip), peers, f.under.mtu, timeout=0.5)
+    except VtepError as e:   # e.g. EPERM: an output rule drops our ICMP probes
+        return [Finding("probe.skipped", "warning", f"no path MTU probe: {e}", "", "")]
     paths = {p.peer: p for p in found}
     down = {u.peer: u for u in lost}
     pod = _a_pod(f)
     for peer in f.plan.peers(f.node.name):
-        found = _peer(f, peer, paths.get(peer.name), down.get(peer.name), need)
+        try:
+            found = _peer(f, peer, paths.get(peer.name), down.get(peer.name), need)
+        except (OSError, subprocess.SubprocessError) as e:   # ping or tcpdump missing, hung
+            out.append(Finding("probe.skipped", "warning", f"peer {peer.name}: the probe "
+                               f"could not run: {e}", "", "install iputils-ping and tcpdump"))
+            continue
         out += found
         tunnel_ok = any(x.id == "probe.tunnel" and x.severity == "ok" for x in found)
         if pod is not None and tunnel_ok:
@@ -74,7 +84,7 @@ def _pod_leg(f: Facts, peer, pod: tuple[str, dict]) -> list[Finding]:
     traffic goes (the pod's veth, the bridge, forwarding, the VTEP, the peer's bridge)."""
     name, rec = pod
     target = str(peer.gateway)
-    big = f.want.device.mtu - IPV4_HLEN - ICMP_HLEN
+    big = _full(f)
     small = _ping(target, 56, None, rec["netns"])
     full = _ping(target, big, None, rec["netns"]) if small else False
     if small and full:
@@ -82,7 +92,8 @@ def _pod_leg(f: Facts, peer, pod: tuple[str, dict]) -> list[Finding]:
                                 f"{target}, {peer.name}'s pod gateway, at 84 and {big + 28} "
                                 "bytes")]
     what = "no reply" if not small else f"no reply at {big + 28} bytes (84 bytes pass)"
-    return [Finding("probe.pod", "error",
+    # a warning: a peer with no pods yet has no pod bridge to answer
+    return [Finding("probe.pod", "warning",
                     f"peer {peer.name}: pod {name} ({rec['ip']}) gets {what} from {target}, "
                     f"{peer.name}'s pod gateway, while the VTEPs reach each other",
                     "the pod leg fails: this node's forwarding or rp_filter, the pod's route "
@@ -114,12 +125,19 @@ def _peer(f: Facts, peer, path, unreachable, need: int) -> list[Finding]:
     return out
 
 
+def _full(f: Facts) -> int:
+    """The largest ICMP payload a full-size packet through the device carries: the
+    device's MTU as it is (the agent's --mtu may differ from the plan's)."""
+    mtu = f.dev.mtu if f.dev is not None and f.dev.mtu else f.want.device.mtu
+    return mtu - IPV4_HLEN - ICMP_HLEN
+
+
 def _tunnel(f: Facts, peer) -> list[Finding]:
     name, target = peer.name, str(peer.vtep_ip)
-    big = f.want.device.mtu - IPV4_HLEN - ICMP_HLEN
+    big = _full(f)
     with tempfile.TemporaryDirectory(prefix="vtep-doctor-") as tmp:
         pcap = os.path.join(tmp, "probe.pcap")
-        cap = _capture(f.under.dev, f.plan.port, str(peer.underlay_ip), pcap)
+        cap, no_capture = _capture(f.under.dev, f.plan.port, str(peer.underlay_ip), pcap)
         try:
             small_ok = _ping(target, 56, str(f.node.vtep_ip))
             big_ok = _ping(target, big, str(f.node.vtep_ip)) if small_ok else False
@@ -128,7 +146,14 @@ def _tunnel(f: Facts, peer) -> list[Finding]:
         report = _judge(f, pcap)
     sent, back = _directions(report, str(f.node.underlay_ip), str(peer.underlay_ip))
     out = []
-    if not small_ok:
+    if no_capture:
+        out.append(Finding("probe.capture", "info", f"peer {name}: no capture ({no_capture})"
+                           ": the failing hop cannot be named", "", "install tcpdump"))
+    if not small_ok and no_capture:
+        out.append(Finding("probe.tunnel", "error", f"peer {name}: no reply from {target} "
+                           "through the tunnel", "pods here cannot reach pods there",
+                           f"run `vtep doctor` here and on {name}"))
+    elif not small_ok:
         if not sent:
             hop = (f"this node sent nothing towards {peer.underlay_ip}: its fdb, neighbour "
                    f"or route entry for {name} is missing or wrong")
@@ -166,23 +191,26 @@ def _tunnel(f: Facts, peer) -> list[Finding]:
     return out
 
 
-def _capture(dev: str, port: int, peer: str, path: str) -> subprocess.Popen | None:
+def _capture(dev: str, port: int, peer: str,
+             path: str) -> tuple[subprocess.Popen | None, str | None]:
+    """tcpdump on `dev` (not promiscuous: -p) for the peer's VXLAN; (process, None) once
+    it listens, or (None, why not)."""
     try:
         # --immediate-mode: without it packets wait in the ring for a block timeout (1 s)
         # and a SIGINT before it loses them
-        p = subprocess.Popen(["tcpdump", "-i", dev, "-n", "-U", "--immediate-mode", "-c",
+        p = subprocess.Popen(["tcpdump", "-p", "-i", dev, "-n", "-U", "--immediate-mode", "-c",
                               str(CAPTURE_LIMIT),
                               "-w", path, f"udp port {port} and host {peer}"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    except OSError:
-        return None
+    except OSError as e:
+        return None, f"tcpdump: {e.strerror}"
     deadline = time.monotonic() + 5
     line = ""
     while time.monotonic() < deadline and "listening on" not in line:
         line = p.stderr.readline()
         if not line and p.poll() is not None:
-            return None
-    return p
+            return None, f"tcpdump exited: {line.strip() or p.returncode}"
+    return p, None
 
 
 def _stop(p: subprocess.Popen | None) -> None:
@@ -208,12 +236,27 @@ def _ping(dst: str, size: int, src: str | None, netns: str | None = None) -> boo
 
 
 def _judge(f: Facts, pcap: str):
+    """vxinspect's report on the capture. Checksums are judged only when the underlay
+    device computes them before the capture sees the packet: with tx checksum offload on
+    (every real NIC, virtio), this node's own packets are captured before the device
+    fills their outer UDP checksum, and would read as wrong."""
     if not os.path.exists(pcap) or os.path.getsize(pcap) < 24:
         return None
     from vxinspect.analyze import Options, inspect_file
+    k = _ethtool(f.under.dev)
+    judge = k is not None and re.search(r"^tx-checksumming: off", k, re.M) is not None
     opts = Options(vnis=frozenset({f.plan.vni}), underlay_mtu=f.under.mtu,
-                   mtu=f.want.device.mtu, plan=f.plan)
+                   mtu=f.dev.mtu if f.dev and f.dev.mtu else f.want.device.mtu,
+                   plan=f.plan, checksums=judge)
     return inspect_file(pcap, opts)
+
+
+def _ethtool(dev: str) -> str | None:
+    try:
+        r = subprocess.run(["ethtool", "-k", dev], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout if r.returncode == 0 else None
 
 
 def _directions(report, me: str, peer: str) -> tuple[int, int]:
