@@ -332,3 +332,34 @@ def test_interval_reader_leaving_early_is_quiet(tmp_path):
     r = subprocess.run(f"{sys.executable} -m vxinspect --interval 1 {p} | head -1",
                        shell=True, capture_output=True, env=ENV, timeout=60)
     assert r.stderr == b"" and r.stdout.startswith(b"--- interval 0")
+
+
+def test_no_permission_to_capture_is_one_line(monkeypatch, capsys):
+    """What an unprivileged user sees (simulated: the tests run as root): the interface
+    exists, the packet socket is refused. Nothing here opens a socket."""
+    from vxinspect import cli, live
+
+    def refused(*a, **kw):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(live.socket, "if_nametoindex", lambda name: 7)
+    monkeypatch.setattr(live.socket, "socket", refused)
+    assert cli.main(["-i", "eth0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "vxinspect: eth0: capturing needs root or CAP_NET_RAW\n"
+
+
+def test_missing_tcpdump_is_one_line(monkeypatch, capsys):
+    from vxinspect import cli, live
+    monkeypatch.setattr(live, "check_interface", lambda iface: None)
+    monkeypatch.setattr(live.shutil, "which", lambda name: None)
+    monkeypatch.setattr(live.os, "access", lambda p, mode: False)
+    assert cli.main(["-i", "eth0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tcpdump is not installed" in err
+
+
+def test_bpf_filter_names_every_port_and_the_fragments():
+    from vxinspect.live import bpf_filter
+    f = bpf_filter({4789, 8472, 4790})
+    assert f.startswith("((udp and (dst port 4789 or dst port 4790 or dst port 8472))")
+    assert "ip[6:2] & 0x1fff != 0" in f and "ip6[6] == 44" in f and "vlan and" in f

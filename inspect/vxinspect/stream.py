@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 
 STOP_LATENCY = 0.2  # seconds a blocked read may take to notice stop()
 
@@ -34,13 +35,12 @@ class Source:
     @classmethod
     def open(cls, path: str) -> Source:
         """A regular file (its size known) or any other readable path; OSError as open(2)."""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
         except OSError:
             os.close(fd)
             raise
-        import stat
         return cls(fd, path, st.st_size if stat.S_ISREG(st.st_mode) else None)
 
     def stop(self) -> None:
