@@ -246,8 +246,16 @@ def big_capture(path: Path, n: int) -> Path:
     return path
 
 
-def test_progress_line_on_a_terminal(tmp_path):
-    path = big_capture(tmp_path / "big.pcap", 400_000)
+BIG = 700_000  # about 2.5 s here with every check: well past the progress line's second
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    return big_capture(tmp_path_factory.mktemp("big") / "big.pcap", BIG)
+
+
+def test_progress_line_on_a_terminal(big):
+    path = big
     master, slave = pty.openpty()
     p = subprocess.Popen(vxinspect(str(path)), stdout=subprocess.PIPE, stderr=slave, env=ENV)
     os.close(slave)
@@ -277,12 +285,13 @@ def test_progress_line_on_a_terminal(tmp_path):
     text = seen.decode()
     assert "packets/s" in text and "% (" in text and f"of {path.stat().st_size / 1e6:.1f} MB" in text
     assert text.endswith(ERASE)  # the line is gone when the report is printed
-    assert b"400000 packets" in out and b"packets/s" not in out
+    assert f"{BIG} packets".encode() in out and b"packets/s" not in out
 
 
-def test_no_progress_when_stderr_is_not_a_terminal(tmp_path):
-    path = big_capture(tmp_path / "big.pcap", 300_000)
-    r = subprocess.run(vxinspect(str(path)), capture_output=True, env=ENV, timeout=120)
+def test_no_progress_when_stderr_is_not_a_terminal(big):
+    t0 = time.monotonic()
+    r = subprocess.run(vxinspect(str(big)), capture_output=True, env=ENV, timeout=120)
+    assert time.monotonic() - t0 > 1.0  # long enough that a terminal would have seen it
     assert r.returncode == 0 and r.stderr == b""
 
 

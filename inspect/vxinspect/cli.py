@@ -142,7 +142,13 @@ def _fail(msg: str) -> None:
 
 def main(argv=None) -> int:
     with output_until_reader_leaves():
-        return _main(argv)
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            # only before reading starts or after it ended (while reading, SIGINT
+            # ends the input instead): nothing to report
+            _fail("interrupted")
+            return 130
 
 
 def _main(argv) -> int:

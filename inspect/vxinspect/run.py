@@ -67,9 +67,9 @@ def inspect_source(src: Source, opts: Options | None = None, interval: float | N
                     packets += j - i
                     i = j
                     if packets > mark[0]:
-                        on_interval(Report.from_tally(src.name, packets, vxlan, tally, None, opts.plan),
-                                    Interval(cur, cur * interval, (cur + 1) * interval,
-                                             packets - mark[0], vxlan - mark[1]))
+                        so_far = Report.from_tally(src.name, packets, vxlan, tally, None, opts.plan)
+                        on_interval(so_far, Interval(cur, cur * interval, (cur + 1) * interval,
+                                                     packets - mark[0], vxlan - mark[1]))
                     mark = (packets, vxlan)
                     cur = int((t - t0) // interval)
                     edge = t0 + (cur + 1) * interval
