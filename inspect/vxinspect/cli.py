@@ -12,7 +12,8 @@ Inputs: FILE, `-` (a pcap/pcapng stream on stdin, read as it comes) or
 `run.inspect_source`. SIGINT ends any of them cleanly: the report of what was
 read so far is printed and the status is what it would be had the input ended
 there (1 if an error check fired, else 0; 2 only for a read fault before it);
-files after the one interrupted are not read. A capture that tcpdump could not
+files after the one interrupted are not read (a SIGINT before reading starts
+is `vxinspect: interrupted`, 130). A capture that tcpdump could not
 start, or an interface that is missing or not ours to capture on, is one line
 and exit 2.
 """
