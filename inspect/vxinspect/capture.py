@@ -8,6 +8,12 @@ batch) and each record is
 
 A fault in the file raises CaptureError, after every batch before it has been
 handed out, so that what was read before the fault is still reported.
+
+The file may be a pipe (`vxinspect -`, tcpdump's stdout): every read may come back
+short, so nothing here assumes a read fills what it asked for, and nothing seeks.
+When the caller passes a `stamps` list, each batch also refills it with the
+capture time (seconds, float) of each record, in step with `records`; --interval
+cuts batches at those times. Without it the loops pay one test per batch.
 """
 from __future__ import annotations
 
@@ -92,22 +98,30 @@ class Reader:
         return got > 0
 
 
-def batches(f):
-    """Yield (buf, records) batches from an open binary file, whatever its format."""
-    head = f.read(4)
+def batches(f, stamps: list | None = None):
+    """Yield (buf, records) batches from an open binary file or pipe, whatever its format.
+
+    With `stamps`, the list holds each batch's record times (seconds) while it is out."""
+    head = b""
+    while len(head) < 4:  # a pipe may hand the magic over in pieces
+        more = f.read(4 - len(head))
+        if not more:
+            break
+        head += more
     if len(head) < 4:
         raise CaptureError(f"not a capture: file has {len(head)} bytes, too short for a magic number", 0)
     r = Reader(f, head)
     if head in PCAP_MAGICS:
-        yield from _pcap(r, *PCAP_MAGICS[head])
+        yield from _pcap(r, *PCAP_MAGICS[head], stamps)
     elif head == PCAPNG_SHB:
-        yield from _pcapng(r)
+        yield from _pcapng(r, stamps)
     else:
         raise CaptureError(f"not a pcap or pcapng file (magic {head.hex()})", 0)
 
 
-def _pcap(r: Reader, order: str, _nanos: bool):
-    r.refill(0)
+def _pcap(r: Reader, order: str, nanos: bool, stamps: list | None = None):
+    while r.n < 24 and r.refill(0, 24):
+        pass
     if r.n < 24:
         raise CaptureError(f"pcap file header cut short ({r.n} of 24 bytes)", 0)
     (network,) = struct.unpack_from(order + "I", r.buf, 20)
@@ -116,7 +130,8 @@ def _pcap(r: Reader, order: str, _nanos: bool):
     # libpcap LT_FCS_LENGTH_PRESENT / LT_FCS_LENGTH: frames end in an FCS of
     # that many 16-bit words, which is no part of the packet.
     fcs = ((network >> 28) * 2) if network & 0x04000000 else 0
-    rec = struct.Struct(order + "II").unpack_from  # incl_len, orig_len
+    rec = struct.Struct(order + "II").unpack_from  # incl_len, orig_len; also ts_sec, ts_frac
+    unit = 1e-9 if nanos else 1e-6
     off = 24
     eof = False
     while True:
@@ -135,6 +150,9 @@ def _pcap(r: Reader, order: str, _nanos: bool):
             append((off + 16, end - fcs if incl >= fcs else end, orig, linktype))
             off = end
         if records:
+            if stamps is not None:
+                # every record's header sits just before its frame (start - 16)
+                stamps[:] = [s + u * unit for s, u in (rec(buf, x[0] - 16) for x in records)]
             yield buf, records
         if fault is not None:
             raise fault
@@ -150,19 +168,22 @@ def _pcap(r: Reader, order: str, _nanos: bool):
         off = 0
 
 
-def _pcapng(r: Reader):
+def _pcapng(r: Reader, stamps: list | None = None):
     """pcapng: SHB, IDB, EPB, SPB and the obsolete PB; every other block is skipped."""
     off = 0
     order = "<"
-    # (linktype, snaplen, fcs bytes) per interface of the section; set by the SHB
-    # that every pcapng file starts with (batches checked its magic)
-    interfaces: list[tuple[int, int, int]]
+    # (linktype, snaplen, fcs bytes, seconds per timestamp unit) per interface of the
+    # section; set by the SHB that every pcapng file starts with (batches checked its magic)
+    interfaces: list[tuple[int, int, int, float]]
+    stamp = 0.0  # the last packet's time: a Simple Packet Block has none of its own
     eof = not r.refill(0)
     while True:
         buf = r.buf
         n = r.n
         records = []
         append = records.append
+        if stamps is not None:
+            stamps.clear()
         fault = None
         while off + 12 <= n:
             btype_raw = buf[off:off + 4]
@@ -207,16 +228,22 @@ def _pcapng(r: Reader):
                     fault = CaptureError(f"packet block captured length {caplen} runs past its "
                                          f"block ({blen} bytes)", r.base + off + 20)
                     break
-                lt, _, fcs = interfaces[ifid]
+                lt, _, fcs, unit = interfaces[ifid]
                 start = off + 28
+                if stamps is not None:
+                    hi, lo = struct.unpack_from(order + "II", buf, off + 12)
+                    stamp = ((hi << 32) | lo) * unit
+                    stamps.append(stamp)
                 append((start, start + caplen - (fcs if caplen >= fcs else 0), orig, lt))
             elif btype == 3:  # Simple Packet Block: interface 0, length from the block
                 if not interfaces:
                     fault = CaptureError("simple packet block before any interface", r.base + off)
                     break
                 (orig,) = struct.unpack_from(order + "I", buf, off + 8)
-                lt, snap, fcs = interfaces[0]
+                lt, snap, fcs, _ = interfaces[0]
                 caplen = min(orig, blen - 16, snap or orig)
+                if stamps is not None:
+                    stamps.append(stamp)
                 start = off + 12
                 append((start, start + caplen - (fcs if caplen >= fcs else 0), orig, lt))
             elif btype == 1:  # Interface Description Block
@@ -230,7 +257,7 @@ def _pcapng(r: Reader):
                 except CaptureError as e:
                     fault = e
                     break
-                interfaces.append((lt, snap, _if_fcslen(buf, off + 16, end - 4, order)))
+                interfaces.append((lt, snap, *_if_options(buf, off + 16, end - 4, order)))
             off = end
         if records:
             yield buf, records
@@ -249,17 +276,23 @@ def _pcapng(r: Reader):
         off = 0
 
 
-def _if_fcslen(buf, pos: int, end: int, order: str) -> int:
-    """The if_fcslen option (code 13) of an IDB: FCS bytes at the end of each frame.
+def _if_options(buf, pos: int, end: int, order: str) -> tuple[int, float]:
+    """(if_fcslen, seconds per timestamp unit) of an IDB: if_fcslen (code 13) is the FCS
+    bytes at the end of each frame (default 0), if_tsresol (code 9) the timestamp
+    resolution (default microseconds; high bit set: a power of 2, else of 10).
 
     Options end at opt_endofopt (code 0) or at `end`; an option whose value would run
     past `end` is malformed, and it and what follows are not believed."""
+    fcs, unit = 0, 1e-6
     while pos + 4 <= end:
         code, length = struct.unpack_from(order + "HH", buf, pos)
         nxt = pos + 4 + length + (-length % 4)
         if code == 0 or nxt > end:
             break
         if code == 13 and length:
-            return buf[pos + 4]
+            fcs = buf[pos + 4]
+        elif code == 9 and length:
+            v = buf[pos + 4]
+            unit = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
         pos = nxt
-    return 0
+    return fcs, unit

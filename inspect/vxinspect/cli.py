@@ -6,26 +6,53 @@ files the worst status wins. A reader that leaves early (`vxinspect F | head -1`
 changes nothing but the output: the inspection finishes with the rest of the
 output discarded, nothing goes to stderr, and the status is the verdict, as
 with > /dev/null.
+
+Inputs: FILE, `-` (a pcap/pcapng stream on stdin, read as it comes) or
+`-i IFACE` (live, through `live.Capture`); all three go through
+`run.inspect_source`. SIGINT ends any of them cleanly: the report of what was
+read so far is printed and the status is what it would be had the input ended
+there (1 if an error check fired, else 0; 2 only for a read fault before it);
+files after the one interrupted are not read (a SIGINT before reading starts
+is `vxinspect: interrupted`, 130). A capture that tcpdump could not
+start, or an interface that is missing or not ours to capture on, is one line
+and exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
 
 from vtep import wire
 from vtep.cli import output_until_reader_leaves
 from vtep.errors import PlanError
 
-from .analyze import Options, inspect_file
+from .analyze import Options
 from .capture import CaptureError
 from .checks import CHECKS
+from .progress import for_stderr
+from .run import inspect_source
+from .stream import Source
 
 EXIT_OK, EXIT_CHECKS, EXIT_UNREADABLE = 0, 1, 2
 
 
 class UsageError(Exception):
     pass
+
+
+def _seconds(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds, not {text!r}")
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"{name} must be more than 0 seconds, not {text}")
+        return v
+    return parse
 
 
 def _int_in(name: str, lo: int, hi: int):
@@ -63,8 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"checks:\n{checks}\n\nexit status: 0 ok, 1 an error check fired, "
                "2 a capture could not be read, a bad --plan or bad usage",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture")
-    p.add_argument("--json", action="store_true", help="print one JSON document (an array for several files)")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="pcap or pcapng capture; - reads a stream from stdin "
+                        "(tcpdump -U -w - | vxinspect -)")
+    p.add_argument("-i", "--interface", metavar="IFACE",
+                   help="capture live on IFACE (with tcpdump -w - underneath, filtered in the "
+                        "kernel to the VXLAN ports and outer fragments); until --count, "
+                        "--duration or SIGINT")
+    p.add_argument("--count", type=_int_in("--count", 1, 1 << 62), metavar="N",
+                   help="with -i: stop after N captured packets")
+    p.add_argument("--duration", type=_seconds("--duration"), metavar="S",
+                   help="with -i: stop after S seconds")
+    p.add_argument("--interval", type=_seconds("--interval"), metavar="S",
+                   help="also report every S seconds of capture time (the capture so far, "
+                        "and that interval's packets), then the whole report at the end")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (an array for several files); with "
+                        "--interval, one document per line")
     p.add_argument("--vni", action="append", type=_int_in("--vni", 0, wire.VNI_MAX),
                    help=f"expected VNI, repeatable (default: the plan's VNI, else "
                         f"{wire.DEFAULT_VNI})")
@@ -101,7 +143,13 @@ def _fail(msg: str) -> None:
 
 def main(argv=None) -> int:
     with output_until_reader_leaves():
-        return _main(argv)
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            # only before reading starts or after it ended (while reading, SIGINT
+            # ends the input instead): nothing to report
+            _fail("interrupted")
+            return 130
 
 
 def _main(argv) -> int:
@@ -119,26 +167,148 @@ def _main(argv) -> int:
             for line in e.problems:
                 _fail(line)
             return EXIT_UNREADABLE
+    problem = _usage_problem(a)
+    if problem:
+        _fail(f"{problem} (see vxinspect --help)")
+        return EXIT_UNREADABLE
     opts = _options(a, plan)
     if a.show is not None:
         return _show(a, opts)
+    if a.interface is not None:
+        return _live(a, opts)
     status = EXIT_OK
     docs = []
-    for path in a.files:
-        report = inspect_file(path, opts)
-        if a.json:
-            docs.append(report.to_dict())
+    for k, path in enumerate(a.files):
+        if path == "-":
+            src = Source(sys.stdin.fileno(), "-")
         else:
-            if len(a.files) > 1 and path != a.files[0]:
-                print()
-            print(report.to_text())
-        if report.error:
-            _fail(f"{path}: {report.error['message']} at byte offset {report.error['offset']}")
-            status = EXIT_UNREADABLE
-        elif not report.ok:
-            status = max(status, EXIT_CHECKS)
-    if a.json:
+            try:
+                src = Source.open(path)
+            except OSError as e:
+                src = None
+                report, interrupted = _unopenable(path, e, opts), False
+        if src is not None:
+            try:
+                report, interrupted = _inspect(a, src, opts, src.stop,
+                                               None if path == "-" else for_stderr(path, src.total))
+            finally:
+                if path != "-":
+                    src.close()
+        status = max(status, _emit(a, report, docs, k, interrupted))
+        if interrupted:
+            break
+    if a.json and a.interval is None:
         json.dump(docs[0] if len(docs) == 1 else docs, sys.stdout, indent=2)
+        print()
+    return status
+
+
+def _usage_problem(a) -> str | None:
+    if a.interface is not None:
+        if a.files:
+            return "-i captures live: give no FILE with it"
+        if a.show is not None:
+            return "--show reads a file, not a live capture"
+    else:
+        if not a.files:
+            return "give a FILE, - for stdin, or -i IFACE"
+        for opt in ("count", "duration"):
+            if getattr(a, opt) is not None:
+                return f"--{opt} goes with -i IFACE"
+        if a.files.count("-") > 1:
+            return "stdin (-) can be read only once"
+    if a.show is not None and "-" in a.files:
+        return "--show needs a file, not stdin"
+    return None
+
+
+def _unopenable(path, e: OSError, opts: Options):
+    from .report import Report, Tally
+    return Report.from_tally(str(path), 0, 0, Tally(),
+                             {"message": f"cannot read: {e.strerror or e}", "offset": 0}, opts.plan)
+
+
+def _inspect(a, src: Source, opts: Options, on_sigint, progress):
+    """inspect_source with SIGINT turned into on_sigint() and --interval reports printed."""
+    def on_interval(report, iv):
+        if a.json:
+            d = report.to_dict()
+            d["interval"] = iv.to_dict()
+            print(json.dumps(d))
+        else:
+            print(f"--- interval {iv.index}: {iv.start:g}-{iv.end:g} s of capture time: "
+                  f"{iv.packets} packets, {iv.vxlan_packets} VXLAN ---")
+            print(report.to_text())
+            print()
+        sys.stdout.flush()  # a live reader sees each interval as it ends
+
+    def handler(signum, frame):
+        on_sigint()
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        return inspect_source(src, opts, a.interval, on_interval, progress)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _emit(a, report, docs: list, k: int, interrupted: bool, capture: dict | None = None) -> int:
+    """Print (or keep, for one JSON document) a finished report; its exit status."""
+    if a.json:
+        d = report.to_dict()
+        if interrupted:
+            d["interrupted"] = True
+        if capture is not None:
+            d["capture"] = capture
+        if a.interval is not None:
+            print(json.dumps(d))
+        else:
+            docs.append(d)
+    else:
+        if k:
+            print()
+        print(report.to_text())
+        if capture is not None:
+            print(f"capture: tcpdump on {capture['interface']}: "
+                  f"{capture.get('received_by_filter', '?')} received by filter, "
+                  f"{capture.get('dropped_by_kernel', '?')} dropped by kernel")
+        if interrupted:
+            print(f"interrupted: the report covers the {report.packets} packets read before SIGINT")
+    if report.error:
+        _fail(f"{report.file}: {report.error['message']} at byte offset {report.error['offset']}")
+        return EXIT_UNREADABLE
+    return EXIT_OK if report.ok else EXIT_CHECKS
+
+
+def _live(a, opts: Options) -> int:
+    from .live import Capture, LiveError
+    try:
+        # once tcpdump's socket is open, say so (as tcpdump does): from then on no
+        # packet is missed, which is what a caller starting traffic waits for
+        cap = Capture(a.interface, opts.ports, a.count,
+                      on_listening=lambda: _fail(f"listening on {a.interface} (tcpdump)"))
+    except LiveError as e:
+        _fail(str(e))
+        return EXIT_UNREADABLE
+    try:
+        if a.duration is not None:
+            cap.stop_after(a.duration)
+        report, interrupted = _inspect(a, cap.source, opts, cap.stop, None)
+    finally:
+        cap.finish()
+    failure = cap.failure()
+    if failure is not None and report.packets == 0:
+        _fail(f"{a.interface}: {failure}")
+        return EXIT_UNREADABLE
+    stats = cap.stats()
+    if stats.get("dropped_by_kernel"):
+        _fail(f"{a.interface}: the kernel dropped {stats['dropped_by_kernel']} packets "
+              f"(the counts are short by that many)")
+    docs: list = []
+    # a stop we asked for (--duration, SIGINT to us) ends tcpdump, and so the stream,
+    # normally: the report is whole up to that point
+    status = _emit(a, report, docs, 0, interrupted, stats)
+    if docs:
+        json.dump(docs[0], sys.stdout, indent=2)
         print()
     return status
 

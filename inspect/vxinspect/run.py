@@ -1,0 +1,89 @@
+"""inspect_source: the read-decode loop for streams, with --interval reports and progress.
+
+How data flows: `capture.batches` reads a `stream.Source` (file, stdin or
+tcpdump's stdout) into batches; each batch goes through `decode.make_decoder`'s
+decoder into one `report.Tally`, exactly as `analyze.inspect_file` does, so a
+stream and a file of the same bytes give the same Report. With an interval, the
+batches also carry each record's capture time and a batch is cut where an
+interval of capture time ends: everything before the cut is decoded, a Report
+of the capture so far goes to `on_interval` together with what that interval
+alone held, and decoding goes on. Intervals are counted from the first packet's
+time; an interval in which no packet falls is not reported (a gap of days in a
+file would otherwise print thousands of empty reports). After every batch the
+optional `progress` hears how far the reader got. A read fault becomes
+Report.error, a SIGINT (stream.Interrupted) the report so far; neither raises.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .analyze import Options
+from .capture import CaptureError, batches
+from .decode import make_decoder
+from .report import Report, Tally
+from .stream import Interrupted, Source
+
+
+@dataclass
+class Interval:
+    index: int  # 0-based, counted from the first packet's time
+    start: float  # seconds of capture time since the first packet
+    end: float
+    packets: int  # in this interval alone
+    vxlan_packets: int
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "start": self.start, "end": self.end,
+                "packets": self.packets, "vxlan_packets": self.vxlan_packets}
+
+
+def inspect_source(src: Source, opts: Options | None = None, interval: float | None = None,
+                   on_interval=None, progress=None) -> tuple[Report, bool]:
+    """(Report, interrupted): the whole input, or what came before a read fault or a stop."""
+    opts = opts or Options()
+    tally = Tally()
+    decode_batch = make_decoder(opts, tally)
+    packets = vxlan = 0
+    error = None
+    interrupted = False
+    stamps: list[float] | None = [] if interval else None
+    t0 = None
+    cur = 0  # index of the interval being filled
+    mark = (0, 0)  # (packets, vxlan) when it began
+    try:
+        for buf, records in batches(src, stamps):
+            if stamps is None:
+                vxlan += decode_batch(buf, records, packets)
+                packets += len(records)
+            else:
+                if t0 is None:
+                    t0 = stamps[0]
+                edge = t0 + (cur + 1) * interval
+                i = 0
+                for j, t in enumerate(stamps):
+                    if t < edge:
+                        continue
+                    vxlan += decode_batch(buf, records[i:j], packets)
+                    packets += j - i
+                    i = j
+                    if packets > mark[0]:
+                        so_far = Report.from_tally(src.name, packets, vxlan, tally, None, opts.plan)
+                        on_interval(so_far, Interval(cur, cur * interval, (cur + 1) * interval,
+                                                     packets - mark[0], vxlan - mark[1]))
+                    mark = (packets, vxlan)
+                    cur = int((t - t0) // interval)
+                    edge = t0 + (cur + 1) * interval
+                vxlan += decode_batch(buf, records[i:], packets)
+                packets += len(records) - i
+            if progress is not None:
+                progress.update(src.bytes_read, packets)
+    except Interrupted:
+        interrupted = True
+    except CaptureError as e:
+        error = {"message": e.message, "offset": e.offset}
+    except OSError as e:
+        error = {"message": f"cannot read: {e.strerror or e}", "offset": src.bytes_read}
+    finally:
+        if progress is not None:
+            progress.done()
+    return Report.from_tally(src.name, packets, vxlan, tally, error, opts.plan), interrupted
