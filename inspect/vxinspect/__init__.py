@@ -5,8 +5,9 @@ magic number, never by name); `decode` walks each frame from the link layer
 through the outer IP/UDP headers, the VXLAN header (`vtep.wire`) and the inner
 frame, and fires the checks of `checks` into a `report.Tally`;
 `analyze.inspect_file` drives that loop and turns the tally into a
-`report.Report` (text or JSON); `show` dissects one packet with scapy; `cli`
-maps it all to exit codes.
+`report.Report` (text or JSON); `show` dissects one packet with scapy; `plot`
+draws --plot's picture from per-packet columns the loop records only when
+asked; `cli` maps it all to exit codes.
 
 Start reading at `decode.make_decoder`: its loop checks the common packet
 (Ethernet/IPv4/UDP/VXLAN/Ethernet/IPv4) inline, and hands every other one to

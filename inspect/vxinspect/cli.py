@@ -16,6 +16,10 @@ files after the one interrupted are not read (a SIGINT before reading starts
 is `vxinspect: interrupted`, 130). A capture that tcpdump could not
 start, or an interface that is missing or not ours to capture on, is one line
 and exit 2.
+
+--plot FILE.png (one capture) records per-packet columns during the decode
+(plot.Recorder) and draws them when the input ends, also after SIGINT; its
+path is vetted before anything is read (a bad one is one line, exit 2).
 """
 from __future__ import annotations
 
@@ -122,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", type=_int_in("--mtu", 0, 1 << 20),
                    help="overlay MTU (default: underlay MTU - 50 over IPv4, - 70 over IPv6)")
     p.add_argument("--no-checksums", action="store_true", help="skip checksum verification (faster)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw one PNG (1600x1200 px) of the capture: outer and inner "
+                        "packet sizes against the MTUs, packets/s per VNI, and when each "
+                        "check fired (one FILE, -, or -i)")
     p.add_argument("--show", type=_int_in("--show", 1, 1 << 62), metavar="N",
                    help="print the full scapy dissection of packet N (1-based) and exit")
     return p
@@ -172,6 +180,13 @@ def _main(argv) -> int:
         _fail(f"{problem} (see vxinspect --help)")
         return EXIT_UNREADABLE
     opts = _options(a, plan)
+    if a.plot is not None:
+        from .plot import PlotError, check_target
+        try:
+            check_target(a.plot)
+        except PlotError as e:
+            _fail(str(e))
+            return EXIT_UNREADABLE
     if a.show is not None:
         return _show(a, opts)
     if a.interface is not None:
@@ -187,14 +202,17 @@ def _main(argv) -> int:
             except OSError as e:
                 src = None
                 report, interrupted = _unopenable(path, e, opts), False
+        recorder = _recorder(a, opts)
         if src is not None:
             try:
                 report, interrupted = _inspect(a, src, opts, src.stop,
-                                               None if path == "-" else for_stderr(path, src.total))
+                                               None if path == "-" else for_stderr(path, src.total),
+                                               recorder)
             finally:
                 if path != "-":
                     src.close()
         status = max(status, _emit(a, report, docs, k, interrupted))
+        status = max(status, _draw(recorder, a.plot, report))
         if interrupted:
             break
     if a.json and a.interval is None:
@@ -219,6 +237,11 @@ def _usage_problem(a) -> str | None:
             return "stdin (-) can be read only once"
     if a.show is not None and "-" in a.files:
         return "--show needs a file, not stdin"
+    if a.plot is not None:
+        if a.show is not None:
+            return "--plot and --show do not go together"
+        if len(a.files) > 1:
+            return "--plot draws one capture: give one FILE"
     return None
 
 
@@ -228,7 +251,30 @@ def _unopenable(path, e: OSError, opts: Options):
                              {"message": f"cannot read: {e.strerror or e}", "offset": 0}, opts.plan)
 
 
-def _inspect(a, src: Source, opts: Options, on_sigint, progress):
+def _recorder(a, opts: Options):
+    """A plot.Recorder when --plot was given, else None (and nothing is recorded)."""
+    if a.plot is None:
+        return None
+    from .plot import Recorder
+    mtu4 = opts.mtu if opts.mtu is not None else wire.overlay_mtu(opts.underlay_mtu, ipv6=False)
+    mtu6 = opts.mtu if opts.mtu is not None else wire.overlay_mtu(opts.underlay_mtu, ipv6=True)
+    return Recorder(opts.underlay_mtu, mtu4, mtu6)
+
+
+def _draw(recorder, path, report) -> int:
+    """Write --plot's picture once the input has ended; 2 if that fails."""
+    if recorder is None:
+        return EXIT_OK
+    from .plot import PlotError, draw
+    try:
+        draw(recorder, path, report.file, report.packets)
+    except PlotError as e:
+        _fail(str(e))
+        return EXIT_UNREADABLE
+    return EXIT_OK
+
+
+def _inspect(a, src: Source, opts: Options, on_sigint, progress, recorder=None):
     """inspect_source with SIGINT turned into on_sigint() and --interval reports printed."""
     def on_interval(report, iv):
         if a.json:
@@ -246,7 +292,7 @@ def _inspect(a, src: Source, opts: Options, on_sigint, progress):
         on_sigint()
     old = signal.signal(signal.SIGINT, handler)
     try:
-        return inspect_source(src, opts, a.interval, on_interval, progress)
+        return inspect_source(src, opts, a.interval, on_interval, progress, recorder)
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -289,10 +335,11 @@ def _live(a, opts: Options) -> int:
     except LiveError as e:
         _fail(str(e))
         return EXIT_UNREADABLE
+    recorder = _recorder(a, opts)
     try:
         if a.duration is not None:
             cap.stop_after(a.duration)
-        report, interrupted = _inspect(a, cap.source, opts, cap.stop, None)
+        report, interrupted = _inspect(a, cap.source, opts, cap.stop, None, recorder)
     finally:
         cap.finish()
     failure = cap.failure()
@@ -310,7 +357,7 @@ def _live(a, opts: Options) -> int:
     if docs:
         json.dump(docs[0], sys.stdout, indent=2)
         print()
-    return status
+    return max(status, _draw(recorder, a.plot, report))
 
 
 def _show(a, opts: Options) -> int:

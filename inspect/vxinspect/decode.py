@@ -53,8 +53,12 @@ VX_ETH_IP4 = struct.Struct("!II6x6sHBxH2xHxB2xQ")
 M = 0xFFFF  # ones'-complement sums (RFC 1071) are sums modulo 0xFFFF
 
 
-def make_decoder(opts, tally, safety_net: bool = True):
+def make_decoder(opts, tally, safety_net: bool = True, series=None):
     """Return decode_batch(buf, records, first_number - 1) -> VXLAN packets in the batch.
+
+    With `series` (--plot: plot.Recorder.packet), series(no, outer IP length, inner
+    L3 length, vxlan) is called once for every VXLAN packet, and for every packet
+    the safety net caught; without it the loop pays one falsy test per VXLAN packet.
 
     With safety_net (the default), a struct.error or IndexError that a bound check
     missed counts as `truncated` and the batch goes on; without it the exception
@@ -143,6 +147,8 @@ def make_decoder(opts, tally, safety_net: bool = True):
                         continue
                     if o is True:  # a later fragment of a VXLAN datagram
                         vx += 1
+                        if series is not None:
+                            series(no, -1, -1, True)  # its length is the first fragment's
                         continue
                     q, u, src, dst, dp, ulen, ucs, tlen, wire_l3, complete, fragment, ipv6 = o
                 # 2. The UDP datagram at u, its length against the IP packet's.
@@ -253,10 +259,14 @@ def make_decoder(opts, tally, safety_net: bool = True):
                 if inner > f[2]:
                     f[2] = inner
                 vx += 1
+                if series is not None:
+                    series(no, tlen, inner, True)
             except net:
                 # A bound the checks above missed: the bytes ran out under a
                 # header. Count it as truncated and go on with the next packet.
                 hit("truncated", no)
+                if series is not None:  # it may have counted a VNI before it fell
+                    series(no, -1, -1, False)
         return vx
 
     return decode_batch

@@ -10,7 +10,9 @@ of the capture so far goes to `on_interval` together with what that interval
 alone held, and decoding goes on. Intervals are counted from the first packet's
 time; an interval in which no packet falls is not reported (a gap of days in a
 file would otherwise print thousands of empty reports). After every batch the
-optional `progress` hears how far the reader got. A read fault becomes
+optional `progress` hears how far the reader got. With a `recorder`
+(--plot: plot.Recorder) the decoder fills the recorder's tally and per-packet
+columns, and every batch's record times are added to it. A read fault becomes
 Report.error, a SIGINT (stream.Interrupted) the report so far; neither raises.
 """
 from __future__ import annotations
@@ -38,21 +40,27 @@ class Interval:
 
 
 def inspect_source(src: Source, opts: Options | None = None, interval: float | None = None,
-                   on_interval=None, progress=None) -> tuple[Report, bool]:
+                   on_interval=None, progress=None, recorder=None) -> tuple[Report, bool]:
     """(Report, interrupted): the whole input, or what came before a read fault or a stop."""
     opts = opts or Options()
-    tally = Tally()
-    decode_batch = make_decoder(opts, tally)
+    if recorder is None:
+        tally = Tally()
+        decode_batch = make_decoder(opts, tally)
+    else:
+        tally = recorder.tally
+        decode_batch = make_decoder(opts, tally, series=recorder.packet)
     packets = vxlan = 0
     error = None
     interrupted = False
-    stamps: list[float] | None = [] if interval else None
+    stamps: list[float] | None = [] if interval or recorder is not None else None
     t0 = None
     cur = 0  # index of the interval being filled
     mark = (0, 0)  # (packets, vxlan) when it began
     try:
         for buf, records in batches(src, stamps):
-            if stamps is None:
+            if recorder is not None:
+                recorder.add_times(stamps)
+            if not interval:
                 vxlan += decode_batch(buf, records, packets)
                 packets += len(records)
             else:
