@@ -212,7 +212,8 @@ def _main(argv) -> int:
                 if path != "-":
                     src.close()
         status = max(status, _emit(a, report, docs, k, interrupted))
-        status = max(status, _draw(recorder, a.plot, report))
+        if src is not None:  # a capture that could not be opened has no picture
+            status = max(status, _draw(recorder, a.plot, report))
         if interrupted:
             break
     if a.json and a.interval is None:
