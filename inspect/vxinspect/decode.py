@@ -36,6 +36,7 @@ import struct
 
 from vtep import inet, wire
 
+from .batchsum import INNER_IP_CS, INNER_L4_CS, IP_CS, SIMPLE, Pending
 from .capture import LINKTYPE_ETHERNET
 from .fragments import Fragments
 from .inner import L4_HEADER, Inner
@@ -76,11 +77,24 @@ def make_decoder(opts, tally, safety_net: bool = True):
     fb = int.from_bytes
     # The last L4 region summed ([a, b), residue): the outer UDP checksum covers
     # it again and reuses the sum instead of reading the bytes twice.
-    last = [-1, 0, 0]
-    # The slow paths, each run only for the packets that need it.
+    # last[3]: the index of its queued entry in `pending` (batchsum), or -1 when the
+    # slow path summed it on the spot (last[2] is then its residue).
+    last = [-1, 0, 0, -1]
+    # Checksums are queued per batch and summed at its end with numpy (batchsum).
+    pending = Pending(hit)
+    sq = pending.simple
+    sq_extend = sq.extend
+    uq_extend = pending.udp.extend
+    flush = pending.flush
+    routed = pending.routed_hit(hit)
+    # The slow paths, each run only for the packets that need it; their checksum
+    # failures go through the queue too, so that checks fire in packet order.
     fragments = Fragments(tally)
-    outer = Outer(opts, tally, fragments).parse
+    outer_paths = Outer(opts, tally, fragments)
+    outer_paths.hit = routed
+    outer = outer_paths.parse
     slow_inner = Inner(opts, tally, last, mtu4, mtu6)
+    slow_inner.hit = routed
     layer = slow_inner.layer
     inner_l4 = slow_inner.l4
     # --plan: its nodes, or None so that without a plan the loop pays one falsy test
@@ -116,6 +130,12 @@ def make_decoder(opts, tally, safety_net: bool = True):
         Returns how many were VXLAN.
         """
         vx = 0
+        try:
+            return walk(buf, records, no, vx)
+        finally:
+            flush(buf)  # the queued checksums, summed while buf still holds this batch
+
+    def walk(buf, records, no, vx):
         for p, end, orig, lt in records:
             no += 1
             try:
@@ -135,8 +155,8 @@ def make_decoder(opts, tally, safety_net: bool = True):
                     fragment = ipv6 = False
                     if not frag & df:
                         hit("df-clear", no)
-                    if check_cs and fb(buf[q:u], "big") % M:
-                        hit("ip-checksum", no)
+                    if check_cs:
+                        sq_extend((IP_CS, no, q, u, 0))
                 else:
                     o = outer(buf, p, end, orig, lt, no)
                     if o is None:
@@ -199,23 +219,19 @@ def make_decoder(opts, tally, safety_net: bool = True):
                     if itlen > (mtu6 if ipv6 else mtu4):
                         hit("inner-too-big", no)
                     a = v + inner_len  # the inner L4 header
-                    if check_cs and fb(buf[v + inner_ip_at:a], "big") % M:
-                        hit("inner-ip-checksum", no)
+                    if check_cs:
+                        sq_extend((INNER_IP_CS, no, v + inner_ip_at, a, 0))
                     n = b - a
                     if iproto == tcp or iproto == icmp or iproto == igmp:
                         if n < (tcp_min if iproto == tcp else icmp_min):
                             hit("truncated", no)
                         elif check_cs:
-                            r = fb(buf[a:b], "big") % M
                             last[0] = a
                             last[1] = b
-                            last[2] = r
-                            if n & 1:
-                                r <<= 8
-                            if iproto == tcp:  # ICMP and IGMP have no pseudo-header
-                                r += iaddrs + tcp + n
-                            if r % M:
-                                hit("inner-l4-checksum", no)
+                            last[3] = len(sq) // SIMPLE
+                            # ICMP and IGMP have no pseudo-header
+                            sq_extend((INNER_L4_CS, no, a, b,
+                                       (iaddrs + tcp + n) % M if iproto == tcp else 0))
                     elif check_cs or iproto == udp:  # inner UDP may carry VXLAN: nested
                         isrc = v + inner_src_at
                         inner_l4(buf, iproto, a, b, bytes(buf[isrc:isrc + 4]),
@@ -227,18 +243,17 @@ def make_decoder(opts, tally, safety_net: bool = True):
                 # 4. The outer UDP checksum, the flow, the plan.
                 if check_cs and ucs and complete and ue <= end:
                     pseudo = fb(src, "big") + fb(dst, "big") + udp + ulen
-                    a, b, r = last
+                    a, b, r, ref = last
                     if v <= a and b <= ue:
                         # RFC 1071 sums commute: reuse the inner L4 sum, weighting each
-                        # part by the parity of the bytes that follow it (256 when odd).
-                        s = (fb(buf[u:a], "big") * (256 if (ue - a) & 1 else 1)
-                             + r * (256 if (ue - b) & 1 else 1) + fb(buf[b:ue], "big"))
+                        # part by the parity of the bytes before it (256 when odd).
+                        wa = 256 if (a - u) & 1 else 1
+                        if ref < 0:  # summed on the spot: its residue, end-aligned
+                            pseudo += (r << 8 if (b - a) & 1 else r) * wa
+                        uq_extend((no, u, a, b, ue, ref, wa, 256 if (b - u) & 1 else 1,
+                                   pseudo % M))
                     else:
-                        s = fb(buf[u:ue], "big")
-                    if ulen & 1:
-                        s <<= 8
-                    if (s + pseudo) % M:
-                        hit("udp-checksum", no)
+                        uq_extend((no, u, ue, ue, ue, -1, 1, 1, pseudo % M))
                 key = (src, dst)
                 f = flows.get(key)
                 if f is None:
