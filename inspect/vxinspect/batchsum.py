@@ -25,8 +25,8 @@ M = 0xFFFF
 CHECK_IDS = ("ip-checksum", "inner-ip-checksum", "inner-l4-checksum", "udp-checksum")
 IP_CS, INNER_IP_CS, INNER_L4_CS, UDP_CS = range(4)
 CODE = {cid: i for i, cid in enumerate(CHECK_IDS)}
-SIMPLE = 5  # ints per queued simple entry: check, packet, start, end, constant
-UDPN = 9    # ... per UDP entry: packet, u, a, b, ue, ref, ref weight, b weight, constant
+SIMPLE, COMBINED, UDPN = 5, 7, 7  # ints per entry of each queue (see Pending)
+IPV4_HLEN = 20  # the common layer's inner IPv4 header, just before its L4 segment
 
 
 def range_sums(buf, starts, ends) -> np.ndarray:
@@ -40,18 +40,28 @@ def range_sums(buf, starts, ends) -> np.ndarray:
     if not len(x):
         return np.zeros(0, dtype=np.uint64)
     y = np.maximum(x, y)
-    nbytes = len(buf)
-    # One view: the buffer as big-endian words at even offsets, widened once to
-    # uint64 (reduceat on the narrow type re-casts per range, which costs more).
-    # Byte j then weighs 256 when j is even, 1 when odd. A range [x, y) is summed
-    # over the words that cover it, minus the byte before x (x odd) and the byte
-    # after y (y odd); a range starting at an odd offset wants the opposite
-    # weights, which is the same sum times 256 (256 * 256 == 1 mod 0xFFFF).
-    b = np.frombuffer(buf, dtype=np.uint8, count=nbytes)
-    if nbytes & 1:  # the byte after an odd end must exist
-        b = np.concatenate((b, np.zeros(1, dtype=np.uint8)))
-    # One zero word after the last: reduceat wants every index inside the array.
-    words = np.empty(len(b) // 2 + 1, dtype=np.uint64)
+    # Only the span the ranges cover (from an even offset, to one byte past the
+    # last end: the byte after an odd end is read), zero-padded past the buffer.
+    empty = y == x
+    if empty.all():
+        return np.zeros(len(x), dtype=np.uint64)
+    lo = int(x[~empty].min()) & ~1
+    x = np.where(empty, lo, x)  # an empty range anywhere (a slow path's failure: 0, 0)
+    y = np.where(empty, lo, y)  # sums to 0 at lo
+    need = (int(y.max()) + 2 - lo) & ~1
+    b = np.frombuffer(buf, dtype=np.uint8, count=len(buf))[lo:lo + need]
+    if len(b) < need:
+        b = np.concatenate((b, np.zeros(need - len(b), dtype=np.uint8)))
+    x = x - lo
+    y = y - lo
+    # The span as big-endian words, widened once to uint64 (reduceat on the narrow
+    # type re-casts per range, which costs more), with one zero word after the last:
+    # reduceat wants every index inside the array. Byte j then weighs 256 when j
+    # is even, 1 when odd. A range [x, y) is summed over the words that cover it,
+    # minus the byte before x (x odd) and the byte after y (y odd); a range that
+    # starts at an odd offset wants the opposite weights, which is the same sum
+    # times 256 (256 * 256 == 1 mod 0xFFFF).
+    words = np.empty(need // 2 + 1, dtype=np.uint64)
     words[:-1] = b.view(">u2")
     words[-1] = 0
     ws = x >> 1
@@ -77,12 +87,28 @@ def range_sums(buf, starts, ends) -> np.ndarray:
 
 
 class Pending:
-    """One decoder's queue of checksum verifications, flushed at the end of each batch."""
+    """One decoder's queues of checksum verifications, summed a slice at a time.
+
+    Three queues of flat ints (one list.extend per entry is the cheapest way to
+    queue from the decoder's loop):
+      simple:   check, packet, start, end, constant -- one header or L4 segment; a
+                slow path's failure is an entry that cannot verify (constant 1)
+      combined: packet, u, a, b, ue, L4 constant, UDP constant -- the common layer:
+                inner IPv4 header [a - 20, a), L4 segment [a, b) and, when u >= 0,
+                the outer UDP datagram [u, ue) = [u, a - 20) + those two + [b, ue)
+      udp:      packet, u, a, b, ue, weight of [b, ue), constant -- an outer UDP
+                datagram [u, ue) around a segment [a, b) the slow path summed (its
+                residue is in the constant), or a == b == ue
+    Every check fires in ascending packet order, as when each packet was summed on
+    its own: failures from the three queues are merged by packet number.
+    """
 
     def __init__(self, hit):
         self.hit = hit
-        self.simple: list[int] = []  # SIMPLE ints per entry
-        self.udp: list[int] = []     # UDPN ints per entry
+        self.simple: list[int] = []
+        self.combined: list[int] = []
+        self.udp: list[int] = []
+        self.done: list = []  # per summed slice: its failures, [(packet, check id)]
 
     def fail(self, cid: str, no: int) -> None:
         """A slow path found check `cid` failing on packet `no`: queue it in its place."""
@@ -99,37 +125,75 @@ class Pending:
                 hit(cid, no)
         return routed
 
-    def flush(self, buf) -> None:
-        """Sum what is queued against `buf` (the batch just decoded) and fire the failures."""
-        simple, udp = self.simple, self.udp
-        if not simple and not udp:
+    def submit(self, buf) -> None:
+        """Sum what is queued so far against `buf`; keep the failures for flush."""
+        simple, combined, udp = self.simple, self.combined, self.udp
+        if not simple and not combined and not udp:
             return
-        hit = self.hit
         # The decoder holds bound extend()s of these lists: emptied in place.
-        s = np.array(simple, dtype=np.int64).reshape(-1, SIMPLE)
-        d = np.array(udp, dtype=np.int64).reshape(-1, UDPN)
+        self.done.append(failures(buf, simple, combined, udp))
         simple.clear()
+        combined.clear()
         udp.clear()
-        k = len(s)
-        starts, ends = s[:, 2], s[:, 3]
-        if len(d):
-            # [u, a) and [b, ue): the parts of the datagram around the reused L4
-            # segment (a == b == ue when there is none: the datagram is [u, a)).
-            starts = np.concatenate((starts, d[:, 1], d[:, 3]))
-            ends = np.concatenate((ends, d[:, 2], d[:, 4]))
-        sums = range_sums(buf, starts, ends)
-        ssum = sums[:k]
-        total = ssum + s[:, 4].astype(np.uint64)
-        for i in np.flatnonzero(total % np.uint64(M)).tolist():
-            hit(CHECK_IDS[s[i, 0]], int(s[i, 1]))
-        if not len(d):
-            return
-        n = len(d)
-        head, rest = sums[k:k + n], sums[k + n:]
-        ref = d[:, 5]
-        mid = ssum[np.maximum(ref, 0)] if k else np.zeros(n, dtype=np.uint64)
-        mid[ref < 0] = 0
-        total = (head + mid * d[:, 6].astype(np.uint64)
-                 + rest * d[:, 7].astype(np.uint64) + d[:, 8].astype(np.uint64))
-        for i in np.flatnonzero(total % np.uint64(M)).tolist():
-            hit("udp-checksum", int(d[i, 0]))
+
+    def flush(self, buf) -> None:
+        """Sum the rest of the batch's queue against `buf` (the batch just decoded) and
+        fire the failures of the whole batch in packet order."""
+        self.submit(buf)
+        done, self.done = self.done, []
+        hit = self.hit
+        for part in done:
+            for no, cid in part:
+                hit(cid, no)
+
+
+def failures(buf, simple: list, combined: list, udp: list) -> list:
+    """[(packet number, check id)] of the queued verifications that fail, by packet."""
+    s = np.array(simple, dtype=np.int64).reshape(-1, SIMPLE)
+    c = np.array(combined, dtype=np.int64).reshape(-1, COMBINED)
+    d = np.array(udp, dtype=np.int64).reshape(-1, UDPN)
+    ns, nc, nd = len(s), len(c), len(d)
+    ca, cb, cu = c[:, 2], c[:, 3], c[:, 1]
+    cu_ok = cu >= 0
+    cu0 = np.where(cu_ok, cu, ca)  # no UDP check: an empty head
+    # All ranges at once: simple; combined inner header, L4, UDP head [u, u + 30)
+    # and rest [b, ue); udp [u, a) and [b, ue).
+    starts = np.concatenate((s[:, 2], ca - IPV4_HLEN, ca, cu0, cb, d[:, 1], d[:, 3]))
+    ends = np.concatenate((s[:, 3], ca, cb, np.where(cu_ok, ca - IPV4_HLEN, ca),
+                           c[:, 4], d[:, 2], d[:, 4]))
+    sums = range_sums(buf, starts, ends)
+    k = 0
+    out = []
+    m = np.uint64(M)
+
+    def take(n):
+        nonlocal k
+        k += n
+        return sums[k - n:k]
+
+    total = take(ns) + s[:, 4].astype(np.uint64)
+    for i in np.flatnonzero(total % m).tolist():
+        out.append((int(s[i, 1]), CHECK_IDS[s[i, 0]]))
+    if nc:
+        hdr, l4, head, rest = take(nc), take(nc), take(nc), take(nc)
+        cno = c[:, 0].tolist()
+        for i in np.flatnonzero(hdr).tolist():
+            out.append((cno[i], "inner-ip-checksum"))
+        for i in np.flatnonzero((l4 + c[:, 5].astype(np.uint64)) % m).tolist():
+            out.append((cno[i], "inner-l4-checksum"))
+        # the header and the L4 segment start at even distances from u (30, 50)
+        wb = np.where((cb - cu0) & 1, 256, 1).astype(np.uint64)
+        total = head + hdr + l4 + rest * wb + c[:, 6].astype(np.uint64)
+        for i in np.flatnonzero(cu_ok & (total % m != 0)).tolist():
+            out.append((cno[i], "udp-checksum"))
+    if nd:
+        head, rest = take(nd), take(nd)
+        total = head + rest * d[:, 5].astype(np.uint64) + d[:, 6].astype(np.uint64)
+        for i in np.flatnonzero(total % m).tolist():
+            out.append((int(d[i, 0]), "udp-checksum"))
+    out.sort(key=_packet)  # stable: one packet's checks keep their order
+    return out
+
+
+def _packet(failure):
+    return failure[0]

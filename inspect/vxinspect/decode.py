@@ -36,7 +36,7 @@ import struct
 
 from vtep import inet, wire
 
-from .batchsum import INNER_IP_CS, INNER_L4_CS, IP_CS, SIMPLE, Pending
+from .batchsum import INNER_IP_CS, IP_CS, Pending
 from .capture import LINKTYPE_ETHERNET
 from .fragments import Fragments
 from .inner import L4_HEADER, Inner
@@ -51,6 +51,7 @@ ETH_IP4_UDP = struct.Struct("!12xHBxH2xHxB2x4s4s2xHHH")
 # version/IHL, total length, flags/offset, protocol, both addresses as one number: the
 # pseudo-header's address sum modulo 0xFFFF)
 VX_ETH_IP4 = struct.Struct("!II6x6sHBxH2xHxB2xQ")
+SLICE = 1024  # packets walked between hand-overs to the summing thread
 M = 0xFFFF  # ones'-complement sums (RFC 1071) are sums modulo 0xFFFF
 
 
@@ -75,17 +76,17 @@ def make_decoder(opts, tally, safety_net: bool = True):
     flows = tally.flows
     macs = tally.macs
     fb = int.from_bytes
-    # The last L4 region summed ([a, b), residue): the outer UDP checksum covers
-    # it again and reuses the sum instead of reading the bytes twice.
-    # last[3]: the index of its queued entry in `pending` (batchsum), or -1 when the
-    # slow path summed it on the spot (last[2] is then its residue).
-    last = [-1, 0, 0, -1]
-    # Checksums are queued per batch and summed at its end with numpy (batchsum).
+    # The last L4 region the slow path summed ([a, b), residue): the outer UDP
+    # checksum covers it again and reuses the sum instead of reading the bytes twice.
+    last = [-1, 0, 0]
+    # Checksums are queued and summed a slice of the batch at a time with numpy
+    # (batchsum): the common layer's three in one entry, the others one by one.
     pending = Pending(hit)
-    sq = pending.simple
-    sq_extend = sq.extend
+    sq_extend = pending.simple.extend
+    cq_extend = pending.combined.extend
     uq_extend = pending.udp.extend
     flush = pending.flush
+    submit = pending.submit
     routed = pending.routed_hit(hit)
     # The slow paths, each run only for the packets that need it; their checksum
     # failures go through the queue too, so that checks fire in packet order.
@@ -131,11 +132,19 @@ def make_decoder(opts, tally, safety_net: bool = True):
         """
         vx = 0
         try:
-            return walk(buf, records, no, vx)
+            if not check_cs or len(records) <= SLICE:
+                return walk(buf, records, no, 0)
+            # In slices: the summing thread sums one slice's checksums while this
+            # thread walks the next.
+            for i in range(0, len(records), SLICE):
+                vx = walk(buf, records[i:i + SLICE], no + i, vx)
+                submit(buf)
+            return vx
         finally:
             flush(buf)  # the queued checksums, summed while buf still holds this batch
 
     def walk(buf, records, no, vx):
+        combo = -1  # the common layer's L4 constant while its combined entry waits
         for p, end, orig, lt in records:
             no += 1
             try:
@@ -219,20 +228,20 @@ def make_decoder(opts, tally, safety_net: bool = True):
                     if itlen > (mtu6 if ipv6 else mtu4):
                         hit("inner-too-big", no)
                     a = v + inner_len  # the inner L4 header
-                    if check_cs:
-                        sq_extend((INNER_IP_CS, no, v + inner_ip_at, a, 0))
                     n = b - a
                     if iproto == tcp or iproto == icmp or iproto == igmp:
                         if n < (tcp_min if iproto == tcp else icmp_min):
                             hit("truncated", no)
+                            if check_cs:
+                                sq_extend((INNER_IP_CS, no, v + inner_ip_at, a, 0))
                         elif check_cs:
-                            last[0] = a
-                            last[1] = b
-                            last[3] = len(sq) // SIMPLE
-                            # ICMP and IGMP have no pseudo-header
-                            sq_extend((INNER_L4_CS, no, a, b,
-                                       (iaddrs + tcp + n) % M if iproto == tcp else 0))
-                    elif check_cs or iproto == udp:  # inner UDP may carry VXLAN: nested
+                            # The inner IPv4 header and L4 checksums (and the outer UDP
+                            # one below) go in one combined entry, queued in step 4.
+                            # ICMP and IGMP have no pseudo-header.
+                            combo = (iaddrs + tcp + n) % M if iproto == tcp else 0
+                    elif check_cs or iproto == udp:
+                        if check_cs:
+                            sq_extend((INNER_IP_CS, no, v + inner_ip_at, a, 0))  # inner UDP may carry VXLAN: nested
                         isrc = v + inner_src_at
                         inner_l4(buf, iproto, a, b, bytes(buf[isrc:isrc + 4]),
                                  iaddrs if check_cs else 0, no, 1, False, complete and ue <= stop)
@@ -241,19 +250,25 @@ def make_decoder(opts, tally, safety_net: bool = True):
                 else:
                     inner = layer(buf, v, stop, complete and ue <= stop, no, 1, src, ipv6, dp)
                 # 4. The outer UDP checksum, the flow, the plan.
-                if check_cs and ucs and complete and ue <= end:
-                    pseudo = fb(src, "big") + fb(dst, "big") + udp + ulen
-                    a, b, r, ref = last
-                    if v <= a and b <= ue:
-                        # RFC 1071 sums commute: reuse the inner L4 sum, weighting each
-                        # part by the parity of the bytes before it (256 when odd).
-                        wa = 256 if (a - u) & 1 else 1
-                        if ref < 0:  # summed on the spot: its residue, end-aligned
-                            pseudo += (r << 8 if (b - a) & 1 else r) * wa
-                        uq_extend((no, u, a, b, ue, ref, wa, 256 if (b - u) & 1 else 1,
-                                   pseudo % M))
+                if combo >= 0:
+                    if ucs and complete and b <= ue <= end:
+                        cq_extend((no, u, a, b, ue, combo,
+                                   (fb(src, "big") + fb(dst, "big") + udp + ulen) % M))
                     else:
-                        uq_extend((no, u, ue, ue, ue, -1, 1, 1, pseudo % M))
+                        cq_extend((no, -1, a, b, b, combo, 0))
+                    combo = -1
+                elif check_cs and ucs and complete and ue <= end:
+                    pseudo = fb(src, "big") + fb(dst, "big") + udp + ulen
+                    a, b, r = last
+                    if v <= a and b <= ue:
+                        # RFC 1071 sums commute: reuse the inner L4 sum (summed by the
+                        # slow path; its residue r is end-aligned), weighting each part
+                        # by the parity of the bytes before it (256 when odd).
+                        wa = 256 if (a - u) & 1 else 1
+                        uq_extend((no, u, a, b, ue, 256 if (b - u) & 1 else 1,
+                                   (pseudo + (r << 8 if (b - a) & 1 else r) * wa) % M))
+                    else:
+                        uq_extend((no, u, ue, ue, ue, 1, pseudo % M))
                 key = (src, dst)
                 f = flows.get(key)
                 if f is None:
@@ -272,6 +287,9 @@ def make_decoder(opts, tally, safety_net: bool = True):
                 # A bound the checks above missed: the bytes ran out under a
                 # header. Count it as truncated and go on with the next packet.
                 hit("truncated", no)
+                if combo >= 0:  # the checks summed so far still count
+                    cq_extend((no, -1, a, b, b, combo, 0))
+                    combo = -1
         return vx
 
     return decode_batch

@@ -59,7 +59,6 @@ class Inner:
         last[0] = a
         last[1] = b
         last[2] = r
-        last[3] = -1  # summed here, not queued (batchsum)
         if (b - a) & 1:
             r <<= 8
         return (r + pseudo) % M == 0
