@@ -1,20 +1,23 @@
-"""Batched RFC 1071 sums: the decoder's checksums, summed a batch at a time with numpy.
+"""Batched RFC 1071 sums: the decoder's checksums, summed a slice at a time with numpy.
 
 How data flows: while decode.make_decoder's loop walks a batch it does not sum
-checksummed bytes itself; it queues each verification here (`Pending.queue`
-for a header or an L4 segment, `Pending.queue_udp` for the outer UDP datagram,
-which reuses a queued L4 segment's sum) with the pseudo-header already folded
-into a small constant. The slow paths (outer.Outer, inner.Inner) still sum
-their rare packets on the spot, but their failures go through the same queue
-(`Pending.fail`), so that every checksum check reaches Tally.hit in packet
-order. At the end of the batch `Pending.flush` sums every queued byte range at
-once (`range_sums`: the batch buffer viewed as big-endian 16-bit words at even
-and at odd offsets, one np.add.reduceat per view) and fires the checks whose
-sums do not verify, in the order they were queued. The report is therefore
-exactly the one a per-packet sum gives: same checks, same packets, same order.
+checksummed bytes itself; it queues each verification here, as flat ints in the
+three lists of `Pending` (see its docstring), with the pseudo-header already
+folded into a small constant. The slow paths (outer.Outer, inner.Inner) still
+sum their rare packets on the spot, but their failures go through the same
+queue (`Pending.fail`). After each slice of a batch (`Pending.submit`) every
+queued byte range is summed at once (`range_sums`: the span of the batch buffer
+the slice covers, as big-endian 16-bit words widened to uint64, one
+np.add.reduceat), and the failing verifications are kept; at the end of the
+batch (`Pending.flush`) they fire through Tally.hit in packet order. The report
+is therefore exactly the one a per-packet sum gives: same checks, same packets,
+same order, same counts.
 
 Why: `int.from_bytes(...) % 0xFFFF` costs ~3 us for a 1400-byte segment, most
-of it the bignum modulo; reduceat sums the same words in a fraction of that.
+of it the bignum modulo, and the loop paid it twice or three times per packet;
+reduceat sums the same words for a fraction of that, and one list.extend per
+verification is what the loop pays instead. (A summing thread beside the loop
+was measured and lost: the GIL hands over too rarely for it to overlap.)
 """
 from __future__ import annotations
 
