@@ -183,6 +183,22 @@ def test_interval_skips_empty_intervals(tmp_path):
     assert ivs[-1] is None
 
 
+
+def interrupt(p) -> tuple[bytes, bytes]:
+    """SIGINT to a `vxinspect -` whose stdin stays open (the end comes from the signal,
+    not from EOF); its stdout and stderr."""
+    p.send_signal(signal.SIGINT)
+    p.wait(30)
+    out, err = p.stdout.read(), p.stderr.read()
+    p.stdin.close()
+    return out, err
+
+
+def reap(p) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
 def test_sigint_mid_stream_gives_the_report_so_far():
     frames = frames_at(6)
     head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
@@ -198,14 +214,9 @@ def test_sigint_mid_stream_gives_the_report_so_far():
         first = json.loads(p.stdout.readline())
         assert first["interval"]["index"] == 0
         time.sleep(0.3)
-        p.send_signal(signal.SIGINT)
-        p.wait(30)  # stdin stays open: the end comes from the signal, not from EOF
-        out, err = p.stdout.read(), p.stderr.read()
-        p.stdin.close()
+        out, err = interrupt(p)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        reap(p)
     assert err == b"", err
     docs = [json.loads(x) for x in out.splitlines()]
     last = docs[-1]
@@ -221,14 +232,9 @@ def test_sigint_text_and_exit_code_of_an_error_check(tmp_path):
         p.stdin.write(data)  # whole records, the stream stays open
         p.stdin.flush()
         time.sleep(1.5)
-        p.send_signal(signal.SIGINT)
-        p.wait(30)  # stdin stays open: the end comes from the signal, not from EOF
-        out, err = p.stdout.read(), p.stderr.read()
-        p.stdin.close()
+        out, err = interrupt(p)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        reap(p)
     assert p.returncode == 1 and err == b""
     assert b"interrupted: the report covers the" in out and b"verdict: FAIL" in out
 
