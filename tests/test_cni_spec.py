@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from vtep import owner
 from vtep.cni import netconf, plugin, spec
 from vtep.cni.spec import CniError
 from vtep.status import netns_inode
@@ -546,6 +547,14 @@ def status_conf(tmp_path, node=None) -> netconf.Conf:
     return netconf.Conf(name="podnet", node=node, state_dir=str(tmp_path), device=DEVICE)
 
 
+@pytest.fixture
+def agent():
+    """A live agent's claim on DEVICE in this network namespace, as `vtep run` holds it
+    (vtep.owner.Claim): what the status source takes for "the agent runs"."""
+    with owner.Claim(DEVICE):
+        yield
+
+
 def status_refused(conf, code) -> str:
     with pytest.raises(CniError) as info:
         netconf.from_status(conf)
@@ -554,7 +563,7 @@ def status_refused(conf, code) -> str:
 
 
 @pytest.mark.parametrize("named", [False, True])
-def test_from_status_happy_path(tmp_path, named):
+def test_from_status_happy_path(agent, tmp_path, named):
     write_status(tmp_path, "vxt0.n1.json", status_doc())
     net = netconf.from_status(status_conf(tmp_path, "n1" if named else None))
     assert net.node.name == "n1"
@@ -565,7 +574,7 @@ def test_from_status_happy_path(tmp_path, named):
     assert str(tmp_path / "vxt0.n1.json") in net.source
 
 
-def test_from_status_ignores_other_devices_and_the_writers_temp_files(tmp_path):
+def test_from_status_ignores_other_devices_and_the_writers_temp_files(agent, tmp_path):
     # vtep.status writes "<file>.<pid>.tmp" then renames it; another device's agent has
     # its own file. Neither is a second agent of this device.
     write_status(tmp_path, "vxt0.n1.json", status_doc())
@@ -605,7 +614,7 @@ def test_from_status_no_file_is_code_11_naming_the_dir(tmp_path, node):
     assert str(tmp_path) in details
 
 
-def test_from_status_two_files_without_node_is_code_7_listing_both(tmp_path):
+def test_from_status_two_files_without_node_is_code_7_listing_both(agent, tmp_path):
     write_status(tmp_path, "vxt0.n1.json", status_doc(node="n1"))
     write_status(tmp_path, "vxt0.n2.json", status_doc(node="n2"))
     details = status_refused(status_conf(tmp_path), 7)
@@ -633,7 +642,7 @@ def test_from_status_file_not_json_is_code_11(tmp_path):
     status_refused(status_conf(tmp_path), 11)
 
 
-def test_from_status_another_netns_is_code_7(tmp_path):
+def test_from_status_another_netns_is_code_7(agent, tmp_path):
     write_status(tmp_path, "vxt0.n1.json", status_doc(netns=netns_inode() + 1))
     details = status_refused(status_conf(tmp_path), 7)
     assert "namespace" in details
@@ -801,3 +810,10 @@ def test_two_different_requested_ips_are_code_7_naming_both(keys, args):
         plugin.requested_ip(add_request(keys, args))
     assert info.value.code == 7
     assert "10.244.1.9" in info.value.details and "10.244.1.10" in info.value.details
+
+
+def test_from_status_trusts_the_claim_not_the_pid_in_the_file(agent, tmp_path):
+    """An agent in a container of its own wrote its pid as its PID namespace numbers it
+    (1, say): what counts is that an agent claims the device in this network namespace."""
+    write_status(tmp_path, "vxt0.n1.json", status_doc(pid=1))
+    assert netconf.from_status(status_conf(tmp_path)).node.name == "n1"

@@ -23,9 +23,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from .. import host, plan as planlib
+from .. import host, owner, plan as planlib
 from ..config import DEFAULT_DEVICE, DEFAULT_STATE_DIR
-from ..netns import alive
 from ..status import netns_inode
 from .spec import (INVALID_CONFIG, TRY_AGAIN_LATER, UNSUPPORTED_FIELD, CniError)
 
@@ -153,18 +152,6 @@ def status_files(conf: Conf) -> list[str]:
     return found
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie: an agent killed with SIGKILL whose parent is gone stays
-    a zombie until init reaps it, and holds nothing meanwhile."""
-    if not alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def from_status(conf: Conf) -> NodeNet:
     """The facts the running agent published (vtep.daemon writes "network")."""
     found = status_files(conf)
@@ -191,9 +178,14 @@ def from_status(conf: Conf) -> NodeNet:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CniError(TRY_AGAIN_LATER, f"{path}: no network facts in it ({type(e).__name__}: "
                        f"{e}); an agent older than the plugin? restart `vtep run`")
-    if not _running(pid):
-        raise CniError(TRY_AGAIN_LATER, f"{path}: the agent that wrote it (pid {pid}) is not "
-                                        "running; start `vtep run`, then retry")
+    # Liveness by the agent's device claim (vtep.owner: an abstract socket of this network
+    # namespace), not by the pid in the file: an agent in a container of its own (a
+    # DaemonSet without hostPID) wrote its pid as its PID namespace numbers it, often 1,
+    # which names some other process here.
+    if owner.holder(conf.device) is None:
+        raise CniError(TRY_AGAIN_LATER, f"{path}: no agent manages {conf.device} in this "
+                                        f"network namespace now (the file names pid {pid}); "
+                                        "start `vtep run`, then retry")
     if ns is not None and ns != netns_inode():
         raise CniError(INVALID_CONFIG, f"{path}: written by an agent in another network "
                                        "namespace; run the plugin in the node's namespace")
