@@ -8,12 +8,14 @@ and the plan (port 4789, the router at 192.168.1.213)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from seedlab import VTEP, Vtep
+from seedlab import VTEP, Vtep, wait_for
+from test_etcd_netns import TTL, etcd_lab, pair, routes, vtep_address  # noqa: F401 (a fixture)
 from vtep.lab import seed
 
 pytestmark = pytest.mark.netns
@@ -240,3 +242,26 @@ def test_a_healthy_mixed_pair_over_an_ipv6_underlay(netns_prefix, tmp_path):
             ids = {f["id"]: f["severity"] for f in doc["findings"]}
             assert code == 0 and ids["probe.tunnel"] == "ok", (node, doc)
             assert "device.df" not in ids     # DF is IPv4's
+
+
+def test_a_dead_agent_of_an_etcd_cluster(etcd_lab, tmp_path):
+    """kill -9 the agent of network-2 in an etcd cluster: once its lease expired the
+    store no longer lists it, yet `vtep doctor --etcd URL --node network-2` still checks
+    it (against its reserved subnet and the device the agent left) and says why."""
+    t, srv = etcd_lab
+    a1, a2 = pair(t, srv, tmp_path)
+    try:
+        a2.signal(signal.SIGKILL)
+        a2.p.wait(timeout=10)
+        assert wait_for(lambda: routes(t["network-1"]) == [], TTL + 10) is not None
+        r = t["network-2"].cmd(VTEP + ["doctor", "--etcd", srv.url, "--node", "network-2",
+                                       "--state-dir", str(a2.state_dir), "--json"],
+                               check=False, timeout=120)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        found = {f["id"]: f for f in json.loads(r.stdout)["findings"]}
+        assert "agent.not-a-member" in found and "agent.not-running" in found, found
+        assert vtep_address(t["network-2"]).rsplit(".", 1)[0] in \
+            found["agent.not-a-member"]["saw"]          # its reserved subnet, named
+        assert found["device.identity"]["severity"] == "ok"   # the device it left
+    finally:
+        assert a1.stop() == 0, a1.output()
