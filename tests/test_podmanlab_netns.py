@@ -230,27 +230,31 @@ def test_stop_leaves_nothing_after_failures(netns_prefix, tmp_path):
         pm.stop()   # twice: harmless
         assert_nothing_left(pm, before, prefix, tmp_path / "plugin", seen, topo)
 
-        pm = Podman(n1, tmp_path / "conmon", PLUGINS, CONFLIST)
-        try:
-            pm.start()
-            pm.run("a", SLEEP)
-            seen = _seen(pm)
+        def harmed(name, harm):
+            """A container started, then `harm(pm, seen)`, then stop()."""
+            pm = Podman(n1, tmp_path / name, PLUGINS, CONFLIST)
+            try:
+                pm.start()
+                pm.run("a", SLEEP)
+                seen = _seen(pm)
+                harm(pm, seen)
+            finally:
+                pm.stop()
+            return pm, seen
+
+        def kill_conmon(pm, seen):
             for pid, _ in seen:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "conmon":
                     os.kill(pid, signal.SIGKILL)
-        finally:
-            pm.stop()
-        assert_nothing_left(pm, before, prefix, tmp_path / "conmon", seen, topo)
 
-        pm = Podman(n1, tmp_path / "keeper", PLUGINS, CONFLIST)
-        try:
-            pm.start()
-            pm.run("a", SLEEP)
-            seen = _seen(pm)
+        def kill_keeper(pm, seen):
             pm.keeper.kill()
             pm.keeper.wait()
-        finally:
-            pm.stop()
+
+        pm, seen = harmed("conmon", kill_conmon)
+        assert_nothing_left(pm, before, prefix, tmp_path / "conmon", seen, topo)
+
+        pm, seen = harmed("keeper", kill_keeper)
         assert pm.stop_errors[0] == "the keeper had ended (exit -9) before stop()"
         pm.stop_errors = [e for e in pm.stop_errors if not e.endswith("killed")][1:]
         assert_nothing_left(pm, before, prefix, tmp_path / "keeper", seen, topo)

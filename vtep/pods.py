@@ -412,7 +412,7 @@ def add(args) -> dict:
             attach(node, ns_path, rec["veth"], ip, mtu, args.bridge)
         except BaseException as e:
             if old is None:  # nothing half-configured: undo what this call made
-                _quietly(remove_veth, rec["veth"])
+                quietly(remove_veth, rec["veth"])
             if make_ns:
                 _delete_netns(args.name)
             unreserve(store, args.name, old)
@@ -439,10 +439,10 @@ def unreserve(store: PodStore, key: str, old: dict | None) -> None:
         store.pods.pop(key, None)
     else:
         store.pods[key] = old
-    _quietly(store.save)
+    quietly(store.save)
 
 
-def _quietly(fn, *a) -> None:
+def quietly(fn, *a) -> None:
     try:
         fn(*a)
     except (OSError, VtepError):

@@ -116,7 +116,7 @@ def add(req: Request, conf: netconf.Conf) -> dict:
                                req.ifname, route)
         except BaseException as e:
             if old is None or moved:   # nothing half-made: undo what this call made
-                pods._quietly(pods.remove_veth, new["veth"])
+                pods.quietly(pods.remove_veth, new["veth"])
             pods.unreserve(store, req.key, None if moved else old)
             if isinstance(e, VtepError):
                 raise

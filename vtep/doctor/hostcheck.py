@@ -261,7 +261,8 @@ def _ipt_port(spec: str, port: int) -> bool:
     return False
 
 
-def _run(argv: list[str]) -> str | None:
+def output(argv: list[str]) -> str | None:
+    """A tool's stdout, or None when it is missing, fails or hangs."""
     if not shutil.which(argv[0]):
         return None
     try:
@@ -274,7 +275,7 @@ def _run(argv: list[str]) -> str | None:
 def firewall(f: Facts) -> list[Finding]:
     port, v6 = f.plan.port, f.plan.ipv6_underlay
     sure, maybe = [], []
-    text = _run(["nft", "-j", "list", "ruleset"])
+    text = output(["nft", "-j", "list", "ruleset"])
     if text:
         try:
             a, b = nft_findings(json.loads(text), port,
@@ -283,7 +284,7 @@ def firewall(f: Facts) -> list[Finding]:
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
     tool = "ip6tables-save" if v6 else "iptables-save"
-    save = _run([tool])
+    save = output([tool])
     if save:
         a, b = iptables_findings(save, port, tool.removesuffix("-save"))
         sure += [x for x in a if x not in sure]
@@ -316,12 +317,12 @@ def offload(f: Facts) -> list[Finding]:
     guide). Without NAT the bug has nothing to act on."""
     if f.dev is None or f.mode != "kernel":
         return []
-    k = _run(["ethtool", "-k", f.device])
+    k = output(["ethtool", "-k", f.device])
     if k is None:
         return [Finding("host.checksum-offload", "info", f"could not read {f.device}'s "
                         "offloads (ethtool missing or refused)", "", "")]
     on = re.search(r"^tx-checksum-ip-generic: on", k, re.M) is not None
-    nat = any(NAT.search(_run(argv) or "") for argv in
+    nat = any(NAT.search(output(argv) or "") for argv in
               (["nft", "-j", "list", "ruleset"], ["iptables-save", "-t", "nat"]))
     if on and nat:
         return [Finding("host.checksum-offload", "warning",

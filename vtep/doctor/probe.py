@@ -24,6 +24,7 @@ from ..errors import VtepError
 from ..inet import IPV4_HLEN, ICMP_HLEN
 from .facts import Facts
 from .finding import Finding, ok
+from .hostcheck import output
 
 PING_WAIT = 2          # s per reply
 CAPTURE_LIMIT = 64     # packets
@@ -243,7 +244,7 @@ def _judge(f: Facts, pcap: str):
     if not os.path.exists(pcap) or os.path.getsize(pcap) < 24:
         return None
     from vxinspect.analyze import Options, inspect_file
-    k = _ethtool(f.under.dev)
+    k = output(["ethtool", "-k", f.under.dev])
     judge = k is not None and re.search(r"^tx-checksumming: off", k, re.M) is not None
     opts = Options(vnis=frozenset({f.plan.vni}), underlay_mtu=f.under.mtu,
                    mtu=f.dev.mtu if f.dev and f.dev.mtu else f.want.device.mtu,
@@ -251,12 +252,6 @@ def _judge(f: Facts, pcap: str):
     return inspect_file(pcap, opts)
 
 
-def _ethtool(dev: str) -> str | None:
-    try:
-        r = subprocess.run(["ethtool", "-k", dev], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout if r.returncode == 0 else None
 
 
 def _directions(report, me: str, peer: str) -> tuple[int, int]:
