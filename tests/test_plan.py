@@ -523,7 +523,7 @@ def without(data, *where) -> dict:
 @pytest.mark.parametrize("data,line", [
     ({**seed_dict(), "clusters": {}},
      "p.toml: clusters: unknown section (expected [cluster] and [[nodes]])"),
-    (with_cluster(vnii=3), "p.toml: cluster.vnii: unknown field (known: mtu, overlay, port, udp_checksum, vni)"),
+    (with_cluster(vnii=3), "p.toml: cluster.vnii: unknown field (known: mtu, overlay, overlay6, port, udp_checksum, vni)"),
     (with_cluster(vni=True), "p.toml: cluster.vni: True is not a whole number"),
     (with_cluster(port=4789.0), "p.toml: cluster.port: 4789.0 is not a whole number"),
     (with_cluster(port=0), "p.toml: cluster.port: 0 is outside 1..65535"),
@@ -533,26 +533,26 @@ def without(data, *where) -> dict:
     (with_cluster(mtu=65466), "p.toml: cluster.mtu: 65466 is outside 576..65465"),
     (with_cluster(mtu="1450"), "p.toml: cluster.mtu: '1450' is not a whole number"),
     (without(seed_dict(), "cluster", "overlay"),
-     'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16")'),
+     'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16"; overlay6 for IPv6 pods)'),
     (with_cluster(overlay="172.2.0.1/16"),
      "p.toml: cluster.overlay: '172.2.0.1/16' is not a network (172.2.0.1/16 has host bits set)"),
-    (with_cluster(overlay="fd00::/64"), "p.toml: cluster.overlay: fd00::/64: the overlay is IPv4 "
-     "(as in flannel's and Calico's VXLAN modes)"),
+    (with_cluster(overlay="fd00::/64"), "p.toml: cluster.overlay: fd00::/64 is IPv6: give it as "
+     "cluster.overlay6 (overlay is IPv4, overlay6 IPv6; a dual-stack plan has both)"),
     (with_cluster(overlay="0.0.0.0/0"), "p.toml: cluster.overlay: 0.0.0.0/0 overlaps 0.0.0.0/8, "
      "'this network' (RFC 1122): the overlay must be unicast address space (e.g. 10.244.0.0/16)"),
     (without(seed_dict(), "nodes"), "p.toml: nodes: at least one [[nodes]] entry is needed"),
     ({**seed_dict(), "nodes": []}, "p.toml: nodes: at least one [[nodes]] entry is needed"),
     ({**seed_dict(), "nodes": {"name": "a"}}, "p.toml: nodes: at least one [[nodes]] entry is needed"),
     (with_node2(colour="red"), "p.toml: node 'network-2': colour: unknown field "
-     "(known: name, subnet, underlay_dev, underlay_ip, vtep_mac)"),
+     "(known: name, subnet, subnet6, underlay_dev, underlay_ip, vtep_mac)"),
     (without(seed_dict(), "nodes", 1, "underlay_ip"), "p.toml: node 'network-2': underlay_ip: missing"),
     (without(seed_dict(), "nodes", 1, "subnet"), "p.toml: node 'network-2': subnet: missing"),
     (with_node2(subnet="172.2.1.0/31"), "p.toml: node 'network-2': subnet: 172.2.1.0/31 is too "
      "small: it needs the VTEP address, the gateway and pod addresses (/30 or larger)"),
     (with_node2(subnet="172.2.0.0/15"),
      "p.toml: node 'network-2': subnet: 172.2.0.0/15 is outside the overlay 172.2.0.0/16"),
-    (with_node2(subnet="fd00::/64"), "p.toml: node 'network-2': subnet: fd00::/64: the overlay is "
-     "IPv4 (as in flannel's and Calico's VXLAN modes)"),
+    (with_node2(subnet="fd00::/64"), "p.toml: node 'network-2': subnet: fd00::/64 is IPv6: subnet is "
+     "the IPv4 subnet (IPv6 goes in subnet6)"),
     (with_node2(vtep_mac="nope"), "p.toml: node 'network-2': vtep_mac: 'nope' is not a MAC address"),
     (with_node2(vtep_mac="0B:00:00:00:00:01"),
      "p.toml: node 'network-2': vtep_mac: 0b:00:00:00:00:01 is a multicast address"),
@@ -594,7 +594,7 @@ def test_underlay_dev_of_the_kernels_longest_name_is_kept():
 def test_a_cluster_that_is_no_table_is_named_and_the_overlay_missing_too():
     assert parse_problems({**seed_dict(), "cluster": 5})[:2] == [
         "p.toml: cluster: must be a table ([cluster])",
-        'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16")']
+        'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16"; overlay6 for IPv6 pods)']
 
 
 def test_a_node_that_is_no_table_is_named_by_position_and_the_next_one_still_checked():
@@ -612,7 +612,7 @@ def test_a_nameless_node_is_named_by_position_in_its_other_problems():
     data["nodes"][1]["underlay_ip"] = "::"
     assert parse_problems(data) == [
         "p.toml: nodes[1].name: missing or empty",
-        "p.toml: nodes[1]: colour: unknown field (known: name, subnet, underlay_dev, "
+        "p.toml: nodes[1]: colour: unknown field (known: name, subnet, subnet6, underlay_dev, "
         "underlay_ip, vtep_mac)",
         "p.toml: nodes[1]: underlay_ip: :: is the unspecified address: peers cannot send to it"]
 
@@ -822,7 +822,7 @@ def test_unreadable_files_in_full(tmp_path):
 def test_a_plan_without_a_cluster_section_misses_only_its_overlay():
     data = without(seed_dict(), "cluster")
     assert parse_problems(data) == [
-        'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16")']
+        'p.toml: cluster.overlay: missing (the overlay network, e.g. "10.244.0.0/16"; overlay6 for IPv6 pods)']
 
 
 def test_a_plan_given_as_data_is_named_plan_in_brackets():

@@ -62,10 +62,10 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
     dev = want.device.name
     removals: list[Change] = []
     per_peer: list[Change] = []
-    want_ips = {p.neighbour.ip for p in want.peers}
+    want_ips = {n.ip for p in want.peers for n in p.neighbours}
     want_macs = {p.fdb.mac: p.fdb.dst for p in want.peers}
     want_flood = {p.fdb.dst for p in want.peers}
-    want_routes = {(p.route.dst, 0, 0) for p in want.peers}
+    want_routes = {(r.dst, 0, 0) for p in want.peers for r in p.routes}
 
     for key, r in have.routes.items():
         if r.proto == RTPROT_KERNEL or key in want_routes:
@@ -98,16 +98,9 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
     flood_have = {e.dst: e for e in remotes.get(FLOOD_MAC, ())}
     for p in want.peers:
         tag = f" (peer {p.name})"
-        nb, fd, rt = p.neighbour, p.fdb, p.route
-        n = have.neighbours.get(nb.ip)
-        add_neigh = Op("neigh", "set", nb.ip, nb.mac)
-        if n is None:
-            per_peer.append(Change(f"added neigh {nb.ip} lladdr {nb.mac} on {dev}{tag}",
-                                   (add_neigh,)))
-        elif n.mac != nb.mac or not n.state & NUD_PERMANENT:
-            was = f"{n.mac or 'no lladdr'}{'' if n.state & NUD_PERMANENT else ' not permanent'}"
-            per_peer.append(Change(f"changed neigh {nb.ip} lladdr {nb.mac} permanent on {dev} "
-                                   f"(was {was}){tag}", (add_neigh,)))
+        fd = p.fdb
+        for nb in p.neighbours:
+            per_peer.extend(_neigh_change(have.neighbours.get(nb.ip), nb, dev, tag))
 
         if fdb:
             es = remotes.get(fd.mac, [])
@@ -137,34 +130,49 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
         if fdb:
             per_peer.extend(_flood_change(flood_have.get(fd.dst), fd.dst, dev, tag))
 
-        r = have.routes.get((rt.dst, 0, 0))
-        add_route = Op("route", "set", rt.dst, rt.via)
-        if r is None:
-            per_peer.append(Change(f"added route {rt.dst} via {rt.via} onlink on {dev}{tag}",
-                                   (add_route,)))
-        elif not route_as_planned(r, rt.via):
-            # on our device, so ours to change; a route with the plan's gateway but another
-            # protocol (`ip route replace` by hand) is re-tagged, so that the tag lists
-            # exactly the routes vtep stands behind. Not NLM_F_REPLACE: IPv4 replaces the
-            # first route with the key whatever its device (fib_table_insert), which could
-            # be another's prepended before ours; so the exact delete, then a create, back
-            # to back in one batch.
-            was = f"via {r.gateway}" if r.gateway else "no gateway"
-            if r.nh_id:
-                was = f"nhid {r.nh_id}"
-            if r.onlink:
-                was += " onlink"
-            if r.proto != RTPROT_VTEP:
-                was += f" proto {nlmsg.PROTO_NAMES.get(r.proto, r.proto)}"
-            if r.scope != nlmsg.RT_SCOPE_UNIVERSE:
-                was += f" scope {nlmsg.SCOPE_NAMES.get(r.scope, r.scope)}"
-            per_peer.append(Change(f"changed route {rt.dst} via {rt.via} onlink on {dev} "
-                                   f"(was {was}){tag}",
-                                   (Op("route", "del", r.dst, r.gateway, route=r), add_route)))
+        for rt in p.routes:
+            r = have.routes.get((rt.dst, 0, 0))
+            add_route = Op("route", "set", rt.dst, rt.via)
+            if r is None:
+                per_peer.append(Change(f"added route {rt.dst} via {rt.via} onlink on {dev}{tag}",
+                                       (add_route,)))
+            elif not route_as_planned(r, rt.via):
+                # on our device, so ours to change; a route with the plan's gateway but another
+                # protocol (`ip route replace` by hand) is re-tagged, so that the tag lists
+                # exactly the routes vtep stands behind. Not NLM_F_REPLACE: IPv4 replaces the
+                # first route with the key whatever its device (fib_table_insert), which could
+                # be another's prepended before ours; so the exact delete, then a create, back
+                # to back in one batch.
+                was = f"via {r.gateway}" if r.gateway else "no gateway"
+                if r.nh_id:
+                    was = f"nhid {r.nh_id}"
+                if r.onlink:
+                    was += " onlink"
+                if r.proto != RTPROT_VTEP:
+                    was += f" proto {nlmsg.PROTO_NAMES.get(r.proto, r.proto)}"
+                if r.scope != nlmsg.RT_SCOPE_UNIVERSE:
+                    was += f" scope {nlmsg.SCOPE_NAMES.get(r.scope, r.scope)}"
+                per_peer.append(Change(f"changed route {rt.dst} via {rt.via} onlink on {dev} "
+                                       f"(was {was}){tag}",
+                                       (Op("route", "del", r.dst, r.gateway, route=r), add_route)))
     # stale routes go before the neighbours and fdb entries they used
     order = {"route": 0, "fdb": 1, "neigh": 2}
     removals.sort(key=lambda c: order[c.ops[0].kind])
     return removals + per_peer
+
+
+def _neigh_change(n: nlmsg.NeighEntry | None, nb: state.Neighbour, dev: str,
+                  tag: str) -> list[Change]:
+    """The change (none or one) that makes a peer's VTEP address resolve, permanently,
+    to the peer's MAC (one entry per overlay family)."""
+    add_neigh = Op("neigh", "set", nb.ip, nb.mac)
+    if n is None:
+        return [Change(f"added neigh {nb.ip} lladdr {nb.mac} on {dev}{tag}", (add_neigh,))]
+    if n.mac != nb.mac or not n.state & NUD_PERMANENT:
+        was = f"{n.mac or 'no lladdr'}{'' if n.state & NUD_PERMANENT else ' not permanent'}"
+        return [Change(f"changed neigh {nb.ip} lladdr {nb.mac} permanent on {dev} "
+                       f"(was {was}){tag}", (add_neigh,))]
+    return []
 
 
 def _flood_change(have: nlmsg.FdbEntry | None, dst: str, dev: str, tag: str) -> list[Change]:

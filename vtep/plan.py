@@ -1,10 +1,13 @@
 """The cluster plan: one TOML file, the same on every node.
 
-It names the VNI, the port, the overlay and, per node, the underlay IP and
-the overlay subnet the node owns. Everything else is derived, so nobody copies
-values between machines: the VTEP address is the subnet's first address (/32
-on the device, as flannel and Calico do), the bridge gateway its second, and
-the VTEP MAC a stable hash of the node's name and subnet.
+It names the VNI, the port, the overlay (IPv4 `overlay`, IPv6 `overlay6`, or
+both for a dual-stack cluster) and, per node, the underlay IP and the overlay
+subnet the node owns in each family (`subnet`, `subnet6`). Everything else is
+derived, so nobody copies values between machines: the VTEP address is the
+subnet's first address (/32 or /128 on the device, as flannel and Calico do),
+the bridge gateway its second, and the VTEP MAC a stable hash of the node's
+name and subnet (the IPv4 one when there is one: one MAC for both families,
+since one device carries both).
 
 Validation names the file, the node and the field of every problem, and costs
 O(n log n) in the number of nodes: duplicates are found in dicts, overlapping
@@ -24,9 +27,13 @@ The rules, beyond types and ranges:
   overlay      unicast space only: it may not overlap 0.0.0.0/8, loopback,
                169.254.0.0/16, multicast or 240.0.0.0/4 (so 0.0.0.0/0 is
                refused), nor contain any node's underlay_ip;
+  overlay6     IPv6 unicast space only: not ::, ::1, IPv4-mapped, link-local
+               or multicast, nor containing any node's underlay_ip;
   subnet       inside the overlay, /30 or larger, overlapping no other node's
                subnet and containing no node's underlay_ip: a route for it
-               would send the tunnel's own packets into the tunnel.
+               would send the tunnel's own packets into the tunnel;
+  subnet6      the same in overlay6, /126 or larger (a /64 is usual); each
+               family's subnet is needed exactly when its overlay is set.
 """
 from __future__ import annotations
 
@@ -62,27 +69,54 @@ NOT_OVERLAY_V4 = tuple((ipaddress.ip_network(n), why) for n, why in (
 ))
 LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
-CLUSTER_KEYS = {"vni", "port", "overlay", "mtu", "udp_checksum"}
-NODE_KEYS = {"name", "underlay_ip", "subnet", "vtep_mac", "underlay_dev"}
+# IPv6 space no overlay6 may touch (RFC 4291, RFC 6890): none of it is unicast between hosts
+NOT_OVERLAY_V6 = tuple((ipaddress.ip_network(n), why) for n, why in (
+    ("::/127", "the unspecified and loopback addresses"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses (RFC 4291 2.5.5.2)"),
+    ("fe80::/10", "link-local (RFC 4291 2.5.6)"),
+    ("ff00::/8", "multicast"),
+))
+
+CLUSTER_KEYS = {"vni", "port", "overlay", "overlay6", "mtu", "udp_checksum"}
+NODE_KEYS = {"name", "underlay_ip", "subnet", "subnet6", "vtep_mac", "underlay_dev"}
+# The smallest node subnets: room for the VTEP address, the gateway and a pod or two
+MAX_PREFIX = {4: 30, 6: 126}
 
 
 @dataclass(frozen=True)
 class Node:
     name: str
     underlay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    subnet: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network | None   # None: an IPv6-only overlay
     vtep_mac: str
     underlay_dev: str | None = None
+    subnet6: ipaddress.IPv6Network | None = None   # None: an IPv4-only overlay
 
     @property
-    def vtep_ip(self) -> ipaddress.IPv4Address:
+    def vtep_ip(self) -> ipaddress.IPv4Address | None:
         """The subnet's first address, held by the VTEP device as a /32."""
-        return self.subnet.network_address
+        return None if self.subnet is None else self.subnet.network_address
 
     @property
-    def gateway(self) -> ipaddress.IPv4Address:
+    def gateway(self) -> ipaddress.IPv4Address | None:
         """The subnet's second address, held by the node's pod bridge."""
-        return self.subnet.network_address + 1
+        return None if self.subnet is None else self.subnet.network_address + 1
+
+    @property
+    def vtep_ip6(self) -> ipaddress.IPv6Address | None:
+        """The IPv6 subnet's first address, held by the VTEP device as a /128 (as
+        flannel's flannel-v6.1 holds its lease's first address)."""
+        return None if self.subnet6 is None else self.subnet6.network_address
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address | None:
+        """The IPv6 subnet's second address, held by the node's pod bridge."""
+        return None if self.subnet6 is None else self.subnet6.network_address + 1
+
+    @property
+    def subnets(self) -> tuple:
+        """The node's subnets, IPv4 first: one per overlay family."""
+        return tuple(s for s in (self.subnet, self.subnet6) if s is not None)
 
 
 @dataclass(frozen=True)
@@ -90,12 +124,18 @@ class Plan:
     path: str
     vni: int
     port: int
-    overlay: ipaddress.IPv4Network
+    overlay: ipaddress.IPv4Network | None     # None: an IPv6-only overlay
     mtu: int | None
     nodes: tuple[Node, ...]
     warnings: tuple[str, ...] = field(default=(), compare=False)
     # The outer UDP checksum, on by default: see UDP_CHECKSUM_WHY.
     udp_checksum: bool = True
+    overlay6: ipaddress.IPv6Network | None = None   # the IPv6 overlay of a dual-stack plan
+
+    @property
+    def overlays(self) -> tuple:
+        """The overlay networks, IPv4 first: one or both families."""
+        return tuple(o for o in (self.overlay, self.overlay6) if o is not None)
 
     @property
     def ipv6_underlay(self) -> bool:
@@ -204,21 +244,21 @@ def parse(data: dict, path: str = "<plan>", *, require_nodes: bool = True) -> Pl
     if not isinstance(udp_checksum, bool):
         bad("cluster.udp_checksum", f"{_short(udp_checksum)} is not true or false")
         udp_checksum = UDP_CHECKSUM_DEFAULT
-    overlay = None
-    if "overlay" not in cluster:
-        bad("cluster.overlay", "missing (the overlay network, e.g. \"10.244.0.0/16\")")
-    else:
-        overlay = _net(cluster["overlay"], "cluster.overlay", bad)
-        special = overlay is not None and next(
-            (s for s in NOT_OVERLAY_V4 if overlay.overlaps(s[0])), None)
-        if special:
-            bad("cluster.overlay", f"{overlay} overlaps {special[0]}, {special[1]}: the overlay "
-                "must be unicast address space (e.g. 10.244.0.0/16)")
-            overlay = None
+    overlay = overlay6 = None
+    if "overlay" not in cluster and "overlay6" not in cluster:
+        bad("cluster.overlay", "missing (the overlay network, e.g. \"10.244.0.0/16\"; "
+            "overlay6 for IPv6 pods)")
+    if "overlay" in cluster:
+        overlay = _overlay(cluster["overlay"], "cluster.overlay", 4, bad)
         if overlay is not None and not any(overlay.subnet_of(n) for n in PRIVATE_V4):
             warnings.append(f"{path}: cluster.overlay: {overlay} is not private address space "
                             "(RFC 1918 or 100.64.0.0/10); traffic to those addresses "
                             "elsewhere on the internet will be routed into the overlay")
+    if "overlay6" in cluster:
+        overlay6 = _overlay(cluster["overlay6"], "cluster.overlay6", 6, bad)
+    # with no overlay at all, nodes are still read as IPv4 ones (one problem, not one a node)
+    wanted = {"subnet": ("overlay", overlay, "overlay6" not in cluster or "overlay" in cluster, 4),
+              "subnet6": ("overlay6", overlay6, "overlay6" in cluster, 6)}
 
     raw_nodes = data.get("nodes")
     if raw_nodes is None and not require_nodes:
@@ -246,17 +286,11 @@ def parse(data: dict, path: str = "<plan>", *, require_nodes: bool = True) -> Pl
         else:
             ip = _underlay_ip(raw["underlay_ip"], f"{label}: underlay_ip", bad,
                               lambda msg: warnings.append(f"{path}: {msg}"))
-        subnet = None
-        if "subnet" not in raw:
-            bad(f"{label}: subnet", "missing")
-        else:
-            subnet = _net(raw["subnet"], f"{label}: subnet", bad)
-            if subnet is not None:
-                if subnet.prefixlen > 30:
-                    bad(f"{label}: subnet", f"{subnet} is too small: it needs the VTEP address, "
-                        "the gateway and pod addresses (/30 or larger)")
-                if overlay is not None and not _within(subnet, overlay):
-                    bad(f"{label}: subnet", f"{subnet} is outside the overlay {overlay}")
+        got = {}
+        for fld, (ofld, onet, given, version) in wanted.items():
+            got[fld] = _subnet(raw, fld, label, ofld, onet, given, version, bad)
+        subnet, subnet6 = got["subnet"], got["subnet6"]
+        complete = all(got[f] is not None for f, w in wanted.items() if w[2])
         mac = raw.get("vtep_mac")
         if mac is not None:
             mac = str(mac).lower()
@@ -270,8 +304,9 @@ def parse(data: dict, path: str = "<plan>", *, require_nodes: bool = True) -> Pl
                 bad(f"{label}: vtep_mac", f"{mac} is the all-zeros address, which the "
                     "vxlan driver keeps for flooding")
                 mac = None
-        elif name is not None and subnet is not None:
-            mac = derive_mac(name, subnet)
+        elif name is not None and complete and (subnet or subnet6):
+            # from the IPv4 subnet when there is one: a plan that gains overlay6 keeps its MACs
+            mac = derive_mac(name, subnet or subnet6)
         dev = raw.get("underlay_dev")
         if dev is not None:
             why = ifname_problem(dev)
@@ -285,10 +320,12 @@ def parse(data: dict, path: str = "<plan>", *, require_nodes: bool = True) -> Pl
                 bad(f"{label}: {fld}", f"{value} is already used by {other}")
             else:
                 seen[(fld, value)] = label
-        if name and ip is not None and subnet is not None and mac:
-            nodes.append(Node(name, ip, subnet, mac, dev))
+        if name and ip is not None and complete and (subnet or subnet6) and mac:
+            nodes.append(Node(name, ip, subnet, mac, dev, subnet6))
             labels.append(label)
-    _check_subnets(nodes, labels, overlay, bad)
+    for fld, (ofld, onet, given, version) in wanted.items():
+        if given:
+            _check_subnets(nodes, labels, fld, ofld, onet, bad)
     versions = {n.underlay_ip.version for n in nodes}
     if len(versions) > 1:
         bad("nodes", "underlay_ip mixes IPv4 and IPv6; one vxlan device has one address family")
@@ -298,56 +335,109 @@ def parse(data: dict, path: str = "<plan>", *, require_nodes: bool = True) -> Pl
             "opted in (RFC 6935)")
     if problems:
         raise PlanError(problems)
-    return Plan(path, vni, port, overlay, mtu, tuple(nodes), tuple(warnings), udp_checksum)
+    return Plan(path, vni, port, overlay, mtu, tuple(nodes), tuple(warnings), udp_checksum,
+                overlay6)
 
 
-def _check_subnets(nodes: list[Node], labels: list[str], overlay, bad) -> None:
-    """The checks across nodes, O(n log n): no two subnets overlap, and neither a
-    subnet nor the overlay holds an underlay IP (the route for it would pull the
-    tunnel's own outer packets into the tunnel: RFC 7348 section 4 carries VXLAN
-    over the underlay's routing, which must stay outside the overlay)."""
+def _overlay(value, where: str, version: int, bad):
+    """An overlay network of the given family in unicast space, or None (and a problem)."""
+    net = _net(value, where, bad)
+    if net is None:
+        return None
+    if net.version != version:
+        other = "cluster.overlay6" if version == 4 else "cluster.overlay"
+        bad(where, f"{net} is IPv{net.version}: give it as {other} (overlay is IPv4, "
+            "overlay6 IPv6; a dual-stack plan has both)")
+        return None
+    special = next((s for s in (NOT_OVERLAY_V4 if version == 4 else NOT_OVERLAY_V6)
+                    if net.overlaps(s[0])), None)
+    if special:
+        example = "10.244.0.0/16" if version == 4 else "fd00:10:244::/48"
+        bad(where, f"{net} overlaps {special[0]}, {special[1]}: the overlay must be unicast "
+            f"address space (e.g. {example})")
+        return None
+    return net
+
+
+def _subnet(raw: dict, fld: str, label: str, ofld: str, overlay, given: bool, version: int,
+            bad):
+    """A node's subnet of one family: needed when the plan has that family's overlay,
+    refused when it has not; None when absent or bad (and a problem when it is bad)."""
+    if fld not in raw:
+        if given:
+            bad(f"{label}: {fld}", "missing" if fld == "subnet" else
+                f"missing (cluster.{ofld} is set: every node needs a subnet of it)")
+        return None
+    net = _net(raw[fld], f"{label}: {fld}", bad)
+    if net is None:
+        return None
+    if not given:
+        bad(f"{label}: {fld}", f"{net}: the plan has no cluster.{ofld}")
+        return None
+    if net.version != version:
+        bad(f"{label}: {fld}", f"{net} is IPv{net.version}: {fld} is "
+            f"{'the IPv4 subnet (IPv6 goes in subnet6)' if version == 4 else 'the IPv6 subnet'}")
+        return None
+    if net.prefixlen > MAX_PREFIX[version]:
+        bad(f"{label}: {fld}", f"{net} is too small: it needs the VTEP address, "
+            f"the gateway and pod addresses (/{MAX_PREFIX[version]} or larger)")
+    if overlay is not None and not _within(net, overlay):
+        bad(f"{label}: {fld}", f"{net} is outside the overlay {overlay}")
+    return net
+
+
+def _check_subnets(nodes: list[Node], labels: list[str], fld: str, ofld: str, overlay,
+                   bad) -> None:
+    """The checks across nodes for one family's subnets (`fld`, "subnet" or "subnet6"),
+    O(n log n): no two subnets overlap, and neither a subnet nor the overlay holds an
+    underlay IP (the route for it would pull the tunnel's own outer packets into the
+    tunnel: RFC 7348 section 4 carries VXLAN over the underlay's routing, which must stay
+    outside the overlay)."""
     # CIDR blocks either nest or are disjoint, so after sorting by first address a
     # block overlaps an earlier one exactly when it starts before the furthest end
     # seen so far; the holder of that end is the one to name.
-    spans = [_span(n.subnet) for n in nodes]
-    order = sorted(range(len(nodes)), key=lambda k: (spans[k][0], k))
+    ks = [k for k, n in enumerate(nodes) if getattr(n, fld) is not None]
+    spans = {k: _span(getattr(nodes[k], fld)) for k in ks}
+    order = sorted(ks, key=lambda k: (spans[k][0], k))
     reach, holder = -1, -1
     for k in order:
-        net = nodes[k].subnet
+        net = getattr(nodes[k], fld)
         first, last = spans[k]
         if first <= reach:
             other = nodes[holder]
-            bad(f"{labels[k]}: subnet",
-                f"{net} overlaps {other.subnet} of node {other.name!r}")
+            bad(f"{labels[k]}: {fld}",
+                f"{net} overlaps {getattr(other, fld)} of node {other.name!r}")
         if last > reach:
             reach, holder = last, k
 
-    v4 = sorted((int(n.underlay_ip), k) for k, n in enumerate(nodes) if n.underlay_ip.version == 4)
-    keys = [a for a, _ in v4]
+    version = 4 if fld == "subnet" else 6
+    under = sorted((int(n.underlay_ip), k) for k, n in enumerate(nodes)
+                   if n.underlay_ip.version == version)
+    keys = [a for a, _ in under]
 
     def inside(span) -> tuple[int, list[str]]:
         lo = bisect.bisect_left(keys, span[0])
         hi = bisect.bisect_right(keys, span[1])
         return hi - lo, [f"{nodes[k].underlay_ip} of node {nodes[k].name!r}"
-                         for _, k in v4[lo:min(hi, lo + 3)]]
+                         for _, k in under[lo:min(hi, lo + 3)]]
 
     if overlay is not None:
         count, shown = inside(_span(overlay))
         if count:
-            bad("cluster.overlay", f"{overlay} contains the underlay_ip {_listed(shown, count)}: "
-                "the underlay must stay outside the overlay")
-    for k, n in enumerate(nodes):
+            bad(f"cluster.{ofld}", f"{overlay} contains the underlay_ip "
+                f"{_listed(shown, count)}: the underlay must stay outside the overlay")
+    for k in ks:
         count, shown = inside(spans[k])
         if count:
-            bad(f"{labels[k]}: subnet", f"{n.subnet} contains the underlay_ip "
+            bad(f"{labels[k]}: {fld}", f"{getattr(nodes[k], fld)} contains the underlay_ip "
                 f"{_listed(shown, count)}: its route would carry the tunnel into itself")
 
 
 def _span(net) -> tuple[int, int]:
-    """First and last address of an IPv4 network, as integers (cheaper than
-    ipaddress's broadcast_address and subnet_of, which matters at 20,000 nodes)."""
+    """First and last address of a network, as integers (cheaper than ipaddress's
+    broadcast_address and subnet_of, which matters at 20,000 nodes)."""
     first = int(net.network_address)
-    return first, first | ((1 << (32 - net.prefixlen)) - 1)
+    return first, first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
 
 
 def _within(net, outer) -> bool:
@@ -453,8 +543,5 @@ def _net(value, where, bad):
         net = ipaddress.ip_network(str(value))  # strict by default: no host bits set
     except ValueError as e:
         bad(where, f"{value!r} is not a network ({e})")
-        return None
-    if net.version != 4:
-        bad(where, f"{net}: the overlay is IPv4 (as in flannel's and Calico's VXLAN modes)")
         return None
     return net

@@ -107,15 +107,16 @@ class Reconciler:
         """A predicate: is this added/changed entry (a notification) already as planned?"""
         if self.want is None:
             return None
-        neigh = {(p.neighbour.ip, p.neighbour.mac) for p in self.want.peers}
+        neigh = {(n.ip, n.mac) for n in self.want.neighbours}
         fdb = {(p.fdb.mac, p.fdb.dst) for p in self.want.peers}
         fdb |= {(f.mac, f.dst) for f in self.want.flood}   # the flood list, one per peer
-        routes = {p.route.dst: p.route.via for p in self.want.peers}
-        addr = nlmsg.AddrEntry(self.want.device.address, 32)
+        routes = {r.dst: r.via for r in self.want.routes}
+        addrs = {nlmsg.AddrEntry(a.partition("/")[0], int(a.partition("/")[2]))
+                 for a in self.want.device.addresses}
 
         def planned(e) -> bool:
             if isinstance(e, nlmsg.AddrEntry):
-                return e == addr
+                return e in addrs
             if isinstance(e, nlmsg.NeighEntry):
                 return bool(e.state & NUD_PERMANENT) and (e.ip, e.mac) in neigh
             if isinstance(e, nlmsg.FdbEntry):
@@ -197,7 +198,7 @@ class Reconciler:
         if not exists:
             return {}, failed
         table = self.rtnl.main_routes((f[0].key, 0, 0) for f in exists.values())
-        peers = {p.route.dst: p.name for p in want.peers}
+        peers = {r.dst: p.name for p in want.peers for r in p.routes}
         names, lines = None, {}
         for key, (op, _code, _text) in exists.items():
             others = [(oif, r) for oif, r in table.get((op.key, 0, 0), ()) if oif != idx]

@@ -34,8 +34,15 @@ class Device:
     underlay_dev: str   # device holding `local`
     mtu: int
     mac: str
-    address: str        # VTEP IP, as /32 (or /128 is never used: the overlay is IPv4)
+    address: str | None   # the IPv4 VTEP address, as /32; None: an IPv6-only overlay
     udp_checksum: bool = True   # the outer UDP checksum (always on over IPv6)
+    address6: str | None = None   # the IPv6 VTEP address, as /128; None: no IPv6 overlay
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The VTEP addresses with their prefix, IPv4 first."""
+        return tuple(a for a in (self.address and f"{self.address}/32",
+                                 self.address6 and f"{self.address6}/128") if a)
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,23 @@ class Route:
 
 @dataclass(frozen=True)
 class Peer:
+    """A peer's entries. One fdb entry carries both families: the peer's one device has
+    one MAC, so its IPv4 and IPv6 VTEP addresses resolve to the same MAC and the same
+    underlay destination; the neighbours and routes are one per family, IPv4 first."""
     name: str
-    neighbour: Neighbour
+    neighbours: tuple[Neighbour, ...]
     fdb: Fdb
-    route: Route
+    routes: tuple[Route, ...]
+
+    @property
+    def neighbour(self) -> Neighbour:
+        """The first family's neighbour entry (IPv4 unless the overlay is IPv6 only)."""
+        return self.neighbours[0]
+
+    @property
+    def route(self) -> Route:
+        """The first family's route (IPv4 unless the overlay is IPv6 only)."""
+        return self.routes[0]
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,7 @@ class NodeState:
 
     @property
     def neighbours(self):
-        return tuple(p.neighbour for p in self.peers)
+        return tuple(n for p in self.peers for n in p.neighbours)
 
     @property
     def fdb(self):
@@ -80,7 +100,7 @@ class NodeState:
 
     @property
     def routes(self):
-        return tuple(p.route for p in self.peers)
+        return tuple(r for p in self.peers for r in p.routes)
 
     @property
     def flood(self):
@@ -100,19 +120,22 @@ def _text(ip) -> str:
 
 
 def peer_entries(peer: Node) -> Peer:
-    vtep_ip = _text(peer.vtep_ip)
-    return Peer(peer.name,
-                Neighbour(vtep_ip, peer.vtep_mac),
-                Fdb(peer.vtep_mac, _text(peer.underlay_ip)),
-                Route(f"{vtep_ip}/{peer.subnet.prefixlen}", vtep_ip))
+    neighbours, routes = [], []
+    for subnet in peer.subnets:
+        vtep_ip = _text(subnet.network_address)
+        neighbours.append(Neighbour(vtep_ip, peer.vtep_mac))
+        routes.append(Route(f"{vtep_ip}/{subnet.prefixlen}", vtep_ip))
+    return Peer(peer.name, tuple(neighbours), Fdb(peer.vtep_mac, _text(peer.underlay_ip)),
+                tuple(routes))
 
 
 def desired(plan: Plan, node_name: str, *, underlay_dev: str, underlay_mtu: int,
             device: str = DEFAULT_DEVICE) -> NodeState:
     me = plan.node(node_name)
     dev = Device(device, plan.vni, str(me.underlay_ip), plan.port, underlay_dev,
-                 overlay_mtu(plan, underlay_mtu), me.vtep_mac, str(me.vtep_ip),
-                 plan.udp_checksum)
+                 overlay_mtu(plan, underlay_mtu), me.vtep_mac,
+                 me.vtep_ip and str(me.vtep_ip), plan.udp_checksum,
+                 me.vtep_ip6 and str(me.vtep_ip6))
     return NodeState(me.name, dev, tuple(peer_entries(p) for p in plan.peers(me.name)))
 
 
@@ -130,18 +153,41 @@ def iproute2(state: NodeState, df: str | None = None) -> list[str]:
         f"ip link add {d.name} address {d.mac} mtu {d.mtu} type vxlan id {d.vni} "
         f"local {d.local} dstport {d.port} nolearning{csum_option(d)} dev {d.underlay_dev}"
         f"{df_opt}",
-        # no IPv6 on the device: its own multicast would be flooded to every peer
-        f"sysctl -qw net/ipv6/conf/{d.name}/disable_ipv6=1",
+        *ipv6_sysctls(d),
         f"ip link set {d.name} alias {owner.alias(state.node, 'kernel')}",
-        f"ip address add {d.address}/32 dev {d.name}",
-        f"ip link set {d.name} up",
     ]
+    if d.address:
+        cmds.append(f"ip address add {d.address}/32 dev {d.name}")
+    if d.address6:
+        # nodad: the address is the plan's, no other node holds it, and DAD would send
+        # a neighbour solicitation to every peer and hold the address tentative meanwhile
+        cmds.append(f"ip -6 address add {d.address6}/128 dev {d.name} nodad")
+    cmds.append(f"ip link set {d.name} up")
     for p in state.peers:
-        cmds.append(f"ip neigh add {p.neighbour.ip} lladdr {p.neighbour.mac} dev {d.name} "
-                    "nud permanent")
+        for nb in p.neighbours:
+            cmds.append(f"ip{_family(nb.ip)} neigh add {nb.ip} lladdr {nb.mac} dev {d.name} "
+                        "nud permanent")
         cmds.append(f"bridge fdb add {p.fdb.mac} dev {d.name} dst {p.fdb.dst} self permanent")
         cmds.append(f"bridge fdb append {FLOOD_MAC} dev {d.name} dst {p.fdb.dst} "
                     "self permanent")
-        cmds.append(f"ip route add {p.route.dst} via {p.route.via} dev {d.name} onlink "
-                    f"proto {RTPROT_VTEP}")
+        for rt in p.routes:
+            cmds.append(f"ip{_family(rt.via)} route add {rt.dst} via {rt.via} dev {d.name} "
+                        f"onlink proto {RTPROT_VTEP}")
     return cmds
+
+
+def _family(ip: str) -> str:
+    return " -6" if ":" in ip else ""
+
+
+def ipv6_sysctls(d: Device) -> list[str]:
+    """How IPv6 is set on the device before it goes up, as sysctl commands. Without an
+    IPv6 overlay it is off: the device's own router solicitations and MLD reports would
+    be flooded to every peer. With one it is on, but the device makes no link-local
+    address (addr_gen_mode 1, "none"): its neighbours are static, so it never needs
+    neighbour discovery, and a link-local address would start DAD and router
+    solicitations across the tunnel."""
+    conf = f"net/ipv6/conf/{d.name}"
+    if not d.address6:
+        return [f"sysctl -qw {conf}/disable_ipv6=1"]
+    return [f"sysctl -qw {conf}/addr_gen_mode=1", f"sysctl -qw {conf}/accept_ra=0"]
