@@ -32,6 +32,8 @@ from ..errors import UsageError
 from .topology import Topology
 
 UNDERLAYS = ("ipv4", "ipv6")
+# The dual-stack lab's IPv6 overlay (unique local, RFC 4193), spelt to echo 172.2.0.0/16
+OVERLAY6 = "fd00:172:2::/48"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class SeedNode:
     router_if: str              # the router's device on this node's link
     ipv4: Side
     ipv6: Side
+
+    @property
+    def subnet6(self) -> str:
+        """Its IPv6 pod subnet in a dual-stack lab (the plan's nodes.subnet6): the /64 of
+        OVERLAY6 numbered like the IPv4 /24, 172.2.1.0/24 -> fd00:172:2:1::/64."""
+        third = ipaddress.IPv4Network(self.subnet).network_address.packed[2]
+        return str(ipaddress.IPv6Network(OVERLAY6).network_address + (third << 64)) + "/64"
 
     def side(self, underlay: str = "ipv4") -> Side:
         return getattr(self, check_underlay(underlay))
@@ -119,15 +128,18 @@ def mac(ipv4: str) -> str:
 # --- the plan ---------------------------------------------------------------------------------
 
 def plan_text(underlay: str = "ipv4", *, mtu: int | None = None, nodes: int = 2,
-              cluster_only: bool = False) -> str:
+              cluster_only: bool = False, dual_stack: bool = False) -> str:
     """The seed plan: the cluster, then one [[nodes]] table per node with the underlay
     address topology() gives it in `underlay`. mtu: a cluster.mtu line (the overlay MTU
     the plan forces, instead of the one derived from the underlay). cluster_only: the
-    [cluster] table alone (`vtep cluster init` takes it; the nodes register themselves)."""
+    [cluster] table alone (`vtep cluster init` takes it; the nodes register themselves).
+    dual_stack: IPv6 pods too (cluster.overlay6 = OVERLAY6, a /64 of it per node)."""
     what = "two nodes on two underlay subnets" if nodes == 2 else \
         f"{nodes} nodes, each on its own underlay subnet"
     lines = [f"# The seed cluster (vtep lab): {what}, joined by a router.", "[cluster]",
              f"vni = {SEED.vni}", f"port = {SEED.port}", f'overlay = "{SEED.overlay}"']
+    if dual_stack:
+        lines.append(f'overlay6 = "{OVERLAY6}"')
     if mtu is not None:
         lines.append(f"mtu = {mtu}")
     if cluster_only:
@@ -136,6 +148,8 @@ def plan_text(underlay: str = "ipv4", *, mtu: int | None = None, nodes: int = 2,
     for n in cluster(nodes).nodes:
         lines += ["", "[[nodes]]", f'name = "{n.name}"', f'underlay_ip = "{ips[n.name]}"',
                   f'subnet = "{n.subnet}"']
+        if dual_stack:
+            lines.append(f'subnet6 = "{n.subnet6}"')
     return "\n".join(lines) + "\n"
 
 
