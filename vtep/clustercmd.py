@@ -2,6 +2,11 @@
 written by hand (vtep.etcd.membership does the work; this turns the command line into
 its arguments and its results into lines).
 
+Dual stack (issue 15): init writes the plan's overlay6 with --subnet6-len (a /64 per
+node unless given) and reserves each [[nodes]] entry's subnet6 too; show adds a
+SUBNET6 column when the cluster has an IPv6 overlay (and leaves SUBNET out of an
+IPv6-only one); export writes overlay6 and each member's subnet6.
+
 Exit status as vtep's: 2 a bad plan, option or node name (or no cluster at the
 prefix: run init), 4 never here, 7 etcd unreachable or refusing (vtep.etcd.EXIT_STORE).
 """
@@ -17,9 +22,9 @@ from . import plan as planmod
 from .errors import PlanError
 from .etcd import Client, TLSFiles
 from .etcd.membership import NoCluster, init_cluster, read_cluster, remove_node
-from .etcd.model import Layout, export_toml, plan_from_data
+from .etcd.model import DEFAULT_SUBNET6_LEN, Layout, export_toml, plan_from_data
 
-COLUMNS = ("NAME", "SUBNET", "UNDERLAY-IP", "VTEP-MAC", "MODE", "STATUS")
+COLUMNS = ("NAME", "SUBNET", "SUBNET6", "UNDERLAY-IP", "VTEP-MAC", "MODE", "STATUS")
 
 
 def _connect(args) -> tuple[Client, Layout]:
@@ -49,7 +54,10 @@ def init(args) -> int:
         print(f"vtep: warning: {w}", file=sys.stderr)
     client, layout = _connect(args)
     with client:
-        for line in init_cluster(client, layout, plan, args.subnet_len, force=args.force):
+        # --subnet6-len: read with a default, as a parser without the option has none
+        for line in init_cluster(client, layout, plan, args.subnet_len, force=args.force,
+                                 subnet6_len=getattr(args, "subnet6_len", None)
+                                 or DEFAULT_SUBNET6_LEN):
             print(line)
     return 0
 
@@ -69,19 +77,31 @@ def _since(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def _text(net) -> str | None:
+    return None if net is None else str(net)
+
+
 def rows(recs) -> list[dict]:
-    """One row per node: its live membership, else its reservation (sorted by name)."""
+    """One row per node: its live membership, else its reservations (one of each
+    family; sorted by name). subnet6 is null for a node holding none."""
     out = {}
     for m in recs.members.values():
-        out[m.name] = {"name": m.name, "subnet": str(m.subnet),
+        out[m.name] = {"name": m.name, "subnet": _text(m.subnet),
+                       "subnet6": _text(m.subnet6),
                        "underlay_ip": str(m.underlay_ip), "vtep_mac": m.vtep_mac,
                        "mode": m.mode, "mtu": m.mtu, "version": m.version,
                        "status": "alive", "since": m.since}
-    for r in sorted(recs.reservations.values(), key=lambda r: r.subnet):
+    for r in sorted(recs.reservations.values(),
+                    key=lambda r: (r.subnet.version, planmod._span(r.subnet))):
         name = r.node or f"(unreadable {r.subnet})"
         if name in out:
+            if out[name]["status"] == "reserved" and r.node:
+                fld = "subnet" if r.subnet.version == 4 else "subnet6"
+                out[name][fld] = out[name][fld] or str(r.subnet)
             continue
-        out[name] = {"name": name, "subnet": str(r.subnet), "underlay_ip": None,
+        v4, v6 = (str(r.subnet), None) if r.subnet.version == 4 else (None, str(r.subnet))
+        out[name] = {"name": name, "subnet": v4, "subnet6": v6, "underlay_ip": None,
+                     # as the plan derives it: from the IPv4 subnet when there is one
                      "vtep_mac": planmod.derive_mac(r.node, r.subnet) if r.node else None,
                      "mode": None, "mtu": None, "version": None, "status": "reserved",
                      "since": None, "lease": bool(r.lease)}
@@ -97,13 +117,24 @@ def show(args) -> int:
         print(json.dumps({"prefix": layout.prefix, "revision": rev,
                           "config": recs.config.to_dict(), "nodes": table}, indent=2))
         return 0
-    lines = [COLUMNS]
+    # SUBNET6 when the cluster has (or its records hold) IPv6 subnets; SUBNET unless it
+    # is IPv6-only: a v4-only cluster's table is as it was before issue 15
+    shown = [c for c in COLUMNS
+             if c == "SUBNET" and (recs.config.overlay is not None
+                                   or any(r["subnet"] for r in table))
+             or c == "SUBNET6" and (recs.config.overlay6 is not None
+                                    or any(r["subnet6"] for r in table))
+             or c not in ("SUBNET", "SUBNET6")]
+    lines = [tuple(shown)]
     for r in table:
         status = f"alive since {_since(r['since'])}" if r["status"] == "alive" else \
             "reserved" + ("" if r["lease"] else " (by init)")
-        lines.append((r["name"], r["subnet"], r["underlay_ip"] or "-",
-                      r["vtep_mac"] or "-", r["mode"] or "-", status))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+        cells = {"NAME": r["name"], "SUBNET": r["subnet"] or "-",
+                 "SUBNET6": r["subnet6"] or "-", "UNDERLAY-IP": r["underlay_ip"] or "-",
+                 "VTEP-MAC": r["vtep_mac"] or "-", "MODE": r["mode"] or "-",
+                 "STATUS": status}
+        lines.append(tuple(cells[c] for c in shown))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(shown))]
     for line in lines:
         print("   ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
     return 0

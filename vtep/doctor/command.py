@@ -38,7 +38,8 @@ def load(args):
             members[args.node] = ghost
             lost = Finding("agent.not-a-member", "error",
                            f"{args.node} has no live member record in {where}: its lease "
-                           f"expired; checked against its reserved subnet {ghost.subnet}",
+                           f"expired; checked against its reserved subnet "
+                           f"{', '.join(map(str, ghost.subnets))}",
                            "its peers have dropped it: nothing reaches its pods",
                            f"vtep run --{ghost.mode} --etcd URL --name {args.node}")
     return to_plan(recs.config, members, where), where, lost
@@ -51,8 +52,8 @@ def _ghost(args, recs):
     from ..linkfacts import facts as link_facts
     from ..links import Links
     from ..status import StatusFile
-    subnet = next((r.subnet for r in recs.reservations.values() if r.node == args.node), None)
-    if subnet is None:
+    held = recs.held(args.node)            # its reserved subnet of each family
+    if not held:
         return None
     ip, mode = None, "kernel"
     links = Links()
@@ -67,8 +68,10 @@ def _ghost(args, recs):
     ip = ip or (st.get("network") or {}).get("underlay_ip")
     if not ip:
         return None
-    return Member(args.node, ipaddress.ip_address(ip), planlib.derive_mac(args.node, subnet),
-                  subnet, st.get("mode", mode), None, "", 0.0)
+    subnet, subnet6 = held.get(4), held.get(6)
+    return Member(args.node, ipaddress.ip_address(ip),
+                  planlib.derive_mac(args.node, subnet or subnet6), subnet,
+                  st.get("mode", mode), None, "", 0.0, subnet6)
 
 
 def doctor(args) -> int:

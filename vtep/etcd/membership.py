@@ -11,6 +11,14 @@ key rides a short lease (20 s), so a dead node disappears from every peer within
 TTL + 1 s; its subnet reservation rides a long one (24 h, kept alive with the short
 one), so a node that restarts, or comes back with another underlay IP, finds the
 reservation naming it and gets the same subnet back, while nobody else can take it.
+
+Dual stack (issue 15): a node claims a subnet of each family the config has, IPv4 and
+IPv6 reservations under the same subnets/ prefix, in the one transaction that writes
+its member record (the guard on that prefix covers both), on the same long lease;
+`vtep cluster remove` deletes both. A node registered before the config gained
+overlay6 claims its subnet6 when it next registers (a restart, or a registration lost
+to a partition) or, while it runs, when its agent sees the new config (reclaim: on
+its own leases, the IPv4 subnet and the MAC kept).
 """
 from __future__ import annotations
 
@@ -22,10 +30,10 @@ from dataclasses import dataclass
 from .. import plan as planmod
 from ..errors import HostMismatch, UsageError
 from . import codec
-from .codec import cmp_absent, cmp_mod, op_delete, op_put
+from .codec import Lease, cmp_absent, cmp_mod, op_delete, op_put
 from .errors import EtcdError, LeaseNotFound
-from .model import (BadRecord, ClusterConfig, Layout, Member, Records, Reservation,
-                    free_subnet, read_records, show_value)
+from .model import (DEFAULT_SUBNET6_LEN, BadRecord, ClusterConfig, Layout, Member, Records,
+                    Reservation, free_subnet, read_records, show_value)
 
 DEFAULT_TTL = 20                 # the membership lease, seconds (kept alive at TTL/3)
 DEFAULT_RESERVATION_TTL = 86400  # the subnet reservation's lease: 24 h, flannel's too
@@ -109,14 +117,16 @@ def current_plan(client, layout: Layout, where: str) -> planmod.Plan:
 # --- cluster init --------------------------------------------------------------------------
 
 def init_cluster(client, layout: Layout, plan: planmod.Plan, subnet_len: int,
-                 force: bool = False) -> list[str]:
-    """Write the plan's [cluster] (plus subnet_len) as the config and reserve each
-    [[nodes]] entry's subnet for it on no lease. What it did, one line each.
+                 force: bool = False, subnet6_len: int = DEFAULT_SUBNET6_LEN) -> list[str]:
+    """Write the plan's [cluster] (plus subnet_len, and subnet6_len with an overlay6) as
+    the config and reserve each [[nodes]] entry's subnets (each family's) for it on no
+    lease. What it did, one line each.
 
     Everything is checked before the first write: another config is refused with its
     diff unless `force`; a plan subnet held for another node (or overlapping one), or
-    a node that holds another subnet, is refused always (`vtep cluster remove` first)."""
-    want = ClusterConfig.from_plan(plan, subnet_len)
+    a node that holds another subnet of that family, is refused always (`vtep cluster
+    remove` first)."""
+    want = ClusterConfig.from_plan(plan, subnet_len, subnet6_len=subnet6_len)
     recs, by_key, _ = _read(client, layout)
     kv = by_key.get(layout.config)
     done = []
@@ -131,22 +141,24 @@ def init_cluster(client, layout: Layout, plan: planmod.Plan, subnet_len: int,
         if diffs and not force:
             raise ConfigDiffers(layout.config, diffs)
     conflicts, todo = [], []
-    held = {r.node: r for r in recs.reservations.values()}
     for node in plan.nodes:
-        mine = recs.reservations.get(node.subnet)
-        if mine is not None and mine.node == node.name:
-            done.append(f"{layout.subnet(node.subnet)}: already reserved for {node.name}")
-            continue
-        clash = next((r for r in recs.reservations.values() if r.subnet.overlaps(node.subnet)),
-                     None)
-        if clash is not None:
-            conflicts.append(f"{node.name}'s subnet {node.subnet} overlaps {clash.subnet} "
-                             f"held for {clash.node or '(unreadable record)'}")
-        elif node.name in held:
-            conflicts.append(f"{node.name} holds {held[node.name].subnet}, the plan gives it "
-                             f"{node.subnet}")
-        else:
-            todo.append(node)
+        held = recs.held(node.name)
+        for net in node.subnets:
+            mine = recs.reservations.get(net)
+            if mine is not None and mine.node == node.name:
+                done.append(f"{layout.subnet(net)}: already reserved for {node.name}")
+                continue
+            clash = next((r for r in recs.reservations.values()
+                          if r.subnet.version == net.version and r.subnet.overlaps(net)),
+                         None)
+            if clash is not None:
+                conflicts.append(f"{node.name}'s subnet {net} overlaps {clash.subnet} "
+                                 f"held for {clash.node or '(unreadable record)'}")
+            elif net.version in held:
+                conflicts.append(f"{node.name} holds {held[net.version]}, the plan gives "
+                                 f"it {net}")
+            else:
+                todo.append((node.name, net))
     if conflicts:
         raise ReservationConflict(f"{plan.path}: {'; '.join(conflicts)} "
                                   "(vtep cluster remove NODE frees a node's subnet)")
@@ -163,14 +175,18 @@ def init_cluster(client, layout: Layout, plan: planmod.Plan, subnet_len: int,
         done.insert(0, f"{layout.config}: replaced ({', '.join(diffs)})")
     else:
         done.insert(0, f"{layout.config}: unchanged")
-    for node in todo:
-        key = layout.subnet(node.subnet)
-        r = client.create(key, Reservation(node.subnet, node.name).to_json())
+    for name, net in todo:
+        key = layout.subnet(net)
+        r = client.create(key, Reservation(net, name).to_json())
         if not r.succeeded:
             raise ReservationConflict(f"{key}: reserved by someone else meanwhile")
-        done.append(f"{key}: reserved for {node.name}")
-    stray = sorted((r for r in recs.reservations.values()
-                    if not r.subnet.subnet_of(want.overlay)), key=lambda r: r.subnet)
+        done.append(f"{key}: reserved for {name}")
+
+    def outside(net) -> bool:
+        ov = want.overlay_of(net.version)
+        return ov is None or not net.subnet_of(ov)
+    stray = sorted((r for r in recs.reservations.values() if outside(r.subnet)),
+                   key=lambda r: (r.subnet.version, planmod._span(r.subnet)))
     if stray:
         done.append("warning: outside the overlay " + ", ".join(
             f"{r.subnet} ({r.node})" for r in stray) + ": vtep cluster remove NODE")
@@ -178,7 +194,9 @@ def init_cluster(client, layout: Layout, plan: planmod.Plan, subnet_len: int,
 
 
 def _describe(c: ClusterConfig) -> str:
-    return ", ".join(f"{k} {show_value(v)}" for k, v in c.to_dict().items())
+    return ", ".join(f"{k} {show_value(v)}" for k, v in c.to_dict().items()
+                     if v is not None or k not in ("overlay", "subnet_len", "overlay6",
+                                                   "subnet6_len"))
 
 
 # --- a node's registration -----------------------------------------------------------------
@@ -215,10 +233,11 @@ def _guard_subnets(layout: Layout, revision: int) -> dict:
 def register(client, layout: Layout, *, name: str, underlay_ip, mode: str, mtu: int | None,
              version: str, ttl: int = DEFAULT_TTL,
              reservation_ttl: int = DEFAULT_RESERVATION_TTL,
-             previous: ipaddress.IPv4Network | None = None) -> Registration:
-    """Join the cluster as `name`: its subnet (a reservation naming it; else `previous`
-    if free; else the lowest free), and its membership key, both written by one
-    transaction so a failure leaves nothing half-done."""
+             previous=None) -> Registration:
+    """Join the cluster as `name`: a subnet of each family the config has (a
+    reservation naming it; else the `previous` subnet of that family if free, given as
+    one network or several; else the lowest free), and its membership key, all written
+    by one transaction so a failure leaves nothing half-done."""
     problems = []
     planmod._node_name(name, "name", lambda where, msg: problems.append(msg))
     if problems:
@@ -236,28 +255,57 @@ def register(client, layout: Layout, *, name: str, underlay_ip, mode: str, mtu: 
     try:
         leases.append(client.lease_grant(reservation_ttl))
         short, long = leases
-        for attempt in range(CLAIM_ATTEMPTS):
-            try:
-                reg = _try_register(client, layout, name, ip, mode, mtu, version, short,
-                                    long, previous)
-            except EtcdError:
-                # The transaction may have been applied unseen, re-attaching the node's
-                # reservation to the long lease: revoking it would delete the
-                # reservation. Left alone, it keeps the subnet for the next attempt.
-                leases.pop()
-                raise
-            if reg is not None:
-                leases.clear()
-                return reg
-            time.sleep(random.uniform(0, min(0.2, 0.005 * (attempt + 1))))
-        raise ClaimContention(f"node {name}: no subnet claimed after {CLAIM_ATTEMPTS} "
-                              "attempts (each lost to another writer)")
+        try:
+            reg = _claim(client, layout, name, ip, mode, mtu, version, short, long,
+                         previous)
+        except EtcdError:
+            # The transaction may have been applied unseen, re-attaching the node's
+            # reservation to the long lease: revoking it would delete the
+            # reservation. Left alone, it keeps the subnet for the next attempt.
+            leases.pop()
+            raise
+        leases.clear()
+        return reg
     finally:
         for lease in leases:      # a failed registration leaves no lease to expire
             try:
                 client.lease_revoke(lease.id)
             except EtcdError:
                 pass
+
+
+def _claim(client, layout, name, ip, mode, mtu, version, short, long, previous):
+    """_try_register until one attempt is not lost to another writer."""
+    for attempt in range(CLAIM_ATTEMPTS):
+        reg = _try_register(client, layout, name, ip, mode, mtu, version, short, long,
+                            previous)
+        if reg is not None:
+            return reg
+        time.sleep(random.uniform(0, min(0.2, 0.005 * (attempt + 1))))
+    raise ClaimContention(f"node {name}: no subnet claimed after {CLAIM_ATTEMPTS} "
+                          "attempts (each lost to another writer)")
+
+
+def lacking(config: ClusterConfig, member: Member) -> tuple[int, ...]:
+    """The IP versions of the config that the member holds no subnet of."""
+    return tuple(v for v in config.families if member.subnet_of(v) is None)
+
+
+def reclaim(client, layout: Layout, reg: Registration) -> Registration:
+    """A running node's registration once more, on its own two leases: the subnets it
+    holds kept (their reservations compared on their revisions), a subnet claimed for
+    each family the config gained since it registered (overlay6 set on a running
+    cluster), and its member record rewritten with them, in one transaction. A lease
+    found gone raises RegistrationLost (register again instead)."""
+    m = reg.member
+    try:
+        return _claim(client, layout, m.name, m.underlay_ip, m.mode, m.mtu, m.version,
+                      Lease(reg.lease_id, reg.ttl), Lease(reg.long_lease_id, 0),
+                      m.subnets)
+    except LeaseNotFound as e:
+        raise RegistrationLost(f"node {m.name}: a lease of its registration expired or "
+                               f"was revoked ({e.endpoint}): register again",
+                               e.endpoint) from None
 
 
 def _check_name(kv, layout: Layout, name: str, ip) -> None:
@@ -282,26 +330,47 @@ def _try_register(client, layout, name, ip, mode, mtu, version, short, long, pre
     config = recs.config
     node_kv = by_key.get(layout.node(name))
     _check_name(node_kv, layout, name, ip)
-    mine = sorted((res for res in recs.reservations.values()
-                   if res.node == name and res.subnet.subnet_of(config.overlay)),
-                  key=lambda res: (res.subnet != previous, res.subnet))
-    if mine:
-        subnet = mine[0].subnet
-        res_cmp = [cmp_mod(layout.subnet(subnet), by_key[layout.subnet(subnet)].mod_revision)]
-    else:
-        subnet = free_subnet(config, set(recs.reservations), previous)
-        res_cmp = [cmp_absent(layout.subnet(subnet)), _guard_subnets(layout, rev)]
-    member = Member(name, ip, planmod.derive_mac(name, subnet), subnet, mode, mtu,
-                    version, time.time())
+    prev = _by_version(previous)
+    subnets, res_cmp, guard = {}, [], False
+    for v in config.families:
+        ov = config.overlay_of(v)
+        mine = sorted((res.subnet for res in recs.reservations.values()
+                       if res.node == name and res.subnet.version == v
+                       and res.subnet.subnet_of(ov)),
+                      key=lambda net: (net != prev.get(v), planmod._span(net)))
+        if mine:
+            net = mine[0]
+            key = layout.subnet(net)
+            res_cmp.append(cmp_mod(key, by_key[key].mod_revision))
+        else:
+            net = free_subnet(config, set(recs.reservations), prev.get(v), v)
+            res_cmp.append(cmp_absent(layout.subnet(net)))
+            guard = True
+        subnets[v] = net
+    if guard:
+        res_cmp.append(_guard_subnets(layout, rev))
+    # the MAC from the IPv4 subnet when there is one, as the plan derives it: a node
+    # that gains a subnet6 keeps its MAC (one MAC, one fdb entry, both families)
+    member = Member(name, ip, planmod.derive_mac(name, subnets.get(4) or subnets[6]),
+                    subnets.get(4), mode, mtu, version, time.time(), subnets.get(6))
     node_cmp = (cmp_mod(layout.node(name), node_kv.mod_revision) if node_kv
                 else cmp_absent(layout.node(name)))
     t = client.txn([node_cmp, *res_cmp],
-                   [op_put(layout.subnet(subnet), Reservation(subnet, name).to_json(),
-                           long.id),
+                   [*(op_put(layout.subnet(net), Reservation(net, name).to_json(), long.id)
+                      for net in subnets.values()),
                     op_put(layout.node(name), member.to_json(), short.id)])
     if not t.succeeded:
         return None
     return Registration(member, short.id, long.id, t.revision, short.ttl)
+
+
+def _by_version(previous) -> dict:
+    """`previous` (None, a network, or several) by IP version."""
+    if previous is None:
+        return {}
+    nets = [previous] if isinstance(previous, (ipaddress.IPv4Network,
+                                               ipaddress.IPv6Network)) else previous
+    return {n.version: n for n in nets}
 
 
 def deregister(client, layout: Layout, reg: Registration) -> None:

@@ -30,7 +30,11 @@ What goes wrong is handled here, never by flushing the data plane:
 - this node was removed (`vtep cluster remove`: its key and its subnet
   reservation deleted), seen by the watch, by a list or by a renewal that found
   its lease gone: NodeRemoved is delivered and the agent tears down; it never
-  registers again under another subnet.
+  registers again under another subnet;
+- the config gained a family this node holds no subnet of (overlay6 set on a running
+  cluster, issue 15): it claims one at once (membership.reclaim: its own leases, its
+  IPv4 subnet and MAC kept); until every member has, model.to_plan serves the
+  families all of them hold (with a warning), so IPv4 is never interrupted.
 The short lease is renewed every TTL/3, the long one with it.
 """
 from __future__ import annotations
@@ -150,7 +154,8 @@ class EtcdSource:
     def _key(self):
         """What a plan is made of: a change of anything else (a member's `since`, its
         MTU or mode) needs no new plan."""
-        return (self.config, tuple(sorted((m.name, m.underlay_ip, m.subnet, m.vtep_mac)
+        return (self.config, tuple(sorted((m.name, str(m.underlay_ip), str(m.subnet),
+                                           str(m.subnet6), m.vtep_mac)
                                           for m in self.members.values())))
 
     def _publish(self) -> None:
@@ -173,6 +178,30 @@ class EtcdSource:
                                                                        self.layout)
         if self.name not in self.members:
             self._lost_self()
+        self._fit()
+
+    def _fit(self) -> None:
+        """Claim a subnet of each family the config has and this node holds none of
+        (the config gained overlay6 since it registered)."""
+        me = self.reg.member
+        missing = membership.lacking(self.config, me)
+        if not missing:
+            return
+        what = " and ".join("a subnet" if v == 4 else "a subnet6" for v in missing)
+        log.info(f"the cluster's config now has an overlay of IPv"
+                 f"{' and IPv'.join(map(str, missing))}: claiming {what} for {me.name}")
+        try:
+            self.reg = membership.reclaim(self.client, self.layout, self.reg)
+        except RegistrationLost:
+            self._lost_self()
+            return
+        except model.NoFreeSubnet as e:
+            # keep what it holds: the plan leaves that family out, saying why
+            log.error(f"{me.name}: {e}")
+            return
+        self.members[me.name] = self.reg.member
+        got = ", ".join(str(self.reg.member.subnet_of(v)) for v in missing)
+        log.info(f"{me.name} holds {got} now")
 
     def _stopped(self, timeout: float, watch=None) -> bool:
         """Wait up to `timeout` s for the watch or a stop; True when asked to stop."""
@@ -295,6 +324,7 @@ class EtcdSource:
         if key == lay.config:
             if ev.type == "PUT":
                 self.config = model.ClusterConfig.from_json(ev.kv.value, key)
+                self._fit()
             return True
         name = lay.name_of(key)
         if name is not None:
@@ -316,11 +346,12 @@ class EtcdSource:
         (its subnet reservation went too: NodeRemoved), or expired (a partition longer
         than the TTL): register again, with the subnet the reservation keeps."""
         me = self.reg.member
-        key = self.layout.subnet(me.subnet)
+        net = me.subnets[0]          # its IPv4 subnet, or its subnet6 in an IPv6-only one
+        key = self.layout.subnet(net)
         kv = self.client.get(key)
         try:
             held = kv is not None and model.Reservation.from_json(
-                me.subnet, kv.value, key).node == me.name
+                net, kv.value, key).node == me.name
         except model.BadRecord:
             held = False
         if not held:
