@@ -550,3 +550,423 @@ def test_init_warns_as_a_plan_file_does(etcd, lay, tmp_path):
         f"vtep: warning: {plan}: cluster.overlay: 172.2.0.0/16 is not private address space "
         "(RFC 1918 or 100.64.0.0/10); traffic to those addresses elsewhere on the internet "
         "will be routed into the overlay"]
+
+
+# --- dual stack (issue 15) ------------------------------------------------------------------------
+# The expected keys and JSON are written by hand: RFC 5952's compressed form for the IPv6
+# keys, the plan's field names (overlay6, subnet6) and flannel's /64 default per node.
+
+N6 = ipaddress.IPv6Network
+CONFIG46_JSON = (b'{"vni":10,"port":4789,"overlay":"172.2.0.0/16","mtu":null,'
+                 b'"udp_checksum":true,"subnet_len":24,"overlay6":"fd00:172:2::/48",'
+                 b'"subnet6_len":64}')
+CONFIG6_JSON = (b'{"vni":10,"port":4789,"mtu":null,"udp_checksum":true,'
+                b'"overlay6":"fd00:172:2::/48","subnet6_len":64}')
+MEMBER46_JSON = (b'{"underlay_ip":"192.168.1.138","vtep_mac":"06:b3:5c:00:11:22",'
+                 b'"subnet":"172.2.1.0/24","mode":"kernel","mtu":1450,"version":"0.1.0",'
+                 b'"since":1700000000.5,"subnet6":"fd00:172:2:1::/64"}')
+MEMBER6_JSON = (b'{"underlay_ip":"192.168.1.138","vtep_mac":"06:b3:5c:00:11:22",'
+                b'"subnet":null,"mode":"kernel","mtu":1450,"version":"0.1.0",'
+                b'"since":1700000000.5,"subnet6":"fd00:172:2:1::/64"}')
+
+
+def cfg46(**kw) -> ClusterConfig:
+    return cfg(**{"overlay6": N6("fd00:172:2::/48"), "subnet6_len": 64, **kw})
+
+
+def cfg6(**kw) -> ClusterConfig:
+    return cfg(**{"overlay": None, "subnet_len": None, "overlay6": N6("fd00:172:2::/48"),
+                  "subnet6_len": 64, **kw})
+
+
+def member46(name, ip, subnet, subnet6, mac="06:b3:5c:00:11:22") -> Member:
+    return Member(name, ipaddress.ip_address(ip), mac, N(subnet) if subnet else None,
+                  "kernel", 1450, "0.1.0", 1700000000.0, N6(subnet6) if subnet6 else None)
+
+
+def test_ipv6_reservation_keys_are_compressed_and_one_spelling():
+    lay = Layout()
+    assert lay.subnet(N6("fd00:172:2:1::/64")) == "/vtep/subnets/fd00:172:2:1::-64"
+    assert lay.subnet(N6("fd00:172:2::/64")) == "/vtep/subnets/fd00:172:2::-64"
+    assert lay.net_of("/vtep/subnets/fd00:172:2:1::-64") == N6("fd00:172:2:1::/64")
+    for key in ("/vtep/subnets/FD00:172:2:1::-64", "/vtep/subnets/fd00:172:2:1:0::-64",
+                "/vtep/subnets/fd00:0172:2:1::-64", "/vtep/subnets/fd00:172:2:1::1-64",
+                "/vtep/subnets/fd00:172:2:1::-129"):
+        with pytest.raises(BadRecord) as e:
+            lay.net_of(key)
+        assert e.value.key == key
+
+
+def test_dual_stack_and_ipv6_only_config_json_both_ways():
+    c = ClusterConfig.from_json(CONFIG46_JSON, "/vtep/config")
+    assert c == cfg46() and c.families == (4, 6)
+    assert c.to_json() == CONFIG46_JSON
+    assert c.table() == {"vni": 10, "port": 4789, "overlay": "172.2.0.0/16",
+                         "overlay6": "fd00:172:2::/48", "udp_checksum": True}
+    c6 = ClusterConfig.from_json(CONFIG6_JSON, "/vtep/config")
+    assert c6 == cfg6() and c6.families == (6,)
+    assert c6.to_json() == CONFIG6_JSON
+    assert c6.table() == {"vni": 10, "port": 4789, "overlay6": "fd00:172:2::/48",
+                          "udp_checksum": True}
+    # null is read as absent (a hand-written record may say so)
+    d = dict(json.loads(CONFIG6_JSON), overlay=None, subnet_len=None)
+    assert ClusterConfig.from_json(json.dumps(d)) == c6
+    # a v4-only config is still the pre-dual-stack bytes (an earlier agent reads it)
+    assert cfg().to_json() == CONFIG_JSON
+
+
+@pytest.mark.parametrize("base,patch,needle", [
+    (CONFIG46_JSON, {"overlay6": "fe80::/10"}, "overlaps fe80::/10, link-local"),
+    (CONFIG46_JSON, {"overlay6": "10.0.0.0/8"}, "is IPv4: give it as cluster.overlay"),
+    (CONFIG46_JSON, {"overlay6": 6}, "overlay6: 6 is not a string"),
+    (CONFIG46_JSON, {"subnet6_len": 127}, "subnet6_len: 127 is outside 48..126"),
+    (CONFIG46_JSON, {"subnet6_len": 40}, "subnet6_len: 40 is outside 48..126"),
+    (CONFIG46_JSON, {"subnet6_len": "64"}, "subnet6_len: '64' is not a whole number"),
+    (CONFIG6_JSON, {"overlay6": None}, "cluster.overlay: missing"),
+])
+def test_a_bad_ipv6_config_is_a_bad_record_with_the_plans_words(base, patch, needle):
+    d = json.loads(base)
+    d.update(patch)
+    with pytest.raises(BadRecord) as e:
+        ClusterConfig.from_json(json.dumps(d).encode(), "/vtep/config")
+    msg = str(e.value)
+    assert msg.startswith("etcd /vtep/config: ") and needle in msg and "\n" not in msg, msg
+
+
+def test_a_config_with_overlay6_but_no_subnet6_len_is_a_bad_record():
+    d = json.loads(CONFIG46_JSON)
+    del d["subnet6_len"]
+    with pytest.raises(BadRecord, match=r"subnet6_len: missing \(overlay6 is set\)"):
+        ClusterConfig.from_json(json.dumps(d), "/vtep/config")
+
+
+def test_from_plan_checks_subnet6_len_against_overlay6_only():
+    p = plan_from_data({"cluster": {"overlay": "10.244.0.0/16",
+                                    "overlay6": "fd00:10:244::/120"}}, "p.toml")
+    with pytest.raises(PlanError) as e:
+        ClusterConfig.from_plan(p, 24)          # the default /64 is larger than the overlay6
+    assert str(e.value) == ("p.toml: subnet6_len: 64 is outside 120..126 (each node's IPv6 "
+                            "subnet lies inside the overlay6 fd00:10:244::/120 and is /126 "
+                            "or larger)")
+    assert ClusterConfig.from_plan(p, 24, subnet6_len=124).subnet6_len == 124
+    # no overlay6: no subnet6_len stored, whatever was asked
+    c = ClusterConfig.from_plan(plan_from_data({"cluster": {"overlay": "10.244.0.0/16"}},
+                                               "p.toml"), 24, subnet6_len=999)
+    assert (c.overlay6, c.subnet6_len) == (None, None)
+
+
+def test_config_diff_names_the_ipv6_fields():
+    assert cfg().diff(cfg46()) == ["overlay6: null vs fd00:172:2::/48",
+                                   "subnet6_len: null vs 64"]
+    assert cfg46().diff(cfg6()) == ["overlay: 172.2.0.0/16 vs null", "subnet_len: 24 vs null"]
+
+
+def test_dual_stack_and_ipv6_only_member_json_both_ways():
+    m = Member.from_json("network-2", MEMBER46_JSON, "/vtep/nodes/network-2")
+    assert (m.subnet, m.subnet6) == (N("172.2.1.0/24"), N6("fd00:172:2:1::/64"))
+    assert m.to_json() == MEMBER46_JSON
+    m6 = Member.from_json("network-2", MEMBER6_JSON, "/vtep/nodes/network-2")
+    assert (m6.subnet, m6.subnet6) == (None, N6("fd00:172:2:1::/64"))
+    assert m6.to_json() == MEMBER6_JSON
+    assert m6.subnets == (N6("fd00:172:2:1::/64"),)
+    # a v4-only member still has no subnet6 field at all (pre-dual-stack bytes)
+    assert b"subnet6" not in Member.from_json("n", MEMBER_JSON).to_json()
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"subnet6": "fd00:172:2:1::1/64"}, "subnet6: 'fd00:172:2:1::1/64' is not an IPv6 network"),
+    ({"subnet6": "172.2.1.0/24"}, "subnet6: '172.2.1.0/24' is not an IPv6 network"),
+    ({"subnet6": 64}, "subnet6: 64 is not a string"),
+    ({"subnet6": None}, "subnet and subnet6: both null"),
+    ({"subnet": "fd00:172:2:1::/64"}, "subnet: 'fd00:172:2:1::/64' is not an IPv4 network"),
+])
+def test_a_bad_member_subnet6_names_its_key_and_field(patch, needle):
+    d = json.loads(MEMBER6_JSON)
+    d.update(patch)
+    with pytest.raises(BadRecord) as e:
+        Member.from_json("n", json.dumps(d), "/vtep/nodes/n")
+    assert str(e.value).startswith("etcd /vtep/nodes/n: ") and needle in str(e.value)
+
+
+def test_to_plan_dual_stack_and_ipv6_only():
+    ms = [member46("a", "192.168.1.1", "172.2.0.0/24", "fd00:172:2::/64", "02:00:00:00:00:01"),
+          member46("b", "192.168.1.2", "172.2.1.0/24", "fd00:172:2:1::/64",
+                   "02:00:00:00:00:02")]
+    p = to_plan(cfg46(), ms, "etcd x")
+    assert (str(p.overlay), str(p.overlay6)) == ("172.2.0.0/16", "fd00:172:2::/48")
+    assert not [w for w in p.warnings if "overlay6" in w], p.warnings
+    b = p.node("b")
+    assert (str(b.subnet), str(b.subnet6), str(b.vtep_ip6)) == \
+        ("172.2.1.0/24", "fd00:172:2:1::/64", "fd00:172:2:1::")
+    p6 = to_plan(cfg6(), [member46("a", "192.168.1.1", None, "fd00:172:2::/64")], "etcd x")
+    assert (p6.overlay, p6.node("a").subnet, str(p6.node("a").subnet6)) == \
+        (None, None, "fd00:172:2::/64")
+    # the plan's own rules hold for subnet6 too
+    with pytest.raises(PlanError, match=r"etcd x: node 'a': subnet6: fd00:173::/64 is outside "
+                       r"the overlay fd00:172:2::/48"):
+        to_plan(cfg6(), [member46("a", "192.168.1.1", None, "fd00:173::/64")], "etcd x")
+    # a subnet6 of a cluster without overlay6 (it lost it) is not served
+    assert to_plan(cfg(), ms, "etcd x").node("a").subnet6 is None
+
+
+def test_to_plan_leaves_out_a_family_some_member_holds_no_subnet_of():
+    """overlay6 set while b's agent (an older one, or one that has not claimed yet) holds
+    only IPv4: every node serves IPv4 alone, and says why."""
+    ms = [member46("a", "192.168.1.1", "172.2.0.0/24", "fd00:172:2::/64", "02:00:00:00:00:01"),
+          member46("b", "192.168.1.2", "172.2.1.0/24", None, "02:00:00:00:00:02")]
+    p = to_plan(cfg46(), ms, "etcd x")
+    assert p.overlay6 is None and [n.subnet6 for n in p.nodes] == [None, None]
+    assert [str(n.subnet) for n in p.nodes] == ["172.2.0.0/24", "172.2.1.0/24"]
+    (w,) = [w for w in p.warnings if "overlay6" in w]
+    assert w.startswith("etcd x: cluster.overlay6 fd00:172:2::/48 is left out of the plan: "
+                        "the member record of b has no subnet6, not compatible with the "
+                        "current config"), w
+    with pytest.raises(PlanError, match=r"etcd x: no address family every member holds a "
+                       r"subnet of: b hold no subnet6"):
+        to_plan(cfg6(), ms[1:] + [member46("c", "192.168.1.3", None, "fd00:172:2:2::/64",
+                                           "02:00:00:00:00:03")],
+                "etcd x")
+
+
+@pytest.mark.parametrize("taken,previous,want", [
+    ([], None, "fd00:172:2::/64"),
+    (["fd00:172:2::/63"], None, "fd00:172:2:2::/64"),                # a larger block skipped
+    (["fd00:172:2::/80"], None, "fd00:172:2:1::/64"),                # a smaller one too
+    (["172.2.0.0/24", "fd00:172:2::/64"], None, "fd00:172:2:1::/64"),  # IPv4: another family
+    ([], "fd00:172:2:7::/64", "fd00:172:2:7::/64"),                  # the previous one, free
+    ([], "172.2.7.0/24", "fd00:172:2::/64"),                         # of the other family
+    ([], "fd00:173::/64", "fd00:172:2::/64"),                        # outside the overlay6
+])
+def test_free_subnet6(taken, previous, want):
+    got = free_subnet(cfg46(), {ipaddress.ip_network(t) for t in taken},
+                      ipaddress.ip_network(previous) if previous else None, 6)
+    assert got == N6(want)
+
+
+def test_free_subnet6_when_the_overlay6_is_full():
+    c = cfg6(overlay6=N6("fd00:172:2::/62"))
+    full = {N6(f"fd00:172:2:{i}::/64") for i in range(4)}
+    with pytest.raises(NoFreeSubnet) as e:
+        free_subnet(c, full, version=6)
+    assert str(e.value) == "overlay6 fd00:172:2::/62 has no free /64 left (4 taken)"
+
+
+def test_export_of_a_dual_stack_cluster_is_a_plan_file(tmp_path):
+    ms = [member46("a", "192.168.1.1", "172.2.0.0/24", "fd00:172:2::/64", "02:00:00:00:00:01"),
+          member46("b", "192.168.1.2", "172.2.1.0/24", "fd00:172:2:1::/64",
+                   "02:00:00:00:00:02")]
+    f = tmp_path / "x.toml"
+    text = export_toml(cfg46(), ms, [Reservation(N6("fd00:172:2:9::/64"), "gone")])
+    f.write_text(text)
+    p = planmod.load(f)
+    assert [(n.name, str(n.subnet), str(n.subnet6)) for n in p.nodes] == [
+        ("a", "172.2.0.0/24", "fd00:172:2::/64"), ("b", "172.2.1.0/24", "fd00:172:2:1::/64")]
+    assert str(p.overlay6) == "fd00:172:2::/48"
+    assert "# subnet6_len = 64" in text and "#   fd00:172:2:9::/64 for gone" in text
+    # a member without a subnet6: the file is the IPv4 plan to_plan serves, overlay6 shown
+    # commented out
+    f.write_text(export_toml(cfg46(), [ms[0], member46("b", "192.168.1.2", "172.2.1.0/24",
+                                                      None)]))
+    p = planmod.load(f)
+    assert p.overlay6 is None and [n.subnet6 for n in p.nodes] == [None, None]
+    assert '# overlay6 = "fd00:172:2::/48"' in f.read_text()
+
+
+# --- dual stack against a real etcd ------------------------------------------------------------
+
+CLUSTER46 = planmod.Plan("p.toml", 10, 4789, N("172.2.0.0/16"), None, (),
+                         overlay6=N6("fd00:172:2::/48"))
+CLUSTER6 = planmod.Plan("p.toml", 10, 4789, None, None, (), overlay6=N6("fd00:172:2::/48"))
+
+
+def test_init_dual_stack_writes_overlay6_and_reserves_both_subnets(etcd, client, lay):
+    plan = plan_from_data({"cluster": {"overlay": "172.2.0.0/16",
+                                       "overlay6": "fd00:172:2::/48"}, "nodes": [
+        {"name": "a", "underlay_ip": "192.168.1.1", "subnet": "172.2.5.0/24",
+         "subnet6": "fd00:172:2:5::/64"}]}, "p.toml")
+    done = init_cluster(client, lay, plan, 24)
+    assert raw_get(etcd, lay.config) == (json.loads(CONFIG46_JSON), 0)
+    assert raw_get(etcd, lay.prefix + "/subnets/172.2.5.0-24") == ({"node": "a"}, 0)
+    assert raw_get(etcd, lay.prefix + "/subnets/fd00:172:2:5::-64") == ({"node": "a"}, 0)
+    assert done[-1] == f"{lay.subnets}fd00:172:2:5::-64: reserved for a"
+    # a's agent gets both, now on its long lease; b the lowest free of each family
+    a = reg(client, lay, "a", "192.168.1.1")
+    assert (a.member.subnet, a.member.subnet6) == (N("172.2.5.0/24"), N6("fd00:172:2:5::/64"))
+    assert raw_get(etcd, lay.prefix + "/subnets/fd00:172:2:5::-64") == ({"node": "a"},
+                                                                          a.long_lease_id)
+    b = reg(client, lay, "b", "192.168.1.2")
+    assert (b.member.subnet, b.member.subnet6) == (N("172.2.0.0/24"), N6("fd00:172:2::/64"))
+    assert init_cluster(client, lay, plan, 24)[0] == f"{lay.config}: unchanged"
+    # a plan giving a another subnet6, or b's subnet6 to c, is refused
+    other = plan_from_data({"cluster": {"overlay": "172.2.0.0/16",
+                                        "overlay6": "fd00:172:2::/48"}, "nodes": [
+        {"name": "a", "underlay_ip": "192.168.1.1", "subnet": "172.2.5.0/24",
+         "subnet6": "fd00:172:2:6::/64"},
+        {"name": "c", "underlay_ip": "192.168.1.3", "subnet": "172.2.7.0/24",
+         "subnet6": "fd00:172:2::/63"}]}, "p.toml")
+    with pytest.raises(ReservationConflict) as e:
+        init_cluster(client, lay, other, 24)
+    assert "a holds fd00:172:2:5::/64, the plan gives it fd00:172:2:6::/64" in str(e.value)
+    assert "c's subnet fd00:172:2::/63 overlaps fd00:172:2::/64 held for b" in str(e.value)
+
+
+def test_two_nodes_join_a_dual_stack_cluster_one_transaction_each(etcd, client, lay):
+    init_cluster(client, lay, CLUSTER46, 24)
+    a = reg(client, lay, "network-1", "192.168.1.1")
+    b = reg(client, lay, "network-2", "192.168.1.2")
+    value, lease = raw_get(etcd, lay.node("network-2"))
+    assert lease == b.lease_id
+    assert (value["subnet"], value["subnet6"]) == ("172.2.1.0/24", "fd00:172:2:1::/64")
+    # one MAC for both families, derived from the IPv4 subnet as in a v4-only cluster
+    assert value["vtep_mac"] == planmod.derive_mac("network-2", "172.2.1.0/24")
+    for key in ("172.2.1.0-24", "fd00:172:2:1::-64"):
+        assert raw_get(etcd, lay.subnets + key) == ({"node": "network-2"}, b.long_lease_id)
+    # both reservations and the member record came from one transaction: one revision
+    kvs = raw(etcd, "/v3/kv/range", {"key": enc(lay.root), "range_end": enc(lay.prefix + "0")})
+    revs = {base64.b64decode(kv["key"]).decode(): int(kv["mod_revision"]) for kv in kvs["kvs"]}
+    assert revs[lay.node("network-2")] == revs[lay.subnets + "172.2.1.0-24"] == \
+        revs[lay.subnets + "fd00:172:2:1::-64"] == b.revision
+    p = to_plan(*snapshot(client, lay)[:2], "etcd x")
+    assert [(n.name, str(n.subnet6)) for n in p.nodes] == [
+        ("network-1", "fd00:172:2::/64"), ("network-2", "fd00:172:2:1::/64")]
+    assert a.member.subnet6 == N6("fd00:172:2::/64")
+
+
+def test_an_ipv6_only_cluster(etcd, client, lay):
+    init_cluster(client, lay, CLUSTER6, 24)
+    assert raw_get(etcd, lay.config)[0] == json.loads(CONFIG6_JSON)
+    a = reg(client, lay, "a", "192.168.1.1")
+    b = reg(client, lay, "b", "192.168.1.2")
+    assert (a.member.subnet, a.member.subnet6) == (None, N6("fd00:172:2::/64"))
+    assert raw_get(etcd, lay.node("b"))[0]["subnet"] is None
+    assert raw_keys(etcd, lay.subnets) == [lay.subnets + "fd00:172:2:1::-64",
+                                           lay.subnets + "fd00:172:2::-64"]
+    p = to_plan(*snapshot(client, lay)[:2], "etcd x")
+    assert p.overlay is None and [str(n.vtep_ip6) for n in p.nodes] == ["fd00:172:2::",
+                                                                        "fd00:172:2:1::"]
+    assert b.member.vtep_mac == planmod.derive_mac("b", "fd00:172:2:1::/64")
+    assert remove_node(client, lay, "a") == [f"{lay.node('a')}: deleted",
+                                             f"{lay.subnets}fd00:172:2::-64: deleted"]
+
+
+def test_both_reservations_outlive_the_membership(etcd, client, lay):
+    init_cluster(client, lay, CLUSTER46, 24)
+    a = reg(client, lay, "a", "192.168.1.1", ttl=2)
+    assert wait_until(lambda: raw_get(etcd, lay.node("a")) is None, limit=8)
+    b = reg(client, lay, "b", "192.168.1.2")
+    assert (b.member.subnet, b.member.subnet6) == (N("172.2.1.0/24"), N6("fd00:172:2:1::/64"))
+    again = reg(client, lay, "a", "10.9.9.9")
+    assert (again.member.subnet, again.member.subnet6) == (a.member.subnet, a.member.subnet6)
+    assert remove_node(client, lay, "a") == [
+        f"{lay.node('a')}: deleted", f"{lay.subnets}172.2.0.0-24: deleted",
+        f"{lay.subnets}fd00:172:2::-64: deleted"]
+
+
+def test_a_config_that_gains_overlay6_has_members_claim_a_subnet6(etcd, client, lay):
+    """A v4-only cluster with a live member; `init --force` adds overlay6. Until the member
+    claims a subnet6 the cluster is served IPv4-only (with the reason); reclaim claims it
+    on the member's own leases, its IPv4 subnet and MAC kept."""
+    from vtep.etcd.membership import lacking, reclaim
+    init_cluster(client, lay, CLUSTER, 24)
+    a = reg(client, lay, "a", "192.168.1.1")
+    assert a.member.subnet6 is None
+    done = init_cluster(client, lay, CLUSTER46, 24, force=True)
+    assert done[0] == (f"{lay.config}: replaced (overlay6: fd00:172:2::/48 vs null, "
+                       "subnet6_len: 64 vs null)")
+    config, members, _ = snapshot(client, lay)
+    assert lacking(config, members["a"]) == (6,)
+    p = to_plan(config, members, "etcd x")
+    assert p.overlay6 is None and any("the member record of a has no subnet6" in w
+                                      for w in p.warnings)
+    # a new node joining meanwhile gets both; the plan stays IPv4 while a lacks one
+    b = reg(client, lay, "b", "192.168.1.2")
+    assert b.member.subnet6 == N6("fd00:172:2::/64")
+    a2 = reclaim(client, lay, a)
+    assert (a2.lease_id, a2.long_lease_id) == (a.lease_id, a.long_lease_id)
+    assert (a2.member.subnet, a2.member.vtep_mac) == (a.member.subnet, a.member.vtep_mac)
+    assert a2.member.subnet6 == N6("fd00:172:2:1::/64")
+    assert raw_get(etcd, lay.subnets + "fd00:172:2:1::-64") == ({"node": "a"},
+                                                                  a.long_lease_id)
+    assert raw_get(etcd, lay.node("a")) == (json.loads(a2.member.to_json()), a.lease_id)
+    p = to_plan(*snapshot(client, lay)[:2], "etcd x")
+    assert str(p.overlay6) == "fd00:172:2::/48" and \
+        [str(n.subnet6) for n in p.nodes] == ["fd00:172:2:1::/64", "fd00:172:2::/64"]
+    # a lease gone: reclaim says register again
+    deregister(client, lay, a2)
+    with pytest.raises(RegistrationLost):
+        reclaim(client, lay, a2)
+
+
+def test_twenty_agents_at_once_get_twenty_subnets_of_each_family(etcd, lay):
+    with Client(etcd.url, timeout=LIMIT) as c:
+        init_cluster(c, lay, CLUSTER46, 24)
+    got, errors = {}, []
+
+    def one(i):
+        try:
+            with Client(etcd.url, timeout=LIMIT) as c:
+                m = reg(c, lay, f"n{i}", f"192.168.2.{i + 1}").member
+                got[i] = (m.subnet, m.subnet6)
+        except Exception as e:     # reported below, with the thread's index
+            errors.append((i, e))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors and len(got) == 20, errors
+    assert sorted(s for s, _ in got.values()) == [N(f"172.2.{i}.0/24") for i in range(20)]
+    assert sorted(s6 for _, s6 in got.values()) == [
+        N6(f"fd00:172:2:{i:x}::/64") for i in range(20)]
+
+
+def test_cli_dual_stack_init_show_export(etcd, client, lay, tmp_path):
+    opts = ["--etcd", etcd.url, "--etcd-prefix", lay.prefix]
+    plan = tmp_path / "p.toml"
+    plan.write_text('[cluster]\nvni = 10\noverlay = "10.244.0.0/16"\n'
+                    'overlay6 = "fd00:10:244::/48"\n\n[[nodes]]\n'
+                    'name = "c"\nunderlay_ip = "192.168.1.3"\nsubnet = "10.244.9.0/24"\n'
+                    'subnet6 = "fd00:10:244:9::/64"\n')
+    r = vtep("init", *opts, "--config", str(plan))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-2:] == [f"{lay.subnets}10.244.9.0-24: reserved for c",
+                                          f"{lay.subnets}fd00:10:244:9::-64: reserved for c"]
+    assert raw_get(etcd, lay.config)[0]["subnet6_len"] == 64
+    a = reg(client, lay, "a", "192.168.1.1")
+    r = vtep("show", *opts)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split(None, 6) for line in r.stdout.splitlines()]
+    assert rows[0] == ["NAME", "SUBNET", "SUBNET6", "UNDERLAY-IP", "VTEP-MAC", "MODE",
+                       "STATUS"]
+    assert rows[1][:6] == ["a", "10.244.0.0/24", "fd00:10:244::/64", "192.168.1.1",
+                           a.member.vtep_mac, "kernel"]
+    assert rows[2] == ["c", "10.244.9.0/24", "fd00:10:244:9::/64", "-",
+                       planmod.derive_mac("c", "10.244.9.0/24"), "-", "reserved (by init)"]
+    js = json.loads(vtep("show", "--json", *opts).stdout)
+    assert js["config"]["overlay6"] == "fd00:10:244::/48"
+    assert [(n["name"], n["subnet6"]) for n in js["nodes"]] == [
+        ("a", "fd00:10:244::/64"), ("c", "fd00:10:244:9::/64")]
+    r = vtep("export", *opts)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "live.toml").write_text(r.stdout)
+    p = planmod.load(tmp_path / "live.toml")
+    assert [(n.name, str(n.subnet6)) for n in p.nodes] == [("a", "fd00:10:244::/64")]
+    # an overlay6 too small for a /64 each: the plan's words, one line, exit 2
+    plan.write_text('[cluster]\nvni = 10\noverlay6 = "fd00:10:244::/120"\n')
+    one_error(vtep("init", "--etcd", etcd.url, "--etcd-prefix", lay.prefix + "-6",
+                   "-c", str(plan)), 2, "subnet6_len: 64 is outside 120..126")
+
+
+def test_cli_show_of_an_ipv6_only_cluster(etcd, client, lay, tmp_path):
+    opts = ["--etcd", etcd.url, "--etcd-prefix", lay.prefix]
+    plan = tmp_path / "p.toml"
+    plan.write_text('[cluster]\nvni = 10\noverlay6 = "fd00:10:244::/48"\n')
+    r = vtep("init", *opts, "--config", str(plan))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"{lay.config}: created (vni 10, port 4789, mtu null, udp_checksum true, "
+        "overlay6 fd00:10:244::/48, subnet6_len 64)"]
+    reg(client, lay, "a", "192.168.1.1")
+    rows = [line.split() for line in vtep("show", *opts).stdout.splitlines()]
+    assert rows[0] == ["NAME", "SUBNET6", "UNDERLAY-IP", "VTEP-MAC", "MODE", "STATUS"]
+    assert rows[1][:2] == ["a", "fd00:10:244::/64"]

@@ -390,7 +390,9 @@ def remove_node(client, layout: Layout, name: str) -> list[str]:
         recs, by_key, _ = _read(client, layout)
         keys = [layout.node(name)] if layout.node(name) in by_key else []
         keys += [layout.subnet(res.subnet) for res in sorted(
-            recs.reservations.values(), key=lambda res: res.subnet) if res.node == name]
+            recs.reservations.values(),
+            key=lambda res: (res.subnet.version, planmod._span(res.subnet)))
+            if res.node == name]
         if not keys:
             known = sorted(set(recs.members) | {res.node for res in recs.reservations.values()
                                                 if res.node})
