@@ -951,6 +951,13 @@ def test_cli_dual_stack_init_show_export(etcd, client, lay, tmp_path):
     (tmp_path / "live.toml").write_text(r.stdout)
     p = planmod.load(tmp_path / "live.toml")
     assert [(n.name, str(n.subnet6)) for n in p.nodes] == [("a", "fd00:10:244::/64")]
+    # --subnet6-len reaches the config (clustercmd.init with the parsed arguments)
+    from argparse import Namespace
+    from vtep import clustercmd
+    assert clustercmd.init(Namespace(
+        config=str(plan), etcd=etcd.url, etcd_prefix=lay.prefix + "-80", etcd_cacert=None,
+        etcd_cert=None, etcd_key=None, subnet_len=24, subnet6_len=80, force=False)) == 0
+    assert raw_get(etcd, lay.prefix + "-80/config")[0]["subnet6_len"] == 80
     # an overlay6 too small for a /64 each: the plan's words, one line, exit 2
     plan.write_text('[cluster]\nvni = 10\noverlay6 = "fd00:10:244::/120"\n')
     one_error(vtep("init", "--etcd", etcd.url, "--etcd-prefix", lay.prefix + "-6",

@@ -515,3 +515,117 @@ def test_status_says_when_etcd_is_away(etcd_lab, tmp_path):
         assert store().get("error") is None
     finally:
         assert a1.stop() == 0, a1.output()
+
+
+# --- dual stack (issue 15) -----------------------------------------------------------------
+
+CLUSTER46_ONLY = CLUSTER_ONLY + 'overlay6 = "fd00:172:2::/48"\n'
+
+
+def vtep_address6(node) -> str | None:
+    """vxlan0's global IPv6 address (`ip -j -6 addr`), None when it has none."""
+    out = node.cmd(["ip", "-j", "-6", "addr", "show", "dev", "vxlan0", "scope", "global"],
+                   check=False).stdout
+    addrs = json.loads(out)[0]["addr_info"] if out.strip() and json.loads(out) else []
+    return f"{addrs[0]['local']}/{addrs[0]['prefixlen']}" if addrs else None
+
+
+def routes6(node) -> list[str]:
+    out = node.cmd(["ip", "-j", "-6", "route", "show", "dev", "vxlan0", "proto", "118"],
+                   check=False).stdout
+    return sorted(r["dst"] for r in json.loads(out)) if out.strip() else []
+
+
+def ping6(node, dst) -> bool:
+    return node.cmd(["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", dst],
+                    check=False, timeout=20).returncode == 0
+
+
+def init(node, url, tmp_path, text, *extra):
+    plan = tmp_path / "cluster.toml"
+    plan.write_text(text)
+    r = node.cmd(VTEP + ["cluster", "init", "--etcd", url, "--config", str(plan), *extra],
+                 check=False, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture
+def etcd_lab46(netns_prefix, tmp_path):
+    """(topology, etcd) with a dual-stack cluster: overlay6 fd00:172:2::/48, a /64 each."""
+    t = seed.topology(netns_prefix + "e6-")
+    with t:
+        srv = EtcdServer(tmp_path / "etcd-data", host=ETCD_HOST, netns=t["router"].ns)
+        try:
+            srv.start()
+            init(t["network-1"], srv.url, tmp_path, CLUSTER46_ONLY)
+            yield t, srv
+        finally:
+            srv.stop()
+
+
+def test_two_nodes_join_a_dual_stack_cluster_and_ping_over_ipv6(etcd_lab46, tmp_path):
+    t, srv = etcd_lab46
+    n1, n2 = t["network-1"], t["network-2"]
+    a1, a2 = pair(t, srv, tmp_path)
+    try:
+        show = json.loads(cli(n1, "show", "--json", url=srv.url).stdout)
+        got = {n["name"]: (n["subnet"], n["subnet6"]) for n in show["nodes"]}
+        # the lowest free of each family, two distinct /64s of the overlay6
+        assert sorted(got.values()) == [("172.2.0.0/24", "fd00:172:2::/64"),
+                                        ("172.2.1.0/24", "fd00:172:2:1::/64")], got
+        s1, s2 = got["network-1"][1], got["network-2"][1]
+        ip1, ip2 = s1.split("/")[0], s2.split("/")[0]
+        # each device holds its /64's first address as a /128, and an onlink route to
+        # the peer's /64 (as `ip -j` reports them)
+        assert wait_for(lambda: (vtep_address6(n1), vtep_address6(n2)) ==
+                        (f"{ip1}/128", f"{ip2}/128"), 10) is not None, \
+            (vtep_address6(n1), vtep_address6(n2), a1.output())
+        assert wait_for(lambda: (routes6(n1), routes6(n2)) == ([s2], [s1]), 10) is not None, \
+            (routes6(n1), routes6(n2), a1.output(), a2.output())
+        assert ping6(n1, ip2) and ping6(n2, ip1)
+        assert ping(n1, vtep_address(n2)) and ping(n2, vtep_address(n1))
+        # one fdb entry per peer for both families
+        assert fdb(n1) == ["192.168.2.142"] and fdb(n2) == ["192.168.1.138"]
+    finally:
+        assert a1.stop() == 0, a1.output()
+        assert a2.stop() == 0, a2.output()
+    # teardown leaves no IPv6 state behind either
+    assert vtep_address6(n1) is None and routes6(n1) == []
+
+
+def test_running_nodes_claim_a_subnet6_when_the_config_gains_overlay6(etcd_lab, tmp_path):
+    """A v4-only cluster, two agents up; `vtep cluster init --force` adds overlay6: each
+    agent claims a /64 on its own leases, keeps its IPv4 subnet (pings across it never
+    stop) and its peers route IPv6 to it."""
+    t, srv = etcd_lab
+    n1, n2 = t["network-1"], t["network-2"]
+    a1, a2 = pair(t, srv, tmp_path)
+    try:
+        ip1, ip2 = vtep_address(n1), vtep_address(n2)
+        assert vtep_address6(n1) is None
+        pinger = Pinger(n1, ip2)
+        time.sleep(0.6)
+        init(n1, srv.url, tmp_path, CLUSTER46_ONLY, "--force")
+
+        got = {}
+
+        def both():
+            show = json.loads(cli(n1, "show", "--json", url=srv.url).stdout)
+            got.update((n["name"], n["subnet6"]) for n in show["nodes"])
+            return all(got.values())
+        assert wait_for(both, 10) is not None, (got, a1.output(), a2.output())
+        assert sorted(got.values()) == ["fd00:172:2:1::/64", "fd00:172:2::/64"], got
+        s1, s2 = got["network-1"], got["network-2"]
+        assert wait_for(lambda: (routes6(n1), routes6(n2)) == ([s2], [s1]), 10) is not None, \
+            (a1.output(), a2.output())
+        assert ping6(n1, s2.split("/")[0]) and ping6(n2, s1.split("/")[0])
+        sent, received = pinger.stop()
+        assert sent >= 3 and received == sent, (sent, received)
+        assert (vtep_address(n1), vtep_address(n2)) == (ip1, ip2)
+        for a in (a1, a2):
+            out = a.output()
+            assert "claiming a subnet6" in out and not lines_with(out, "registering again"), out
+    finally:
+        assert a1.stop() == 0, a1.output()
+        assert a2.stop() == 0, a2.output()

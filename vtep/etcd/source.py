@@ -195,8 +195,11 @@ class EtcdSource:
         except RegistrationLost:
             self._lost_self()
             return
-        except model.NoFreeSubnet as e:
-            # keep what it holds: the plan leaves that family out, saying why
+        except EtcdError:
+            raise                     # etcd away or refusing: _run retries, then lists
+        except VtepError as e:
+            # no free subnet6 (or the config unreadable meanwhile): keep what it holds;
+            # the plan leaves that family out, saying why
             log.error(f"{me.name}: {e}")
             return
         self.members[me.name] = self.reg.member
