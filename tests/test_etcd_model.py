@@ -722,7 +722,7 @@ def test_to_plan_leaves_out_a_family_some_member_holds_no_subnet_of():
                         "the member record of b has no subnet6, not compatible with the "
                         "current config"), w
     with pytest.raises(PlanError, match=r"etcd x: no address family every member holds a "
-                       r"subnet of: b hold no subnet6"):
+                       r"subnet of: b holds no subnet6"):
         to_plan(cfg6(), ms[1:] + [member46("c", "192.168.1.3", None, "fd00:172:2:2::/64",
                                            "02:00:00:00:00:03")],
                 "etcd x")
@@ -977,3 +977,44 @@ def test_cli_show_of_an_ipv6_only_cluster(etcd, client, lay, tmp_path):
     rows = [line.split() for line in vtep("show", *opts).stdout.splitlines()]
     assert rows[0] == ["NAME", "SUBNET6", "UNDERLAY-IP", "VTEP-MAC", "MODE", "STATUS"]
     assert rows[1][:2] == ["a", "fd00:10:244::/64"]
+
+
+def test_a_running_source_claims_a_subnet6_when_the_config_gains_overlay6(etcd, lay):
+    """The agent's plan source (vtep run --etcd's thread) on a v4-only cluster; overlay6
+    is added: it claims a /64 for its node at once, and the plans it delivers are
+    IPv4-only (with the reason) until the other member has one too, then dual-stack."""
+    import select
+    from vtep.etcd.membership import reclaim
+    from vtep.etcd.source import EtcdSource
+    with Client(etcd.url, timeout=LIMIT) as c:
+        init_cluster(c, lay, CLUSTER, 24)
+        b = reg(c, lay, "b", "192.168.1.2")
+    client = Client(etcd.url, timeout=LIMIT)
+    a = reg(client, lay, "a", "192.168.1.1")
+    config, members, rev = snapshot(client, lay)
+    src = EtcdSource(client, lay, a, config, members, rev, where="etcd x", ttl=20,
+                     register=lambda: pytest.fail("registered again"))
+
+    def next_plan(pred):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < LIMIT:
+            select.select([src.fileno()], [], [], 0.2)
+            out = src.take()
+            if out is not None and out[0] is not None and pred(out[0]):
+                return out[0]
+        raise AssertionError("no such plan delivered")
+    try:
+        with Client(etcd.url, timeout=LIMIT) as c:
+            init_cluster(c, lay, CLUSTER46, 24, force=True)
+        p = next_plan(lambda p: any("of b has no subnet6" in w for w in p.warnings))
+        assert p.overlay6 is None
+        assert raw_get(etcd, lay.node("a"))[0]["subnet6"] == "fd00:172:2::/64"
+        assert raw_get(etcd, lay.node("a"))[0]["subnet"] == str(a.member.subnet)
+        assert src.reg.lease_id == a.lease_id
+        with Client(etcd.url, timeout=LIMIT) as c:
+            reclaim(c, lay, b)
+        p = next_plan(lambda p: p.overlay6 is not None)
+        assert [(n.name, str(n.subnet6)) for n in p.nodes] == [
+            ("a", "fd00:172:2::/64"), ("b", "fd00:172:2:1::/64")]
+    finally:
+        src.close()

@@ -471,7 +471,8 @@ def to_plan(config: ClusterConfig, members, where: str) -> planmod.Plan:
     lacking = {v: [m.name for m in ms if m.subnet_of(v) is None] for v in config.families}
     if all(lacking.values()):
         raise PlanError(f"{where}: no address family every member holds a subnet of: "
-                        + "; ".join(f"{planmod._some(names)} hold no "
+                        + "; ".join(f"{planmod._some(names)} "
+                                    f"{'holds' if len(names) == 1 else 'hold'} no "
                                     f"{'subnet' if v == 4 else 'subnet6'}"
                                     for v, names in lacking.items()))
     for v, names in lacking.items():
@@ -481,9 +482,11 @@ def to_plan(config: ClusterConfig, members, where: str) -> planmod.Plan:
             del table[ofld]
             warnings.append(
                 f"{where}: cluster.{ofld} {config.overlay_of(v)} is left out of the plan: "
-                f"the member record of {planmod._some(names)} has no {sub}, not compatible "
-                f"with the current config (an agent before dual-stack support, or one that "
-                f"has not claimed its {sub} yet: it does on its next registration)")
+                + (f"the member record of {names[0]} has no {sub}" if len(names) == 1 else
+                   f"the member records of {planmod._some(names)} have no {sub}")
+                + ", not compatible with the current config (an agent before dual-stack "
+                f"support, or one that has not claimed its {sub} yet: it does on its next "
+                "registration)")
     fams = [v for v in config.families if not lacking[v]]
     if not ms:
         return _cluster_plan(table, where)
