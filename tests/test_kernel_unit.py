@@ -380,7 +380,7 @@ def recording_vtep(monkeypatch, want, have):
     """A reconciler whose device step is skipped and whose rtnetlink socket records what a
     pass sends (and acknowledges it); nothing on the host is touched."""
     rt = rtnl_on(FakeKernel(acks()))
-    monkeypatch.setattr(rt, "read", lambda idx: have)
+    monkeypatch.setattr(rt, "read", lambda idx, families: have)
     monkeypatch.setattr(host, "enable_forwarding", lambda df=None: [])
     monkeypatch.setattr(host, "underlay_facts", lambda node: host.Underlay("eth0", 1500, 2))
     rec = reconciler(planlib.parse(PLAN, "plan.toml"), rt)

@@ -25,7 +25,8 @@ from nlkernel import (AF_BRIDGE, AF_INET, AF_INET6, FakeKernel, IFA_ADDRESS, IFA
                       NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, Notifications, PROTO_BOOT,
                       PROTO_KERNEL, PROTO_STATIC, PROTO_VTEP, RTA_DST, RTA_GATEWAY,
                       RTA_MULTIPATH, RTA_NH_ID, RTA_OIF, RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE,
-                      RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
+                      RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR,
+                      RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
                       RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_GETNEIGH,
                       RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE,
                       RTNH_F_DEAD, RTNH_F_LINKDOWN, RTNH_F_ONLINK, RTN_UNICAST,
@@ -129,7 +130,8 @@ def test_kernel_neighbour_messages_decode():
     assert nlmsg.decode_neigh(*failed)[1] == NeighEntry("10.244.3.0", None, NUD_FAILED)
     v6 = kernel_neigh(RTM_NEWNEIGH, AF_INET6, 7, NUD_REACHABLE,
                       nla(NDA_DST, socket.inet_pton(socket.AF_INET6, "fe80::1")), mac)
-    assert nlmsg.decode_neigh(*v6) == (AF_INET6, None)   # the overlay is IPv4
+    # an IPv6 overlay's entries: NDA_DST of 16 bytes
+    assert nlmsg.decode_neigh(*v6) == (AF_INET6, NeighEntry("fe80::1", MAC, NUD_REACHABLE))
 
 
 def test_kernel_fdb_messages_decode_with_their_overrides():
@@ -206,7 +208,9 @@ def test_kernel_route_messages_decode():
     assert oif is None and r.multipath and r.gateway is None
     v6 = kernel_route(0, nla(RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00::")),
                       family=AF_INET6, dst_len=64)
-    assert nlmsg.decode_route(*v6) == (None, None, None)
+    assert nlmsg.decode_route(*v6) == (None, 254, RouteEntry("fd00::/64", None, False, 0, 0,
+                                                             PROTO_VTEP, SCOPE_UNIVERSE,
+                                                             RTN_UNICAST))
 
 
 def test_kernel_address_messages_decode_the_local_address():
@@ -221,7 +225,8 @@ def test_kernel_address_messages_decode_the_local_address():
     assert nlmsg.decode_addr(only, 16, len(only)) == nlmsg.AddrEntry("10.0.0.3", 24)
     v6 = message(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
                + nla(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fe80::1")))
-    assert nlmsg.decode_addr(v6, 16, len(v6)) is None
+    # IPv6 (inet6_fill_ifaddr) sends IFA_ADDRESS alone
+    assert nlmsg.decode_addr(v6, 16, len(v6)) == nlmsg.AddrEntry("fe80::1", 64)
 
 
 # --- acknowledgements and dumps, through a socket that records what is sent --------------------
@@ -536,8 +541,10 @@ def test_the_request_socket_asks_for_capped_extended_acks_and_strict_dumps():
 def test_the_event_socket_joins_link_neighbour_address_and_route_groups_without_blocking():
     ev = netlink.Events()
     try:
+        # both families' address and route groups: an IPv6 overlay's drift wakes a pass
         assert ev.sock.getsockname()[1] == (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR
-                                            | RTMGRP_IPV4_ROUTE)
+                                            | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR
+                                            | RTMGRP_IPV6_ROUTE)
         assert ev.sock.getblocking() is False
         assert ev.fileno() == ev.sock.fileno()
     finally:
@@ -964,10 +971,10 @@ def test_address_notifications_name_the_address_and_skip_our_own_echo():
     assert events_with(addr(RTM_DELADDR, "10.244.0.0")).drain({7}, echo) == (
         True, ["address 10.244.0.0/32 deleted"])
     assert events_with(addr(RTM_NEWADDR, "10.244.0.0", index=3)).drain({7}) == (False, [])
-    # an IPv6 address (the link-local one the kernel adds) on our device: a pass, no reason
+    # an IPv6 address not in the plan (a link-local one) on our device: a pass, named
     v6 = message(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
                + nla(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fe80::1")))
-    assert events_with(v6).drain({7}, echo) == (True, [])
+    assert events_with(v6).drain({7}, echo) == (True, ["address fe80::1/64 added"])
 
 
 def test_neighbour_and_fdb_notifications_name_the_entry_and_skip_our_own_echo():

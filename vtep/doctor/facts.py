@@ -78,10 +78,10 @@ def gather(plan: Plan, node: Node, source: str, device: str, state_dir: str) -> 
                                underlay_mtu=f.under.mtu, device=device)
     dev = f.dev
     if dev is not None:
-        from ..netlink import Rtnl
+        from ..netlink import IPV4, Rtnl, families_of
         rt = Rtnl()
         try:
-            f.realised = rt.read(dev.index)
+            f.realised = rt.read(dev.index, families_of(f.want.device) if f.want else IPV4)
         except VtepError:
             f.realised = None
         finally:
