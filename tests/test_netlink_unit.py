@@ -1065,3 +1065,82 @@ def test_an_fdb_set_is_made_as_planned_even_beside_the_realised_remote():
     assert data == message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                          62, ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF)
                          + nla(NDA_LLADDR, MAC_BYTES) + nla(NDA_DST, ip4("192.168.2.142")))
+
+
+# --- IPv6 (a dual-stack or IPv6-only overlay) --------------------------------------------------
+
+def ip6(text):
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+def test_an_ipv6_neighbour_set_and_delete_byte_for_byte():
+    """AF_INET6 (10) and a 16-byte NDA_DST; the rest as IPv4's (neigh_add is per family)."""
+    data = nlmsg.encode(Op("neigh", "set", "fd00:172:2:1::", MAC), 7, 50)
+    assert data == bytes.fromhex(
+        "3c000000" "1c00" "0505" "32000000" "00000000"      # nlmsghdr: 60, NEWNEIGH, flags, seq
+        "0a000000" "07000000" "8000" "00" "00"              # ndmsg: AF_INET6, 7, PERMANENT
+        "1400" "0100" "fd000172000200010000000000000000"    # NDA_DST
+        "0a00" "0200" "5a0c71865911" "0000")                # NDA_LLADDR, padded
+    data = nlmsg.encode(Op("neigh", "del", "fd00:172:2:1::"), 7, 51)
+    assert data == message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, 51,
+                           ndm(AF_INET6, 7, 0) + nla(NDA_DST, ip6("fd00:172:2:1::")))
+
+
+def test_an_ipv6_route_add_is_onlink_tagged_exclusive_and_names_no_metric():
+    """As `ip -6 route add fd00:172:2:1::/64 via fd00:172:2:1:: dev X onlink proto 118`
+    sends it: no RTA_PRIORITY, so the kernel gives it IPv6's 1024."""
+    data = nlmsg.encode(Op("route", "set", "fd00:172:2:1::/64", "fd00:172:2:1::"), 7, 52)
+    assert data == message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                           52, rtm(AF_INET6, 64, RT_TABLE_MAIN, PROTO_VTEP, SCOPE_UNIVERSE,
+                                   RTN_UNICAST, RTNH_F_ONLINK)
+                           + nla(RTA_DST, ip6("fd00:172:2:1::")) + nla(RTA_OIF, u32(7))
+                           + nla(RTA_GATEWAY, ip6("fd00:172:2:1::")))
+    assert len(data) == 16 + 12 + 20 + 8 + 20   # nlmsghdr, rtmsg, RTA_DST, RTA_OIF, RTA_GATEWAY
+
+
+def test_an_ipv6_route_delete_repeats_the_dumped_route_with_its_metric():
+    r = RouteEntry("fd00:172:2:1::/64", "fd00:172:2:1::", True, 1024, 0, PROTO_VTEP,
+                   SCOPE_UNIVERSE, RTN_UNICAST)
+    data = nlmsg.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 53)
+    assert data == message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 53,
+                           rtm(AF_INET6, 64, RT_TABLE_MAIN, PROTO_VTEP, SCOPE_UNIVERSE,
+                               RTN_UNICAST)
+                           + nla(RTA_DST, ip6("fd00:172:2:1::"))
+                           + nla(RTA_TABLE, u32(RT_TABLE_MAIN)) + nla(RTA_OIF, u32(7))
+                           + nla(RTA_GATEWAY, ip6("fd00:172:2:1::"))
+                           + nla(RTA_PRIORITY, u32(1024)))
+
+
+def test_an_ipv6_route_as_the_kernel_dumps_it_decodes():
+    """rt6_fill_node: RTA_TABLE, RTA_DST, RTA_PRIORITY, RTA_GATEWAY, RTA_OIF, then
+    RTA_CACHEINFO and RTA_PREF (not compared); the onlink flag in rtm_flags."""
+    msg = kernel_route(RTNH_F_ONLINK, nla(RTA_TABLE, u32(254)),
+                       nla(RTA_DST, ip6("fd00:172:2:1::")), nla(RTA_PRIORITY, u32(1024)),
+                       nla(RTA_GATEWAY, ip6("fd00:172:2:1::")), nla(RTA_OIF, u32(7)),
+                       nla(12, bytes(32)), nla(20, b"\x00"), family=AF_INET6, dst_len=64)
+    assert nlmsg.decode_route(*msg) == (7, 254, RouteEntry(
+        "fd00:172:2:1::/64", "fd00:172:2:1::", True, 1024, 0, PROTO_VTEP, SCOPE_UNIVERSE,
+        RTN_UNICAST))
+
+
+def test_an_ipv6_dump_asks_for_af_inet6_and_keeps_only_that_family():
+    """read() of a dual-stack device: one dump per family for neighbours and routes; an
+    entry of the other family in an answer (a kernel that ignores the family) is not kept."""
+    seen = []
+
+    def answer(data):
+        ((typ, _f, seq, body),) = split(data)
+        seen.append((typ, body[0]))
+        if typ == RTM_GETNEIGH and body[0] == AF_INET6:
+            bodies = [ndm(AF_INET6, 7, NUD_PERMANENT) + nla(NDA_DST, ip6("fd00:172:2:1::"))
+                      + nla(NDA_LLADDR, MAC_BYTES), neigh("10.244.9.9")]
+            return [b"".join(message(RTM_NEWNEIGH, NLM_F_MULTI, seq, b) for b in bodies)
+                    + done(seq)]
+        return [done(seq)]
+    got = rtnl_on(FakeKernel(answer)).read(7, (AF_INET, AF_INET6))
+    assert got.neighbours == {"fd00:172:2:1::": NeighEntry("fd00:172:2:1::", MAC, NUD_PERMANENT)}
+    assert seen == [(RTM_GETNEIGH, AF_INET), (RTM_GETNEIGH, AF_INET6), (RTM_GETNEIGH, AF_BRIDGE),
+                    (RTM_GETROUTE, AF_INET), (RTM_GETROUTE, AF_INET6)]
+    seen.clear()
+    rtnl_on(FakeKernel(answer)).read(7)   # an IPv4-only plan: IPv6 is off on the device
+    assert seen == [(RTM_GETNEIGH, AF_INET), (RTM_GETNEIGH, AF_BRIDGE), (RTM_GETROUTE, AF_INET)]
