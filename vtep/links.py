@@ -3,8 +3,9 @@
 One message each: reading a link, naming links, deleting one, and the settings
 every vtep device carries whatever its kind (vtep's mark, MTU, MAC, the VTEP
 addresses, a /32 and/or a /128, their IPv6 sysctls, up). Every kernel refusal
-becomes a one-line NetlinkRefused naming the action. Each change made is noted in `notes` (one log line each), which the
-reconciler collects as the pass's changes.
+becomes a one-line NetlinkRefused naming the action. Each change made is noted
+in `notes` (one log line each), which the reconciler collects as the pass's
+changes.
 """
 from __future__ import annotations
 
