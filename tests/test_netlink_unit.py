@@ -1017,6 +1017,22 @@ def test_route_notifications_name_the_route_and_skip_our_own_echo():
     assert events_with(stale_gone).drain({7}, echo) == (False, [])
     elsewhere = message(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.1.0", table=100))
     assert events_with(elsewhere).drain({7}) == (False, [])
+    # the prefix route IPv6 adds with our /128 (proto kernel, metric 256, main table): the
+    # address's own notification counts, this one does not
+    prefix = message(RTM_NEWROUTE, 0, 0, rtm(AF_INET6, 128, RT_TABLE_MAIN, PROTO_KERNEL,
+                                             SCOPE_UNIVERSE, RTN_UNICAST)
+                     + nla(RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00:172:2::"))
+                     + nla(RTA_PRIORITY, u32(256)) + nla(RTA_OIF, u32(7)))
+    assert events_with(prefix).drain({7}) == (False, [])
+    # an IPv6 route of ours deleted by hand: named
+    gone6 = message(RTM_DELROUTE, 0, 0, rtm(AF_INET6, 64, RT_TABLE_MAIN, PROTO_VTEP,
+                                            SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK)
+                    + nla(RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00:172:2:1::"))
+                    + nla(RTA_OIF, u32(7)))
+    planned6 = RouteEntry("fd00:172:2:1::/64", None, True, 0, 0, PROTO_VTEP, SCOPE_UNIVERSE,
+                          RTN_UNICAST)
+    assert events_with(gone6).drain({7}, lambda e: e == planned6) == (
+        True, ["route fd00:172:2:1::/64 deleted"])
 
 
 def test_lost_notifications_call_for_a_pass_and_reading_goes_on():

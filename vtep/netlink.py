@@ -50,8 +50,8 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from .errors import VtepError
 from .nlmsg import (AF_BRIDGE, NDMSG, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE,
                     RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH,
-                    RTM_NEWROUTE, RT_TABLE_MAIN, Realised, U32, decode_addr, decode_neigh,
-                    decode_route, describe_errno, encode, messages, parse_error)
+                    RTM_NEWROUTE, RTPROT_KERNEL, RT_TABLE_MAIN, Realised, U32, decode_addr,
+                    decode_neigh, decode_route, describe_errno, encode, messages, parse_error)
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -376,7 +376,11 @@ def _event(buf, typ, a, end, watched, echo, neigh_watched=None):
             return True, f"{kind} {key} {'deleted' if deleted else 'changed'}"
     elif typ in (RTM_NEWROUTE, RTM_DELROUTE):
         oif, table, r = decode_route(buf, a, end)
-        if r is not None and oif in watched and table == RT_TABLE_MAIN:
+        if r is not None and oif in watched and table == RT_TABLE_MAIN \
+                and r.proto != RTPROT_KERNEL:
+            # (a kernel route comes and goes with an address, whose own notification
+            # counts: the /128's prefix route is in IPv6's main table; diff never
+            # touches one)
             deleted = typ == RTM_DELROUTE
             if echo is not None and echo(r) != deleted:
                 return False, None
