@@ -215,9 +215,9 @@ class TapLink:
             # at 20,000 peers rebuilding it costs a quarter of a second of forwarding
             self.dp.set_fdb(fdb_of(want), [p.fdb.dst for p in want.peers])
             # path MTU discovery through the tunnel: IPv4 errors come from the peer's VTEP
-            # address, IPv6 ones from this node's (vtep.icmp says why)
-            self.dp.vtep_ips = {p.fdb.dst: socket.inet_aton(n.ip)
-                                for p in want.peers for n in p.neighbours if ":" not in n.ip}
+            # address (an IPv6-only peer has none), IPv6 ones from this node's (vtep.icmp)
+            self.dp.vtep_ips = {p.fdb.dst: socket.inet_aton(nb.ip) for p in want.peers
+                                for nb in p.neighbours[:1] if ":" not in nb.ip}
             self.dp.vtep_ip6 = (socket.inet_pton(socket.AF_INET6, dev.address6)
                                 if dev.address6 else None)
             self.dp.overhead = wire.overhead(":" in dev.local)
