@@ -99,7 +99,8 @@ class Cluster:
         """The pod's global IPv6 address (a dual-stack plan), as iproute2 reports it."""
         r = sh(self.pod_ns(node), ["ip", "-j", "-6", "address", "show", "dev", "eth0",
                                    "scope", "global"])
-        (addr,) = [a["local"] for i in json.loads(r.stdout) for a in i["addr_info"]]
+        (addr,) = [a["local"] for i in json.loads(r.stdout) for a in i["addr_info"]
+                   if "local" in a]   # ip -j lists the filtered-out ones as {}
         return addr
 
     def path_of(self, node: str) -> str:
