@@ -159,6 +159,8 @@ class Cluster:
         for n in NODES:
             for ns in (self.ns(n), self.pod_ns(n)):
                 sh(ns, ["ip", "route", "flush", "cache"], check=False)
+                # IPv6's learnt path MTUs are route exceptions of their own
+                sh(ns, ["ip", "-6", "route", "flush", "cache"], check=False)
                 sh(ns, ["ip", "tcp_metrics", "flush", "all"], check=False)
         sh(self.router, ["ip", "route", "flush", "cache"], check=False)
 
