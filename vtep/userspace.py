@@ -213,10 +213,12 @@ class TapLink:
             # a new desired state (first pass, plan re-read): a new fdb. Not on every pass:
             # at 20,000 peers rebuilding it costs a quarter of a second of forwarding
             self.dp.set_fdb(fdb_of(want), [p.fdb.dst for p in want.peers])
-            # path MTU discovery through the tunnel: errors come from the peer's VTEP address
-            # (IPv4's: an IPv6-only peer has none)
+            # path MTU discovery through the tunnel: IPv4 errors come from the peer's VTEP
+            # address (an IPv6-only peer has none), IPv6 ones from this node's (vtep.icmp)
             self.dp.vtep_ips = {p.fdb.dst: socket.inet_aton(nb.ip) for p in want.peers
                                 for nb in p.neighbours[:1] if ":" not in nb.ip}
+            self.dp.vtep_ip6 = (socket.inet_pton(socket.AF_INET6, dev.address6)
+                                if dev.address6 else None)
             self.dp.overhead = wire.overhead(":" in dev.local)
             self.dp_peers = want.peers
         self._set_gro()
