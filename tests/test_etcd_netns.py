@@ -536,6 +536,13 @@ def routes6(node) -> list[str]:
     return sorted(r["dst"] for r in json.loads(out)) if out.strip() else []
 
 
+def neighbours6(node) -> dict:
+    """vxlan0's IPv6 neighbour entries: address -> (lladdr, states) (`ip -j -6 neigh`)."""
+    out = node.cmd(["ip", "-j", "-6", "neigh", "show", "dev", "vxlan0"], check=False).stdout
+    return {n["dst"]: (n.get("lladdr"), tuple(n.get("state", ())))
+            for n in json.loads(out)} if out.strip() else {}
+
+
 def ping6(node, dst) -> bool:
     return node.cmd(["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", dst],
                     check=False, timeout=20).returncode == 0
@@ -564,13 +571,17 @@ def etcd_lab46(netns_prefix, tmp_path):
             srv.stop()
 
 
-def test_two_nodes_join_a_dual_stack_cluster_and_ping_over_ipv6(etcd_lab46, tmp_path):
+@pytest.mark.parametrize("modes", [("kernel", "kernel"), ("kernel", "userspace")],
+                         ids=["kernel", "mixed"])
+def test_two_nodes_join_a_dual_stack_cluster_and_ping_over_ipv6(etcd_lab46, tmp_path,
+                                                                modes):
     t, srv = etcd_lab46
     n1, n2 = t["network-1"], t["network-2"]
-    a1, a2 = pair(t, srv, tmp_path)
+    a1, a2 = pair(t, srv, tmp_path, modes)
     try:
         show = json.loads(cli(n1, "show", "--json", url=srv.url).stdout)
         got = {n["name"]: (n["subnet"], n["subnet6"]) for n in show["nodes"]}
+        macs = {n["name"]: n["vtep_mac"] for n in show["nodes"]}
         # the lowest free of each family, two distinct /64s of the overlay6
         assert sorted(got.values()) == [("172.2.0.0/24", "fd00:172:2::/64"),
                                         ("172.2.1.0/24", "fd00:172:2:1::/64")], got
@@ -583,10 +594,15 @@ def test_two_nodes_join_a_dual_stack_cluster_and_ping_over_ipv6(etcd_lab46, tmp_
             (vtep_address6(n1), vtep_address6(n2), a1.output())
         assert wait_for(lambda: (routes6(n1), routes6(n2)) == ([s2], [s1]), 10) is not None, \
             (routes6(n1), routes6(n2), a1.output(), a2.output())
+        # a permanent neighbour entry for the peer's IPv6 VTEP address: its one MAC
+        assert neighbours6(n1)[ip2] == (macs["network-2"], ("PERMANENT",)), neighbours6(n1)
+        assert neighbours6(n2)[ip1] == (macs["network-1"], ("PERMANENT",)), neighbours6(n2)
         assert ping6(n1, ip2) and ping6(n2, ip1)
         assert ping(n1, vtep_address(n2)) and ping(n2, vtep_address(n1))
-        # one fdb entry per peer for both families
-        assert fdb(n1) == ["192.168.2.142"] and fdb(n2) == ["192.168.1.138"]
+        # one fdb entry per peer for both families (a kernel node's: a TAP has none)
+        for node, mode, peer in ((n1, modes[0], "192.168.2.142"),
+                                 (n2, modes[1], "192.168.1.138")):
+            assert mode != "kernel" or fdb(node) == [peer], (node.name, fdb(node))
     finally:
         assert a1.stop() == 0, a1.output()
         assert a2.stop() == 0, a2.output()
