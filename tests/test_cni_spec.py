@@ -779,7 +779,7 @@ def test_main_unknown_argv_exits_2(argv):
     assert proc.stdout == b"" and b"Traceback" not in proc.stderr
 
 
-# --- plugin.requested_ip ---------------------------------------------------------------------
+# --- plugin.requested_ips --------------------------------------------------------------------
 
 def add_request(config_keys: dict, cni_args: str = "") -> spec.Request:
     env = env_for("ADD", CNI_ARGS=cni_args)
@@ -787,29 +787,44 @@ def add_request(config_keys: dict, cni_args: str = "") -> spec.Request:
 
 
 @pytest.mark.parametrize("keys,args,want", [
-    ({}, "", None),
-    ({}, "IgnoreUnknown=1", None),
-    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "", "10.244.1.9"),
-    ({"runtimeConfig": {"ips": ["10.244.1.9"]}}, "", "10.244.1.9"),
-    ({}, "IgnoreUnknown=1;IP=10.244.1.9", "10.244.1.9"),
-    ({}, "IP=10.244.1.9/24", "10.244.1.9"),
-    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.9", "10.244.1.9"),
-    ({"runtimeConfig": {"portMappings": []}}, "", None),
+    ({}, "", {}),
+    ({}, "IgnoreUnknown=1", {}),
+    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "", {4: "10.244.1.9"}),
+    ({"runtimeConfig": {"ips": ["10.244.1.9"]}}, "", {4: "10.244.1.9"}),
+    ({}, "IgnoreUnknown=1;IP=10.244.1.9", {4: "10.244.1.9"}),
+    ({}, "IP=10.244.1.9/24", {4: "10.244.1.9"}),
+    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.9", {4: "10.244.1.9"}),
+    ({"runtimeConfig": {"portMappings": []}}, "", {}),
+    # one per family (host-local's CNI_ARGS IP=a,b; podman --ip and --ip6 as "ips")
+    ({}, "IP=10.244.1.9,fd00:244:1::9", {4: "10.244.1.9", 6: "fd00:244:1::9"}),
+    ({"runtimeConfig": {"ips": ["fd00:244:1::9/64", "10.244.1.9/24"]}}, "",
+     {4: "10.244.1.9", 6: "fd00:244:1::9"}),
+    # one IPv6 address in two spellings is one address (RFC 5952's form comes back)
+    ({"runtimeConfig": {"ips": ["fd00:244:1:0:0:0:0:9"]}}, "IP=FD00:244:1::9",
+     {6: "fd00:244:1::9"}),
 ])
-def test_requested_ip(keys, args, want):
-    assert plugin.requested_ip(add_request(keys, args)) == want
+def test_requested_ips(keys, args, want):
+    assert plugin.requested_ips(add_request(keys, args)) == want
 
 
-@pytest.mark.parametrize("keys,args", [
-    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.10"),
-    ({"runtimeConfig": {"ips": ["10.244.1.9", "10.244.1.10"]}}, ""),
-    ({}, "IP=10.244.1.9,10.244.1.10"),
+@pytest.mark.parametrize("keys,args,first,second", [
+    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.10", "10.244.1.10", "10.244.1.9"),
+    ({"runtimeConfig": {"ips": ["10.244.1.9", "10.244.1.10"]}}, "", "10.244.1.10", "10.244.1.9"),
+    ({}, "IP=10.244.1.9,10.244.1.10", "10.244.1.10", "10.244.1.9"),
+    ({}, "IP=fd00::9,10.244.1.9,fd00::a", "fd00::9", "fd00::a"),
 ])
-def test_two_different_requested_ips_are_code_7_naming_both(keys, args):
+def test_two_different_requested_ips_of_a_family_are_code_7_naming_both(keys, args, first,
+                                                                         second):
     with pytest.raises(CniError) as info:
-        plugin.requested_ip(add_request(keys, args))
+        plugin.requested_ips(add_request(keys, args))
     assert info.value.code == 7
-    assert "10.244.1.9" in info.value.details and "10.244.1.10" in info.value.details
+    assert first in info.value.details and second in info.value.details
+
+
+def test_a_requested_ip_that_is_no_address_is_code_7_naming_it():
+    with pytest.raises(CniError) as info:
+        plugin.requested_ips(add_request({}, "IP=10.244.1.x"))
+    assert info.value.code == 7 and "10.244.1.x" in info.value.details
 
 
 def test_from_status_trusts_the_claim_not_the_pid_in_the_file(agent, tmp_path):
