@@ -785,3 +785,31 @@ def test_dual_stack_static_addresses_per_family(cni6):
     taken = cni6.call("ADD", "c3", cni6.container("c3"), env={"CNI_ARGS": "IP=fd00:172:2::40"})
     assert taken.doc["code"] == 7 and "fd00:172:2::40 is already taken" in taken.doc["details"]
     assert sorted(cni6.allocations()) == ["c1/eth0", "c2/eth0"]
+
+
+@pytest.mark.netns
+def test_dual_stack_the_running_agents_status_file_is_a_source(cni6):
+    """No plan in the config: the IPv6 facts (subnet6, gateway6, overlay6) come from the
+    status file `vtep run` writes, as the IPv4 ones do."""
+    state = cni6.state / "network-1"
+    state.mkdir(parents=True)
+    agent = Vtep(cni6.topo["network-1"], "kernel", cni6.plan, state)
+    conf = cni6.config(plan=None, version="1.1.0")
+    try:
+        net = json.loads((state / "vxlan0.network-1.json").read_text())["network"]
+        assert {k: net[k] for k in ("subnet", "gateway", "overlay", "subnet6", "gateway6",
+                                    "overlay6")} == {
+            "subnet": "172.2.0.0/24", "gateway": "172.2.0.1", "overlay": "172.2.0.0/16",
+            "subnet6": "fd00:172:2::/64", "gateway6": "fd00:172:2::1",
+            "overlay6": "fd00:172:2::/48"}
+        path = cni6.container("c1")
+        result = cni6.add("c1", path, conf=conf)
+        assert [ip["address"] for ip in result["ips"]] == ["172.2.0.2/24", "fd00:172:2::2/64"]
+        assert kernel_view6(path)["gateways"] == {"default": "fd00:172:2::1"}
+        second = cni6.add("c1", path, ifname="net1", conf=conf)
+        assert [r["dst"] for r in second["routes"]] == ["172.2.0.0/16", "fd00:172:2::/48"]
+    finally:
+        assert agent.stop() == 0, agent.output()
+    assert cni6.call("DEL", "c1", "", conf=conf).code == 0
+    assert cni6.call("DEL", "c1", "", ifname="net1", conf=conf).code == 0
+    assert cni6.allocations() == {}

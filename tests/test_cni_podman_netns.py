@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import shlex
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -44,6 +46,20 @@ class Node:
         return [x["ifname"] for x in json.loads(out)]
 
 
+def plugin_for_tree(tmp_path) -> Path:
+    """The plugin podman runs: the console script, which imports vtep as the venv
+    installed it; under a PYTHONPATH (a worktree under test) a wrapper script that sets
+    it, since podman's DEL runs with a bare environment (podmanlab's docstring)."""
+    path = os.environ.get("PYTHONPATH")
+    if not path:
+        return PLUGIN
+    wrapper = tmp_path / "vtep-cni"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(path)} exec "
+                       f"{shlex.quote(str(PLUGIN))} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.fixture
 def cluster(netns_prefix, tmp_path, plan_file):
     """{node name: Node}: the seed topology, an agent and a podman on each node."""
@@ -58,7 +74,8 @@ def cluster(netns_prefix, tmp_path, plan_file):
             Vtep(t[name], "kernel", plan_file, state)   # ended by the topology, by PID
             conflist = {"cniVersion": "1.0.0", "name": "vtep",
                         "plugins": [{"type": "vtep", "stateDir": str(state)}]}
-            pm = stack.enter_context(Podman(t[name], tmp_path, {"vtep": PLUGIN}, conflist))
+            pm = stack.enter_context(Podman(t[name], tmp_path,
+                                            {"vtep": plugin_for_tree(tmp_path)}, conflist))
             nodes[name] = Node(t[name], pm, state)
         yield nodes
 
@@ -79,7 +96,8 @@ def test_containers_on_two_nodes_reach_each_other_without_nat(cluster):
     assert n1.pm.fetch("cli", f"http://{web}/cgi-bin/ip").strip() == cli
     # the allocation is keyed by podman's container ID and the interface it asked for
     assert n1.allocations() == {f"{cid}/eth0": {
-        "ip": cli, "gateway": "172.2.0.1", "veth": pods.veth_name(f"{cid}/eth0"),
+        "ip": cli, "gateway": "172.2.0.1", "ips": [cli], "gateways": ["172.2.0.1"],
+        "veth": pods.veth_name(f"{cid}/eth0"),
         "netns": n1.pm.netns("cli"), "created_netns": False, "bridge": "br0",
         "cni": {"network": "vtep", "container": cid, "ifname": "eth0"}}}
     assert pods.veth_name(f"{cid}/eth0") in n1.links()

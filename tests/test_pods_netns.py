@@ -575,3 +575,23 @@ def test_dual_stack_with_an_mtu_below_1280_is_refused_and_leaves_nothing(cluster
     assert name not in c.namespaces()
     assert pods.veth_name(name) not in c.node_links()
     assert not (c.state_dir / "network-1").exists()   # refused before anything was made
+
+
+@pytest.mark.netns
+def test_dual_stack_where_ipv6_is_off_by_default(cluster6):
+    """A runtime or a node may make new devices without IPv6 (default.disable_ipv6=1):
+    the kernel then refuses an IPv6 address ("IPv6 is disabled on this device"), so add
+    turns it on for the bridge and the pod's interface, as the reference bridge plugin
+    does, and nothing else."""
+    node = cluster6.topo["network-1"]
+    node.cmd(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+    name = cluster6.prefix + "off"
+    netns.add(name)
+    path = f"/run/netns/{name}"
+    in_ns(path, ["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+    cluster6.add(name, "network-1", "--netns", path)
+    assert kernel_addresses(path)["inet6"] == [("fd00:172:2::2/64", ["nodad"])]
+    assert node.cmd(["sysctl", "-n", "net.ipv6.conf.br0.disable_ipv6"]).stdout.strip() == "0"
+    assert in_ns(path, ["sysctl", "-n", "net.ipv6.conf.default.disable_ipv6"]).stdout.strip() \
+        == "1"   # the namespace's default is left as it was
+    assert in_ns(path, ["ping", "-6", "-c", "1", "-W", "2", "fd00:172:2::1"]).returncode == 0

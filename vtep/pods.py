@@ -274,11 +274,21 @@ def enable_ipv6(rt: RtLink, ifname: str) -> None:
     """IPv6 on `ifname` in rt's namespace, as the reference bridge plugin makes sure of:
     a runtime or a node may have turned it off (net.ipv6.conf.default.disable_ipv6=1),
     and the kernel then refuses an IPv6 address ("IPv6 is disabled on this device")."""
-    path = f"net/ipv6/conf/{ifname}/disable_ipv6"
     try:
-        write_sysctl(path, "0", rt.netns)
-    except FileNotFoundError:   # no IPv6 in this kernel at all: adding the address says so
-        pass
+        sysctl(rt, f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
+    except PodError as e:
+        if not isinstance(e.__cause__, FileNotFoundError):
+            raise   # (none: no IPv6 in this kernel at all, which adding the address says)
+
+
+def sysctl(rt: RtLink, path: str, value: str) -> None:
+    """/proc/sys/`path` = `value` in rt's namespace; a refusal names the file."""
+    try:
+        write_sysctl(path, value, rt.netns)
+    except OSError as e:
+        where = f" in {rt.netns}" if rt.netns else ""
+        raise PodError(f"net.{path[4:].replace('/', '.')}{where}: cannot set it to {value} "
+                       f"({e.strerror or e})") from e
 
 
 def ensure_bridge(rt: RtLink, name: str, node: planlib.Node) -> Link:
@@ -374,7 +384,7 @@ def configure_pod(pod: RtLink, ips: list[str], node: planlib.Node, ifname: str =
         # the routes are static: a router advertisement from another pod on the bridge
         # would otherwise add a default route via that pod (accept_ra is 1 by default
         # in a namespace that does not forward)
-        write_sysctl(f"net/ipv6/conf/{ifname}/accept_ra", "0", pod.netns)
+        sysctl(pod, f"net/ipv6/conf/{ifname}/accept_ra", "0")
     for addr, alen, _ in pod.addresses(dev.index):
         if _ours(addr) and (addr, alen) not in want:   # a stale earlier allocation
             pod.del_address(dev.index, addr, alen)

@@ -368,14 +368,25 @@ class RtLink:
                       _u32(RTA_OIF, index), f"route {dst} via {gateway}")
 
 
-def write_sysctl(path: str, value: str, netns: str | None = None) -> None:
-    """Write `value` to /proc/sys/`path` of the network namespace `netns` (this one when
-    None). /proc/sys/net belongs to the namespace of the thread that opens the file, so
-    the thread enters the namespace around the open (as RtLink does around socket());
-    the write goes through the fd, wherever the thread is by then."""
+def write_sysctl(path: str, value: str, netns: str | None = None) -> bool:
+    """Make /proc/sys/`path` of the network namespace `netns` (this one when None) say
+    `value`; True when it had to be written. Read first, so that a /proc/sys mounted
+    read-only (a containerised agent) is no failure when the value is right already.
+    /proc/sys/net belongs to the namespace of the thread that opens the file, so the
+    thread enters the namespace around the opens (as RtLink does around socket());
+    reading and writing go through the fds, wherever the thread is by then."""
     full = f"/proc/sys/{path}"
+
+    def opened():
+        rd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            wr = os.open(full, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as e:
+            wr = e
+        return rd, wr
+
     if netns is None:
-        fd = os.open(full, os.O_WRONLY | os.O_CLOEXEC)
+        rd, wr = opened()
     else:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -383,7 +394,7 @@ def write_sysctl(path: str, value: str, netns: str | None = None) -> None:
             try:
                 setns(there)
                 try:
-                    fd = os.open(full, os.O_WRONLY | os.O_CLOEXEC)
+                    rd, wr = opened()
                 finally:
                     _go_home(home)
             finally:
@@ -391,6 +402,13 @@ def write_sysctl(path: str, value: str, netns: str | None = None) -> None:
         finally:
             os.close(home)
     try:
-        os.write(fd, value.encode())
+        if os.read(rd, 64).decode().strip() == value:
+            return False
+        if isinstance(wr, OSError):
+            raise wr
+        os.write(wr, value.encode())
+        return True
     finally:
-        os.close(fd)
+        os.close(rd)
+        if not isinstance(wr, OSError):
+            os.close(wr)
