@@ -237,3 +237,42 @@ def test_ipv6_subnets_are_swept_for_overlaps_like_ipv4_ones():
     found = problems(data)
     flagged = {int(line.split("'n")[1].split("'")[0]) for line in found if "overlaps" in line}
     assert flagged == expect
+
+
+def test_an_ipv6_overlay_needs_an_mtu_of_1280():
+    # RFC 8200 section 5: 1280 is IPv6's minimum link MTU; below it the kernel takes
+    # IPv6 off the device, and every IPv6 address and route on it vanishes
+    assert problems(edit(dual(), mtu=1279)) == [
+        "p.toml: cluster.mtu: 1279 is below 1280, IPv6's minimum link MTU (RFC 8200 section 5), "
+        "and the plan has overlay6"]
+    assert planlib.parse(edit(dual(), mtu=1280), "p.toml").mtu == 1280
+    data = dual()
+    del data["cluster"]["overlay6"]
+    for n in data["nodes"]:
+        del n["subnet6"]
+    assert planlib.parse(edit(data, mtu=1279), "p.toml").mtu == 1279   # IPv4 alone: 576
+
+
+@pytest.mark.parametrize("underlay_mtu,fits", [(1330, True), (1329, False)])
+def test_an_underlay_too_narrow_for_ipv6_pods_is_refused_at_run_time(underlay_mtu, fits):
+    from vtep import kernel
+    p = planlib.parse(dual(), "p.toml")
+    node = p.node("network-1")
+    if fits:   # 1330 - 50 = 1280
+        kernel.check_mtu(p, node, "eth0", underlay_mtu)
+        return
+    with pytest.raises(PlanError) as e:
+        kernel.check_mtu(p, node, "eth0", underlay_mtu)
+    assert str(e.value) == (
+        "p.toml: cluster.mtu: the default for node 'network-1' (eth0 MTU 1329 - 50 = 1279) is "
+        "below 1280, IPv6's minimum link MTU (RFC 8200 section 5), and the plan has overlay6")
+
+
+def test_a_forced_mtu_below_1280_is_refused_with_an_ipv6_overlay():
+    import dataclasses
+    from vtep import kernel
+    p = dataclasses.replace(planlib.parse(dual(), "p.toml"), mtu=1200)
+    with pytest.raises(PlanError) as e:
+        kernel.check_mtu(p, p.node("network-1"), "eth0", 1500, forced=True)
+    assert str(e.value) == ("--mtu 1200 is below 1280, IPv6's minimum link MTU (RFC 8200 "
+                            "section 5), and the plan has overlay6")

@@ -232,6 +232,12 @@ def check_mtu(plan, node, dev: str, underlay_mtu: int, forced: bool = False) -> 
         raise PlanError(f"{plan.path}: cluster.mtu: {plan.mtu} is more than the underlay of node "
                         f"{node.name!r} carries ({dev} MTU {underlay_mtu} - {plan.overhead} bytes "
                         f"of VXLAN encapsulation = {limit})")
-    if plan.mtu is None and limit < inet.MIN_MTU:
+    floor = plan.min_mtu
+    why = "" if floor == inet.MIN_MTU else \
+        ", IPv6's minimum link MTU (RFC 8200 section 5), and the plan has overlay6"
+    if plan.mtu is None and limit < floor:
         raise PlanError(f"{plan.path}: cluster.mtu: the default for node {node.name!r} ({dev} MTU "
-                        f"{underlay_mtu} - {plan.overhead} = {limit}) is below {inet.MIN_MTU}")
+                        f"{underlay_mtu} - {plan.overhead} = {limit}) is below {floor}{why}")
+    if forced and plan.mtu is not None and plan.mtu < floor:
+        # the kernel takes IPv6 off a device below 1280: no override can make that work
+        raise PlanError(f"--mtu {plan.mtu} is below {floor}{why}")

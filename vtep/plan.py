@@ -48,7 +48,7 @@ from pathlib import Path
 
 from . import wire
 from .errors import PlanError
-from .inet import IP_MAXPACKET, MIN_MTU
+from .inet import IP_MAXPACKET, IPV6_MIN_MTU, MIN_MTU
 
 IFNAMSIZ = 15
 PRIVATE_V4 = tuple(ipaddress.ip_network(n) for n in
@@ -132,6 +132,12 @@ class Plan:
     # The outer UDP checksum, on by default: see UDP_CHECKSUM_WHY.
     udp_checksum: bool = True
     overlay6: ipaddress.IPv6Network | None = None   # the IPv6 overlay of a dual-stack plan
+
+    @property
+    def min_mtu(self) -> int:
+        """The smallest overlay MTU the plan can use: IPv4's 576, or IPv6's 1280 (RFC 8200
+        section 5) once there are IPv6 pods (the kernel takes IPv6 off a device below it)."""
+        return IPV6_MIN_MTU if self.overlay6 is not None else MIN_MTU
 
     @property
     def overlays(self) -> tuple:
@@ -334,6 +340,10 @@ def parse(data: dict, path: str = "<plan>", *, require_nodes: bool = True) -> Pl
         bad("cluster.udp_checksum", "false needs an IPv4 underlay: over IPv6 the UDP checksum "
             "is mandatory (RFC 8200 section 8.1) and receivers drop zero ones unless they "
             "opted in (RFC 6935)")
+    if overlay6 is not None and mtu is not None and mtu < IPV6_MIN_MTU:
+        # the kernel takes IPv6 off a device below 1280: its addresses and routes vanish
+        bad("cluster.mtu", f"{mtu} is below {IPV6_MIN_MTU}, IPv6's minimum link MTU (RFC 8200 "
+            "section 5), and the plan has overlay6")
     if problems:
         raise PlanError(problems)
     return Plan(path, vni, port, overlay, mtu, tuple(nodes), tuple(warnings), udp_checksum,
