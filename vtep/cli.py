@@ -135,7 +135,8 @@ def _subnet_len_arg(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--subnet-len takes a prefix length, not {text!r}")
+        raise argparse.ArgumentTypeError(f"--subnet-len and --subnet6-len take a prefix "
+                                         f"length, not {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a plan file; its [cluster] table alone is enough")
     a.add_argument("--subnet-len", type=_subnet_len_arg, default=24, metavar="N",
                    help="each node's subnet is a /N of the overlay (default 24)")
+    a.add_argument("--subnet6-len", type=_subnet_len_arg, default=64, metavar="N",
+                   help="each node's IPv6 subnet is a /N of the overlay6 (default 64)")
     a.add_argument("--force", action="store_true",
                    help="replace an existing config that differs")
     a.set_defaults(handler="vtep.clustercmd:init")
