@@ -189,6 +189,17 @@ def test_subnet_edges(tmp_path, capsys, dual):
          vx(dual, N2, N1, ping6(POD2_6, "fd00:172:2:1::")))
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_overlay_edges_are_held(tmp_path, capsys, dual, family):
+    # the overlay's first address is network-1's; its last is no node's
+    ping, first, last, pod1, pod2 = (
+        (ping4, "172.2.0.0", "172.2.255.255", POD1_4, POD2_4) if family == 4 else
+        (ping6, "fd00:172:2::", "fd00:172:2:ffff:ffff:ffff:ffff:ffff", POD1_6, POD2_6))
+    good = vx(dual, N2, N1, ping(pod2, pod1))
+    for bad in (ping(first, pod1), ping(last, pod1), ping(pod2, last)):
+        twin(tmp_path, capsys, dual, good, vx(dual, N2, N1, bad))
+
+
 def test_subnets_smaller_than_a_64_are_held_by_their_low_bits(tmp_path, capsys):
     # two /120s in one /64: which node owns an address is decided in its low 64 bits
     path = plan_file(tmp_path, DUAL.replace('subnet6 = "fd00:172:2::/64"',
@@ -218,8 +229,8 @@ def test_addresses_outside_the_overlays_pass(tmp_path, capsys, dual):
         vx(dual, N1, N2, IP(src=POD1_4, dst="224.0.0.251", ttl=1) / UDP(sport=5353, dport=5353),
            dmac="01:00:5e:00:00:fb"),
         # next to the overlays, not in them
-        vx(dual, N1, N2, ping6("fd00:172:3::1", "fd00:172:1:ffff::1")),
-        vx(dual, N1, N2, ping4("172.3.0.1", "172.1.255.255")),
+        vx(dual, N1, N2, ping6("fd00:172:3::", "fd00:172:1:ffff:ffff:ffff:ffff:ffff")),
+        vx(dual, N1, N2, ping4("172.3.0.0", "172.1.255.255")),
     ])
 
 

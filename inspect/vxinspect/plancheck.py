@@ -102,13 +102,14 @@ class PlanCheck:
 
     def flow(self, src: bytes, dst: bytes):
         """Once per flow (outer source, destination, packed): None unless both are nodes,
-        else what `mismatch` takes: per family (overlay first, last, source node's first,
-        last, destination node's first, last)."""
+        else what `mismatch` takes: the overlay's first and last address, the source node's
+        subnet's first and last, the destination node's first and last (IPv4), then a
+        tuple of the same six for IPv6."""
         s = self.ranges.get(src)
         d = self.ranges.get(dst)
         if s is None or d is None:
             return None
-        return (self.over4 + s[0] + d[0], self.over6 + s[1] + d[1])
+        return self.over4 + s[0] + d[0] + (self.over6 + s[1] + d[1],)
 
     def mismatch(self, buf, v: int, stop: int, flow, dst: bytes, dport: int) -> bool:
         """Does the VXLAN layer at v (captured up to `stop`) break the plan? `flow`: what
@@ -122,13 +123,14 @@ class PlanCheck:
                     or w1 >> 8 != self.vni):
                 return True
             if et == IP4:
-                lo, hi, a, b, c, e = flow[0]
+                lo, hi, a, b, c, e, _ = flow
             elif et == IP6 and self.upper6 and v + INNER6_END <= stop:
                 s, d = UPPER6(buf, v + INNER6_ADDRS)
-                lo, hi, a, b, c, e = flow[1]
+                lo, hi, a, b, c, e = flow[6]
             else:   # tagged, IPv6 held by all 128 bits, cut, or no IP
                 return self.inner(buf, v + INNER_L3 - 2, stop, flow)
-            return (lo <= s <= hi and not a <= s <= b) or (lo <= d <= hi and not c <= d <= e)
+            # in the overlay but before or after the node's subnet (which lies inside it)
+            return lo <= s < a or b < s <= hi or lo <= d < c or e < d <= hi
         if v + VXLAN_HLEN + 6 <= stop:   # the inner destination MAC at least
             w1, dmac = VNI_DMAC(buf, v)
             return (not flow or self.fdb.get(dmac, dst) != dst or dport != self.port
@@ -158,15 +160,15 @@ class PlanCheck:
             else:
                 sh, sl, dh, dl = ADDRS6(buf, ip + V6_ADDRS)
                 s, d = sh << 64 | sl, dh << 64 | dl
-            lo, hi, a, b, c, e = flow[1]
+            lo, hi, a, b, c, e = flow[6]
         elif et == IP4:
             if ip + inet.IPV4_HLEN > stop:
                 return False
             s, d = ADDRS4(buf, ip + V4_ADDRS)
-            lo, hi, a, b, c, e = flow[0]
+            lo, hi, a, b, c, e, _ = flow
         else:
             return False   # ARP and the rest carry no inner IP packet
-        return (lo <= s <= hi and not a <= s <= b) or (lo <= d <= hi and not c <= d <= e)
+        return lo <= s < a or b < s <= hi or lo <= d < c or e < d <= hi
 
 
 def node_names(plan) -> dict[bytes, str]:
