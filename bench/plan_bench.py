@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark loading a large cluster plan against parsing its TOML alone.
 
-    python bench/plan_bench.py [--nodes 1000,5000,20000] [--repeat R] [--strict]
+    python bench/plan_bench.py [--nodes 1000,5000,20000] [--repeat R] [--dual-stack] [--strict]
 
 What it does (no root, touches nothing but a temporary directory):
 
 1. For each N writes a plan of N nodes: overlay 100.64.0.0/10, one /28 per
    node, underlay 10.x.y.1, derived MACs (the plan the validation has most to
    do for: every subnet, underlay IP and MAC is checked against all others).
+   --dual-stack adds overlay6 fd00:100:64::/48 and a /64 per node: the second
+   family's subnets are swept and checked too.
 2. R times each (best and median reported):
      vtep plan load       vtep.plan.load(path): read, TOML, validate, build the
                           Node and Plan values;
@@ -36,11 +38,13 @@ sys.path.insert(0, ROOT)
 TARGET_NODES, TARGET_LOAD = 20000, 2.0
 
 
-def plan_text(n: int) -> str:
-    out = ['[cluster]', 'vni = 10', 'port = 4789', 'overlay = "100.64.0.0/10"', '']
+def plan_text(n: int, dual_stack: bool = False) -> str:
+    out = ['[cluster]', 'vni = 10', 'port = 4789', 'overlay = "100.64.0.0/10"']
+    out += ['overlay6 = "fd00:100:64::/48"', ''] if dual_stack else ['']
     for i in range(n):
         out += ['[[nodes]]', f'name = "n{i}"', f'underlay_ip = "10.{i >> 8}.{i & 255}.1"',
-                f'subnet = "100.{64 + (i >> 12)}.{(i >> 4) & 255}.{(i & 15) * 16}/28"', '']
+                f'subnet = "100.{64 + (i >> 12)}.{(i >> 4) & 255}.{(i & 15) * 16}/28"']
+        out += [f'subnet6 = "fd00:100:64:{i:x}::/64"', ''] if dual_stack else ['']
     return "\n".join(out)
 
 
@@ -61,6 +65,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", default="1000,5000,20000", help="comma-separated node counts")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dual-stack", action="store_true",
+                    help="an IPv6 overlay too (overlay6, a /64 per node)")
     ap.add_argument("--strict", action="store_true", help="exit 1 on a missed target")
     a = ap.parse_args()
     from vtep import plan as planlib
@@ -69,7 +75,7 @@ def main() -> int:
     rows, medians = [], {}
     with tempfile.TemporaryDirectory() as d:
         for n in counts:
-            text = plan_text(n)
+            text = plan_text(n, a.dual_stack)
             path = os.path.join(d, f"plan-{n}.toml")
             with open(path, "w") as f:
                 f.write(text)
@@ -82,7 +88,8 @@ def main() -> int:
             medians[n] = statistics.median(load)
             rows.append((n, len(text), load, toml))
 
-    print(f"Python {sys.version.split()[0]}, best/median of {a.repeat} runs, milliseconds")
+    print(f"Python {sys.version.split()[0]}, best/median of {a.repeat} runs, milliseconds"
+          f"{', dual-stack plans' if a.dual_stack else ''}")
     print(f"{'nodes':>6} {'what':<30} {'best':>9} {'median':>9}")
     for n, size, load, toml in rows:
         print(f"{n:>6} {'vtep plan load':<30} {fmt(load)}")

@@ -27,8 +27,8 @@ The rules, beyond types and ranges:
   overlay      unicast space only: it may not overlap 0.0.0.0/8, loopback,
                169.254.0.0/16, multicast or 240.0.0.0/4 (so 0.0.0.0/0 is
                refused), nor contain any node's underlay_ip;
-  overlay6     IPv6 unicast space only: not ::, ::1, IPv4-mapped, link-local
-               or multicast, nor containing any node's underlay_ip;
+  overlay6     IPv6 unicast space only: not ::, ::1, IPv4-compatible or -mapped,
+               link-local or multicast, nor containing any node's underlay_ip;
   subnet       inside the overlay, /30 or larger, overlapping no other node's
                subnet and containing no node's underlay_ip: a route for it
                would send the tunnel's own packets into the tunnel;
@@ -72,6 +72,7 @@ LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 # IPv6 space no overlay6 may touch (RFC 4291, RFC 6890): none of it is unicast between hosts
 NOT_OVERLAY_V6 = tuple((ipaddress.ip_network(n), why) for n, why in (
     ("::/127", "the unspecified and loopback addresses"),
+    ("::/96", "IPv4-compatible addresses, deprecated (RFC 4291 2.5.5.1)"),
     ("::ffff:0:0/96", "IPv4-mapped addresses (RFC 4291 2.5.5.2)"),
     ("fe80::/10", "link-local (RFC 4291 2.5.6)"),
     ("ff00::/8", "multicast"),
