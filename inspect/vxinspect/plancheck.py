@@ -9,9 +9,10 @@ sent. `PlanCheck` turns that into a frozenset, two dicts of packed bytes and
 integer ranges once; the decoder (decode.make_decoder) asks `flow` once per
 flow (its record in Tally.flows) which nodes its two ends are, and calls
 `mismatch` for the outermost VXLAN layer of every packet when --plan is given,
-handing it that answer. A planned packet costs one call, two unpacks, one dict
-lookup and a handful of integer comparisons; a packet without --plan one falsy
-test.
+handing it that answer. A planned packet costs one call, one unpack (two for
+inner IPv6), one dict lookup and at most a dozen integer comparisons (measured
+against the check without inner addresses: +0.14 us a packet with inner IPv4,
++0.23 us with inner IPv6); a packet without --plan one falsy test.
 
 plan-mismatch fires on a VXLAN packet whose
 - outer source is not a node's underlay IP, or
@@ -30,8 +31,9 @@ plan-mismatch fires on a VXLAN packet whose
   overlays pass: external traffic a pod talks to, link-local (fe80::/10, e.g.
   neighbour discovery) and multicast are no node's.
 The inner addresses are read from an untagged inner frame or one with 802.1Q/
-802.1ad tags; a header cut by the snap length holds what is there (the rest of
-the frame is truncated's business).
+802.1ad tags. A packet cut by the snap length is held by what is whole: the
+VXLAN header and inner MAC as far as they go, the inner addresses only when
+the inner IP header is whole (truncated fires on the rest).
 """
 from __future__ import annotations
 
