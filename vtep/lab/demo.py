@@ -93,10 +93,14 @@ class Demo:
                   + ("(the pod's own address: no NAT)" if seen == src_ip
                      else f"(expected the pod's own {src_ip}: NAT or a wrong path)"))
 
+    def families(self) -> list[tuple]:
+        """The FAMILIES entries of the plan's overlays, IPv4 first."""
+        return [f for f in FAMILIES
+                if (self.plan.overlay, self.plan.overlay6)[f[0] == 6] is not None]
+
     def connectivity(self) -> None:
         """Every ordered pair of nodes, each overlay family of the plan (IPv4 first)."""
-        families = [f for f in FAMILIES
-                    if (self.plan.overlay, self.plan.overlay6)[f[0] == 6] is not None]
+        families = self.families()
         for a, b in [(a, b) for a in self.lab.nodes for b in self.lab.nodes if a != b]:
             remote = self.plan.node(b)
             pod_a, pod_b = self.lab.pods[a], self.lab.pods[b]
@@ -191,50 +195,61 @@ def counters(lab: lablib.Lab) -> None:
         print(f"      {name} (userspace) counters: {line}", flush=True)
 
 
-def vtep_address(lab: lablib.Lab, name: str) -> str | None:
-    out = netns.sh(["ip", "-j", "-4", "addr", "show", "dev", "vxlan0"], ns=lab.node_ns(name),
-                   check=False).stdout
-    addrs = json.loads(out)[0]["addr_info"] if out.strip() else []
+def vtep_address(lab: lablib.Lab, name: str, family: str = "-4") -> str | None:
+    """The node's VTEP address on vxlan0 in `family` ("-4", "-6"), or None."""
+    out = netns.sh(["ip", "-j", family, "addr", "show", "dev", "vxlan0", "scope", "global"],
+                   ns=lab.node_ns(name), check=False).stdout
+    # (iproute2 leaves an empty {} in addr_info for each address a filter drops)
+    addrs = [a for a in json.loads(out)[0]["addr_info"] if "local" in a] if out.strip() else []
     return addrs[0]["local"] if addrs else None
 
 
 def failover(demo: Demo, lab: lablib.Lab) -> None:
-    """--store etcd: SIGKILL the last node's agent; every other node drops it within the
-    lease's TTL + 1 s; restarted, it gets its subnet back and is reached again."""
+    """--store etcd: SIGKILL the last node's agent; every other node drops it (its route
+    per overlay family) within the lease's TTL + 1 s; restarted, it gets its subnets back
+    and is reached again (in each family)."""
     victim, others = lab.nodes[-1], lab.nodes[:-1]
     node = demo.plan.node(victim)
-    subnet = str(node.subnet)
+    subnets = [str(s) for s in node.subnets]
+    shown = " and ".join(subnets)
+    routes = "routes" if len(subnets) > 1 else "route"
     rec = lab.process(f"vtep run {victim}")
     os.kill(rec["pid"], signal.SIGKILL)
     killed = time.monotonic()
     limit = lablib.LAB_TTL + 1
     left = set(others)
     while left and time.monotonic() - killed < limit + 10:
-        left = {o for o in left if subnet in lablib.vxlan_routes(lab, o)}
+        left = {o for o in left if set(subnets) & lablib.vxlan_routes(lab, o)}
         time.sleep(0.05)
     took = time.monotonic() - killed
     demo.step(f"{victim} killed (SIGKILL)", not left and took <= limit,
-              f"every other node dropped its route to {subnet} after {took:.1f} s "
+              f"every other node dropped its {routes} to {shown} after {took:.1f} s "
               f"(lease TTL {lablib.LAB_TTL} s + 1 s allowed)" if not left else
-              f"{', '.join(sorted(left))} still route {subnet} after {took:.1f} s")
+              f"{', '.join(sorted(left))} still route {shown} after {took:.1f} s")
     lab.processes.remove(rec)
     lab.save()
     lablib.start_agent(lab, victim)
     try:
         lablib.wait_converged(lab, demo.plan, victim)
-        got = vtep_address(lab, victim)
-        demo.step(f"{victim} restarted", got == str(node.vtep_ip),
-                  f"registered again with VTEP address {got} (subnet {subnet} kept)"
-                  if got == str(node.vtep_ip) else
-                  f"came back with VTEP address {got}, not {node.vtep_ip}")
+        want = [(fam, str(ip)) for fam, ip in (("-4", node.vtep_ip), ("-6", node.vtep_ip6))
+                if ip is not None]
+        got = [vtep_address(lab, victim, fam) for fam, _ in want]
+        ok = got == [ip for _, ip in want]
+        demo.step(f"{victim} restarted", ok,
+                  f"registered again with VTEP address {' and '.join(got)} "
+                  f"(subnet {shown} kept)" if ok else
+                  f"came back with VTEP address {' and '.join(map(str, got))}, not "
+                  f"{' and '.join(ip for _, ip in want)}")
     except LabError as e:
         demo.step(f"{victim} restarted", False, str(e))
         return
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(subnet not in lablib.vxlan_routes(lab, o)
+    while time.monotonic() < deadline and any(not set(subnets) <= lablib.vxlan_routes(lab, o)
                                               for o in others):
         time.sleep(0.05)
-    demo.ping(f"{others[0]} -> {victim} VTEP again", lab.node_ns(others[0]), str(node.vtep_ip))
+    for _, _, _, tag in demo.families():
+        ip = node.vtep_ip6 if tag else node.vtep_ip
+        demo.ping(f"{others[0]} -> {victim} VTEP again{tag}", lab.node_ns(others[0]), str(ip))
 
 
 def run(lab: lablib.Lab, mode: str | None = None, underlay: str | None = None,
