@@ -95,6 +95,14 @@ class Cluster:
     def pod_ip(self, node: str) -> str:
         return self.pods[node][1]
 
+    def pod_ip6(self, node: str) -> str:
+        """The pod's global IPv6 address (a dual-stack plan), as iproute2 reports it."""
+        r = sh(self.pod_ns(node), ["ip", "-j", "-6", "address", "show", "dev", "eth0",
+                                   "scope", "global"])
+        (addr,) = [a["local"] for i in json.loads(r.stdout) for a in i["addr_info"]
+                   if "local" in a]   # ip -j lists the filtered-out ones as {}
+        return addr
+
     def path_of(self, node: str) -> str:
         return lablib.node_mode(self.mode, node)
 
@@ -151,6 +159,8 @@ class Cluster:
         for n in NODES:
             for ns in (self.ns(n), self.pod_ns(n)):
                 sh(ns, ["ip", "route", "flush", "cache"], check=False)
+                # IPv6's learnt path MTUs are route exceptions of their own
+                sh(ns, ["ip", "-6", "route", "flush", "cache"], check=False)
                 sh(ns, ["ip", "tcp_metrics", "flush", "all"], check=False)
         sh(self.router, ["ip", "route", "flush", "cache"], check=False)
 
@@ -196,7 +206,9 @@ class Capture:
 
 @dataclass
 class Inner:
-    """The inner IPv4 packet of a VXLAN frame, as far as the suite needs it."""
+    """The inner IPv4 or IPv6 packet of a VXLAN frame, as far as the suite needs it. IPv6
+    (v6): length is 40 + the payload length, proto the first next header (the lab's
+    packets carry no extension headers), df/mf/offset False/False/0 (no such fields)."""
     src: str
     dst: str
     length: int
@@ -207,6 +219,7 @@ class Inner:
     icmp_type: int | None = None
     tcp_flags: int | None = None
     mss: int | None = None
+    v6: bool = False
 
 
 @dataclass
@@ -235,17 +248,25 @@ def _ip(b: bytes) -> str:
 
 
 def _inner(frame: bytes, q: int) -> Inner | None:
-    if len(frame) < q + 14 + 20 or frame[q + 12:q + 14] != b"\x08\x00":
+    if len(frame) >= q + 14 + 40 and frame[q + 12:q + 14] == b"\x86\xdd":
+        p = q + 14
+        plen, proto = struct.unpack_from("!HB", frame, p + 4)
+        i = Inner(str(ipaddress.IPv6Address(frame[p + 8:p + 24])),
+                  str(ipaddress.IPv6Address(frame[p + 24:p + 40])), 40 + plen, proto,
+                  False, False, 0, v6=True)
+        l4 = p + 40
+    elif len(frame) >= q + 14 + 20 and frame[q + 12:q + 14] == b"\x08\x00":
+        p = q + 14
+        vihl, _, tlen, _, frag, _, proto = struct.unpack_from("!BBHHHBB", frame, p)
+        ihl = (vihl & 15) * 4
+        i = Inner(_ip(frame[p + 12:p + 16]), _ip(frame[p + 16:p + 20]), tlen, proto,
+                  bool(frag & 0x4000), bool(frag & 0x2000), (frag & 0x1FFF) * 8)
+        l4 = p + ihl
+        if i.offset:
+            return i
+    else:
         return None
-    p = q + 14
-    vihl, _, tlen, _, frag, _, proto = struct.unpack_from("!BBHHHBB", frame, p)
-    ihl = (vihl & 15) * 4
-    i = Inner(_ip(frame[p + 12:p + 16]), _ip(frame[p + 16:p + 20]), tlen, proto,
-              bool(frag & 0x4000), bool(frag & 0x2000), (frag & 0x1FFF) * 8)
-    l4 = p + ihl
-    if i.offset:
-        return i
-    if proto == 1 and len(frame) > l4:
+    if proto in (1, 58) and len(frame) > l4:   # ICMP, ICMPv6
         i.icmp_type = frame[l4]
     elif proto == 6 and len(frame) >= l4 + 20:
         i.tcp_flags = frame[l4 + 13]
@@ -391,9 +412,9 @@ TCP_SINK = r"""
 import hashlib, json, socket, sys, time
 a = json.loads(sys.argv[1])
 deadline = time.monotonic() + a["limit"]
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if a.get("v6") else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", a["port"]))
+s.bind(("::" if a.get("v6") else "0.0.0.0", a["port"]))
 s.listen(1)
 print("listening", flush=True)
 s.settimeout(a["limit"])
@@ -448,13 +469,17 @@ class Transfer:
 
 
 def tcp_transfer(cluster: Cluster, src: str, dst: str, size: int, limit: float,
-                 port: int = 9000) -> Transfer:
+                 port: int = 9000, v6: bool = False) -> Transfer:
     """`size` bytes pod(src) -> pod(dst) over TCP, checked end to end (sha256), bounded by
-    `limit` seconds. ok: the receiver got every byte and its sha256 is the sender's."""
-    sink = py_popen(cluster.pod_ns(dst), TCP_SINK, {"port": port, "limit": limit + 2})
+    `limit` seconds. ok: the receiver got every byte and its sha256 is the sender's.
+    v6: between the pods' IPv6 addresses (a dual-stack plan)."""
+    addr = cluster.pod_ip6 if v6 else cluster.pod_ip
+    dst_ip, src_ip = addr(dst), addr(src)
+    sink = py_popen(cluster.pod_ns(dst), TCP_SINK, {"port": port, "limit": limit + 2,
+                                                    "v6": v6})
     try:
         assert sink.stdout.readline().strip() == "listening", sink.stderr.read()
-        r = py(cluster.pod_ns(src), TCP_SOURCE, {"dst": cluster.pod_ip(dst), "port": port,
+        r = py(cluster.pod_ns(src), TCP_SOURCE, {"dst": dst_ip, "port": port,
                                                  "size": size, "limit": limit},
                timeout=limit + 15)
         res = json.loads(r.stdout)
@@ -463,7 +488,7 @@ def tcp_transfer(cluster: Cluster, src: str, dst: str, size: int, limit: float,
         sink.stdout.close()
         sink.stderr.close()
     ok = (res.get("bytes") == size and res.get("sha256") == res["sent_sha256"]
-          and res.get("client") == cluster.pod_ip(src))
+          and res.get("client") == src_ip)
     return Transfer(ok, res["seconds"], res)
 
 

@@ -55,9 +55,11 @@ class Cni:
     def call(self, command, container="c1", netns_path=None, *, node="network-1",
              ifname="eth0", conf=None, raw=None, env=None, **kw) -> Answer:
         stdin = raw if raw is not None else json.dumps(conf or self.config(node, **kw))
+        # PYTHONPATH passed on: the console script imports vtep as the venv installed it
+        # (the main checkout), not the tree under test
         e = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": container,
              "CNI_NETNS": netns_path or "", "CNI_IFNAME": ifname,
-             "CNI_PATH": str(REFERENCE)}
+             "CNI_PATH": str(REFERENCE), "PYTHONPATH": os.environ.get("PYTHONPATH")}
         e.update(env or {})
         e = {k: v for k, v in e.items() if v is not None}
         r = subprocess.run(["nsenter", f"--net={self.topo[node].path}", PLUGIN], input=stdin,
@@ -560,3 +562,254 @@ def test_check_of_a_namespace_that_is_not_one_is_a_finding_not_a_crash(cni):
     netns.delete(cni.prefix + "c1")
     a = cni.call("CHECK", "c1", path, conf=cni.config(prevResult=result))
     assert a.doc["code"] == 102 and f"namespace {path}" in a.doc["details"], a
+
+
+# --- dual stack (issue 15) -------------------------------------------------------------------
+# The seed's dual-stack plan (vtep.lab.seed.plan_text(dual_stack=True)): network-1 also owns
+# fd00:172:2::/64 (VTEP ::, gateway ::1, containers from ::2), network-2 fd00:172:2:1::/64;
+# the whole IPv6 overlay is fd00:172:2::/48. Result documents written out by hand from the
+# spec (1.0.0: no "version" in ips; 0.4.0: "version": "6" for an IPv6 address).
+
+from test_pods_netns import http_client_seen   # noqa: E402 (the dual-stack helpers' file)
+
+
+def kernel_view6(path, ifname="eth0") -> dict:
+    """The container's IPv6 side as `ip -j` reports it: global addresses (with whether
+    they are tentative) and the gateways of its IPv6 routes, by destination."""
+    r = in_ns(path, ["ip", "-j", "-6", "address", "show", "dev", ifname], check=False)
+    if r.returncode or not json.loads(r.stdout):
+        return {}
+    link = json.loads(r.stdout)[0]
+    routes = json.loads(in_ns(path, ["ip", "-j", "-6", "route", "show", "dev", ifname]).stdout)
+    return {"inet6": [(f"{a['local']}/{a['prefixlen']}", bool(a.get("tentative")))
+                      for a in link["addr_info"] if a.get("scope") == "global"],
+            "gateways": {r["dst"]: r["gateway"] for r in routes if r.get("gateway")}}
+
+
+def dual_text(**replace) -> str:
+    from vtep.lab.seed import plan_text
+    text = plan_text(dual_stack=True)
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def cni6(netns_prefix, tmp_path):
+    """Both nodes configured from the dual-stack plan (its iproute2 commands, IPv6 ones
+    included) and forwarding IPv6 too."""
+    from vtep.lab.seed import NODES
+    plan = tmp_path / "plan-dual.toml"
+    plan.write_text(dual_text())
+    prefix = netns_prefix + "cni6-"
+    with hand_configured(prefix, plan) as t:
+        for name in NODES:
+            t[name].cmd(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        yield Cni(t, str(plan), tmp_path / "state", prefix)
+
+
+@pytest.mark.netns
+def test_dual_stack_add_check_del(cni6):
+    path = cni6.container("c1")
+    a = cni6.call("ADD", "c1", path)
+    assert a.code == 0, a
+    mac = kernel_view(path)["mac"]
+    assert a.doc == {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "br0", "mac": a.doc["interfaces"][0]["mac"]},
+                       {"name": pods.veth_name("c1/eth0"), "mac": a.doc["interfaces"][1]["mac"]},
+                       {"name": "eth0", "mac": mac, "sandbox": path}],
+        "ips": [{"address": "172.2.0.2/24", "gateway": "172.2.0.1", "interface": 2},
+                {"address": "fd00:172:2::2/64", "gateway": "fd00:172:2::1", "interface": 2}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "172.2.0.1"},
+                   {"dst": "::/0", "gw": "fd00:172:2::1"}],
+    }
+    assert kernel_view(path) == {"mtu": 1450, "mac": mac, "up": True,
+                                 "inet": ["172.2.0.2/24"], "default": ["172.2.0.1"]}
+    assert kernel_view6(path) == {"inet6": [("fd00:172:2::2/64", False)],
+                                  "gateways": {"default": "fd00:172:2::1"}}
+    assert cni6.allocations()["c1/eth0"]["ips"] == ["172.2.0.2", "fd00:172:2::2"]
+    # usable at once (no DAD): the first packet to the gateway gets its answer
+    assert in_ns(path, ["ping", "-6", "-c1", "-W2", "fd00:172:2::1"]).returncode == 0
+    assert cni6.call("CHECK", "c1", path, conf=cni6.config(prevResult=a.doc)) == (0, None, "")
+    assert cni6.call("DEL", "c1", path) == (0, None, "")
+    assert cni6.allocations() == {} and kernel_view6(path) == {}
+    # both addresses are free again: the next container gets the same two
+    again = cni6.add("c2")
+    assert [ip["address"] for ip in again["ips"]] == ["172.2.0.2/24", "fd00:172:2::2/64"]
+
+
+BREAKAGES6 = {
+    "address6": (["ip", "-6", "address", "del", "fd00:172:2::2/64", "dev", "eth0"],
+                 "address fd00:172:2::2/64 missing on eth0"),
+    "route6": (["ip", "-6", "route", "del", "default"], "no default route via fd00:172:2::1"),
+}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("what", sorted(BREAKAGES6))
+def test_dual_stack_check_names_what_is_broken_in_ipv6(cni6, what):
+    path = cni6.container("c1")
+    result = cni6.add("c1", path)
+    argv, message = BREAKAGES6[what]
+    in_ns(path, argv)
+    a = cni6.call("CHECK", "c1", path, conf=cni6.config(prevResult=result))
+    assert a.code == 1 and a.doc["code"] == 102, a
+    assert message in a.doc["details"], a.doc
+    assert "172.2.0" not in a.doc["details"].split(": ", 1)[1]   # IPv4 is fine: not named
+    # a prevResult that lacks the IPv6 address (an IPv4-only ADD's) is a finding too
+    only4 = dict(result, ips=result["ips"][:1])
+    cni6.add("c1", path)   # repaired
+    a = cni6.call("CHECK", "c1", path, conf=cni6.config(prevResult=only4))
+    assert a.doc["code"] == 102 and "the allocation is fd00:172:2::2/64" in a.doc["details"], a
+
+
+@pytest.mark.netns
+def test_dual_stack_0_4_0_result_tags_each_ip_with_its_version(cni6):
+    path = cni6.container("c1")
+    result = cni6.add("c1", path, version="0.4.0")
+    assert result["ips"] == [
+        {"version": "4", "address": "172.2.0.2/24", "gateway": "172.2.0.1", "interface": 2},
+        {"version": "6", "address": "fd00:172:2::2/64", "gateway": "fd00:172:2::1",
+         "interface": 2}]
+    assert cni6.call("CHECK", "c1", path, conf=cni6.config(version="0.4.0",
+                                                           prevResult=result)).code == 0
+
+
+@pytest.mark.netns
+def test_dual_stack_result_has_the_reference_bridge_plugins_shape(cni6, tmp_path):
+    """Debian's bridge plugin with host-local IPAM over two ranges (one per family):
+    our dual-stack result carries the same keys per IP and route, in the same order of
+    families (IPv4 first), as theirs."""
+    theirs_path = cni6.container("ref")
+    conf = {"cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cniref0",
+            "isGateway": True,
+            "ipam": {"type": "host-local",
+                     "ranges": [[{"subnet": "10.99.0.0/24"}], [{"subnet": "fd00:99::/64"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                     "dataDir": str(tmp_path / "host-local")}}
+    e = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ref",
+         "CNI_NETNS": theirs_path, "CNI_IFNAME": "eth0", "CNI_PATH": str(REFERENCE)}
+    r = subprocess.run(["nsenter", f"--net={cni6.topo['network-1'].path}",
+                        str(REFERENCE / "bridge")], input=json.dumps(conf), env=e,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    theirs = json.loads(r.stdout)
+    ours = cni6.add("c1")
+
+    def shape(doc):
+        return ([(sorted(i), ":" in i["address"]) for i in doc["ips"]],
+                [(sorted(x for x in i if x != "gw"), ":" in i["dst"]) for i in doc["routes"]])
+    assert shape(ours) == shape(theirs)
+
+
+@pytest.mark.netns
+def test_dual_stack_containers_on_two_nodes_reach_each_other_without_nat(cni6):
+    p1, p2 = cni6.container("c1"), cni6.container("c2")
+    ip1 = cni6.add("c1", p1)["ips"][1]["address"].split("/")[0]
+    ip2 = cni6.add("c2", p2, node="network-2")["ips"][1]["address"].split("/")[0]
+    assert (ip1, ip2) == ("fd00:172:2::2", "fd00:172:2:1::2")
+    assert in_ns(p1, ["ping", "-6", "-c2", "-i0.2", "-W2", ip2]).returncode == 0
+    assert in_ns(p2, ["ping", "-c2", "-i0.2", "-W2", "172.2.0.2"]).returncode == 0
+    assert http_client_seen(p2, p1, ip2) == ip1
+
+
+@pytest.mark.netns
+def test_dual_stack_second_interface_routes_both_overlays(cni6):
+    path = cni6.container("c1")
+    in_ns(path, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
+    result = cni6.add("c1", path, ifname="net1")
+    assert result["routes"] == [{"dst": "172.2.0.0/16", "gw": "172.2.0.1"},
+                                {"dst": "fd00:172:2::/48", "gw": "fd00:172:2::1"}]
+    assert kernel_view6(path, "net1")["gateways"] == {"fd00:172:2::/48": "fd00:172:2::1"}
+    assert cni6.call("CHECK", "c1", path, ifname="net1",
+                     conf=cni6.config(prevResult=result)).code == 0
+
+
+@pytest.mark.netns
+def test_dual_stack_exhausted_ipv6_reserves_no_ipv4_and_status_says_so(cni6, tmp_path):
+    """network-1's subnet6 a /126: ::0 the VTEP, ::1 the gateway, ::2 and ::3 for
+    containers. The third ADD fails on IPv6 with IPv4 addresses to spare: it reserves
+    neither (both or neither), and STATUS names the IPv6 subnet."""
+    small = tmp_path / "small6.toml"
+    small.write_text(dual_text(**{'"fd00:172:2::/64"': '"fd00:172:2::/126"'}))
+    conf = cni6.config(plan=str(small), version="1.1.0")
+    assert cni6.call("STATUS", conf=conf) == (0, None, "")
+    for c in ("c1", "c2"):
+        cni6.add(c, conf=conf)
+    assert sorted(tuple(r["ips"]) for r in cni6.allocations().values()) == \
+        [("172.2.0.2", "fd00:172:2::2"), ("172.2.0.3", "fd00:172:2::3")]
+    path = cni6.container("c3")
+    before = cni6.links()
+    a = cni6.call("ADD", "c3", path, conf=conf)
+    assert a.code == 1 and a.doc["code"] == 100, a
+    assert "fd00:172:2::/126 is exhausted" in a.doc["details"]
+    assert cni6.links() == before and sorted(cni6.allocations()) == ["c1/eth0", "c2/eth0"]
+    assert kernel_view(path) == {}
+    s = cni6.call("STATUS", conf=conf)
+    assert s.code == 1 and s.doc["code"] == 50 and "fd00:172:2::/126" in s.doc["details"]
+    assert cni6.call("DEL", "c1", "", conf=conf).code == 0     # DEL frees both
+    assert [ip["address"] for ip in cni6.add("c3", path, conf=conf)["ips"]] == \
+        ["172.2.0.2/24", "fd00:172:2::2/126"]
+
+
+@pytest.mark.netns
+def test_ipv6_only_plan_adds_ipv6_alone(cni6, tmp_path):
+    only6 = tmp_path / "only6.toml"
+    only6.write_text("\n".join(x for x in dual_text().splitlines()
+                               if not x.startswith(("overlay =", "subnet ="))) + "\n")
+    path = cni6.container("c1")
+    result = cni6.add("c1", path, plan=str(only6))
+    assert (result["ips"], result["routes"]) == (
+        [{"address": "fd00:172:2::2/64", "gateway": "fd00:172:2::1", "interface": 2}],
+        [{"dst": "::/0", "gw": "fd00:172:2::1"}])
+    assert kernel_view(path)["inet"] == [] and kernel_view(path)["default"] == []
+    assert kernel_view6(path)["inet6"] == [("fd00:172:2::2/64", False)]
+    ok = cni6.call("CHECK", "c1", path, conf=cni6.config(plan=str(only6), prevResult=result))
+    assert ok.code == 0, ok
+    bad = cni6.call("ADD", "c2", cni6.container("c2"), plan=str(only6),
+                    env={"CNI_ARGS": "IP=172.2.0.9"})
+    assert bad.doc["code"] == 7 and "has no IPv4 subnet" in bad.doc["details"], bad
+
+
+@pytest.mark.netns
+def test_dual_stack_static_addresses_per_family(cni6):
+    path = cni6.container("c1")
+    a = cni6.call("ADD", "c1", path, env={"CNI_ARGS": "IP=172.2.0.40,fd00:172:2::40"})
+    assert a.code == 0, a
+    assert [ip["address"] for ip in a.doc["ips"]] == ["172.2.0.40/24", "fd00:172:2::40/64"]
+    b = cni6.call("ADD", "c2", cni6.container("c2"),
+                  conf=cni6.config(runtimeConfig={"ips": ["fd00:172:2::41/64"]}))
+    assert [ip["address"] for ip in b.doc["ips"]] == ["172.2.0.2/24", "fd00:172:2::41/64"]
+    taken = cni6.call("ADD", "c3", cni6.container("c3"), env={"CNI_ARGS": "IP=fd00:172:2::40"})
+    assert taken.doc["code"] == 7 and "fd00:172:2::40 is already taken" in taken.doc["details"]
+    assert sorted(cni6.allocations()) == ["c1/eth0", "c2/eth0"]
+
+
+@pytest.mark.netns
+def test_dual_stack_the_running_agents_status_file_is_a_source(cni6):
+    """No plan in the config: the IPv6 facts (subnet6, gateway6, overlay6) come from the
+    status file `vtep run` writes, as the IPv4 ones do."""
+    state = cni6.state / "network-1"
+    state.mkdir(parents=True)
+    agent = Vtep(cni6.topo["network-1"], "kernel", cni6.plan, state)
+    conf = cni6.config(plan=None, version="1.1.0")
+    try:
+        net = json.loads((state / "vxlan0.network-1.json").read_text())["network"]
+        assert {k: net[k] for k in ("subnet", "gateway", "overlay", "subnet6", "gateway6",
+                                    "overlay6")} == {
+            "subnet": "172.2.0.0/24", "gateway": "172.2.0.1", "overlay": "172.2.0.0/16",
+            "subnet6": "fd00:172:2::/64", "gateway6": "fd00:172:2::1",
+            "overlay6": "fd00:172:2::/48"}
+        path = cni6.container("c1")
+        result = cni6.add("c1", path, conf=conf)
+        assert [ip["address"] for ip in result["ips"]] == ["172.2.0.2/24", "fd00:172:2::2/64"]
+        assert kernel_view6(path)["gateways"] == {"default": "fd00:172:2::1"}
+        second = cni6.add("c1", path, ifname="net1", conf=conf)
+        assert [r["dst"] for r in second["routes"]] == ["172.2.0.0/16", "fd00:172:2::/48"]
+    finally:
+        assert agent.stop() == 0, agent.output()
+    assert cni6.call("DEL", "c1", "", conf=conf).code == 0
+    assert cni6.call("DEL", "c1", "", ifname="net1", conf=conf).code == 0
+    assert cni6.allocations() == {}

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import shlex
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,13 +46,42 @@ class Node:
         return [x["ifname"] for x in json.loads(out)]
 
 
+def plugin_for_tree(tmp_path) -> Path:
+    """The plugin podman runs: the console script, which imports vtep as the venv
+    installed it; under a PYTHONPATH (a worktree under test) a wrapper script that sets
+    it, since podman's DEL runs with a bare environment (podmanlab's docstring)."""
+    path = os.environ.get("PYTHONPATH")
+    if not path:
+        return PLUGIN
+    wrapper = tmp_path / "vtep-cni"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(path)} exec "
+                       f"{shlex.quote(str(PLUGIN))} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.fixture
 def cluster(netns_prefix, tmp_path, plan_file):
     """{node name: Node}: the seed topology, an agent and a podman on each node."""
+    with podman_cluster(netns_prefix + "cp-", tmp_path, plan_file) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def cluster6(netns_prefix, tmp_path):
+    """The same with the seed's dual-stack plan (overlay6 fd00:172:2::/48)."""
+    plan = tmp_path / "plan-dual.toml"
+    plan.write_text(seed.plan_text(dual_stack=True))
+    with podman_cluster(netns_prefix + "cp6-", tmp_path, plan) as nodes:
+        yield nodes
+
+
+@contextmanager
+def podman_cluster(prefix, tmp_path, plan_file):
     reason = have_podman()
     if reason:
         pytest.skip(reason)
-    with seed.topology(netns_prefix + "cp-") as t, ExitStack() as stack:
+    with seed.topology(prefix) as t, ExitStack() as stack:
         nodes = {}
         for name in seed.NODES:
             state = tmp_path / f"state-{name}"
@@ -58,7 +89,8 @@ def cluster(netns_prefix, tmp_path, plan_file):
             Vtep(t[name], "kernel", plan_file, state)   # ended by the topology, by PID
             conflist = {"cniVersion": "1.0.0", "name": "vtep",
                         "plugins": [{"type": "vtep", "stateDir": str(state)}]}
-            pm = stack.enter_context(Podman(t[name], tmp_path, {"vtep": PLUGIN}, conflist))
+            pm = stack.enter_context(Podman(t[name], tmp_path,
+                                            {"vtep": plugin_for_tree(tmp_path)}, conflist))
             nodes[name] = Node(t[name], pm, state)
         yield nodes
 
@@ -79,7 +111,8 @@ def test_containers_on_two_nodes_reach_each_other_without_nat(cluster):
     assert n1.pm.fetch("cli", f"http://{web}/cgi-bin/ip").strip() == cli
     # the allocation is keyed by podman's container ID and the interface it asked for
     assert n1.allocations() == {f"{cid}/eth0": {
-        "ip": cli, "gateway": "172.2.0.1", "veth": pods.veth_name(f"{cid}/eth0"),
+        "ip": cli, "gateway": "172.2.0.1", "ips": [cli], "gateways": ["172.2.0.1"],
+        "veth": pods.veth_name(f"{cid}/eth0"),
         "netns": n1.pm.netns("cli"), "created_netns": False, "bridge": "br0",
         "cni": {"network": "vtep", "container": cid, "ifname": "eth0"}}}
     assert pods.veth_name(f"{cid}/eth0") in n1.links()
@@ -108,3 +141,36 @@ def test_ten_containers_started_at_once_get_ten_distinct_addresses(cluster):
     n1.pm.podman(["rm", "-f", "-a", "-t", "0"], timeout=120)
     assert n1.allocations() == {}
     assert not [x for x in n1.links() if x.startswith("veth")]
+
+
+HTTPD6 = ["httpd", "-f", "-p", "[::]:80", "-h", "/www"]   # both families on one socket
+
+
+def addresses6(pm: Podman, name: str) -> list[str]:
+    """The container's global IPv6 addresses on eth0, as its own `ip` shows them."""
+    out = pm.exec(name, ["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"],
+                  check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if " inet6 " in line]
+
+
+def test_dual_stack_containers_reach_each_other_over_ipv6_without_nat(cluster6):
+    """podman, vtep-cni and `vtep run` with a dual-stack plan: the plugin reads subnet6,
+    gateway6 and overlay6 from the agent's status file; each container gets an address
+    of each family; podman records both; busybox httpd on [::] sees the client
+    container's own IPv6 address."""
+    n1, n2 = cluster6["network-1"], cluster6["network-2"]
+    n2.pm.run("web", HTTPD6)
+    cid = n1.pm.run("cli", SLEEP)
+    assert (n1.pm.ip("cli"), n2.pm.ip("web")) == ("172.2.0.2", "172.2.1.2")
+    assert addresses6(n1.pm, "cli") == ["fd00:172:2::2/64"]
+    assert addresses6(n2.pm, "web") == ["fd00:172:2:1::2/64"]
+    route = n1.pm.exec("cli", ["ip", "-6", "route"], check=True).stdout
+    assert "default via fd00:172:2::1 dev eth0" in route
+    assert n1.pm.inspect("cli", "{{.NetworkSettings.GlobalIPv6Address}}") == "fd00:172:2::2"
+    assert n1.pm.exec("cli", ["ping", "-6", "-c", "2", "-W", "2",
+                              "fd00:172:2:1::2"]).returncode == 0
+    seen = n1.pm.fetch("cli", "http://[fd00:172:2:1::2]/cgi-bin/ip").strip()
+    assert seen.strip("[]") == "fd00:172:2::2"   # busybox may bracket an IPv6 REMOTE_ADDR
+    assert n1.allocations()[f"{cid}/eth0"]["ips"] == ["172.2.0.2", "fd00:172:2::2"]
+    n1.pm.rm("cli")   # DEL, from conmon's bare environment: both addresses freed
+    assert n1.allocations() == {}

@@ -779,7 +779,7 @@ def test_main_unknown_argv_exits_2(argv):
     assert proc.stdout == b"" and b"Traceback" not in proc.stderr
 
 
-# --- plugin.requested_ip ---------------------------------------------------------------------
+# --- plugin.requested_ips --------------------------------------------------------------------
 
 def add_request(config_keys: dict, cni_args: str = "") -> spec.Request:
     env = env_for("ADD", CNI_ARGS=cni_args)
@@ -787,29 +787,44 @@ def add_request(config_keys: dict, cni_args: str = "") -> spec.Request:
 
 
 @pytest.mark.parametrize("keys,args,want", [
-    ({}, "", None),
-    ({}, "IgnoreUnknown=1", None),
-    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "", "10.244.1.9"),
-    ({"runtimeConfig": {"ips": ["10.244.1.9"]}}, "", "10.244.1.9"),
-    ({}, "IgnoreUnknown=1;IP=10.244.1.9", "10.244.1.9"),
-    ({}, "IP=10.244.1.9/24", "10.244.1.9"),
-    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.9", "10.244.1.9"),
-    ({"runtimeConfig": {"portMappings": []}}, "", None),
+    ({}, "", {}),
+    ({}, "IgnoreUnknown=1", {}),
+    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "", {4: "10.244.1.9"}),
+    ({"runtimeConfig": {"ips": ["10.244.1.9"]}}, "", {4: "10.244.1.9"}),
+    ({}, "IgnoreUnknown=1;IP=10.244.1.9", {4: "10.244.1.9"}),
+    ({}, "IP=10.244.1.9/24", {4: "10.244.1.9"}),
+    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.9", {4: "10.244.1.9"}),
+    ({"runtimeConfig": {"portMappings": []}}, "", {}),
+    # one per family (host-local's CNI_ARGS IP=a,b; podman --ip and --ip6 as "ips")
+    ({}, "IP=10.244.1.9,fd00:244:1::9", {4: "10.244.1.9", 6: "fd00:244:1::9"}),
+    ({"runtimeConfig": {"ips": ["fd00:244:1::9/64", "10.244.1.9/24"]}}, "",
+     {4: "10.244.1.9", 6: "fd00:244:1::9"}),
+    # one IPv6 address in two spellings is one address (RFC 5952's form comes back)
+    ({"runtimeConfig": {"ips": ["fd00:244:1:0:0:0:0:9"]}}, "IP=FD00:244:1::9",
+     {6: "fd00:244:1::9"}),
 ])
-def test_requested_ip(keys, args, want):
-    assert plugin.requested_ip(add_request(keys, args)) == want
+def test_requested_ips(keys, args, want):
+    assert plugin.requested_ips(add_request(keys, args)) == want
 
 
-@pytest.mark.parametrize("keys,args", [
-    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.10"),
-    ({"runtimeConfig": {"ips": ["10.244.1.9", "10.244.1.10"]}}, ""),
-    ({}, "IP=10.244.1.9,10.244.1.10"),
+@pytest.mark.parametrize("keys,args,first,second", [
+    ({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}, "IP=10.244.1.10", "10.244.1.10", "10.244.1.9"),
+    ({"runtimeConfig": {"ips": ["10.244.1.9", "10.244.1.10"]}}, "", "10.244.1.10", "10.244.1.9"),
+    ({}, "IP=10.244.1.9,10.244.1.10", "10.244.1.10", "10.244.1.9"),
+    ({}, "IP=fd00::9,10.244.1.9,fd00::a", "fd00::9", "fd00::a"),
 ])
-def test_two_different_requested_ips_are_code_7_naming_both(keys, args):
+def test_two_different_requested_ips_of_a_family_are_code_7_naming_both(keys, args, first,
+                                                                         second):
     with pytest.raises(CniError) as info:
-        plugin.requested_ip(add_request(keys, args))
+        plugin.requested_ips(add_request(keys, args))
     assert info.value.code == 7
-    assert "10.244.1.9" in info.value.details and "10.244.1.10" in info.value.details
+    assert first in info.value.details and second in info.value.details
+
+
+def test_a_requested_ip_that_is_no_address_is_code_7_naming_it():
+    with pytest.raises(CniError) as info:
+        plugin.requested_ips(add_request({}, "IP=10.244.1.x"))
+    assert info.value.code == 7 and "10.244.1.x" in info.value.details
 
 
 def test_from_status_trusts_the_claim_not_the_pid_in_the_file(agent, tmp_path):
@@ -817,3 +832,76 @@ def test_from_status_trusts_the_claim_not_the_pid_in_the_file(agent, tmp_path):
     (1, say): what counts is that an agent claims the device in this network namespace."""
     write_status(tmp_path, "vxt0.n1.json", status_doc(pid=1))
     assert netconf.from_status(status_conf(tmp_path)).node.name == "n1"
+
+
+# --- dual stack (issue 15): results, the status source, the routes per interface ------------
+
+DUAL_IPS = [{"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 2},
+            {"address": "fd00:244:1::5/64", "gateway": "fd00:244:1::1", "interface": 2}]
+DUAL_ROUTES = [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}, {"dst": "::/0", "gw": "fd00:244:1::1"}]
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
+def test_render_1_x_dual_stack_has_no_ip_version(version):
+    # spec 1.0.0 removed IPConfig's "version": an IPv6 entry is the same shape as an IPv4 one
+    got = spec.render_result(version, IFACES, DUAL_IPS, DUAL_ROUTES, None)
+    assert got["ips"] == [
+        {"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 2},
+        {"address": "fd00:244:1::5/64", "gateway": "fd00:244:1::1", "interface": 2}]
+    assert got["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+                             {"dst": "::/0", "gw": "fd00:244:1::1"}]
+
+
+DUAL_NETWORK = {"subnet": "10.244.1.0/24", "gateway": "10.244.1.1", "overlay": "10.244.0.0/16",
+                "subnet6": "fd00:244:1::/64", "gateway6": "fd00:244:1::1",
+                "overlay6": "fd00:244::/48", "underlay_ip": "192.0.2.11", "mtu": 1450}
+
+
+def test_from_status_dual_stack(agent, tmp_path):
+    write_status(tmp_path, "vxt0.n1.json", status_doc(network=DUAL_NETWORK))
+    net = netconf.from_status(status_conf(tmp_path))
+    assert net.node.subnet6 == ipaddress.ip_network("fd00:244:1::/64")
+    assert net.node.gateway6 == ipaddress.ip_address("fd00:244:1::1")
+    assert net.subnet == ipaddress.ip_network("10.244.1.0/24")
+    # a second interface's routes: both overlays, IPv4 first
+    assert net.overlays == ["10.244.0.0/16", "fd00:244::/48"]
+
+
+def test_from_status_ipv6_only(agent, tmp_path):
+    network = {k: v for k, v in DUAL_NETWORK.items()
+               if k not in ("subnet", "gateway", "overlay")}
+    write_status(tmp_path, "vxt0.n1.json", status_doc(network=network))
+    net = netconf.from_status(status_conf(tmp_path))
+    assert net.subnet is None and net.node.subnets == (ipaddress.ip_network("fd00:244:1::/64"),)
+    assert net.overlays == ["fd00:244::/48"]
+
+
+def test_from_status_with_no_subnet_of_either_family_is_code_11(agent, tmp_path):
+    network = {"underlay_ip": "192.0.2.11", "mtu": 1450, "overlay6": "fd00:244::/48"}
+    write_status(tmp_path, "vxt0.n1.json", status_doc(network=network))
+    assert "vxt0.n1.json" in status_refused(status_conf(tmp_path), 11)
+
+
+def test_an_older_agents_file_has_whole_family_overlays():
+    """A status file without "overlay" (older agents): a second interface routes the
+    whole IPv4 space through the overlay, as before; the same for IPv6."""
+    node = netconf.planlib.Node("n1", ipaddress.ip_address("192.0.2.11"),
+                                ipaddress.ip_network("10.244.1.0/24"), "",
+                                subnet6=ipaddress.ip_network("fd00:244:1::/64"))
+    assert netconf.NodeNet(node, 1450, "x", None, None).overlays == ["0.0.0.0/0", "::/0"]
+
+
+def test_merge_re_tags_a_chained_dual_stack_prev_result():
+    """A 0.4.0 chain: an earlier plugin's IPv6 entry comes tagged "6"; our result keeps
+    it first, then ours, each tagged by its own family (spec 0.4.0, "Result")."""
+    prev = {"cniVersion": "0.4.0", "interfaces": [{"name": "lo0"}],
+            "ips": [{"version": "6", "address": "fd00:9::2/64", "interface": 0}],
+            "routes": [{"dst": "fd00:9::/48"}]}
+    req = spec.read_request(env_for("ADD"), conf_bytes("0.4.0", prevResult=prev))
+    got = plugin._merge(req, IFACES, DUAL_IPS, DUAL_ROUTES, None)
+    assert got["ips"] == [
+        {"version": "6", "address": "fd00:9::2/64", "interface": 0},
+        {"version": "4", "address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 3},
+        {"version": "6", "address": "fd00:244:1::5/64", "gateway": "fd00:244:1::1",
+         "interface": 3}]
+    assert got["routes"] == [{"dst": "fd00:9::/48"}] + DUAL_ROUTES

@@ -261,22 +261,49 @@ def test_too_big_without_df_or_path_mtu_sends_nothing():
     assert io.tap_out == []
 
 
-def test_ipv6_packet_too_big_checksum_matches_scapy():
+def v6_frame(size=1400, src="fd00:172:2::2"):
+    from scapy.layers.inet6 import IPv6
+    return bytes(Ether(src=ME, dst=MAC_A) / IPv6(src=src, dst="fd00:172:2:1::2") /
+                 UDP(sport=1, dport=2) / (b"v" * size))
+
+
+@pytest.mark.parametrize("overhead,reported", [(50, 1350), (70, 1330)])
+def test_too_big_answers_an_ipv6_sender_with_packet_too_big_from_the_node(overhead, reported):
+    # an inner IPv6 packet that does not fit the path: RFC 4443 3.2 packet too big, from
+    # the node's own IPv6 VTEP address (vtep.icmp: what the node's stack accepts), to the
+    # sender, back through the TAP; checksum and every field as scapy builds them
     from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
-    from vtep import icmp as icmplib
-    frame = bytes(Ether(src=ME, dst=MAC_A) / IPv6(src="fd00::2", dst="fd00::9") /
-                  UDP(sport=1, dport=2) / (b"v" * 1400))
-    err = icmplib.too_big(frame, 1350, None)
+    io = FakeIO(too_big_above=1000)
+    dp = make(io, path_mtu=lambda peer: 1400, overhead=overhead,
+              vtep_ips={PEER_A: bytes([172, 2, 1, 0])},
+              vtep_ip6=bytes.fromhex("fd000172000200000000000000000000"))
+    frame = v6_frame()
+    io.tap_in.append(frame)
+    dp.tx_batch()
+    (err,) = io.tap_out
+    want = bytes(Ether(src=MAC_A, dst=ME) /
+                 IPv6(tc=0, fl=0, hlim=64, src="fd00:172:2::", dst="fd00:172:2::2") /
+                 ICMPv6PacketTooBig(mtu=reported) / frame[14:14 + 1232])
+    assert err == want
     pkt = Ether(err)
-    ptb = pkt[ICMPv6PacketTooBig]
-    assert (pkt[IPv6].src, pkt[IPv6].dst, ptb.mtu) == ("fd00::9", "fd00::2", 1350)
     ref = pkt.copy()
     del ref[ICMPv6PacketTooBig].cksum
     assert bytes(ref) == err
-    assert len(err) - 14 <= 1280  # fits the IPv6 minimum MTU (RFC 4443 2.4)
-    # never an error to a multicast source
-    mcast = bytes(Ether(src=ME, dst=MAC_A) / IPv6(src="ff02::1", dst="fd00::9") / UDP())
-    assert icmplib.too_big(mcast + bytes(40), 1350, None) is None
+    assert len(err) - 14 == 1280  # fits the IPv6 minimum MTU (RFC 4443 2.4(c))
+    assert dp.counters.icmp_too_big == 1 and dp.counters.tx_drops["too-big"] == 1
+    assert io.sent == []
+
+
+def test_no_ipv6_error_without_an_ipv6_vtep_address_or_to_a_multicast_source():
+    io = FakeIO(too_big_above=1000)
+    dp = make(io, path_mtu=lambda peer: 1400, vtep_ips={PEER_A: bytes([172, 2, 1, 0])})
+    io.tap_in.append(v6_frame())   # no IPv6 overlay: nothing to send the error from
+    dp.tx_batch()
+    dp.vtep_ip6 = bytes.fromhex("fd000172000200000000000000000000")
+    io.tap_in.append(v6_frame(src="ff02::1"))   # RFC 4443 2.4(e)
+    dp.tx_batch()
+    assert io.tap_out == [] and dp.counters.icmp_too_big == 0
+    assert dp.counters.tx_drops["too-big"] == 2
 
 
 # ---------------------------------------------------------------- counters and drops, exactly

@@ -380,7 +380,7 @@ def recording_vtep(monkeypatch, want, have):
     """A reconciler whose device step is skipped and whose rtnetlink socket records what a
     pass sends (and acknowledges it); nothing on the host is touched."""
     rt = rtnl_on(FakeKernel(acks()))
-    monkeypatch.setattr(rt, "read", lambda idx: have)
+    monkeypatch.setattr(rt, "read", lambda idx, families: have)
     monkeypatch.setattr(host, "enable_forwarding", lambda df=None: [])
     monkeypatch.setattr(host, "underlay_facts", lambda node: host.Underlay("eth0", 1500, 2))
     rec = reconciler(planlib.parse(PLAN, "plan.toml"), rt)
@@ -640,3 +640,64 @@ def test_without_net_admin_nothing_is_touched(monkeypatch, plan):
     with pytest.raises(PermissionDenied, match="vtep run --userspace needs root"):
         commands.run(args)
     assert touched == []
+
+
+# --- a dual-stack overlay: a neighbour and a route per family, one fdb entry ---------------------
+
+DUAL = {"cluster": {**PLAN["cluster"], "overlay6": "fd00:244::/48"},
+        "nodes": [{**n, "subnet6": f"fd00:244:0:{i}::/64"} for i, n in enumerate(PLAN["nodes"])]}
+
+
+def dual_want():
+    return state.desired(planlib.parse(DUAL, "plan.toml"), "a", underlay_dev="eth0",
+                         underlay_mtu=1500)
+
+
+def test_a_dual_stack_peer_gets_both_neighbours_one_fdb_entry_and_both_routes():
+    changes = kernel.diff(dual_want(), EMPTY)
+    texts = [c.text for c in changes[:6]]
+    b = dual_want().peers[0]
+    assert texts == [
+        f"added neigh 10.244.1.0 lladdr {b.fdb.mac} on vxlan0 (peer b)",
+        f"added neigh fd00:244:0:1:: lladdr {b.fdb.mac} on vxlan0 (peer b)",
+        f"added fdb {b.fdb.mac} dst 192.168.2.142 on vxlan0 (peer b)",
+        "added flood entry dst 192.168.2.142 on vxlan0 (peer b)",
+        "added route 10.244.1.0/24 via 10.244.1.0 onlink on vxlan0 (peer b)",
+        "added route fd00:244:0:1::/64 via fd00:244:0:1:: onlink on vxlan0 (peer b)"]
+    assert len(changes) == 12
+
+
+def test_an_ipv6_route_as_we_made_it_has_metric_1024_and_is_left_alone():
+    """The kernel gives an IPv6 route added without a metric 1024 (IP6_RT_PRIO_USER): that
+    is the planned route, not a stale one beside a missing one."""
+    want = dual_want()
+    have = kernel.diff(want, EMPTY)
+    neigh = {op.key: NeighEntry(op.key, op.value, PERM) for c in have for op in c.ops
+             if op.kind == "neigh"}
+    fdb = tuple(FdbEntry(op.key, op.value, PERM) for c in have for op in c.ops
+                if op.kind == "fdb")
+    routes = {}
+    for c in have:
+        for op in c.ops:
+            if op.kind == "route":
+                metric = 1024 if ":" in op.key else 0
+                routes[(op.key, 0, metric)] = RouteEntry(op.key, op.value, True, metric, 0,
+                                                         PROTO_VTEP, 0, 1)
+    assert kernel.diff(want, Realised(neigh, fdb, routes)) == []
+    # an IPv6 route with metric 0 is not ours (a kernel never makes one: IPv6 treats 0 as
+    # 1024); one with our key but a wrong gateway is changed, by delete then create
+    k = ("fd00:244:0:1::/64", 0, 1024)
+    routes[k] = dataclasses.replace(routes[k], gateway="fd00:244:0:1::99")
+    (c,) = kernel.diff(want, Realised(neigh, fdb, routes))
+    assert c.text == ("changed route fd00:244:0:1::/64 via fd00:244:0:1:: onlink on vxlan0 "
+                      "(was via fd00:244:0:1::99 onlink) (peer b)")
+    assert [(op.action, op.key) for op in c.ops] == [("del", "fd00:244:0:1::/64"),
+                                                     ("set", "fd00:244:0:1::/64")]
+
+
+def test_an_ipv6_neighbour_left_by_a_peer_that_left_is_removed():
+    want = dual_want()
+    stale = NeighEntry("fd00:244:0:9::", "aa:bb:cc:dd:ee:ff", PERM)
+    changes = kernel.diff(want, Realised({stale.ip: stale}, (), {}))
+    assert changes[0].text == ("removed neigh fd00:244:0:9:: lladdr aa:bb:cc:dd:ee:ff from "
+                               "vxlan0 (not in the plan)")

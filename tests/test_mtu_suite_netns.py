@@ -705,3 +705,146 @@ class TestNarrowLink:
         assert "mtu 1350" in r.stdout, r.stdout
         after = c.wait_counters(src, lambda k: k["icmp_too_big"] > before["icmp_too_big"])
         assert after["tx_drops"]["too-big"] > before["tx_drops"]["too-big"], after
+
+
+# === case 9: inner IPv6 (a dual-stack plan) ==================================================
+#
+# The overlay MTU is one for both families: 1450 on a 1500 underlay. An inner IPv6 packet
+# of 1450 bytes is the largest: ping -6 -s 1402 (1450 - 40 IPv6 - 8 ICMPv6) travels in a
+# 1500-byte outer packet, -s 1403 is refused at the sender by its own stack (iputils
+# prints "local error: message too long, mtu: 1450" for IPv6, "mtu=" for IPv4). Addresses
+# are the seed's (vtep.lab.seed, fd00:172:2::/48, a /64 per node): the node's IPv6 VTEP
+# address is its /64's first address, the bridge's gateway the second, the pod the third.
+
+DUAL_PLAN = plan_text(dual_stack=True)
+VTEP6 = {"network-1": "fd00:172:2::", "network-2": "fd00:172:2:1::"}
+GATEWAY6 = {"network-1": "fd00:172:2::1", "network-2": "fd00:172:2:1::1"}
+V6_LOCAL_ERROR = "ping: local error: message too long, mtu: {}"
+
+
+def inner_icmp6(pkts, src_ip: str, size: int | None = None):
+    """VXLAN packets carrying an inner ICMPv6 packet from src_ip (of IP length `size`)."""
+    return [p for p in pkts if p.inner and p.inner.v6 and p.inner.proto == 58
+            and p.inner.src == src_ip and (size is None or p.inner.length == size)]
+
+
+@pytest.fixture(scope="class")
+def dual(request, netns_prefix, tmp_path_factory):
+    with custom(request, netns_prefix, tmp_path_factory, "dual", plan_text=DUAL_PLAN) as c:
+        yield c
+
+
+class TestInnerIpv6:
+    @over("dual", *ALL)
+    def test_9_inner_ipv6_1450_passes_1451_is_refused_at_the_sender(self, dual, path,
+                                                                    tmp_path):
+        c = dual
+        src, dst = ends(path)
+        for node in m.NODES:   # one MTU for both families, on the device and in the pod
+            assert c.device_mtu(c.ns(node), "vxlan0") == 1450
+            assert m.sh(c.ns(node), ["sysctl", "-n", "net.ipv6.conf.vxlan0.mtu"]
+                        ).stdout.strip() == "1450"
+            assert m.sh(c.pod_ns(node), ["sysctl", "-n", "net.ipv6.conf.eth0.mtu"]
+                        ).stdout.strip() == "1450"
+        c.flush_pmtu()
+        p_src, p_dst = c.pod_ip6(src), c.pod_ip6(dst)
+        with Capture(c, tmp_path / "c9.pcap") as cap:
+            rc, out = m.ping(c.pod_ns(src), p_dst, "-6", "-M", "do", "-s", "1402")
+            rc2, out2 = m.ping(c.pod_ns(src), p_dst, "-6", "-M", "do", "-s", "1403", count=2)
+            # the node's own traffic over its VTEP device, VTEP address to VTEP address
+            rc3, out3 = m.ping(c.ns(src), VTEP6[dst], "-6", "-M", "do", "-s", "1402", count=2)
+            rc4, out4 = m.ping(c.ns(src), VTEP6[dst], "-6", "-M", "do", "-s", "1403", count=1)
+        assert rc == 0 and m.received(out) == 3, out
+        assert "1402 data bytes" in out and "1410 bytes from" in out, out
+        assert rc2 != 0 and m.received(out2) == 0, out2
+        assert out2.count(V6_LOCAL_ERROR.format(1450)) == 2, out2
+        assert rc3 == 0 and m.received(out3) == 2, out3
+        assert rc4 != 0 and V6_LOCAL_ERROR.format(1450) in out4, out4
+        pkts = cap.packets()
+        full = inner_icmp6(pkts, p_src, 1450) + inner_icmp6(pkts, p_dst, 1450)
+        assert len(full) == 6, pkts   # 3 requests + 3 replies, each one VXLAN packet
+        assert {p.length for p in full} == {1500} and not any(p.fragment for p in full)
+        own = inner_icmp6(pkts, VTEP6[src], 1450) + inner_icmp6(pkts, VTEP6[dst], 1450)
+        assert len(own) == 4 and {p.length for p in own} == {1500}, pkts
+        # nothing larger crossed: the 1451-byte packets never left their senders
+        assert not any(p.inner and p.inner.length > 1450 for p in pkts)
+        assert not any(p.length > 1500 or p.fragment for p in pkts)
+        expect(vxinspect(cap.path, c.plan_path),
+               {"df-clear": m.df_clear_expected(pkts, c.sender_df())})
+
+
+@pytest.fixture(scope="class")
+def narrow6(request, netns_prefix, tmp_path_factory):
+    """Case 7's lab (the router's link towards network-2 at 1400) with a dual-stack plan."""
+    with custom(request, netns_prefix, tmp_path_factory, "ynarrow6", narrow=1400,
+                plan_text=DUAL_PLAN) as c:
+        c.icmp_dropped = False
+        yield c
+
+
+class TestInnerIpv6NarrowLink:
+    @over("narrow6", *ALL)
+    def test_9_ipv6_path_mtu_discovery_through_the_tunnel(self, narrow6, path, tmp_path):
+        """An inner IPv6 sender, a 1400 hop in the underlay: the sender hears "packet too
+        big, 1350" (ICMPv6, RFC 4443 3.2), lowers its path MTU, and a ping at the new size
+        and a TCP transfer pass with no outer fragment. Who answers:
+        - network-2's pod: its node, whose device is 1350 (forwarding into it), from the
+          bridge's gateway;
+        - a kernel path with `--df set` on network-1: the router drops the first 1500-byte
+          packet and tells network-1 (ICMP "fragmentation needed, 1400"); the next one
+          teaches the pod's route through vxlan0 the tunnel's path MTU (the vxlan driver,
+          skb_tunnel_check_pmtu) and is lost; the one after is refused by the node's
+          forwarding with a packet too big from the bridge's gateway;
+        - the userspace path: the router teaches its socket; the next frame fails with
+          EMSGSIZE, and the VTEP answers from the node's own IPv6 VTEP address."""
+        c = narrow6
+        src, dst = ends(path)
+        configure(c, n1=df_args(c, src, "set"))
+        userspace = c.path_of(src) == "userspace" and src == "network-1"
+        if userspace:
+            before = c.counters(src)
+        p_src, p_dst = c.pod_ip6(src), c.pod_ip6(dst)
+        r = m.sh(c.pod_ns(src), ["ip", "-6", "route", "get", p_dst])
+        assert "mtu" not in r.stdout, r.stdout   # nothing learnt yet (configure flushed)
+        with Both(c, tmp_path, "ping6") as caps:
+            rc, out = m.ping(c.pod_ns(src), p_dst, "-6", "-M", "do", "-s", "1402", count=4)
+        assert rc != 0 and m.received(out) == 0, out
+        p1, v1, p2, v2 = caps.verdicts()
+        if src == "network-2":
+            assert f"From {GATEWAY6[src]} icmp_seq=1 Packet too big: mtu=1350" in out, out
+            assert inner_icmp6(p1 + p2, p_src) == []
+        else:
+            who = VTEP6[src] if userspace else GATEWAY6[src]
+            assert re.search(rf"From {re.escape(who)} icmp_seq=\d Packet too big: mtu=1350",
+                             out), out
+            # the first request went out whole (1500 bytes, DF set) and died at the router,
+            # which told network-1 of 1400
+            req1 = inner_icmp6(p1, p_src, 1450)
+            assert req1 and {(p.length, p.df) for p in req1} == {(1500, True)}, req1
+            errs = m.frag_needed(p1)
+            assert {(p.src, p.dst, p.icmp[2]) for p in errs} == \
+                {("192.168.1.213", m.UNDERLAY[src], 1400)}, errs
+            assert inner_icmp6(p2, p_src) == []
+        # every later try is refused at the sender itself, at the learnt 1350
+        assert V6_LOCAL_ERROR.format(1350) in out, out
+        expect(v1, {"df-clear": m.df_clear_expected(p1, c.sender_df())})
+        expect(v2, {"df-clear": m.df_clear_expected(p2, c.sender_df())})
+        r = m.sh(c.pod_ns(src), ["ip", "-6", "route", "get", p_dst])
+        assert "mtu 1350" in r.stdout, r.stdout
+        if userspace:
+            after = c.wait_counters(src, lambda k: k["icmp_too_big"] > before["icmp_too_big"])
+            assert after["tx_drops"]["too-big"] - before["tx_drops"]["too-big"] == \
+                after["icmp_too_big"] - before["icmp_too_big"] >= 1, after
+        # at the size it learnt, the pod's packets pass: a ping of 1350 and a TCP transfer
+        # whose SYN already announces MSS 1290 (1350 - 40 - 20: IPv6 takes the MSS it
+        # advertises from the route's learnt MTU, measured), segments of 1350
+        rc, out = m.ping(c.pod_ns(src), p_dst, "-6", "-M", "do", "-s", "1302")
+        assert rc == 0 and m.received(out) == 3, out
+        with Both(c, tmp_path, "tcp6", snaplen=128, count=20000) as caps:
+            t = m.tcp_transfer(c, src, dst, SMALL_BULK, TRANSFER_LIMIT, v6=True)
+        assert t.ok, t.result
+        assert_no_outer_fragments(c, caps)
+        p1 = caps.eth1.packets()
+        assert (p_src, 0x02, 1290) in syns(p1), syns(p1)
+        tcp = [p for p in m.vxlan_packets(p1) if p.inner and p.inner.src == p_src]
+        assert len(tcp) > SMALL_BULK // 1400 and max(p.inner.length for p in tcp) == 1350

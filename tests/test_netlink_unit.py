@@ -25,7 +25,8 @@ from nlkernel import (AF_BRIDGE, AF_INET, AF_INET6, FakeKernel, IFA_ADDRESS, IFA
                       NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, Notifications, PROTO_BOOT,
                       PROTO_KERNEL, PROTO_STATIC, PROTO_VTEP, RTA_DST, RTA_GATEWAY,
                       RTA_MULTIPATH, RTA_NH_ID, RTA_OIF, RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE,
-                      RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
+                      RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR,
+                      RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
                       RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_GETNEIGH,
                       RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE,
                       RTNH_F_DEAD, RTNH_F_LINKDOWN, RTNH_F_ONLINK, RTN_UNICAST,
@@ -129,7 +130,8 @@ def test_kernel_neighbour_messages_decode():
     assert nlmsg.decode_neigh(*failed)[1] == NeighEntry("10.244.3.0", None, NUD_FAILED)
     v6 = kernel_neigh(RTM_NEWNEIGH, AF_INET6, 7, NUD_REACHABLE,
                       nla(NDA_DST, socket.inet_pton(socket.AF_INET6, "fe80::1")), mac)
-    assert nlmsg.decode_neigh(*v6) == (AF_INET6, None)   # the overlay is IPv4
+    # an IPv6 overlay's entries: NDA_DST of 16 bytes
+    assert nlmsg.decode_neigh(*v6) == (AF_INET6, NeighEntry("fe80::1", MAC, NUD_REACHABLE))
 
 
 def test_kernel_fdb_messages_decode_with_their_overrides():
@@ -206,7 +208,9 @@ def test_kernel_route_messages_decode():
     assert oif is None and r.multipath and r.gateway is None
     v6 = kernel_route(0, nla(RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00::")),
                       family=AF_INET6, dst_len=64)
-    assert nlmsg.decode_route(*v6) == (None, None, None)
+    assert nlmsg.decode_route(*v6) == (None, 254, RouteEntry("fd00::/64", None, False, 0, 0,
+                                                             PROTO_VTEP, SCOPE_UNIVERSE,
+                                                             RTN_UNICAST))
 
 
 def test_kernel_address_messages_decode_the_local_address():
@@ -221,7 +225,8 @@ def test_kernel_address_messages_decode_the_local_address():
     assert nlmsg.decode_addr(only, 16, len(only)) == nlmsg.AddrEntry("10.0.0.3", 24)
     v6 = message(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
                + nla(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fe80::1")))
-    assert nlmsg.decode_addr(v6, 16, len(v6)) is None
+    # IPv6 (inet6_fill_ifaddr) sends IFA_ADDRESS alone
+    assert nlmsg.decode_addr(v6, 16, len(v6)) == nlmsg.AddrEntry("fe80::1", 64)
 
 
 # --- acknowledgements and dumps, through a socket that records what is sent --------------------
@@ -536,8 +541,10 @@ def test_the_request_socket_asks_for_capped_extended_acks_and_strict_dumps():
 def test_the_event_socket_joins_link_neighbour_address_and_route_groups_without_blocking():
     ev = netlink.Events()
     try:
+        # both families' address and route groups: an IPv6 overlay's drift wakes a pass
         assert ev.sock.getsockname()[1] == (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR
-                                            | RTMGRP_IPV4_ROUTE)
+                                            | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR
+                                            | RTMGRP_IPV6_ROUTE)
         assert ev.sock.getblocking() is False
         assert ev.fileno() == ev.sock.fileno()
     finally:
@@ -964,10 +971,10 @@ def test_address_notifications_name_the_address_and_skip_our_own_echo():
     assert events_with(addr(RTM_DELADDR, "10.244.0.0")).drain({7}, echo) == (
         True, ["address 10.244.0.0/32 deleted"])
     assert events_with(addr(RTM_NEWADDR, "10.244.0.0", index=3)).drain({7}) == (False, [])
-    # an IPv6 address (the link-local one the kernel adds) on our device: a pass, no reason
+    # an IPv6 address not in the plan (a link-local one) on our device: a pass, named
     v6 = message(RTM_NEWADDR, 0, 0, ifa(AF_INET6, 64, 7)
                + nla(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fe80::1")))
-    assert events_with(v6).drain({7}, echo) == (True, [])
+    assert events_with(v6).drain({7}, echo) == (True, ["address fe80::1/64 added"])
 
 
 def test_neighbour_and_fdb_notifications_name_the_entry_and_skip_our_own_echo():
@@ -1010,6 +1017,22 @@ def test_route_notifications_name_the_route_and_skip_our_own_echo():
     assert events_with(stale_gone).drain({7}, echo) == (False, [])
     elsewhere = message(RTM_NEWROUTE, 0, 0, route("10.244.1.0", "10.244.1.0", table=100))
     assert events_with(elsewhere).drain({7}) == (False, [])
+    # the prefix route IPv6 adds with our /128 (proto kernel, metric 256, main table): the
+    # address's own notification counts, this one does not
+    prefix = message(RTM_NEWROUTE, 0, 0, rtm(AF_INET6, 128, RT_TABLE_MAIN, PROTO_KERNEL,
+                                             SCOPE_UNIVERSE, RTN_UNICAST)
+                     + nla(RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00:172:2::"))
+                     + nla(RTA_PRIORITY, u32(256)) + nla(RTA_OIF, u32(7)))
+    assert events_with(prefix).drain({7}) == (False, [])
+    # an IPv6 route of ours deleted by hand: named
+    gone6 = message(RTM_DELROUTE, 0, 0, rtm(AF_INET6, 64, RT_TABLE_MAIN, PROTO_VTEP,
+                                            SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK)
+                    + nla(RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00:172:2:1::"))
+                    + nla(RTA_OIF, u32(7)))
+    planned6 = RouteEntry("fd00:172:2:1::/64", None, True, 0, 0, PROTO_VTEP, SCOPE_UNIVERSE,
+                          RTN_UNICAST)
+    assert events_with(gone6).drain({7}, lambda e: e == planned6) == (
+        True, ["route fd00:172:2:1::/64 deleted"])
 
 
 def test_lost_notifications_call_for_a_pass_and_reading_goes_on():
@@ -1058,3 +1081,82 @@ def test_an_fdb_set_is_made_as_planned_even_beside_the_realised_remote():
     assert data == message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                          62, ndm(AF_BRIDGE, 7, NUD_PERMANENT, NTF_SELF)
                          + nla(NDA_LLADDR, MAC_BYTES) + nla(NDA_DST, ip4("192.168.2.142")))
+
+
+# --- IPv6 (a dual-stack or IPv6-only overlay) --------------------------------------------------
+
+def ip6(text):
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+def test_an_ipv6_neighbour_set_and_delete_byte_for_byte():
+    """AF_INET6 (10) and a 16-byte NDA_DST; the rest as IPv4's (neigh_add is per family)."""
+    data = nlmsg.encode(Op("neigh", "set", "fd00:172:2:1::", MAC), 7, 50)
+    assert data == bytes.fromhex(
+        "3c000000" "1c00" "0505" "32000000" "00000000"      # nlmsghdr: 60, NEWNEIGH, flags, seq
+        "0a000000" "07000000" "8000" "00" "00"              # ndmsg: AF_INET6, 7, PERMANENT
+        "1400" "0100" "fd000172000200010000000000000000"    # NDA_DST
+        "0a00" "0200" "5a0c71865911" "0000")                # NDA_LLADDR, padded
+    data = nlmsg.encode(Op("neigh", "del", "fd00:172:2:1::"), 7, 51)
+    assert data == message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, 51,
+                           ndm(AF_INET6, 7, 0) + nla(NDA_DST, ip6("fd00:172:2:1::")))
+
+
+def test_an_ipv6_route_add_is_onlink_tagged_exclusive_and_names_no_metric():
+    """As `ip -6 route add fd00:172:2:1::/64 via fd00:172:2:1:: dev X onlink proto 118`
+    sends it: no RTA_PRIORITY, so the kernel gives it IPv6's 1024."""
+    data = nlmsg.encode(Op("route", "set", "fd00:172:2:1::/64", "fd00:172:2:1::"), 7, 52)
+    assert data == message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                           52, rtm(AF_INET6, 64, RT_TABLE_MAIN, PROTO_VTEP, SCOPE_UNIVERSE,
+                                   RTN_UNICAST, RTNH_F_ONLINK)
+                           + nla(RTA_DST, ip6("fd00:172:2:1::")) + nla(RTA_OIF, u32(7))
+                           + nla(RTA_GATEWAY, ip6("fd00:172:2:1::")))
+    assert len(data) == 16 + 12 + 20 + 8 + 20   # nlmsghdr, rtmsg, RTA_DST, RTA_OIF, RTA_GATEWAY
+
+
+def test_an_ipv6_route_delete_repeats_the_dumped_route_with_its_metric():
+    r = RouteEntry("fd00:172:2:1::/64", "fd00:172:2:1::", True, 1024, 0, PROTO_VTEP,
+                   SCOPE_UNIVERSE, RTN_UNICAST)
+    data = nlmsg.encode(Op("route", "del", r.dst, r.gateway, route=r), 7, 53)
+    assert data == message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 53,
+                           rtm(AF_INET6, 64, RT_TABLE_MAIN, PROTO_VTEP, SCOPE_UNIVERSE,
+                               RTN_UNICAST)
+                           + nla(RTA_DST, ip6("fd00:172:2:1::"))
+                           + nla(RTA_TABLE, u32(RT_TABLE_MAIN)) + nla(RTA_OIF, u32(7))
+                           + nla(RTA_GATEWAY, ip6("fd00:172:2:1::"))
+                           + nla(RTA_PRIORITY, u32(1024)))
+
+
+def test_an_ipv6_route_as_the_kernel_dumps_it_decodes():
+    """rt6_fill_node: RTA_TABLE, RTA_DST, RTA_PRIORITY, RTA_GATEWAY, RTA_OIF, then
+    RTA_CACHEINFO and RTA_PREF (not compared); the onlink flag in rtm_flags."""
+    msg = kernel_route(RTNH_F_ONLINK, nla(RTA_TABLE, u32(254)),
+                       nla(RTA_DST, ip6("fd00:172:2:1::")), nla(RTA_PRIORITY, u32(1024)),
+                       nla(RTA_GATEWAY, ip6("fd00:172:2:1::")), nla(RTA_OIF, u32(7)),
+                       nla(12, bytes(32)), nla(20, b"\x00"), family=AF_INET6, dst_len=64)
+    assert nlmsg.decode_route(*msg) == (7, 254, RouteEntry(
+        "fd00:172:2:1::/64", "fd00:172:2:1::", True, 1024, 0, PROTO_VTEP, SCOPE_UNIVERSE,
+        RTN_UNICAST))
+
+
+def test_an_ipv6_dump_asks_for_af_inet6_and_keeps_only_that_family():
+    """read() of a dual-stack device: one dump per family for neighbours and routes; an
+    entry of the other family in an answer (a kernel that ignores the family) is not kept."""
+    seen = []
+
+    def answer(data):
+        ((typ, _f, seq, body),) = split(data)
+        seen.append((typ, body[0]))
+        if typ == RTM_GETNEIGH and body[0] == AF_INET6:
+            bodies = [ndm(AF_INET6, 7, NUD_PERMANENT) + nla(NDA_DST, ip6("fd00:172:2:1::"))
+                      + nla(NDA_LLADDR, MAC_BYTES), neigh("10.244.9.9")]
+            return [b"".join(message(RTM_NEWNEIGH, NLM_F_MULTI, seq, b) for b in bodies)
+                    + done(seq)]
+        return [done(seq)]
+    got = rtnl_on(FakeKernel(answer)).read(7, (AF_INET, AF_INET6))
+    assert got.neighbours == {"fd00:172:2:1::": NeighEntry("fd00:172:2:1::", MAC, NUD_PERMANENT)}
+    assert seen == [(RTM_GETNEIGH, AF_INET), (RTM_GETNEIGH, AF_INET6), (RTM_GETNEIGH, AF_BRIDGE),
+                    (RTM_GETROUTE, AF_INET), (RTM_GETROUTE, AF_INET6)]
+    seen.clear()
+    rtnl_on(FakeKernel(answer)).read(7)   # an IPv4-only plan: IPv6 is off on the device
+    assert seen == [(RTM_GETNEIGH, AF_INET), (RTM_GETNEIGH, AF_BRIDGE), (RTM_GETROUTE, AF_INET)]

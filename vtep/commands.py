@@ -60,7 +60,7 @@ def plan(args) -> int:
         note = (f"{node.underlay_ip} is not on this host: assuming an underlay MTU of 1500"
                 + ("" if node.underlay_dev else "; the device is the one holding it"))
     s = state.desired(p, node.name, underlay_dev=dev, underlay_mtu=mtu, device=args.device)
-    print(f"# node {node.name}: VTEP {s.device.address}/32, MAC {s.device.mac}, "
+    print(f"# node {node.name}: VTEP {' '.join(s.device.addresses)}, MAC {s.device.mac}, "
           f"MTU {s.device.mtu}, {len(s.peers)} peer(s); {note}")
     for cmd in state.iproute2(s):
         print(cmd)

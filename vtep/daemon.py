@@ -149,10 +149,12 @@ def _loop(rec, source, config, status, sigs, events, reprobe, prober, metrics) -
         info.update(ifindex=rec.ifindex, peers=[p.name for p in rec.want.peers]
                     if rec.want else [], last_pass=now())
         if rec.want:   # what vtep-cni reads when its config names no plan or store
-            node = rec.node
-            info["network"] = {"subnet": str(node.subnet), "gateway": str(node.gateway),
-                               "underlay_ip": str(node.underlay_ip),
-                               "overlay": str(rec.plan.overlay), "mtu": rec.want.device.mtu}
+            node, plan = rec.node, rec.plan
+            facts = {"subnet": node.subnet, "gateway": node.gateway, "overlay": plan.overlay,
+                     "subnet6": node.subnet6, "gateway6": node.gateway6,
+                     "overlay6": plan.overlay6}   # a family the plan lacks: no keys
+            info["network"] = {**{k: str(v) for k, v in facts.items() if v is not None},
+                               "underlay_ip": str(node.underlay_ip), "mtu": rec.want.device.mtu}
         note_store()
         if counting:
             info["counters"] = backend.counters()

@@ -131,7 +131,7 @@ class Datapath:
     def __init__(self, *, vni: int, port: int, fdb: dict[bytes, str], peers,
                  tap_readv, tap_write, sendto, recvfrom_into, accept_any_source=False,
                  path_mtu=None, overhead: int = wire.OVERHEAD_IPV4, vtep_ips=None,
-                 addr_port: int | None = None, checksum_src: bytes | None = None):
+                 vtep_ip6: bytes | None = None, addr_port: int | None = None, checksum_src: bytes | None = None):
         self.vni = vni
         self.port = port
         # the local IPv4 address (4 bytes) when tx_batch computes the UDP checksum; None
@@ -147,10 +147,13 @@ class Datapath:
         self.accept_any_source = accept_any_source
         # Path MTU discovery through the tunnel: path_mtu(peer ip) -> the kernel's path MTU
         # towards a peer (learnt from ICMP by the DF-set socket); vtep_ips: peer underlay
-        # ip -> its VTEP address as 4 bytes, the source of the errors we send.
+        # ip -> its VTEP address as 4 bytes, the source of the IPv4 errors we send;
+        # vtep_ip6: this node's own IPv6 VTEP address as 16 bytes (None: no IPv6
+        # overlay), the source of the IPv6 ones (vtep.icmp says why they differ).
         self.path_mtu = path_mtu
         self.overhead = overhead
         self.vtep_ips = dict(vtep_ips or {})
+        self.vtep_ip6 = vtep_ip6
         self.counters = Counters(peers)
         self.set_fdb(fdb, peers)
         self.txbuf = bytearray(HEADROOM + MAX_FRAME)
@@ -280,7 +283,7 @@ class Datapath:
         mtu = self.path_mtu(peer)
         if not mtu:
             return
-        err = icmp.too_big(frame, mtu - self.overhead, self.vtep_ips.get(peer))
+        err = icmp.too_big(frame, mtu - self.overhead, self.vtep_ips.get(peer), self.vtep_ip6)
         if err is None:
             return
         try:

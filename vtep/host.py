@@ -160,17 +160,53 @@ def enable_forwarding(df: str | None = None) -> list[str]:
     return done
 
 
+# How IPv6 is set on our VTEP device (net.ipv6.conf.DEVICE.*), in the order written.
+# With an IPv6 overlay: on, but with no link-local address (addr_gen_mode 1, "none") and
+# no router advertisements taken: its neighbours are static, so it never needs neighbour
+# discovery, and a link-local address would start DAD and router solicitations across the
+# tunnel. addr_gen_mode goes first: turning disable_ipv6 off on a live device (one made
+# without IPv6, or a plan that gained overlay6) then adds no link-local address (measured,
+# kernel 6.18: no address at all until ours). What stays: one MLDv2 report from :: per
+# device when IPv6 comes up (the groups ff02::1 and the solicited-node one), flooded to
+# every peer; the kernel has no switch for it.
+# Without one: off, set before the device goes up. With IPv6 on, the device sends its own
+# multicast (MLD reports from :: even with addr_gen_mode none, for the all-routers group
+# it joins once forwarding is on), flooded to every peer; and turning it off drops any
+# IPv6 address, route and neighbour entry a plan that lost overlay6 left on the device.
+IPV6_ON = (("addr_gen_mode", "1"), ("accept_ra", "0"), ("disable_ipv6", "0"))
+IPV6_OFF = (("disable_ipv6", "1"),)
+
+
+def device_ipv6(device: str, on: bool) -> list[str]:
+    """Bring the device's IPv6 sysctls to the plan's (IPV6_ON with an IPv6 overlay, else
+    IPV6_OFF); returns what it changed ("disable_ipv6 0 (was 1)"). Read first and written
+    only when they differ, so that a pass that finds them right writes nothing. Without
+    IPv6 in the kernel, off is nothing to do and on is an error."""
+    conf = f"/proc/sys/net/ipv6/conf/{device}"
+    done = []
+    for key, want in IPV6_ON if on else IPV6_OFF:
+        path = f"{conf}/{key}"
+        try:
+            with open(path) as f:
+                cur = f.read().strip()
+        except FileNotFoundError:
+            if not on:
+                return done
+            raise HostMismatch(f"the plan has an IPv6 overlay but {device} has no IPv6 "
+                               f"settings ({path} is missing: IPv6 is off in this kernel)")
+        if cur == want:
+            continue
+        try:
+            with open(path, "w") as f:
+                f.write(want + "\n")
+        except OSError as e:
+            raise PermissionDenied(f"cannot set {key} = {want} on {device} ({path}: "
+                                   f"{e.strerror})")
+        done.append(f"{key} {want} (was {cur})")
+    return done
+
+
 def disable_ipv6(device: str) -> None:
-    """No IPv6 on our VTEP device (net.ipv6.conf.DEVICE.disable_ipv6 = 1, set before it
-    goes up). The overlay is IPv4; with IPv6 on, the device sends its own multicast
-    (router solicitations, and MLD reports, from :: even with addrgenmode none, for the
-    all-routers groups it joins once forwarding is on), and every such frame is flooded
-    to every peer. Nothing to do where the kernel has no IPv6."""
-    path = f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6"
-    try:
-        with open(path, "w") as f:
-            f.write("1\n")
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise PermissionDenied(f"cannot turn IPv6 off on {device} ({path}: {e.strerror})")
+    """No IPv6 on the device (IPV6_OFF)."""
+    device_ipv6(device, False)
+

@@ -6,9 +6,17 @@ working through the tunnel when the underlay path shrinks. The kernel's own
 vxlan driver does the same (skb_tunnel_check_pmtu); flannel's and Calico's
 userspace paths do not.
 
-The error claims to come from the peer's VTEP address, the next hop over the
-tunnel: an error from one of the node's own addresses would be dropped as a
-martian by the node's stack.
+Where an error claims to come from differs by family, for one reason: what the
+node's own stack accepts from the TAP. IPv4: the peer's VTEP address, the next
+hop over the tunnel; a packet arriving with one of the node's own addresses as
+its source is dropped as a martian. IPv6 has no such check (measured: a packet
+too big from the node's own IPv6 VTEP address, written into vxlan0, is
+forwarded to the pod, which lowers its path MTU), so the IPv6 error comes from
+the node's own IPv6 VTEP address, as the kernel's does from a node address:
+its vxlan path, refusing a pod's packet for a learnt tunnel path MTU, answers
+from the node (ip6_forward -> icmp6_send, its source picked towards the pod:
+the bridge's gateway, measured on 6.18). The errors say so to `ping`: "From
+<node VTEP> ... Packet too big: mtu=N".
 """
 from __future__ import annotations
 
@@ -26,11 +34,15 @@ _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _ETH = struct.Struct("!6s6sH")
 
 
-def too_big(frame, mtu: int, via: bytes | None) -> bytes | None:
+def too_big(frame, mtu: int, via: bytes | None, via6: bytes | None = None) -> bytes | None:
     """The Ethernet frame to write back to the TAP for `frame`, which is too big for
     a path whose inner MTU is `mtu`; None when no error is due (not IP, an IPv4
     packet without DF, which the sender allows to be fragmented, or a fragment
-    whose error would not help). `via` is the IPv4 address the error comes from."""
+    whose error would not help, an IPv6 packet from a multicast or unspecified
+    source) or none can be sent (no address of that family to send it from).
+    `via` is the IPv4 address an IPv4 error comes from (4 bytes), `via6` the IPv6
+    address an IPv6 error comes from (16 bytes): without an IPv6 overlay the
+    device has IPv6 off, and no IPv6 frame reaches the TAP."""
     if len(frame) < 14 + IPV4_HLEN:
         return None
     dst_mac, src_mac, et = _ETH.unpack_from(frame, 0)
@@ -48,16 +60,16 @@ def too_big(frame, mtu: int, via: bytes | None) -> bytes | None:
         return _ETH.pack(src_mac, dst_mac, ETH_P_IP) + bytes(ip) + bytes(icmp)
     if et == ETH_P_IPV6 and len(frame) >= 14 + IPV6_HLEN:
         src = bytes(frame[22:38])
-        dst = bytes(frame[38:54])
-        if src[0] == 0xFF or not any(src):
-            return None  # never an error to a multicast or unspecified source
+        if via6 is None or src[0] == 0xFF or not any(src):
+            # RFC 4443 2.4(e): never an error to a multicast or unspecified source
+            return None
         quote = bytes(frame[14:14 + QUOTE_V6])
         body = bytearray(struct.pack("!BBHI", ICMP6_TOO_BIG, 0, 0, max(mtu, IPV6_MIN_MTU))
                          + quote)
-        # from the packet's own destination: the overlay has no IPv6 VTEP addresses
-        pseudo = (int.from_bytes(dst, "big") + int.from_bytes(src, "big") + len(body)
+        # RFC 4443 2.3: the checksum covers the pseudo-header (RFC 8200 8.1) too
+        pseudo = (int.from_bytes(via6, "big") + int.from_bytes(src, "big") + len(body)
                   + IPPROTO_ICMPV6)
         struct.pack_into("!H", body, 2, checksum(body, pseudo))
-        ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(body), IPPROTO_ICMPV6, 64, dst, src)
+        ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(body), IPPROTO_ICMPV6, 64, via6, src)
         return _ETH.pack(src_mac, dst_mac, ETH_P_IPV6) + ip6 + bytes(body)
     return None

@@ -10,6 +10,11 @@ sentences about entries.
 Every permanent neighbour entry, fdb remote and main-table route on our device
 that the plan does not name is stale and removed, so a peer that leaves the
 plan loses all three entries. A route on any other device is never ours.
+
+Both families alike: a peer has a neighbour entry and a route per overlay
+family (IPv4 and/or IPv6) and one fdb entry. The one difference is the key of a
+planned route: the kernel gives an IPv6 route added without a metric the metric
+1024 (nlmsg.planned_metric), an IPv4 one 0.
 """
 from __future__ import annotations
 
@@ -44,12 +49,14 @@ class Change:
 def route_as_planned(r: nlmsg.RouteEntry, via: str) -> bool:
     """Is this realised route exactly the one we create for a peer (encode_route): the
     plan's gateway, onlink, unicast, scope universe, tagged ours, no nexthop object, tos
-    0, metric 0, main table? diff() and the echo filter both ask this: a route the filter
+    0, the family's default metric (IPv4 0, IPv6 1024), main table? diff() and the
+    echo filter both ask this: a route the filter
     took for ours while diff() would change it (one through a nexthop object, one that
     lost its onlink flag, one with a tos of its own) would wait for the periodic resync."""
     return (r.gateway == via and r.onlink and r.type == RTN_UNICAST
             and r.scope == nlmsg.RT_SCOPE_UNIVERSE and r.proto == RTPROT_VTEP
-            and not r.nh_id and not r.multipath and r.tos == 0 and r.priority == 0
+            and not r.nh_id and not r.multipath and r.tos == 0
+            and r.priority == nlmsg.planned_metric(r.dst)
             and r.table == nlmsg.RT_TABLE_MAIN)
 
 
@@ -65,7 +72,7 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
     want_ips = {n.ip for p in want.peers for n in p.neighbours}
     want_macs = {p.fdb.mac: p.fdb.dst for p in want.peers}
     want_flood = {p.fdb.dst for p in want.peers}
-    want_routes = {(r.dst, 0, 0) for p in want.peers for r in p.routes}
+    want_routes = {route_key(r.dst) for p in want.peers for r in p.routes}
 
     for key, r in have.routes.items():
         if r.proto == RTPROT_KERNEL or key in want_routes:
@@ -131,7 +138,7 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
             per_peer.extend(_flood_change(flood_have.get(fd.dst), fd.dst, dev, tag))
 
         for rt in p.routes:
-            r = have.routes.get((rt.dst, 0, 0))
+            r = have.routes.get(route_key(rt.dst))
             add_route = Op("route", "set", rt.dst, rt.via)
             if r is None:
                 per_peer.append(Change(f"added route {rt.dst} via {rt.via} onlink on {dev}{tag}",
@@ -161,7 +168,13 @@ def diff(want: state.NodeState, have: nlmsg.Realised, fdb: bool = True) -> list[
     return removals + per_peer
 
 
-def _neigh_change(n: nlmsg.NeighEntry | None, nb: state.Neighbour, dev: str,
+def route_key(dst: str) -> tuple:
+    """The key (dst, tos, metric) a planned route has in Realised.routes."""
+    return (dst, 0, nlmsg.planned_metric(dst))
+
+
+def _neigh_change(
+n: nlmsg.NeighEntry | None, nb: state.Neighbour, dev: str,
                   tag: str) -> list[Change]:
     """The change (none or one) that makes a peer's VTEP address resolve, permanently,
     to the peer's MAC (one entry per overlay family)."""

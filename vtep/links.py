@@ -2,9 +2,10 @@
 
 One message each: reading a link, naming links, deleting one, and the settings
 every vtep device carries whatever its kind (vtep's mark, MTU, MAC, the VTEP
-address /32, up). Every kernel refusal becomes a one-line NetlinkRefused naming
-the action. Each change made is noted in `notes` (one log line each), which the
-reconciler collects as the pass's changes.
+addresses, a /32 and/or a /128, their IPv6 sysctls, up). Every kernel refusal
+becomes a one-line NetlinkRefused naming the action. Each change made is noted
+in `notes` (one log line each), which the reconciler collects as the pass's
+changes.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import owner, state
+from . import host, owner, state
 from .linkfacts import LinkFacts
 from .netlink import NetlinkRefused
+from .nlmsg import IFA_F_NODAD
 
 log = logging.getLogger("vtep")
 
@@ -96,19 +98,39 @@ class Links:
             self.note(f"changed {want.name} address {want.mac} (was {have.mac})")
 
     def addresses(self, want: state.Device, idx: int) -> None:
-        """The VTEP address as a /32 (as flannel and Calico do: no prefix route), and no
-        other IPv4 address: one would add a connected route onto the tunnel."""
-        have = []
-        for a in self.call(f"listing addresses of {want.name}", self.ipr.addr, "dump",
-                           index=idx, family=socket.AF_INET):
-            ip = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            have.append((ip, a["prefixlen"]))
-        for ip, plen in have:
-            if (ip, plen) != (want.address, 32):
-                self.call(f"removing {ip}/{plen} from {want.name}", self.ipr.addr, "del",
-                          index=idx, address=ip, prefixlen=plen)
-                self.note(f"removed address {ip}/{plen} from {want.name} (not in the plan)")
-        if (want.address, 32) not in have:
-            self.call(f"adding {want.address}/32 to {want.name}", self.ipr.addr, "add",
-                      index=idx, address=want.address, prefixlen=32)
-            self.note(f"added address {want.address}/32 on {want.name}")
+        """The VTEP addresses: the IPv4 one as a /32 (as flannel and Calico do: no prefix
+        route), the IPv6 one as a /128 without DAD (IFA_F_NODAD, `nodad`: the address is
+        the plan's, and DAD would send a neighbour solicitation to every peer and hold the
+        address tentative meanwhile), and no other address of either family: one would
+        add a connected route onto the tunnel, and a link-local IPv6 address (a device
+        made with addr_gen_mode 0) starts router solicitations across it. A family the
+        plan has no overlay for keeps no address (IPv6 is off then: host.device_ipv6)."""
+        for family, planned, plen, flags in ((socket.AF_INET, want.address, 32, 0),
+                                             (socket.AF_INET6, want.address6, 128,
+                                              IFA_F_NODAD)):
+            have = []
+            for a in self.call(f"listing addresses of {want.name}", self.ipr.addr, "dump",
+                               index=idx, family=family):
+                ip = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                have.append((ip, a["prefixlen"]))
+            for ip, n in have:
+                if (ip, n) != (planned, plen):
+                    self.call(f"removing {ip}/{n} from {want.name}", self.ipr.addr, "del",
+                              index=idx, address=ip, prefixlen=n)
+                    self.note(f"removed address {ip}/{n} from {want.name} (not in the plan)")
+            if planned and (planned, plen) not in have:
+                self.call(f"adding {planned}/{plen} to {want.name}", self.ipr.addr, "add",
+                          index=idx, address=planned, prefixlen=plen, flags=flags)
+                self.note(f"added address {planned}/{plen} on {want.name}")
+
+    def ipv6(self, want: state.Device, created: bool) -> None:
+        """The device's IPv6 sysctls as the plan's overlay wants them (host.device_ipv6),
+        before its addresses and before it goes up; a change to a device that was there
+        (drift, a device made without IPv6, a plan that gained or lost overlay6) is
+        noted, the settings of a device just made are part of its creation."""
+        on = want.address6 is not None
+        done = host.device_ipv6(want.name, on)
+        if done and not created:
+            self.note(f"turned IPv6 {'on' if on else 'off'} on {want.name} "
+                      f"({', '.join(done)}): the plan has {'an' if on else 'no'} IPv6 overlay")
+

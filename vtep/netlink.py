@@ -22,9 +22,19 @@ device (fib_table_insert), so it would silently take over a connected route or
 another daemon's route. The kernel answers EEXIST instead, and the caller
 reports the route in the way (main_routes() names it).
 
+Both address families: neighbours and routes are dumped once per family the
+caller names. IPv4 is always read (the device cannot turn it off, so a plan
+that dropped it still has stale entries to remove); IPv6 only when the plan has
+an IPv6 overlay: otherwise IPv6 is off on the device (host.device_ipv6), which
+flushes its IPv6 entries and refuses new ones, and a pass at 20,000 peers pays
+no round trip for an empty table. IPv6 routes are created with NLM_F_EXCL too:
+fib6_add_rt2node answers EEXIST for a route with the same destination and
+metric on any device, as IPv4 does.
+
 The event listener shares the decoder: a raw rtnetlink socket subscribed to
-the link, neighbour (which carries bridge fdb notifications too), IPv4
-address and IPv4 route groups, read without blocking after select().
+the link, neighbour (which carries bridge fdb and both families' neighbour
+notifications), IPv4 and IPv6 address and IPv4 and IPv6 route groups, read
+without blocking after select().
 """
 from __future__ import annotations
 
@@ -40,8 +50,8 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from .errors import VtepError
 from .nlmsg import (AF_BRIDGE, NDMSG, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE,
                     RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH,
-                    RTM_NEWROUTE, RT_TABLE_MAIN, Realised, U32, decode_addr, decode_neigh,
-                    decode_route, describe_errno, encode, messages, parse_error)
+                    RTM_NEWROUTE, RTPROT_KERNEL, RT_TABLE_MAIN, Realised, U32, decode_addr,
+                    decode_neigh, decode_route, describe_errno, encode, messages, parse_error)
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -50,6 +60,8 @@ NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400   # <linux/rtnetlink.h>
+IPV4 = (socket.AF_INET,)
 IDLE_EVERY = 1000    # decoded entries between two idle() calls
 BATCH = 200          # messages per sendmsg: their acks must fit the receive buffer
 RCVBUF = 8 << 20
@@ -149,16 +161,19 @@ class Rtnl:
                 idle()
             yield m
 
-    def neighbours(self, ifindex: int) -> dict:
-        m = ndmsg()
-        m["family"] = socket.AF_INET
-        m["attrs"] = [("NDA_IFINDEX", ifindex)]
-        m["header"]["type"] = RTM_GETNEIGH
+    def neighbours(self, ifindex: int, families=IPV4) -> dict:
+        """The neighbour entries of the device in `families` (one dump each: a dump of
+        AF_UNSPEC would walk the bridge fdb too)."""
         out = {}
-        for _typ, buf, a, end in self._paced(self._dump(m, "neighbours")):
-            _, e = decode_neigh(buf, a, end, ifindex)
-            if e is not None:
-                out[e.ip] = e
+        for family in families:
+            m = ndmsg()
+            m["family"] = family
+            m["attrs"] = [("NDA_IFINDEX", ifindex)]
+            m["header"]["type"] = RTM_GETNEIGH
+            for _typ, buf, a, end in self._paced(self._dump(m, "neighbours")):
+                fam, e = decode_neigh(buf, a, end, ifindex)
+                if e is not None and fam == family:
+                    out[e.ip] = e
         return out
 
     def fdb(self, ifindex: int) -> tuple:
@@ -173,25 +188,27 @@ class Rtnl:
                 out.append(e)
         return tuple(out)
 
-    def _routes(self, ifindex: int | None):
-        """(oif, RouteEntry) of the IPv4 main table, in the kernel's order (of routes
-        with one key, the first is the one used), only those via `ifindex` if given.
-        A multipath route has no single oif (None): it is never ours to change. IPv4
-        only: the overlay is IPv4, so we write no IPv6 route, and an IPv6 route someone
-        puts on the device is neither read nor removed (nor can it be in our way)."""
-        m = rtmsg()
-        m["family"] = socket.AF_INET
-        m["table"] = RT_TABLE_MAIN
-        m["attrs"] = ([("RTA_OIF", ifindex)] if ifindex else []) + [("RTA_TABLE", RT_TABLE_MAIN)]
-        m["header"]["type"] = RTM_GETROUTE
-        for _typ, buf, a, end in self._paced(self._dump(m, "routes")):
-            oif, table, r = decode_route(buf, a, end)
-            if r is not None and table == RT_TABLE_MAIN and (ifindex is None or oif == ifindex):
-                yield oif, r
+    def _routes(self, ifindex: int | None, families=IPV4):
+        """(oif, RouteEntry) of the main table in `families`, each in the kernel's order
+        (of routes with one key, the first is the one used), only those via `ifindex` if
+        given. A multipath route has no single oif (None): it is never ours to change."""
+        for family in families:
+            m = rtmsg()
+            m["family"] = family
+            m["table"] = RT_TABLE_MAIN
+            m["attrs"] = (([("RTA_OIF", ifindex)] if ifindex else [])
+                          + [("RTA_TABLE", RT_TABLE_MAIN)])
+            m["header"]["type"] = RTM_GETROUTE
+            for _typ, buf, a, end in self._paced(self._dump(m, "routes")):
+                oif, table, r = decode_route(buf, a, end)
+                if r is not None and table == RT_TABLE_MAIN and \
+                        (ifindex is None or oif == ifindex) and \
+                        (":" in r.dst) == (family == socket.AF_INET6):
+                    yield oif, r
 
-    def routes(self, ifindex: int) -> dict:
+    def routes(self, ifindex: int, families=IPV4) -> dict:
         out = {}
-        for _oif, r in self._routes(ifindex):
+        for _oif, r in self._routes(ifindex, families):
             key = (r.dst, r.tos, r.priority)
             if key in out:   # appended behind the first: a key of its own, never planned
                 n = 1
@@ -207,8 +224,9 @@ class Rtnl:
         destination, so this reads the whole table: called only after an EEXIST)."""
         keys = set(keys)
         out: dict = {}
+        families = sorted({socket.AF_INET6 if ":" in k[0] else socket.AF_INET for k in keys})
         try:
-            for oif, r in self._routes(None):
+            for oif, r in self._routes(None, families):
                 key = (r.dst, r.tos, r.priority)
                 if key in keys:
                     out.setdefault(key, []).append((oif, r))
@@ -216,9 +234,13 @@ class Rtnl:
             raise NetlinkRefused(f"reading the main routing table: {e.strerror or e}")
         return out
 
-    def read(self, ifindex: int) -> Realised:
+    def read(self, ifindex: int, families=IPV4) -> Realised:
+        """The device's neighbours and routes in `families` (IPv4, and IPv6 when the plan
+        has an IPv6 overlay: families_of) and its fdb."""
         try:
-            return Realised(self.neighbours(ifindex), self.fdb(ifindex), self.routes(ifindex))
+            return Realised(self.neighbours(ifindex, families), self.fdb(ifindex),
+                            self.routes(ifindex, families))
+
         except OSError as e:
             raise NetlinkRefused(f"reading the entries of ifindex {ifindex}: {e.strerror or e}")
 
@@ -264,7 +286,8 @@ class Rtnl:
 
 
 class Events:
-    """Kernel notifications for the link, neighbour/fdb, IPv4 address and route tables."""
+    """Kernel notifications for the link, neighbour/fdb, address and route tables (IPv4
+    and IPv6)."""
 
     def __init__(self):
         try:
@@ -275,7 +298,8 @@ class Events:
             s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        s.bind((0, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
+        s.bind((0, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+                | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE))
         s.setblocking(False)
         self.sock = s
         self.buf = bytearray(1 << 20)
@@ -332,7 +356,8 @@ def _event(buf, typ, a, end, watched, echo, neigh_watched=None):
         if U32.unpack_from(buf, a + 4)[0] in watched:   # ifaddrmsg: index at offset 4
             e = decode_addr(buf, a, end)
             if e is None:
-                return True, None   # IPv6 link-local and the like: not ours to manage
+                return True, None   # another family's (none that we know of): a pass
+
             if typ == RTM_NEWADDR and echo is not None and echo(e):
                 return False, None
             what = "added" if typ == RTM_NEWADDR else "deleted"
@@ -351,9 +376,19 @@ def _event(buf, typ, a, end, watched, echo, neigh_watched=None):
             return True, f"{kind} {key} {'deleted' if deleted else 'changed'}"
     elif typ in (RTM_NEWROUTE, RTM_DELROUTE):
         oif, table, r = decode_route(buf, a, end)
-        if r is not None and oif in watched and table == RT_TABLE_MAIN:
+        if r is not None and oif in watched and table == RT_TABLE_MAIN \
+                and r.proto != RTPROT_KERNEL:
+            # (a kernel route comes and goes with an address, whose own notification
+            # counts: the /128's prefix route is in IPv6's main table; diff never
+            # touches one)
             deleted = typ == RTM_DELROUTE
             if echo is not None and echo(r) != deleted:
                 return False, None
             return True, f"route {r.dst} {'deleted' if deleted else 'changed'}"
     return False, None
+
+
+def families_of(device) -> tuple:
+    """The address families whose neighbours and routes a pass reads for this desired
+    state.Device: IPv4 always, IPv6 when it has an IPv6 VTEP address."""
+    return IPV4 + ((socket.AF_INET6,) if device.address6 else ())

@@ -4,7 +4,9 @@ Pure bytes in and out, no sockets (those are vtep.netlink's). The decoders
 read only the few attributes the reconciler compares, straight from the bytes
 (pyroute2's generic decoder costs ~40 us a message, 120 ms for one pass at
 1,000 peers): decode_neigh (neighbour and bridge fdb entries), decode_route,
-decode_addr. The encoders write one change (an Op) as the kernel expects it:
+decode_addr, each for both address families (the overlay may be IPv4, IPv6 or
+both: one neighbour entry and one route per family and peer, told apart by the
+address's text). The encoders write one change (an Op) as the kernel expects it:
 neighbour and fdb messages through pyroute2's ndmsg, routes packed here, as
 they carry attributes pyroute2 0.9 cannot encode (RTA_NH_ID). messages and
 parse_error walk a datagram of replies and the extended-ack text of an error.
@@ -36,7 +38,8 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 NDA_DST, NDA_LLADDR, NDA_PORT, NDA_VNI, NDA_IFINDEX, NDA_SRC_VNI = 1, 2, 6, 7, 8, 11
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC = 1, 4, 5, 6, 7
 RTA_MULTIPATH, RTA_TABLE, RTA_NH_ID = 9, 15, 30
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
@@ -49,6 +52,9 @@ RTPROT_KERNEL, RTPROT_BOOT = 2, 3   # RTPROT_BOOT: what `ip route add` uses by d
 # FRR's rt_protos.d 186-198); `ip route show proto 118` lists exactly vtep's routes.
 RTPROT_VTEP = 118
 RTN_UNICAST = 1
+# IPv6 gives a route added without a metric the metric 1024 (IP6_RT_PRIO_USER,
+# <net/ip6_route.h>), IPv4 none (0): the key of a planned route differs by family
+IP6_RT_PRIO_USER = 1024
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 # names as iproute2 prints them (its rt_protos, rt_scopes and route types)
 PROTO_NAMES = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
@@ -68,11 +74,28 @@ _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table proto s
 U32 = struct.Struct("=I")
 _RTA_U32 = struct.Struct("=HHI")     # an nlattr holding a u32
 _RTA_IP4 = struct.Struct("=HH4s")    # an nlattr holding an IPv4 address
+_RTA_IP6 = struct.Struct("=HH16s")   # an nlattr holding an IPv6 address
 _BE16 = struct.Struct("!H")
 
 
 def _ntop(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
+
+
+def family_of(ip: str) -> int:
+    """AF_INET6 for an IPv6 address's text (or a CIDR), else AF_INET."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def planned_metric(dst: str) -> int:
+    """The metric a route we create gets from the kernel: 0 for IPv4, 1024 for IPv6."""
+    return IP6_RT_PRIO_USER if ":" in dst else 0
+
+
+def _ip_attr(typ: int, ip: str) -> bytes:
+    if ":" in ip:
+        return _RTA_IP6.pack(20, typ, socket.inet_pton(socket.AF_INET6, ip))
+    return _RTA_IP4.pack(8, typ, socket.inet_aton(ip))
 
 
 def _attrs(buf, off: int, end: int):
@@ -113,7 +136,7 @@ class FdbEntry:
 
 @dataclass(frozen=True)
 class RouteEntry:
-    """A realised IPv4 route: what we compare, and everything RTM_DELROUTE matches on
+    """A realised route (IPv4 or IPv6): what we compare, and everything RTM_DELROUTE matches on
     (fib_table_delete: tos, priority, type, scope, protocol, then oif/gateway or the
     nexthop id), so that a delete names exactly the route the dump returned."""
     dst: str            # CIDR
@@ -159,9 +182,10 @@ class RouteEntry:
 
 @dataclass(frozen=True)
 class Realised:
-    neighbours: dict          # ip -> NeighEntry (IPv4 only: the overlay is IPv4)
+    neighbours: dict          # ip -> NeighEntry, IPv4 and IPv6
     fdb: tuple                # FdbEntry, remotes only (entries with NDA_DST)
-    routes: dict              # (dst, tos, priority) -> RouteEntry, main table; a second
+    routes: dict              # (dst, tos, priority) -> RouteEntry, main table, both
+                              # families (IPv6's planned metric: 1024); a second
                               # route with the same key (`ip route append`) under
                               # (dst, tos, priority, n): never in the plan
 
@@ -203,7 +227,7 @@ def decode_neigh(buf, off, end, ifindex=None):
         if dst is None or mac is None:   # the device's own address lists, not remotes
             return family, None
         return family, FdbEntry(mac, dst, state, port, vni, rif, svni)
-    if family == socket.AF_INET and dst is not None:
+    if family in (socket.AF_INET, socket.AF_INET6) and dst is not None:
         return family, NeighEntry(dst, mac, state)
     return family, None
 
@@ -215,28 +239,31 @@ class AddrEntry:
 
 
 def decode_addr(buf, off, end) -> AddrEntry | None:
-    """The IPv4 address of one RTM_*ADDR message payload (ifaddrmsg + IFA_LOCAL)."""
+    """The address of one RTM_*ADDR message payload (ifaddrmsg, then IFA_LOCAL, or
+    IFA_ADDRESS alone: what IPv6 sends), IPv4 or IPv6."""
     family, plen = buf[off], buf[off + 1]
-    if family != socket.AF_INET:
+    if family not in (socket.AF_INET, socket.AF_INET6):
         return None
     ip = None
     for typ, a, b in _attrs(buf, off + 8, end):
         if typ in (IFA_ADDRESS, IFA_LOCAL) and (ip is None or typ == IFA_LOCAL):
-            ip = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
+            ip = socket.inet_ntop(family, bytes(buf[a:b]))
     return AddrEntry(ip, plen) if ip else None
 
 
 def decode_route(buf, off, end):
-    """(oif, table, RouteEntry|None) from one RTM_*ROUTE message payload (IPv4)."""
+    """(oif, table, RouteEntry|None) from one RTM_*ROUTE message payload, IPv4 or IPv6
+    (an IPv6 route's RTA_PREF, RTA_CACHEINFO and RTA_EXPIRES are not compared)."""
     family, dlen, _, tos, table, proto, scope, typ_, flags = _RTMSG.unpack_from(buf, off)
-    if family != socket.AF_INET:
+    if family not in (socket.AF_INET, socket.AF_INET6):
         return None, None, None
-    dst, gw, oif, prio, nh, src, mp = "0.0.0.0", None, None, 0, None, None, False
+    dst = "0.0.0.0" if family == socket.AF_INET else "::"
+    gw, oif, prio, nh, src, mp = None, None, 0, None, None, False
     for typ, a, b in _attrs(buf, off + _RTMSG.size, end):
         if typ == RTA_DST:
-            dst = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
+            dst = socket.inet_ntop(family, bytes(buf[a:b]))
         elif typ == RTA_GATEWAY:
-            gw = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
+            gw = socket.inet_ntop(family, bytes(buf[a:b]))
         elif typ == RTA_OIF:
             oif = U32.unpack_from(buf, a)[0]
         elif typ == RTA_PRIORITY:
@@ -244,7 +271,7 @@ def decode_route(buf, off, end):
         elif typ == RTA_TABLE:
             table = U32.unpack_from(buf, a)[0]
         elif typ == RTA_PREFSRC:
-            src = socket.inet_ntop(socket.AF_INET, bytes(buf[a:b]))
+            src = socket.inet_ntop(family, bytes(buf[a:b]))
         elif typ == RTA_NH_ID:
             nh = U32.unpack_from(buf, a)[0]
         elif typ == RTA_MULTIPATH:
@@ -291,7 +318,7 @@ def encode(op: Op, ifindex: int, seq: int) -> bytes:
         return encode_route(op, ifindex, seq)
     m = ndmsg()
     if op.kind == "neigh":
-        m["family"] = socket.AF_INET
+        m["family"] = family_of(op.key)   # NDA_DST: 4 or 16 bytes, as the family says
         m["ifindex"] = ifindex
         if op.action == "set":
             m["state"] = NUD_PERMANENT
@@ -331,24 +358,28 @@ def encode_route(op: Op, ifindex: int, seq: int) -> bytes:
     """RTM_NEWROUTE (create only, tagged RTPROT_VTEP) or RTM_DELROUTE (naming the realised
     route: its table, tos, type, scope, protocol, metric and nexthop, which is what
     fib_table_delete matches on; a delete sent with scope universe misses a scope-link
-    route and the kernel answers ESRCH), packed by hand."""
+    route and the kernel answers ESRCH), packed by hand. IPv6 the same with 16-byte
+    addresses (ip6_route_del matches the oif, gateway, metric and, when given, the
+    protocol); a created IPv6 route names no metric and gets 1024 from the kernel, as
+    `ip -6 route add` does."""
     net, plen = op.key.split("/")
-    attrs = bytearray(_RTA_IP4.pack(8, RTA_DST, socket.inet_aton(net)))
+    family = family_of(net)
+    attrs = bytearray(_ip_attr(RTA_DST, net))
     if op.action == "set":
         mtype = RTM_NEWROUTE
         flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
         # the gateway is on the tunnel, not on a subnet of ours: onlink
-        head = _RTMSG.pack(socket.AF_INET, int(plen), 0, 0, RT_TABLE_MAIN, RTPROT_VTEP,
+        head = _RTMSG.pack(family, int(plen), 0, 0, RT_TABLE_MAIN, RTPROT_VTEP,
                            RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK)
         attrs += _RTA_U32.pack(8, RTA_OIF, ifindex)
-        attrs += _RTA_IP4.pack(8, RTA_GATEWAY, socket.inet_aton(op.value))
+        attrs += _ip_attr(RTA_GATEWAY, op.value)
     elif op.action == "del":
         mtype, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
         r = op.route
         if r is None:   # no dump to repeat: any scope, protocol and type on our device
             r = RouteEntry(op.key, op.value, False, 0, 0, 0, RT_SCOPE_NOWHERE, 0)
         table = r.table if r.table < 256 else 0   # rtm_table is 8 bits; RTA_TABLE has it all
-        head = _RTMSG.pack(socket.AF_INET, int(plen), 0, r.tos, table, r.proto, r.scope,
+        head = _RTMSG.pack(family, int(plen), 0, r.tos, table, r.proto, r.scope,
                            r.type, 0)
         attrs += _RTA_U32.pack(8, RTA_TABLE, r.table)
         if r.nh_id:   # the kernel refuses a nexthop id together with an oif or a gateway
@@ -356,7 +387,8 @@ def encode_route(op: Op, ifindex: int, seq: int) -> bytes:
         else:
             attrs += _RTA_U32.pack(8, RTA_OIF, ifindex)
             if r.gateway:
-                attrs += _RTA_IP4.pack(8, RTA_GATEWAY, socket.inet_aton(r.gateway))
+                attrs += _ip_attr(RTA_GATEWAY, r.gateway)
+
         if r.priority:
             attrs += _RTA_U32.pack(8, RTA_PRIORITY, r.priority)
     else:

@@ -10,6 +10,16 @@ then routes pod traffic into the overlay (`vtep run` installs the routes and
 turns forwarding on). The pod's MTU is the overlay MTU, so that pod packets
 fit the VXLAN encapsulation (RFC 7348 section 4.3: VTEPs must not fragment).
 
+A dual-stack plan (overlay6) applies the same rule once per family, IPv4 first:
+the bridge also holds gateway6/64, the pod an address of the node's subnet6 and
+a default route ::/0 via gateway6, at the one overlay MTU (at least 1280, IPv6's
+minimum). An IPv6-only plan gives IPv6 alone. Both IPv6 addresses are added
+with nodad: they are unique by allocation, and duplicate address detection
+would hold them tentative (unusable as a source, unanswered as a gateway) for
+about 1.7 s after the pod's link comes up (measured, README). A pod record holds
+its addresses (`ips`) and gateways, IPv4 first, `ip`/`gateway` being the first;
+both families are allocated, reserved and released together, in one write.
+
 Allocations live in `<state-dir>/pods-<node>.json`, written atomically (a
 temporary file renamed over the old one) under an flock, so concurrent adds
 never hand out one address twice and a restart keeps every pod's address.
@@ -29,6 +39,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -37,7 +48,8 @@ from typing import NamedTuple
 
 from . import host, plan as planlib
 from .errors import HostMismatch, UsageError, VtepError
-from .rtlink import Link, RtError, RtLink
+from .inet import IPV6_MIN_MTU
+from .rtlink import Link, RtError, RtLink, write_sysctl
 
 NETNS_DIR = "/run/netns"
 POD_IF = "eth0"
@@ -61,7 +73,9 @@ class PodError(VtepError):
 # --- the allocation state file -------------------------------------------------------------
 
 class PodStore:
-    """The node's pod allocations: {name: {ip, veth, netns, created_netns}}."""
+    """The node's pod allocations: {name: {ip, ips, gateway, gateways, veth, netns,
+    created_netns, bridge}}; `ips` lists the pod's address per family, IPv4 first, and
+    `ip` is the first of them (a record older than dual stack has `ip` alone)."""
 
     def __init__(self, state_dir: str, node: str):
         self.dir = Path(state_dir)
@@ -114,34 +128,96 @@ class PodStore:
         os.replace(tmp, self.path)  # atomic: a crash leaves the old file or the new one
 
     def taken(self) -> dict[str, str]:
-        return {p["ip"]: name for name, p in self.pods.items()}
+        """{address: pod} over both families (the texts never collide)."""
+        return {ip: name for name, p in self.pods.items() for ip in record_ips(p)}
 
 
-def allocate(node: planlib.Node, taken: dict[str, str], want: str | None, pod: str) -> str:
-    """The requested address, validated, or the lowest free one of the node subnet."""
-    subnet = node.subnet
+def record_ips(rec: dict) -> list[str]:
+    """A record's addresses, IPv4 first (an older record has `ip` alone)."""
+    ips = rec.get("ips")
+    return list(ips) if isinstance(ips, list) else [rec["ip"]] if rec.get("ip") else []
+
+
+def families(node: planlib.Node) -> list[tuple]:
+    """(subnet, gateway) per overlay family of the node, IPv4 first."""
+    return [(s, s.network_address + 1) for s in node.subnets]
+
+
+def gateway_of(node: planlib.Node, version: int) -> str:
+    return str(node.gateway if version == 4 else node.gateway6)
+
+
+def allocate(node: planlib.Node, taken: dict[str, str], want: str | None, pod: str,
+             version: int = 4) -> str:
+    """The requested address, validated, or the lowest free one of the node's subnet of
+    `version` (4: subnet, 6: subnet6)."""
+    subnet = node.subnet if version == 4 else node.subnet6
+    if subnet is None:
+        raise AddressError(f"node {node.name} has no IPv{version} subnet (the plan has no "
+                           f"{'overlay' if version == 4 else 'overlay6'})")
+    gateway = subnet.network_address + 1
     if want is not None:
         try:
             ip = ipaddress.ip_address(want)
         except ValueError:
-            raise AddressError(f"--ip {want!r} is not an IPv4 address")
+            ip = None
+        if ip is None or ip.version != version:
+            raise AddressError(f"--ip {want!r} is not an IPv{version} address")
         if ip not in subnet:
             raise AddressError(f"--ip {ip} is outside node {node.name}'s subnet {subnet}")
-        if ip == node.vtep_ip:
+        if ip == subnet.network_address:
             raise AddressError(f"--ip {ip} is node {node.name}'s VTEP address")
-        if ip == node.gateway:
+        if ip == gateway:
             raise AddressError(f"--ip {ip} is node {node.name}'s bridge gateway")
-        if ip == subnet.broadcast_address:
+        if version == 4 and ip == subnet.broadcast_address:
             raise AddressError(f"--ip {ip} is the broadcast address of {subnet}")
         other = taken.get(str(ip))
         if other is not None and other != pod:
             raise AddressError(f"--ip {ip} is already taken by pod {other!r}")
         return str(ip)
-    for ip in subnet.hosts():  # hosts() skips the network (VTEP) and broadcast addresses
-        if ip != node.gateway and str(ip) not in taken:
+    # hosts() skips the network address (the VTEP's; in IPv6 also the subnet-router
+    # anycast address, RFC 4291 2.6.1) and IPv4's broadcast; lazily, so a /64 costs
+    # as many steps as it has pods
+    for ip in subnet.hosts():
+        if ip != gateway and str(ip) not in taken:
             return str(ip)
     raise SubnetExhausted(f"node {node.name!r}: subnet {subnet} is exhausted "
-                          f"({len(taken)} pods; free one with `vtep pod del`)")
+                          f"({len(taken)} addresses taken; free one with `vtep pod del`)")
+
+
+def wanted(node: planlib.Node, texts) -> dict[int, str]:
+    """Requested addresses ("A" or "A,B", or a list of them), at most one per family of
+    the node's plan: {version: address}. Checks the form only; allocate() the rest."""
+    items = [t.strip() for text in ([texts] if isinstance(texts, str) else texts or [])
+             for t in text.split(",") if t.strip()]
+    out: dict[int, str] = {}
+    for text in items:
+        try:
+            ip = ipaddress.ip_address(text.split("/")[0])
+        except ValueError:
+            raise AddressError(f"--ip {text!r} is not an IPv4 or IPv6 address")
+        if out.get(ip.version, str(ip)) != str(ip):
+            raise AddressError(f"--ip: two IPv{ip.version} addresses ({out[ip.version]}, "
+                               f"{ip}); a pod has one per family")
+        if (node.subnet if ip.version == 4 else node.subnet6) is None:
+            raise AddressError(f"--ip {ip}: node {node.name} has no IPv{ip.version} subnet "
+                               f"(the plan has no {'overlay' if ip.version == 4 else 'overlay6'})")
+        out[ip.version] = str(ip)
+    return out
+
+
+def allocate_all(node: planlib.Node, taken: dict[str, str], want: dict[int, str], pod: str,
+                 have=()) -> list[str]:
+    """One address per family of the node, IPv4 first: the one the pod already `have`s
+    when it is still inside that family's subnet, else the requested one, else the
+    lowest free. Nothing is recorded here: the caller reserves all of them in one write,
+    so a failure in either family leaves neither taken."""
+    out = []
+    for subnet, _ in families(node):
+        kept = [a for a in have if ipaddress.ip_address(a) in subnet]
+        out.append(kept[0] if kept else
+                   allocate(node, taken, want.get(subnet.version), pod, subnet.version))
+    return out
 
 
 def veth_name(pod: str) -> str:
@@ -158,31 +234,72 @@ class Attached(NamedTuple):
 
 
 DEFAULT_ROUTE = "0.0.0.0/0"
+DEFAULT_ROUTE6 = "::/0"
 
 
-def attach(node: planlib.Node, ns_path: str, veth: str, ip: str, mtu: int,
-           bridge: str = "br0", ifname: str = POD_IF, route: str = DEFAULT_ROUTE) -> Attached:
-    """The connectivity rule, made or repaired: `bridge` holding the gateway, up; the
-    pair `veth` (here, on the bridge) <-> `ifname` (in the pod) at `mtu`; in the pod, lo
-    up, exactly `ip`/prefix, up, and `route` (the default route, or the overlay's for a
-    second interface) via the gateway. Each step is a no-op when already so. An `ifname`
-    in the pod that is not our pair's end is left alone and refused."""
+def default_routes(node: planlib.Node) -> list[str]:
+    """A first interface's routes: the default route of each family the node has."""
+    return [DEFAULT_ROUTE if s.version == 4 else DEFAULT_ROUTE6 for s in node.subnets]
+
+
+def check_mtu(node: planlib.Node, mtu: int) -> None:
+    """An IPv6 subnet needs an MTU of 1280 (RFC 8200 section 5): the kernel turns IPv6
+    off on a device whose MTU goes below that, dropping its addresses, and raising the
+    MTU again brings back the link-local address only (measured, README)."""
+    if node.subnet6 is not None and mtu < IPV6_MIN_MTU:
+        raise UsageError(f"node {node.name}: overlay MTU {mtu} is below {IPV6_MIN_MTU}, the "
+                         "least an IPv6 link carries (RFC 8200 section 5), and the plan has "
+                         "overlay6; raise the MTU (cluster.mtu, the underlay's) or drop overlay6")
+
+
+def attach(node: planlib.Node, ns_path: str, veth: str, ips, mtu: int,
+           bridge: str = "br0", ifname: str = POD_IF, routes=None) -> Attached:
+    """The connectivity rule, made or repaired: `bridge` holding the gateway of each
+    family, up; the pair `veth` (here, on the bridge) <-> `ifname` (in the pod) at `mtu`;
+    in the pod, lo up, exactly `ips` (one per family, each with its subnet's prefix), up,
+    and `routes` (default: the default route of each family; a second interface gets
+    the overlays') each via its family's gateway. Each step is a no-op when already so.
+    An `ifname` in the pod that is not our pair's end is left alone and refused."""
+    check_mtu(node, mtu)
+    routes = default_routes(node) if routes is None else list(routes)
     with RtLink() as here, RtLink(ns_path) as pod:
         br = ensure_bridge(here, bridge, node)
         host_end = ensure_veth(here, pod, veth, ns_path, br, mtu, ifname)
-        configure_pod(pod, ip, node, ifname, mtu, route)
+        configure_pod(pod, list(ips), node, ifname, mtu, routes)
         br = here.link(bridge)   # as it is now (an older bridge follows its ports' MACs)
         return Attached(br.mac if br else "", host_end.mac, pod_link(pod, ifname))
 
 
+def enable_ipv6(rt: RtLink, ifname: str) -> None:
+    """IPv6 on `ifname` in rt's namespace, as the reference bridge plugin makes sure of:
+    a runtime or a node may have turned it off (net.ipv6.conf.default.disable_ipv6=1),
+    and the kernel then refuses an IPv6 address ("IPv6 is disabled on this device")."""
+    try:
+        sysctl(rt, f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
+    except PodError as e:
+        if not isinstance(e.__cause__, FileNotFoundError):
+            raise   # (none: no IPv6 in this kernel at all, which adding the address says)
+
+
+def sysctl(rt: RtLink, path: str, value: str) -> None:
+    """/proc/sys/`path` = `value` in rt's namespace; a refusal names the file."""
+    try:
+        write_sysctl(path, value, rt.netns)
+    except OSError as e:
+        where = f" in {rt.netns}" if rt.netns else ""
+        raise PodError(f"net.{path[4:].replace('/', '.')}{where}: cannot set it to {value} "
+                       f"({e.strerror or e})") from e
+
+
 def ensure_bridge(rt: RtLink, name: str, node: planlib.Node) -> Link:
-    """`name`, a bridge holding the gateway with the subnet's prefix, up."""
+    """`name`, a bridge holding each family's gateway with its subnet's prefix, up."""
     br = rt.link(name)
     if br is None:
         try:
             # A MAC of its own: a bridge without one takes its lowest port's, so the
             # gateway's MAC would change under every pod's ARP cache as pods come and go.
-            rt.add_bridge(name, planlib.derive_mac(f"{node.name}/{name}", node.subnet))
+            rt.add_bridge(name, planlib.derive_mac(f"{node.name}/{name}",
+                                                   node.subnet or node.subnet6))
         except RtError as e:
             if e.errno != errno.EEXIST:   # made meanwhile by a concurrent add: fine
                 raise
@@ -190,7 +307,13 @@ def ensure_bridge(rt: RtLink, name: str, node: planlib.Node) -> Link:
     elif br.kind != "bridge":
         raise UsageError(f"--bridge {name}: a device of that name exists and is not a bridge "
                          f"({br.kind or 'no kind'})")
-    rt.add_address(br.index, str(node.gateway), node.subnet.prefixlen)
+    for subnet, gateway in families(node):
+        if subnet.version == 6:
+            enable_ipv6(rt, name)
+        # nodad: gateway6 is the plan's, held by this bridge alone; with DAD it stays
+        # tentative (the bridge does not answer a pod's neighbour solicitation for it)
+        # until a port's carrier is up and a second has passed (measured, README)
+        rt.add_address(br.index, str(gateway), subnet.prefixlen, nodad=subnet.version == 6)
     if not br.up:
         rt.set_link(br, up=True)
     return br
@@ -234,41 +357,60 @@ def remove_veth(veth: str) -> bool:
     return True
 
 
-def configure_pod(pod: RtLink, ip: str, node: planlib.Node, ifname: str = POD_IF,
-                  mtu: int | None = None, route: str = DEFAULT_ROUTE) -> None:
-    """lo up; `ifname` holds exactly `ip`/prefix, has `mtu`, is up; `route` via the
-    gateway. A repeated add repairs drift."""
+def _ours(addr: str) -> bool:
+    """An address a pod's setup manages: any IPv4 one, IPv6 ones but link-local (the
+    kernel makes fe80::/64 from the MAC; the pod keeps it, as on any IPv6 link)."""
+    return not ipaddress.ip_address(addr).is_link_local or ":" not in addr
+
+
+def configure_pod(pod: RtLink, ips: list[str], node: planlib.Node, ifname: str = POD_IF,
+                  mtu: int | None = None, routes=None) -> None:
+    """lo up; `ifname` has `mtu`, is up and holds exactly `ips` (each with its family's
+    prefix); `routes` each via its family's gateway. A repeated add repairs drift."""
+    routes = default_routes(node) if routes is None else routes
     lo = pod.link("lo")
     if lo is not None and not lo.up:
         pod.set_link(lo, up=True)
     dev = pod.link(ifname)
     if dev is None:
         raise PodError(f"{ifname} vanished from the pod while it was set up")
-    plen = node.subnet.prefixlen
-    for addr, alen, _ in pod.addresses(dev.index):
-        if ":" not in addr and (addr, alen) != (ip, plen):   # a stale earlier allocation
-            pod.del_address(dev.index, addr, alen)
-    pod.add_address(dev.index, ip, plen)
+    # the MTU before the addresses: below 1280 the kernel has dropped IPv6 from the device
     if not dev.up or (mtu and dev.mtu != mtu):
         pod.set_link(dev, up=True, mtu=mtu)
-    gw = str(node.gateway)
-    if [g for d, g, _ in pod.gateway_routes(dev.index) if d == route] != [gw]:
-        pod.replace_route(route, gw, dev.index)
+    plens = {s.version: s.prefixlen for s in node.subnets}
+    want = {(ip, plens[ipaddress.ip_address(ip).version]) for ip in ips}
+    if 6 in plens:
+        enable_ipv6(pod, ifname)
+        # the routes are static: a router advertisement from another pod on the bridge
+        # would otherwise add a default route via that pod (accept_ra is 1 by default
+        # in a namespace that does not forward)
+        sysctl(pod, f"net/ipv6/conf/{ifname}/accept_ra", "0")
+    for addr, alen, _ in pod.addresses(dev.index):
+        if _ours(addr) and (addr, alen) not in want:   # a stale earlier allocation
+            pod.del_address(dev.index, addr, alen)
+    for ip, plen in sorted(want):
+        pod.add_address(dev.index, ip, plen, nodad=":" in ip)
+    have = pod.gateway_routes(dev.index, socket.AF_UNSPEC)
+    for route in routes:
+        gw = gateway_of(node, ipaddress.ip_network(route).version)
+        if [g for d, g, _ in have if d == route] != [gw]:
+            pod.replace_route(route, gw, dev.index)
 
 
 def pod_link(pod: RtLink, ifname: str = POD_IF) -> dict | None:
-    """What `ifname` in the pod is now: mac, mtu, up, its IPv4 addresses (CIDR) and its
-    routes through a gateway ({destination CIDR: [gateways]}); None when the pod has no
-    such interface."""
+    """What `ifname` in the pod is now: mac, mtu, up, its addresses (CIDR; IPv4 first,
+    IPv6 link-local left out) and its routes through a gateway, both families
+    ({destination CIDR: [gateways]}); None when the pod has no such interface."""
     dev = pod.link(ifname)
     if dev is None:
         return None
     routes: dict[str, list[str]] = {}
-    for dst, gw, _ in pod.gateway_routes(dev.index):
+    for dst, gw, _ in pod.gateway_routes(dev.index, socket.AF_UNSPEC):
         routes.setdefault(dst, []).append(gw)
+    addrs = [(a, n) for a, n, _ in pod.addresses(dev.index) if _ours(a)]
+    addrs.sort(key=lambda x: ":" in x[0])
     return {"mac": dev.mac, "mtu": dev.mtu, "up": dev.up,
-            "addresses": [f"{a}/{n}" for a, n, _ in pod.addresses(dev.index) if ":" not in a],
-            "routes": routes}
+            "addresses": [f"{a}/{n}" for a, n in addrs], "routes": routes}
 
 
 # --- namespaces -----------------------------------------------------------------------------
@@ -380,14 +522,20 @@ def add(args) -> dict:
     plan, node = _context(args)
     mtu = _overlay_mtu(plan, node)
     store = PodStore(args.state_dir, node.name)
+    check_mtu(node, mtu)
+    asked = wanted(node, args.ip)
     with store.locked():
         rec = store.pods.get(args.name)
-        if rec and args.ip and allocate(node, {}, args.ip, args.name) != rec["ip"]:
-            raise AddressError(f"pod {args.name!r} already has {rec['ip']} (not {args.ip}); "
-                               "`vtep pod del` it first")
+        have = record_ips(rec) if rec else []
+        for version, ip in asked.items():   # each asked address against the family's own
+            allocate(node, {}, ip, args.name, version)
+            mine = [a for a in have if ipaddress.ip_address(a).version == version]
+            if mine and mine[0] != ip:
+                raise AddressError(f"pod {args.name!r} already has {mine[0]} (not {ip}); "
+                                   "`vtep pod del` it first")
         if rec and args.netns and os.path.abspath(args.netns) != rec["netns"]:
             raise UsageError(f"pod {args.name!r} is already attached to {rec['netns']}")
-        ip = rec["ip"] if rec else allocate(node, store.taken(), args.ip, args.name)
+        ips = allocate_all(node, store.taken(), asked, args.name, have)
         make_ns = False
         if args.netns:
             ns_path = os.path.abspath(args.netns)  # not realpath: /proc/PID/ns/net is a
@@ -400,8 +548,7 @@ def add(args) -> dict:
             make_ns = not os.path.exists(ns_path)
         created = bool(rec and rec.get("created_netns")) or make_ns
         old = rec
-        rec = {"ip": ip, "gateway": str(node.gateway), "veth": veth_name(args.name),
-               "netns": ns_path, "created_netns": created, "bridge": args.bridge}
+        rec = record(node, ips, veth_name(args.name), ns_path, created, args.bridge)
         # The reservation is written before anything is made: a crash (kill -9) from here
         # on leaves a record that `vtep pod del` releases, never an address in use that
         # the file does not hold, nor a namespace nobody would delete.
@@ -409,7 +556,7 @@ def add(args) -> dict:
         try:
             if make_ns:
                 _create_netns(args.name)
-            attach(node, ns_path, rec["veth"], ip, mtu, args.bridge)
+            attach(node, ns_path, rec["veth"], ips, mtu, args.bridge)
         except BaseException as e:
             if old is None:  # nothing half-configured: undo what this call made
                 quietly(remove_veth, rec["veth"])
@@ -422,6 +569,16 @@ def add(args) -> dict:
                 raise PodError(f"pod {args.name}: {e}") from None
             raise
     return rec
+
+
+def record(node: planlib.Node, ips: list[str], veth: str, netns: str, created: bool,
+           bridge: str, **extra) -> dict:
+    """A pod's record: its addresses and gateways per family (IPv4 first), `ip` and
+    `gateway` the first (what tools reading a single-stack record expect)."""
+    gateways = [gateway_of(node, ipaddress.ip_address(ip).version) for ip in ips]
+    return {"ip": ips[0], "ips": ips, "gateway": gateways[0], "gateways": gateways,
+            "veth": veth, "netns": netns, "created_netns": created, "bridge": bridge,
+            **extra}
 
 
 def reserve(store: PodStore, key: str, rec: dict) -> None:
@@ -474,7 +631,8 @@ def delete(args) -> dict | None:
 
 def add_command(args) -> int:
     rec = add(args)
-    print(f"pod {args.name}: {rec['ip']} via {rec['gateway']} on {rec['bridge']} "
+    print(f"pod {args.name}: {', '.join(record_ips(rec))} via "
+          f"{', '.join(rec.get('gateways') or [rec['gateway']])} on {rec['bridge']} "
           f"({rec['veth']} <-> {POD_IF} in {rec['netns']})")
     return 0
 
@@ -484,7 +642,7 @@ def del_command(args) -> int:
     if rec is None:
         print(f"pod {args.name}: not attached; nothing to do", file=sys.stderr)
     else:
-        print(f"pod {args.name}: removed ({rec['ip']} freed"
+        print(f"pod {args.name}: removed ({', '.join(record_ips(rec))} freed"
               + (f", namespace {args.name} deleted)" if rec.get("created_netns") else ")"))
     return 0
 

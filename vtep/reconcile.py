@@ -152,7 +152,8 @@ class Reconciler:
         # whatever the backend noted is the device's (its settings, address, TAP, sockets)
         device_changes = len(self.links.notes)
         try:
-            changes = kernel.diff(want, self.rtnl.read(idx), fdb=self.backend.kernel_fdb)
+            have = self.rtnl.read(idx, netlink.families_of(want.device))
+            changes = kernel.diff(want, have, fdb=self.backend.kernel_fdb)
             failed = self.rtnl.apply([op for c in changes for op in c.ops], idx)
             conflicts, failed = self._route_conflicts(failed, idx, want)
         except VtepError:
@@ -197,11 +198,11 @@ class Reconciler:
                   and f[1] == errno.EEXIST}
         if not exists:
             return {}, failed
-        table = self.rtnl.main_routes((f[0].key, 0, 0) for f in exists.values())
+        table = self.rtnl.main_routes(kernel.route_key(f[0].key) for f in exists.values())
         peers = {r.dst: p.name for p in want.peers for r in p.routes}
         names, lines = None, {}
         for key, (op, _code, _text) in exists.items():
-            others = [(oif, r) for oif, r in table.get((op.key, 0, 0), ()) if oif != idx]
+            others = [(oif, r) for oif, r in table.get(kernel.route_key(op.key), ()) if oif != idx]
             if not others:
                 continue   # only ours now (a race with the dump): a failure, retried
             if names is None:

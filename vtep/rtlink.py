@@ -42,6 +42,7 @@ IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_F_NODAD = 0x02      # linux/if_addr.h: usable at once, no duplicate address detection
 IFF_UP = 0x1
 CLONE_NEWNET = 0x40000000
 
@@ -121,6 +122,7 @@ class RtLink:
     def __init__(self, netns: str | None = None):
         self.seq = 0
         self.interrupted = False
+        self.netns = netns   # where the socket lives (None: here), for write_sysctl
         if netns is None:
             self.sock = self._open()
             return
@@ -293,17 +295,20 @@ class RtLink:
                 out.append((str(ipaddress.ip_address(raw)), plen, idx))
         return out
 
-    def _addr(self, kind: int, flags: int, index: int, ip: str, plen: int, what: str) -> None:
+    def _addr(self, kind: int, flags: int, index: int, ip: str, plen: int, what: str,
+              ifa_flags: int = 0) -> None:
         raw = ipaddress.ip_address(ip).packed
         fam = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
-        self._request(kind, NLM_F_ACK | flags, IFADDR.pack(fam, plen, 0, 0, index) +
+        self._request(kind, NLM_F_ACK | flags, IFADDR.pack(fam, plen, ifa_flags, 0, index) +
                       _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw), what)
 
-    def add_address(self, index: int, ip: str, plen: int) -> None:
-        """Idempotent: an address already there is success."""
+    def add_address(self, index: int, ip: str, plen: int, nodad: bool = False) -> None:
+        """Idempotent: an address already there is success. nodad (IPv6): the address is
+        usable at once instead of tentative for about a second (`ip -6 address add ...
+        nodad`); an IPv6 address already there keeps the flags it was added with."""
         try:
             self._addr(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, index, ip, plen,
-                       f"adding {ip}/{plen}")
+                       f"adding {ip}/{plen}", IFA_F_NODAD if nodad else 0)
         except RtError as e:
             if e.errno != errno.EEXIST:
                 raise
@@ -311,19 +316,24 @@ class RtLink:
     def del_address(self, index: int, ip: str, plen: int) -> None:
         self._addr(RTM_DELADDR, 0, index, ip, plen, f"removing {ip}/{plen}")
 
-    # --- default routes ---------------------------------------------------------------------
+    # --- routes through a gateway ---------------------------------------------------------
 
-    def gateway_routes(self, index: int | None = None) -> list[tuple[str, str, int]]:
-        """(destination CIDR, gateway, device index) of the main table's IPv4 routes
-        through a gateway (through one device)."""
-        got = self._request(RTM_GETROUTE, NLM_F_DUMP, RTMSG.pack(socket.AF_INET, 0, 0, 0, 0,
+    def gateway_routes(self, index: int | None = None,
+                       family: int = socket.AF_INET) -> list[tuple[str, str, int]]:
+        """(destination CIDR, gateway, device index) of the main table's routes through a
+        gateway (through one device), of `family`: AF_INET (IPv4, the default), AF_INET6,
+        or AF_UNSPEC for both."""
+        got = self._request(RTM_GETROUTE, NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0,
                                                                    0, 0, 0, 0),
                             "listing routes")
         out = []
         for t, p in got:
             if t != RTM_NEWROUTE:
                 continue
-            _, dst_len, _, _, table, _, _, _, _ = RTMSG.unpack_from(p)
+            fam, dst_len, _, _, table, _, _, _, _ = RTMSG.unpack_from(p)
+            if fam not in (socket.AF_INET, socket.AF_INET6) or \
+                    family not in (socket.AF_UNSPEC, fam):
+                continue
             a = _attrs(p, RTMSG.size, len(p))
             if RTA_TABLE in a:
                 table = struct.unpack("=I", a[RTA_TABLE])[0]
@@ -332,8 +342,9 @@ class RtLink:
             oif = struct.unpack("=I", a.get(RTA_OIF, b"\0" * 4))[0]
             if index is not None and oif != index:
                 continue
-            dst = ipaddress.IPv4Address(a.get(RTA_DST, b"\0" * 4))
-            out.append((f"{dst}/{dst_len}", str(ipaddress.IPv4Address(a[RTA_GATEWAY])), oif))
+            size = 4 if fam == socket.AF_INET else 16
+            dst = ipaddress.ip_address(a.get(RTA_DST, b"\0" * size))
+            out.append((f"{dst}/{dst_len}", str(ipaddress.ip_address(a[RTA_GATEWAY])), oif))
         return out
 
     def default_gateways(self, index: int | None = None) -> list[str]:
@@ -341,12 +352,63 @@ class RtLink:
         return [gw for dst, gw, _ in self.gateway_routes(index) if dst == "0.0.0.0/0"]
 
     def replace_route(self, dst: str, gateway: str, index: int) -> None:
-        """`ip route replace DST via GATEWAY dev INDEX` (DST a CIDR, 0.0.0.0/0 default)."""
-        net = ipaddress.IPv4Network(dst)
-        body = RTMSG.pack(socket.AF_INET, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+        """`ip route replace DST via GATEWAY dev INDEX` (DST a CIDR of either family,
+        0.0.0.0/0 or ::/0 the default; GATEWAY of the same family)."""
+        net = ipaddress.ip_network(dst)
+        fam = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        body = RTMSG.pack(fam, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
                           RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
         if net.prefixlen:
             body += _attr(RTA_DST, net.network_address.packed)
+        gw = ipaddress.ip_address(gateway)
+        if gw.version != net.version:
+            raise ValueError(f"route {dst} via {gateway}: the gateway is of another family")
         self._request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                      body + _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) +
+                      body + _attr(RTA_GATEWAY, gw.packed) +
                       _u32(RTA_OIF, index), f"route {dst} via {gateway}")
+
+
+def write_sysctl(path: str, value: str, netns: str | None = None) -> bool:
+    """Make /proc/sys/`path` of the network namespace `netns` (this one when None) say
+    `value`; True when it had to be written. Read first, so that a /proc/sys mounted
+    read-only (a containerised agent) is no failure when the value is right already.
+    /proc/sys/net belongs to the namespace of the thread that opens the file, so the
+    thread enters the namespace around the opens (as RtLink does around socket());
+    reading and writing go through the fds, wherever the thread is by then."""
+    full = f"/proc/sys/{path}"
+
+    def opened():
+        rd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            wr = os.open(full, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as e:
+            wr = e
+        return rd, wr
+
+    if netns is None:
+        rd, wr = opened()
+    else:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            there = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(there)
+                try:
+                    rd, wr = opened()
+                finally:
+                    _go_home(home)
+            finally:
+                os.close(there)
+        finally:
+            os.close(home)
+    try:
+        if os.read(rd, 64).decode().strip() == value:
+            return False
+        if isinstance(wr, OSError):
+            raise wr
+        os.write(wr, value.encode())
+        return True
+    finally:
+        os.close(rd)
+        if not isinstance(wr, OSError):
+            os.close(wr)

@@ -2,7 +2,7 @@
 userspace (TapLink).
 
 The node state seen from the pods is the kernel path's: a device of the same
-name with the node's derived MAC, MTU and VTEP address /32, the same permanent
+name with the node's derived MAC, MTU and VTEP addresses (/32, /128), the same permanent
 neighbour entries and onlink routes, realised and kept converged by the same
 reconciler (vtep.reconcile), which is given this backend in place of the
 vxlan link and leaves kernel fdb entries alone (kernel_fdb = False). The fdb
@@ -168,8 +168,7 @@ class TapLink:
                 raise NetlinkRefused(f"{dev.name} vanished right after its creation")
         have = facts(msg)
         idx = have.index
-        if created:
-            host.disable_ipv6(dev.name)
+        links.ipv6(dev, created)   # before the addresses and before up
         links.mark(dev.name, idx, have.alias, self.node, self.mode)
         _, repairs = device_diffs(dev, have, under.index, {}, None)
         links.repair(dev, have, repairs)
@@ -214,9 +213,12 @@ class TapLink:
             # a new desired state (first pass, plan re-read): a new fdb. Not on every pass:
             # at 20,000 peers rebuilding it costs a quarter of a second of forwarding
             self.dp.set_fdb(fdb_of(want), [p.fdb.dst for p in want.peers])
-            # path MTU discovery through the tunnel: errors come from the peer's VTEP address
-            self.dp.vtep_ips = {p.fdb.dst: socket.inet_aton(p.neighbour.ip)
-                                for p in want.peers}
+            # path MTU discovery through the tunnel: IPv4 errors come from the peer's VTEP
+            # address (an IPv6-only peer has none), IPv6 ones from this node's (vtep.icmp)
+            self.dp.vtep_ips = {p.fdb.dst: socket.inet_aton(nb.ip) for p in want.peers
+                                for nb in p.neighbours[:1] if ":" not in nb.ip}
+            self.dp.vtep_ip6 = (socket.inet_pton(socket.AF_INET6, dev.address6)
+                                if dev.address6 else None)
             self.dp.overhead = wire.overhead(":" in dev.local)
             self.dp_peers = want.peers
         self._set_gro()
@@ -307,7 +309,7 @@ class TapLink:
         ours = msg is not None and self.tap is not None and msg["index"] == self.ifindex
         self._close_tap()
         if ours:
-            log.info(f"removed {name}; its {peers} neighbour and {peers} route entries went "
+            log.info(f"removed {name}; its {peers} peers' neighbour and route entries went "
                      "with it")
         return ours
 

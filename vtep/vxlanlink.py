@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -99,8 +100,7 @@ class VxlanLink:
             repairs = {}
         idx = have.index
         try:
-            if created:
-                host.disable_ipv6(dev.name)
+            links.ipv6(dev, created)   # before the addresses and before up
             links.mark(dev.name, idx, have.alias, self.node, self.mode, adopted=not created)
             links.repair(dev, have, repairs)
             if "df" in repairs:
@@ -180,8 +180,7 @@ class VxlanLink:
             log.info(f"{name} is no longer the device this run made; leaving it")
             return False
         self.links.delete(msg["index"], name)
-        log.info(f"removed {name}; its {peers} neighbour, {peers} fdb, {peers} flood and "
-                 f"{peers} route "
+        log.info(f"removed {name}; its {peers} peers' neighbour, fdb, flood and route "
                  "entries went with it")
         return True
 
@@ -207,7 +206,7 @@ def down(plan, node, device: str, state_dir: str) -> int:
         require_made_by_vtep(device, have)
         rt = netlink.Rtnl()
         try:
-            r = rt.read(have.index)
+            r = rt.read(have.index, (socket.AF_INET, socket.AF_INET6))   # to count
         finally:
             rt.close()
         try:

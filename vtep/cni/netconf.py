@@ -3,8 +3,9 @@ comes from.
 
 `read_conf` checks the keys (a typo is refused with code 2, naming the key and its
 value, instead of being silently ignored); `node_net` then turns the config into a
-NodeNet, the four facts an attachment needs (node, subnet, gateway, overlay MTU), from
-one of three places, as flannel's plugin reads flanneld's subnet file:
+NodeNet, the facts an attachment needs (node, its subnet and gateway per family, the
+overlays, the one overlay MTU), from one of three places, as flannel's plugin reads
+flanneld's subnet file:
 
 - "plan": a plan file; the node is "node", or the one whose underlay address is on
   this host; the MTU is the plan's, or the underlay device's minus the encapsulation.
@@ -56,7 +57,8 @@ class NodeNet:
     node: planlib.Node
     mtu: int
     source: str          # where the facts came from, for messages
-    overlay: str = "0.0.0.0/0"   # the whole overlay (CIDR): a second interface's route
+    overlay: str | None = "0.0.0.0/0"   # the whole IPv4 overlay: a second interface's route
+    overlay6: str | None = None         # the whole IPv6 overlay, in a dual-stack plan
 
     @property
     def subnet(self):
@@ -65,6 +67,13 @@ class NodeNet:
     @property
     def gateway(self):
         return self.node.gateway
+
+    @property
+    def overlays(self) -> list[str]:
+        """A second interface's routes: the overlay of each family the node has (the
+        whole family's space when the source did not name it)."""
+        return [(self.overlay or "0.0.0.0/0") if s.version == 4 else (self.overlay6 or "::/0")
+                for s in self.node.subnets]
 
 
 def read_conf(config: dict) -> Conf:
@@ -123,7 +132,8 @@ def node_net(conf: Conf) -> NodeNet:
 def _from_plan(plan: planlib.Plan, conf: Conf, where: str) -> NodeNet:
     node = host.select_node(plan, conf.node)
     _, underlay_mtu = host.underlay(node)
-    return NodeNet(node, planlib.overlay_mtu(plan, underlay_mtu), where, str(plan.overlay))
+    return NodeNet(node, planlib.overlay_mtu(plan, underlay_mtu), where,
+                   plan.overlay and str(plan.overlay), plan.overlay6 and str(plan.overlay6))
 
 
 def _etcd_plan(conf: Conf) -> planlib.Plan:
@@ -168,14 +178,18 @@ def from_status(conf: Conf) -> NodeNet:
         with open(path) as f:
             doc = json.load(f)
         net = doc["network"]
-        subnet = ipaddress.IPv4Network(net["subnet"])
+        # either family may be absent (an IPv4-only or IPv6-only overlay), not both
+        subnet = ipaddress.IPv4Network(net["subnet"]) if net.get("subnet") else None
+        subnet6 = ipaddress.IPv6Network(net["subnet6"]) if net.get("subnet6") else None
+        if subnet is None and subnet6 is None:
+            raise KeyError("subnet")
         mtu = int(net["mtu"])
         pid, ns = int(doc["pid"]), doc.get("netns")
         node = planlib.Node(str(doc["node"]), ipaddress.ip_address(net["underlay_ip"]),
-                            subnet, "")
+                            subnet, "", subnet6=subnet6)
     except FileNotFoundError:
         raise CniError(TRY_AGAIN_LATER, f"{path}: gone while read (the agent stopped)")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CniError(TRY_AGAIN_LATER, f"{path}: no network facts in it ({type(e).__name__}: "
                        f"{e}); an agent older than the plugin? restart `vtep run`")
     # Liveness by the agent's device claim (vtep.owner: an abstract socket of this network
@@ -189,4 +203,4 @@ def from_status(conf: Conf) -> NodeNet:
     if ns is not None and ns != netns_inode():
         raise CniError(INVALID_CONFIG, f"{path}: written by an agent in another network "
                                        "namespace; run the plugin in the node's namespace")
-    return NodeNet(node, mtu, f"status {path}", str(net.get("overlay", "0.0.0.0/0")))
+    return NodeNet(node, mtu, f"status {path}", net.get("overlay"), net.get("overlay6"))

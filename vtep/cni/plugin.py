@@ -1,7 +1,9 @@
 """What each CNI command does to the node: attachments made with vtep.pods' connectivity
 rule (a veth from the container to the node bridge, an address from the node's subnet,
 the gateway, the overlay MTU) and recorded in the same allocation file `vtep pod add`
-uses, so the two never hand out one address twice.
+uses, so the two never hand out one address twice. In a dual-stack plan every step
+covers both families: an address of each (allocated, reserved and released together),
+a route of each, both in the result (IPv4 first) and both checked by CHECK.
 
 An attachment is (CNI_CONTAINERID, CNI_IFNAME); its record's key is "ID/IFNAME" (a
 `vtep pod` name never holds '/') and it remembers the network's name, for GC. ADD and
@@ -13,6 +15,7 @@ node whose agent is down still releases its addresses.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -57,29 +60,47 @@ def translate(e: VtepError) -> CniError:
 
 # --- ADD ------------------------------------------------------------------------------------
 
-def requested_ip(req: Request) -> str | None:
-    """A static address: runtimeConfig "ips" (the `ips` capability, podman --ip with
-    netavark-style configs) or CNI_ARGS IP= (host-local's convention, what podman's CNI
-    backend passes). One IPv4 address; a prefix given with it is ignored (the address
-    gets the node subnet's)."""
-    wanted = []
+def requested_ips(req: Request) -> dict[int, str]:
+    """Static addresses, {version: address}: runtimeConfig "ips" (the `ips` capability,
+    podman --ip with netavark-style configs) or CNI_ARGS IP= (host-local's convention,
+    what podman's CNI backend passes; comma-separated). At most one per family; a
+    prefix given with one is ignored (the address gets the node subnet's)."""
+    texts = []
     rc = req.config.get("runtimeConfig")
     if isinstance(rc, dict) and isinstance(rc.get("ips"), list):
-        wanted += [str(x) for x in rc["ips"]]
+        texts += [str(x) for x in rc["ips"]]
     if req.args.get("IP"):
-        wanted += req.args["IP"].split(",")
-    wanted = sorted(set(w.split("/")[0] for w in wanted))
-    if len(wanted) > 1:
-        raise CniError(INVALID_CONFIG, f"several static addresses asked for "
-                                       f"({', '.join(wanted)}); vtep gives one per attachment")
-    return wanted[0] if wanted else None
+        texts += req.args["IP"].split(",")
+    by_family: dict[int, set[str]] = {}
+    for text in texts:
+        try:
+            ip = ipaddress.ip_address(text.split("/")[0].strip())
+        except ValueError:
+            raise CniError(INVALID_CONFIG, f"static address {text[:60]!r} is not an IP "
+                                           "address")
+        by_family.setdefault(ip.version, set()).add(str(ip))
+    for version, got in sorted(by_family.items()):
+        if len(got) > 1:
+            raise CniError(INVALID_CONFIG, f"several static IPv{version} addresses asked for "
+                           f"({', '.join(sorted(got))}); vtep gives one per family")
+    return {v: got.pop() for v, got in sorted(by_family.items())}
 
 
-def route_for(req: Request, net: netconf.NodeNet) -> str:
-    """The default route for the container's first interface (eth0); a second interface
-    of a multi-network container (Multus' net1, ...) gets the overlay's route only, and
-    the default route stays with whoever owns eth0."""
-    return pods.DEFAULT_ROUTE if req.ifname == pods.POD_IF else net.overlay
+def routes_for(req: Request, net: netconf.NodeNet) -> list[str]:
+    """The default route of each family for the container's first interface (eth0); a
+    second interface of a multi-network container (Multus' net1, ...) gets the
+    overlays' routes only, and the default routes stay with whoever owns eth0."""
+    return pods.default_routes(net.node) if req.ifname == pods.POD_IF else net.overlays
+
+
+def _gateway(net: netconf.NodeNet, cidr: str) -> str:
+    """The gateway of the family of `cidr` (a route or an address)."""
+    return pods.gateway_of(net.node, ipaddress.ip_interface(cidr).version)
+
+
+def _cidrs(net: netconf.NodeNet, ips: list[str]) -> list[str]:
+    plens = {s.version: s.prefixlen for s in net.node.subnets}
+    return [f"{ip}/{plens.get(ipaddress.ip_address(ip).version, '?')}" for ip in ips]
 
 
 def add(req: Request, conf: netconf.Conf) -> dict:
@@ -90,20 +111,28 @@ def add(req: Request, conf: netconf.Conf) -> dict:
     why = pods.netns_problem(req.netns)
     if why:
         raise CniError(BAD_ENVIRONMENT, f"CNI_NETNS {req.netns}: {why}")
-    want_ip = requested_ip(req)
-    route = route_for(req, net)
+    asked = requested_ips(req)
+    for version, want in asked.items():
+        if (net.subnet if version == 4 else net.node.subnet6) is None:
+            raise CniError(INVALID_CONFIG, f"static address {want}: node {net.node.name} "
+                                           f"has no IPv{version} subnet ({net.source})")
+    routes = routes_for(req, net)
+    pods.check_mtu(net.node, net.mtu)
     store = pods.PodStore(conf.state_dir, net.node.name)
     with store.locked():
         old = store.pods.get(req.key)
+        have = pods.record_ips(old) if old else []
         # every check before any change: a refused ADD touches nothing
-        if old and want_ip and want_ip != old["ip"]:
-            raise CniError(INVALID_CONFIG, f"{req.key} already has {old['ip']}, not {want_ip}; "
-                                           "DEL it first")
-        ip = old["ip"] if old else pods.allocate(net.node, store.taken(), want_ip, req.key)
-        new = {"ip": ip, "gateway": str(net.gateway), "veth": pods.veth_name(req.key),
-               "netns": req.netns, "created_netns": False, "bridge": conf.bridge,
-               "cni": {"network": conf.name, "container": req.container,
-                       "ifname": req.ifname}}
+        for version, want in asked.items():
+            mine = [a for a in have if ipaddress.ip_address(a).version == version]
+            if mine and mine[0] != want:
+                raise CniError(INVALID_CONFIG, f"{req.key} already has {mine[0]}, not {want}; "
+                                               "DEL it first")
+        # both families or neither: allocate_all records nothing, reserve() writes both
+        ips = pods.allocate_all(net.node, store.taken(), asked, req.key, have)
+        new = pods.record(net.node, ips, pods.veth_name(req.key), req.netns, False,
+                          conf.bridge, cni={"network": conf.name, "container": req.container,
+                                            "ifname": req.ifname})
         moved = old is not None and old["netns"] != req.netns
         # The reservation first: a crash (kill -9, a runtime's timeout) from here on
         # leaves a record that DEL and GC release, never an address in use that the
@@ -112,8 +141,8 @@ def add(req: Request, conf: netconf.Conf) -> dict:
         try:
             if moved:   # re-added in a new namespace without a DEL: the old pair goes
                 pods.remove_veth(old["veth"])
-            made = pods.attach(net.node, req.netns, new["veth"], ip, net.mtu, conf.bridge,
-                               req.ifname, route)
+            made = pods.attach(net.node, req.netns, new["veth"], ips, net.mtu, conf.bridge,
+                               req.ifname, routes)
         except BaseException as e:
             if old is None or moved:   # nothing half-made: undo what this call made
                 pods.quietly(pods.remove_veth, new["veth"])
@@ -127,9 +156,10 @@ def add(req: Request, conf: netconf.Conf) -> dict:
                   {"name": new["veth"], "mac": made.veth_mac},
                   {"name": req.ifname, "mac": made.pod["mac"], "mtu": made.pod["mtu"],
                    "sandbox": req.netns}]
-    ips = [{"address": f"{ip}/{net.subnet.prefixlen}", "gateway": str(net.gateway)}]
-    routes = [{"dst": route, "gw": str(net.gateway)}]
-    return _merge(req, interfaces, ips, routes, conf.dns)
+    # one entry per family, IPv4 first; 0.3.x/0.4.0 tag each with its "version" (render)
+    out_ips = [{"address": c, "gateway": _gateway(net, c)} for c in _cidrs(net, ips)]
+    out_routes = [{"dst": r, "gw": _gateway(net, r)} for r in routes]
+    return _merge(req, interfaces, out_ips, out_routes, conf.dns)
 
 
 def _details(e: Exception) -> str:
@@ -234,12 +264,19 @@ def check(req: Request, conf: netconf.Conf) -> None:
     if rec is None:
         raise CniError(CHECK_FAILED, f"{req.key}: no address is allocated to it on node "
                                      f"{net.node.name} (never added, or released)")
-    cidr = f"{rec['ip']}/{net.subnet.prefixlen}"
-    listed = {ip.get("address") for ip in prev.get("ips") or []}
+    cidrs = _cidrs(net, pods.record_ips(rec))
+    listed = {ip.get("address") for ip in prev.get("ips") or [] if isinstance(ip, dict)}
     problems = []
-    if cidr not in listed:
-        problems.append(f"prevResult lists {', '.join(sorted(map(str, listed))) or 'no address'}"
-                        f", the allocation is {cidr}")
+    for cidr in cidrs:
+        if cidr not in listed:
+            problems.append(f"prevResult lists "
+                            f"{', '.join(sorted(map(str, listed))) or 'no address'}"
+                            f", the allocation is {cidr}")
+    held = {ipaddress.ip_interface(c).version for c in cidrs}
+    for s in net.node.subnets:
+        if s.version not in held:   # added before the plan gained this family
+            problems.append(f"no IPv{s.version} address is allocated to it (the node has "
+                            f"{s}); DEL and ADD it again")
     problems += _host_problems(rec, conf.bridge)
     if not os.path.lexists(req.netns):
         problems.append(f"namespace {req.netns} is gone")
@@ -250,19 +287,21 @@ def check(req: Request, conf: netconf.Conf) -> None:
         except OSError as e:   # gone meanwhile, or not a network namespace
             problems.append(f"namespace {req.netns}: {e.strerror or e}")
         else:
-            problems += _pod_problems(req, net, prev, cidr, pod)
+            problems += _pod_problems(req, net, prev, cidrs, pod)
     if problems:
         raise CniError(CHECK_FAILED, f"{req.key}: " + "; ".join(problems))
     return None
 
 
-def _pod_problems(req: Request, net, prev: dict, cidr: str, pod: dict | None) -> list[str]:
+def _pod_problems(req: Request, net, prev: dict, cidrs: list[str],
+                  pod: dict | None) -> list[str]:
     problems = []
     if pod is None:
         problems.append(f"{req.ifname} is missing in {req.netns}")
     else:
-            if cidr not in pod["addresses"]:
-                problems.append(f"address {cidr} missing on {req.ifname}")
+            for cidr in cidrs:
+                if cidr not in pod["addresses"]:
+                    problems.append(f"address {cidr} missing on {req.ifname}")
             if pod["mtu"] != net.mtu:
                 problems.append(f"MTU {pod['mtu']} on {req.ifname}, expected {net.mtu}")
             if not pod["up"]:
@@ -271,10 +310,12 @@ def _pod_problems(req: Request, net, prev: dict, cidr: str, pod: dict | None) ->
                     if i.get("name") == req.ifname and i.get("sandbox") == req.netns]
             if said and said[0] and said[0] != pod["mac"]:   # remade since the ADD
                 problems.append(f"{req.ifname} has MAC {pod['mac']}, prevResult {said[0]}")
-            route = route_for(req, net)
-            if str(net.gateway) not in pod["routes"].get(route, []):
-                problems.append(f"no default route via {net.gateway}" if route ==
-                                pods.DEFAULT_ROUTE else f"no route {route} via {net.gateway}")
+            for route in routes_for(req, net):
+                gw = _gateway(net, route)
+                if gw not in pod["routes"].get(route, []):
+                    problems.append(f"no default route via {gw}" if route in
+                                    (pods.DEFAULT_ROUTE, pods.DEFAULT_ROUTE6)
+                                    else f"no route {route} via {gw}")
     return problems
 
 
@@ -292,7 +333,8 @@ def _host_problems(rec: dict, bridge: str) -> list[str]:
 
 
 def status(req: Request, conf: netconf.Conf) -> None:
-    """Ready when the node's facts are known and its subnet has a free address."""
+    """Ready when the node's facts are known and each of its subnets (both families in
+    a dual-stack plan: an ADD needs an address of each) has a free address."""
     try:
         net = netconf.node_net(conf)
     except CniError as e:
@@ -303,7 +345,8 @@ def status(req: Request, conf: netconf.Conf) -> None:
     with store.locked(create=False):
         taken = store.taken()
     try:
-        pods.allocate(net.node, taken, None, "?")
+        for s in net.node.subnets:
+            pods.allocate(net.node, taken, None, "?", s.version)
     except pods.SubnetExhausted as e:
         raise CniError(NOT_AVAILABLE, str(e))
     return None

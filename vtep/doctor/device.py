@@ -77,7 +77,38 @@ def check(f: Facts) -> list[Finding]:
     if not d.up:
         out.append(Finding("device.down", "error", f"{f.device} is down",
                            "nothing goes through it", f"ip link set {f.device} up"))
+    out += addresses(f)
     out += foreign_on_port(f)
+    return out
+
+
+def addresses(f: Facts) -> list[Finding]:
+    """The device's VTEP addresses against the plan's (a /32, a /128 with an IPv6 overlay)
+    and IPv6 on it exactly when the plan has an IPv6 overlay."""
+    if f.addresses is None or f.want is None:
+        return []
+    out = []
+    want, have = set(f.want.device.addresses), set(f.addresses)
+    fix = ("the agent repairs it at its next pass" if f.agent_pid is not None
+           else f"vtep run --{f.mode} --once ...")
+    v6 = f.want.device.address6 is not None
+    if v6 and f.ipv6_off:
+        out.append(Finding("device.ipv6-off", "error", f"{f.device} has IPv6 off "
+                           "(disable_ipv6 1) but the plan has an IPv6 overlay",
+                           "it can hold no IPv6 address, neighbour or route: IPv6 pods "
+                           "reach no other node", fix))
+    for a in sorted(want - have):
+        out.append(Finding("device.address-missing", "error",
+                           f"{f.device} lacks its VTEP address {a}",
+                           "the node's own packets into the overlay have no source address "
+                           "of that family", fix))
+    for a in sorted(have - want):
+        out.append(Finding("device.address-extra", "warning",
+                           f"{f.device} holds {a}, not in the plan",
+                           "an address with a prefix adds a connected route onto the tunnel; "
+                           "an IPv6 link-local one starts router solicitations across it", fix))
+    if not out:
+        out.append(ok("device.addresses", f"{f.device}: {' '.join(f.want.device.addresses)}"))
     return out
 
 

@@ -29,6 +29,8 @@ class Facts:
     links: list[LinkFacts] = field(default_factory=list)
     want: state.NodeState | None = None
     realised: object | None = None     # nlmsg.Realised of the device, when it exists
+    addresses: list[str] | None = None  # the device's addresses, "ip/plen", both families
+    ipv6_off: bool | None = None       # net.ipv6.conf.DEVICE.disable_ipv6 (None: no IPv6)
 
     @property
     def dev(self) -> LinkFacts | None:
@@ -78,12 +80,34 @@ def gather(plan: Plan, node: Node, source: str, device: str, state_dir: str) -> 
                                underlay_mtu=f.under.mtu, device=device)
     dev = f.dev
     if dev is not None:
-        from ..netlink import Rtnl
+        from ..netlink import IPV4, Rtnl, families_of
         rt = Rtnl()
         try:
-            f.realised = rt.read(dev.index)
+            f.realised = rt.read(dev.index, families_of(f.want.device) if f.want else IPV4)
         except VtepError:
             f.realised = None
         finally:
             rt.close()
+        f.addresses, f.ipv6_off = device_addresses(dev.index), ipv6_off(device)
     return f
+
+
+def device_addresses(index: int) -> list[str] | None:
+    """The device's addresses of both families as "ip/plen" (None: unreadable)."""
+    from ..links import Links
+    links = Links()
+    try:
+        return [f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                for a in links.ipr.addr("dump", index=index)]
+    except OSError:
+        return None
+    finally:
+        links.close()
+
+
+def ipv6_off(device: str) -> bool | None:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6") as fh:
+            return fh.read().strip() == "1"
+    except OSError:
+        return None
