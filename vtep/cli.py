@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="up/demo: the underlay's address family (default ipv4; ipv6: the "
                         "seed's IPv6 twin, overlay MTU 1430); demo on a lab that is up: must "
                         "match it")
+    s.add_argument("--dual-stack", action="store_true",
+                   help="up/demo: IPv6 pods too (overlay6 fd00:172:2::/48, a /64 per node); "
+                        "demo checks every pair over IPv4 and over IPv6")
     s.set_defaults(handler="vtep.lab:command")
 
     s = sub.add_parser("cluster", help="the cluster's membership in etcd")

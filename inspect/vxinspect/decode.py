@@ -292,9 +292,9 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
                 key = (src, dst)
                 f = flows.get(key)
                 if f is None:
-                    # [packets, bytes, largest inner L3, both ends are plan nodes]
-                    flows[key] = f = [0, 0, 0, plan_nodes is not None
-                                      and src in plan_nodes and dst in plan_nodes]
+                    # [packets, bytes, largest inner L3, the plan's view of its two
+                    # ends: PlanCheck.flow, falsy unless both are nodes]
+                    flows[key] = f = [0, 0, 0, plan_nodes is not None and plan.flow(src, dst)]
                 # the outermost layer only: nested VXLAN is no plan's traffic
                 if plan_nodes and plan.mismatch(buf, v, stop, f[3], dst, dp):
                     hit("plan-mismatch", no)

@@ -33,8 +33,10 @@ def command(args) -> int:
     lab = Lab(args.prefix)
     if args.action == "up":
         lablib.up(lab, args.mode or "kernel", underlay=args.underlay or "ipv4",
-                  store=args.store or "plan", nodes=args.nodes or 2)
-        what = lablib.describe_mode(lab.mode, lab.underlay, lab.nodes, args.store or "plan")
+                  store=args.store or "plan", nodes=args.nodes or 2,
+                  dual_stack=args.dual_stack)
+        what = lablib.describe_mode(lab.mode, lab.underlay, lab.nodes, args.store or "plan",
+                                    lab.dual_stack)
         print(f"lab {lab.prefix}: up ({what}); `vtep lab down --prefix {lab.prefix}` "
               "removes it")
         return 0
@@ -46,4 +48,4 @@ def command(args) -> int:
         print(f"lab {lab.prefix}: down" + (f" (removed {', '.join(gone)})" if gone else ""))
         return 0
     return demo.run(lab, args.mode, args.underlay, args.capture, args.keep, args.store,
-                    args.nodes)
+                    args.nodes, args.dual_stack)

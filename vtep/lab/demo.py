@@ -14,6 +14,13 @@ pods cannot tell which data path or underlay family carries them, and the router
 capture must pass the same vxinspect --plan. After the checks, the counters of each userspace VTEP are shown
 (`vtep status`).
 
+With --dual-stack the plan has the IPv6 overlay too (seed.OVERLAY6, a /64 per node) and
+every check of a pair runs once per overlay family, IPv4 first: the IPv6 ones are named
+"... (IPv6)" and go to the node's IPv6 VTEP address and the pods' IPv6 addresses (ping
+-6; HTTP to [address]:8000, where the echo server must see the client pod's own IPv6
+address). The one capture holds both families, and vxinspect --plan holds the inner
+addresses of both to the plan (each in the subnet of the node that sent or receives it).
+
 With --nodes N the checks run for every ordered pair of nodes, and the router
 captures every link (`-i any -Q in`: each packet once, as it enters the router).
 With --store etcd the nodes start with only the etcd URL and their names and
@@ -45,6 +52,9 @@ CAPTURE_IF = seed.SEED.node(seed.NODES[0]).router_if   # the router's network-1 
 CAPTURE_COUNT = 20000      # bounds: packets ...
 CAPTURE_SECONDS = 120      # ... and time (tcpdump -G/-W 1 exits after one period)
 PING = ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1"]
+# per overlay family: its version, the Node attribute of a node's VTEP address, the key
+# of a pod's address in Lab.pods, and what the family's check names end with
+FAMILIES = ((4, "vtep_ip", "ip", ""), (6, "vtep_ip6", "ip6", " (IPv6)"))
 
 
 class Demo:
@@ -60,13 +70,15 @@ class Demo:
         return ok
 
     def ping(self, name: str, ns: str, dst: str) -> None:
-        r = netns.sh(PING + [dst], ns=ns, check=False, timeout=15)
+        argv = PING[:1] + ["-6"] + PING[1:] if ":" in dst else PING
+        r = netns.sh(argv + [dst], ns=ns, check=False, timeout=15)
         got = next((ln.split(",")[1].strip() for ln in r.stdout.splitlines()
                     if "packets transmitted" in ln), "no output")
         self.step(name, r.returncode == 0, f"ping -c 3 {dst} in {ns}: {got}")
 
     def http(self, name: str, ns: str, src_ip: str, dst_ip: str) -> None:
-        url = f"http://{dst_ip}:{lablib.ECHO_PORT}/echo"
+        host = f"[{dst_ip}]" if ":" in dst_ip else dst_ip   # RFC 3986 section 3.2.2
+        url = f"http://{host}:{lablib.ECHO_PORT}/echo"
         r = netns.sh([sys.executable, "-m", "vtep.lab.echo", "get", url, "--body",
                       f"hello from {src_ip}"], ns=ns, check=False, timeout=20)
         if r.returncode:
@@ -81,15 +93,30 @@ class Demo:
                   + ("(the pod's own address: no NAT)" if seen == src_ip
                      else f"(expected the pod's own {src_ip}: NAT or a wrong path)"))
 
+    def families(self) -> list[tuple]:
+        """The FAMILIES entries of the plan's overlays, IPv4 first."""
+        return [f for f in FAMILIES
+                if (self.plan.overlay, self.plan.overlay6)[f[0] == 6] is not None]
+
     def connectivity(self) -> None:
+        """Every ordered pair of nodes, each overlay family of the plan (IPv4 first)."""
+        families = self.families()
         for a, b in [(a, b) for a in self.lab.nodes for b in self.lab.nodes if a != b]:
             remote = self.plan.node(b)
             pod_a, pod_b = self.lab.pods[a], self.lab.pods[b]
             node_ns = self.lab.node_ns(a)
-            self.ping(f"{a} -> {b} VTEP", node_ns, str(remote.vtep_ip))
-            self.ping(f"{a} -> {b}'s pod", node_ns, pod_b["ip"])
-            self.ping(f"{a}'s pod -> {b}'s pod", pod_a["ns"], pod_b["ip"])
-            self.http(f"{a}'s pod -> {b}'s pod http", pod_a["ns"], pod_a["ip"], pod_b["ip"])
+            for version, vtep_attr, key, tag in families:
+                self.ping(f"{a} -> {b} VTEP{tag}", node_ns, str(getattr(remote, vtep_attr)))
+                src, dst = pod_a.get(key), pod_b.get(key)
+                if dst is None or src is None:   # the plan has the family, a pod has not
+                    for what in (f"{a} -> {b}'s pod{tag}", f"{a}'s pod -> {b}'s pod{tag}",
+                                 f"{a}'s pod -> {b}'s pod http{tag}"):
+                        self.step(what, False, f"no IPv{version} address on the pod of "
+                                  f"{a if src is None else b} (`vtep pod add` gave none)")
+                    continue
+                self.ping(f"{a} -> {b}'s pod{tag}", node_ns, dst)
+                self.ping(f"{a}'s pod -> {b}'s pod{tag}", pod_a["ns"], dst)
+                self.http(f"{a}'s pod -> {b}'s pod http{tag}", pod_a["ns"], src, dst)
 
     def inspect(self, capture: str) -> None:
         argv = [sys.executable, "-m", "vxinspect", "--plan", str(self.lab.plan_path), "--json",
@@ -168,64 +195,71 @@ def counters(lab: lablib.Lab) -> None:
         print(f"      {name} (userspace) counters: {line}", flush=True)
 
 
-def vxlan_routes(lab: lablib.Lab, name: str) -> set[str]:
-    out = netns.sh(["ip", "-j", "-4", "route", "show", "dev", "vxlan0"],
+def vtep_address(lab: lablib.Lab, name: str, family: str = "-4") -> str | None:
+    """The node's VTEP address on vxlan0 in `family` ("-4", "-6"), or None."""
+    out = netns.sh(["ip", "-j", family, "addr", "show", "dev", "vxlan0", "scope", "global"],
                    ns=lab.node_ns(name), check=False).stdout
-    return {r["dst"] for r in json.loads(out)} if out.strip() else set()
-
-
-def vtep_address(lab: lablib.Lab, name: str) -> str | None:
-    out = netns.sh(["ip", "-j", "-4", "addr", "show", "dev", "vxlan0"], ns=lab.node_ns(name),
-                   check=False).stdout
-    addrs = json.loads(out)[0]["addr_info"] if out.strip() else []
+    # (iproute2 leaves an empty {} in addr_info for each address a filter drops)
+    addrs = [a for a in json.loads(out)[0]["addr_info"] if "local" in a] if out.strip() else []
     return addrs[0]["local"] if addrs else None
 
 
 def failover(demo: Demo, lab: lablib.Lab) -> None:
-    """--store etcd: SIGKILL the last node's agent; every other node drops it within the
-    lease's TTL + 1 s; restarted, it gets its subnet back and is reached again."""
+    """--store etcd: SIGKILL the last node's agent; every other node drops it (its route
+    per overlay family) within the lease's TTL + 1 s; restarted, it gets its subnets back
+    and is reached again (in each family)."""
     victim, others = lab.nodes[-1], lab.nodes[:-1]
     node = demo.plan.node(victim)
-    subnet = str(node.subnet)
+    subnets = [str(s) for s in node.subnets]
+    shown = " and ".join(subnets)
+    routes = "routes" if len(subnets) > 1 else "route"
     rec = lab.process(f"vtep run {victim}")
     os.kill(rec["pid"], signal.SIGKILL)
     killed = time.monotonic()
     limit = lablib.LAB_TTL + 1
     left = set(others)
     while left and time.monotonic() - killed < limit + 10:
-        left = {o for o in left if subnet in vxlan_routes(lab, o)}
+        left = {o for o in left if set(subnets) & lablib.vxlan_routes(lab, o)}
         time.sleep(0.05)
     took = time.monotonic() - killed
     demo.step(f"{victim} killed (SIGKILL)", not left and took <= limit,
-              f"every other node dropped its route to {subnet} after {took:.1f} s "
+              f"every other node dropped its {routes} to {shown} after {took:.1f} s "
               f"(lease TTL {lablib.LAB_TTL} s + 1 s allowed)" if not left else
-              f"{', '.join(sorted(left))} still route {subnet} after {took:.1f} s")
+              f"{', '.join(sorted(left))} still route {shown} after {took:.1f} s")
     lab.processes.remove(rec)
     lab.save()
     lablib.start_agent(lab, victim)
     try:
         lablib.wait_converged(lab, demo.plan, victim)
-        got = vtep_address(lab, victim)
-        demo.step(f"{victim} restarted", got == str(node.vtep_ip),
-                  f"registered again with VTEP address {got} (subnet {subnet} kept)"
-                  if got == str(node.vtep_ip) else
-                  f"came back with VTEP address {got}, not {node.vtep_ip}")
+        want = [(fam, str(ip)) for fam, ip in (("-4", node.vtep_ip), ("-6", node.vtep_ip6))
+                if ip is not None]
+        got = [vtep_address(lab, victim, fam) for fam, _ in want]
+        ok = got == [ip for _, ip in want]
+        demo.step(f"{victim} restarted", ok,
+                  f"registered again with VTEP address {' and '.join(got)} "
+                  f"(subnet {shown} kept)" if ok else
+                  f"came back with VTEP address {' and '.join(map(str, got))}, not "
+                  f"{' and '.join(ip for _, ip in want)}")
     except LabError as e:
         demo.step(f"{victim} restarted", False, str(e))
         return
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(subnet not in vxlan_routes(lab, o)
+    while time.monotonic() < deadline and any(not set(subnets) <= lablib.vxlan_routes(lab, o)
                                               for o in others):
         time.sleep(0.05)
-    demo.ping(f"{others[0]} -> {victim} VTEP again", lab.node_ns(others[0]), str(node.vtep_ip))
+    for _, _, _, tag in demo.families():
+        ip = node.vtep_ip6 if tag else node.vtep_ip
+        demo.ping(f"{others[0]} -> {victim} VTEP again{tag}", lab.node_ns(others[0]), str(ip))
 
 
 def run(lab: lablib.Lab, mode: str | None = None, underlay: str | None = None,
         capture_path: str | None = None, keep: bool = False, store: str | None = None,
-        nodes: int | None = None) -> int:
+        nodes: int | None = None, dual_stack: bool = False) -> int:
     """`vtep lab demo`: mode/underlay None: the lab's if it is up, else kernel/ipv4;
     capture_path: keep the router's capture there; keep: leave a lab it brought up;
-    store/nodes: where the cluster lives and how many nodes (a new lab only)."""
+    store/nodes: where the cluster lives and how many nodes (a new lab only);
+    dual_stack: a new lab with IPv6 pods too (a lab that is up: must be one; without it
+    a dual-stack lab that is up is checked in both families all the same)."""
     was_up = lab.exists
     if was_up:
         lab.load()
@@ -241,13 +275,17 @@ def run(lab: lablib.Lab, mode: str | None = None, underlay: str | None = None,
             raise UsageError(f"lab {lab.prefix} is up with {len(lab.nodes)} nodes, the "
                              f"cluster in {'etcd' if lab.etcd else 'the plan'}: `vtep lab "
                              f"down --prefix {lab.prefix}` first")
-        print(f"lab {lab.prefix}: already up "
-              f"({lablib.describe_mode(lab.mode, lab.underlay, lab.nodes)}); checking it "
-              "(it stays up)")
+        if dual_stack and not lab.dual_stack:
+            raise UsageError(f"lab {lab.prefix} is up with an IPv4 overlay only, not "
+                             f"--dual-stack: `vtep lab down --prefix {lab.prefix}` first")
+        what = lablib.describe_mode(lab.mode, lab.underlay, lab.nodes,
+                                    dual_stack=lab.dual_stack)
+        print(f"lab {lab.prefix}: already up ({what}); checking it (it stays up)")
     else:
         lablib.up(lab, mode or "kernel", underlay=underlay or "ipv4", store=store or "plan",
-                  nodes=nodes or 2)
-        print(f"lab {lab.prefix}: {lablib.describe_mode(lab.mode, lab.underlay, lab.nodes)}")
+                  nodes=nodes or 2, dual_stack=dual_stack)
+        print(f"lab {lab.prefix}: " + lablib.describe_mode(lab.mode, lab.underlay, lab.nodes,
+                                                          dual_stack=lab.dual_stack))
     capture = str(Path(capture_path).resolve()) if capture_path else str(lab.dir / "demo.pcap")
     try:
         plan = planlib.load(lab.plan_path)

@@ -5,19 +5,22 @@ build their cluster here; they differ only in the LabSpec they hand over. build(
 the steps in this order, each written into the lab's record (record.py) the moment it
 exists, and on a failing step removes what the steps before it made:
 
-    1. the plan (spec.plan_text, default the seed plan of spec.underlay) -> <lab dir>/plan.toml
+    1. the plan (spec.plan_text, default the seed plan of spec.underlay; spec.dual_stack:
+       with the IPv6 overlay seed.OVERLAY6 too) -> <lab dir>/plan.toml
     2. the seed topology (seed.topology: spec.underlay, spec.underlay_mtu; tx checksum
        offload off: a veth leaves the checksums of what the kernel sends unfilled, fine
        between two kernel paths but wrong on the wire a userspace VTEP reads)
     3. spec.pods: on each node a pod `pod1`, attached by `vtep pod add`; its MTU is the
-       plan's overlay MTU on the underlay as it is now
+       plan's overlay MTU on the underlay as it is now; in a dual-stack plan it gets an
+       address of each family (recorded as the lab's pods[node] "ip" and "ip6")
     4. spec.narrow: the router's link towards network-2 narrows to that MTU (after the
        pods, which keep theirs, as the pods of a running cluster do when its underlay
        narrows; before the VTEPs, which see the narrow link)
     5. spec.agents: `vtep run` inside each node's namespace (--mode kernel: the kernel path
        on both nodes; userspace on both; mixed: kernel on network-1, userspace on
        network-2), with spec.run_args, until converged
-    6. spec.pods: in each pod the HTTP echo server on :8000 (echo.py)
+    6. spec.pods: in each pod the HTTP echo server on :8000 (echo.py; on [::]:8000, which
+       takes both families, when the pod has an IPv6 address)
 
 A newcomer reads build() and _build(); up() is `vtep lab up` (a mode and an underlay
 family), start_agent()/stop_agent() restart one node's VTEP in a built lab.
@@ -40,8 +43,9 @@ from .record import LAB_BASE, Lab, alive, check_prefix, tail, teardown
 from .topology import NETNS_DIR
 
 __all__ = ["LAB_BASE", "ECHO_PORT", "LAB_TTL", "MODES", "NODES", "STORES", "Lab", "LabSpec",
-           "build", "check_prefix", "describe_mode", "export_plan", "node_mode", "silent",
-           "start_agent", "stop_agent", "teardown", "up", "wait_converged"]
+           "build", "check_prefix", "describe_mode", "export_plan", "node_mode", "pod_ips",
+           "silent", "start_agent", "stop_agent", "teardown", "up", "vxlan_routes",
+           "wait_converged"]
 
 NODES = seed.NODES
 MODES = ("kernel", "userspace", "mixed")
@@ -66,6 +70,7 @@ class LabSpec:
     agents: bool = True                  # `vtep run` on each node
     store: str = "plan"                  # where the cluster lives: the plan file, or etcd
     nodes: int = 2                       # network-1 .. network-N (seed.cluster)
+    dual_stack: bool = False             # IPv6 pods too (the seed plan's overlay6)
 
     def check(self) -> "LabSpec":
         if self.mode not in MODES:
@@ -82,7 +87,7 @@ class LabSpec:
         if self.plan_text is not None:
             return self.plan_text
         return seed.plan_text(self.underlay, nodes=self.nodes,
-                              cluster_only=self.store == "etcd")
+                              cluster_only=self.store == "etcd", dual_stack=self.dual_stack)
 
 
 def node_mode(mode: str, node: str) -> str:
@@ -94,9 +99,11 @@ def node_mode(mode: str, node: str) -> str:
     return mode
 
 
-def describe_mode(mode: str, underlay: str = "ipv4", nodes=NODES, store: str = "plan") -> str:
+def describe_mode(mode: str, underlay: str = "ipv4", nodes=NODES, store: str = "plan",
+                  dual_stack: bool = False) -> str:
     return (f"mode {mode}: " + ", ".join(f"{n} {node_mode(mode, n)}" for n in nodes)
             + ("" if underlay == "ipv4" else f"; {underlay} underlay")
+            + ("; dual-stack overlay (IPv4 and IPv6 pods)" if dual_stack else "")
             + ("" if store == "plan" else f"; the cluster in {store}"))
 
 
@@ -107,10 +114,11 @@ def silent(*_args, **_kw) -> None:
 # --- build ----------------------------------------------------------------------------------
 
 def up(lab: Lab, mode: str = "kernel", say=print, underlay: str = "ipv4", store: str = "plan",
-       nodes: int = 2) -> Lab:
+       nodes: int = 2, dual_stack: bool = False) -> Lab:
     """`vtep lab up`: the seed cluster in `mode` over an `underlay` family, its membership
-    in the plan file or in etcd, with `nodes` nodes."""
-    return build(lab, LabSpec(mode=mode, underlay=underlay, store=store, nodes=nodes), say)
+    in the plan file or in etcd, with `nodes` nodes; dual_stack: IPv6 pods too."""
+    return build(lab, LabSpec(mode=mode, underlay=underlay, store=store, nodes=nodes,
+                              dual_stack=dual_stack), say)
 
 
 def build(lab: Lab, spec: LabSpec, say=print) -> Lab:
@@ -129,6 +137,7 @@ def build(lab: Lab, spec: LabSpec, say=print) -> Lab:
                        f"`vtep lab down --prefix {lab.prefix}` removes only what it recorded)")
     lab.mode = spec.mode
     lab.underlay = spec.underlay
+    lab.dual_stack = spec.dual_stack
     lab.nodes = names
     lab.save()  # from here on, teardown knows where to look
     try:
@@ -180,12 +189,17 @@ def _build(lab: Lab, spec: LabSpec, say) -> None:
             _add_pod(lab, name)
     if spec.pods:
         for name in lab.nodes:
-            ns = lab.pods[name]["ns"]
+            pod = lab.pods[name]
+            ns = pod["ns"]
+            # an IPv6 pod: one socket on [::] takes both families (echo.py)
+            host = "::" if pod.get("ip6") else "0.0.0.0"
             rec = lab.spawn(f"echo {ns}", ns, [sys.executable, "-m", "vtep.lab.echo", "serve",
-                                               "--port", str(ECHO_PORT)], f"echo-{name}")
+                                               "--port", str(ECHO_PORT), "--host", host],
+                            f"echo-{name}")
             _wait_listening(lab, ns, rec)
-            say(f"{name}: pod {ns} {lab.pods[name]['ip']}, echo server :{ECHO_PORT} "
-                f"(pid {rec['pid']})")
+            ips = ", ".join(ip for ip in (pod.get("ip"), pod.get("ip6")) if ip)
+            say(f"{name}: pod {ns} {ips}, echo server "
+                f"{'[::]' if pod.get('ip6') else ''}:{ECHO_PORT} (pid {rec['pid']})")
 
 
 def _add_pod(lab: Lab, name: str) -> None:
@@ -203,9 +217,18 @@ def _add_pod(lab: Lab, name: str) -> None:
                        capture_output=True, text=True, timeout=60)
     if r.returncode:
         raise LabError(f"{name}: vtep pod add {ns}: {(r.stderr or r.stdout).strip()}")
-    store = json.loads((state_dir / f"pods-{name}.json").read_text())
-    lab.pods[name]["ip"] = store["pods"][ns]["ip"]
+    rec = json.loads((state_dir / f"pods-{name}.json").read_text())["pods"][ns]
+    lab.pods[name].update(pod_ips(rec))
     lab.save()
+
+
+def pod_ips(rec: dict) -> dict:
+    """{"ip": its IPv4 address or None, "ip6": its IPv6 address or None} from a pod's
+    record in `vtep pod add`'s store: "ips" (one per family), or "ip" alone (a store
+    written before dual stack)."""
+    ips = rec.get("ips") or [rec["ip"]]
+    by = {ipaddress.ip_address(ip).version: ip for ip in ips}
+    return {"ip": by.get(4), "ip6": by.get(6)}
 
 
 # --- one node's VTEP ------------------------------------------------------------------------
@@ -235,14 +258,13 @@ def wait_converged(lab: Lab, plan, name: str) -> None:
     from what its predecessor may have left behind."""
     rec = lab.process(f"vtep run {name}")
     path = node_mode(lab.mode, name)
-    want = [str(p.subnet) for p in plan.peers(name)]
+    want = [str(s) for p in plan.peers(name) for s in p.subnets]   # both families
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if not alive(rec):
             raise LabError(f"{name}: vtep run --{path} exited: {tail(rec['log'])}")
         if _published(lab, name, rec["pid"]):
-            routes = netns.sh(["ip", "-4", "route", "show", "dev", "vxlan0"],
-                              ns=lab.node_ns(name), check=False).stdout
+            routes = vxlan_routes(lab, name)
             if all(w in routes for w in want):
                 return
         if time.monotonic() > deadline:
@@ -250,6 +272,20 @@ def wait_converged(lab: Lab, plan, name: str) -> None:
                            f"{READY_TIMEOUT:g}s (routes to {', '.join(want)} missing): "
                            f"{tail(rec['log'])}")
         time.sleep(0.1)
+
+
+def vxlan_routes(lab: Lab, name: str) -> set[str]:
+    """The destinations of the node's routes on vxlan0, both families (as `ip -j` spells
+    them: 172.2.1.0/24, fd00:172:2:1::/64)."""
+    got = set()
+    for family in ("-4", "-6"):
+        out = netns.sh(["ip", "-j", family, "route", "show", "dev", "vxlan0"],
+                       ns=lab.node_ns(name), check=False).stdout
+        try:
+            got |= {r["dst"] for r in json.loads(out)} if out.strip() else set()
+        except (ValueError, KeyError, TypeError):
+            continue
+    return got
 
 
 def _published(lab: Lab, name: str, pid: int) -> bool:

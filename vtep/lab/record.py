@@ -44,11 +44,12 @@ class Lab:
         self.plan_path = self.dir / "plan.toml"
         self.namespaces: list[str] = []
         self.processes: list[dict] = []
-        self.pods: dict[str, dict] = {}  # node -> {"ns", "ip"}
+        self.pods: dict[str, dict] = {}  # node -> {"ns", "ip", "ip6"} (None: no such family)
         self.mode = "kernel"
         self.underlay = "ipv4"
         self.nodes: list[str] = ["network-1", "network-2"]   # the seed's, unless --nodes
         self.etcd: str | None = None   # --store etcd: the URL the agents register with
+        self.dual_stack = False   # --dual-stack: the plan has overlay6, the pods IPv6 too
         # In memory only, for the process that built the lab (a test, a benchmark): its
         # nodes' cmd() and popen(); teardown() ends what was started through it.
         self.topology: Topology | None = None
@@ -76,6 +77,7 @@ class Lab:
         self.underlay = d.get("underlay", "ipv4")
         self.nodes = list(d.get("nodes", self.nodes))
         self.etcd = d.get("etcd")
+        self.dual_stack = bool(d.get("dual_stack", False))
         return self
 
     def save(self) -> None:
@@ -83,7 +85,7 @@ class Lab:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"prefix": self.prefix, "mode": self.mode,
                                    "underlay": self.underlay, "nodes": self.nodes,
-                                   "etcd": self.etcd,
+                                   "etcd": self.etcd, "dual_stack": self.dual_stack,
                                    "plan": str(self.plan_path), "namespaces": self.namespaces,
                                    "processes": self.processes, "pods": self.pods}, indent=2))
         os.replace(tmp, self.state_path)
