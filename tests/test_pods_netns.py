@@ -570,7 +570,8 @@ def test_dual_stack_with_an_mtu_below_1280_is_refused_and_leaves_nothing(cluster
     name = c.prefix + "m"
     r = c.pod("add", name)
     assert r.returncode == 2, r.stderr
-    assert "overlay MTU 1200 is below 1280" in r.stderr
+    # the plan itself refuses it now (vtep.plan: cluster.mtu below IPv6's minimum)
+    assert "cluster.mtu: 1200 is below 1280, IPv6's minimum link MTU" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert name not in c.namespaces()
     assert pods.veth_name(name) not in c.node_links()
