@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--state-dir", default="/run/vtep", metavar="DIR",
                        type=_directory_arg)
         if action == "add":
-            a.add_argument("--ip", help="pod address (default: next free in the node subnet)")
+            a.add_argument("--ip", metavar="IP[,IP6]",
+                           help="pod address, at most one per family (default: the next "
+                           "free in the node's subnet of each family the plan has)")
         a.set_defaults(handler=f"vtep.pods:{action}_command")
 
     s = sub.add_parser("lab", help="the seed topology in network namespaces on this machine")
