@@ -279,6 +279,13 @@ def test_vtep_plan_lines_typed_by_hand_give_what_vtep_run_makes(netns_prefix, tm
         doc = node.cmd(VTEP + ["doctor", "--config", str(plan_file), "--node", a.name,
                                "--state-dir", str(tmp_path / "st"), "--json"], check=False)
         assert "device.ipv6-off" in {f["id"] for f in json.loads(doc.stdout)["findings"]}
+        # IPv6 forwarding off: the node no longer routes its IPv6 pods' packets
+        node.cmd(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=0"])
+        doc = node.cmd(VTEP + ["doctor", "--config", str(plan_file), "--node", a.name,
+                               "--state-dir", str(tmp_path / "st"), "--json"], check=False)
+        found = {f["id"]: f for f in json.loads(doc.stdout)["findings"]}
+        assert found["host.forwarding"]["severity"] == "error", doc.stdout
+        assert found["host.forwarding"]["saw"] == "net.ipv6.conf.all.forwarding is 0"
         down = node.cmd(VTEP + ["down", "--config", str(plan_file), "--node", a.name,
                                 "--state-dir", str(tmp_path / "st")], check=False)
         assert down.returncode == 0, down.stderr

@@ -25,17 +25,24 @@ def sysctl(path: str) -> str | None:
 
 
 def check(f: Facts) -> list[Finding]:
-    return forwarding() + rp_filter(f) + underlay_mtu(f) + firewall(f) + offload(f)
+    return forwarding(f) + rp_filter(f) + underlay_mtu(f) + firewall(f) + offload(f)
 
 
-def forwarding() -> list[Finding]:
-    if sysctl("net/ipv4/ip_forward") == "0":
-        return [Finding("host.forwarding", "error", "net.ipv4.ip_forward is 0",
+def forwarding(f: Facts) -> list[Finding]:
+    """Forwarding in each family the overlay carries: the node routes its pods' packets
+    between the bridge and the VTEP, IPv6 ones too with overlay6."""
+    wanted = [("net/ipv4/ip_forward", "net.ipv4.ip_forward")] if f.plan.overlay else []
+    if f.plan.overlay6 is not None:
+        wanted.append(("net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"))
+    off = [name for path, name in wanted if sysctl(path) == "0"]
+    if off:
+        return [Finding("host.forwarding", "error", " and ".join(f"{n} is 0" for n in off),
                         "the node does not route between its pods' bridge and the VTEP: "
-                        "pods on other nodes are unreachable",
-                        "sysctl -w net.ipv4.ip_forward=1 (a running agent sets it each "
-                        "pass)")]
-    return [ok("host.forwarding", "net.ipv4.ip_forward is 1")]
+                        "pods on other nodes are unreachable"
+                        + (" over IPv6" if off == ["net.ipv6.conf.all.forwarding"] else ""),
+                        " ".join(f"sysctl -w {n}=1" for n in off)
+                        + " (a running agent sets it each pass)")]
+    return [ok("host.forwarding", "; ".join(f"{name} is 1" for _, name in wanted))]
 
 
 def rp_filter(f: Facts) -> list[Finding]:
