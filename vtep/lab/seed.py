@@ -16,7 +16,8 @@ sample generators) asks SEED or these two. A newcomer starts at SEED.
 
 underlay="ipv6" is the seed's twin: the same links with unique local addresses (RFC
 4193) fd00:1::8a/64 -- fd00:1::1/64, fd00:2::1/64 -- fd00:2::8e/64; the overlay stays
-IPv4 (its MTU is 1500 - 70 = 1430 there: the IPv6 outer header is 20 bytes longer).
+what it is (its MTU is 1500 - 70 = 1430 there: the IPv6 outer header is 20 bytes longer).
+dual_stack (plan_text) adds the IPv6 overlay OVERLAY6 to either underlay.
 
 Every veth end has a fixed MAC, 02:00 followed by the four bytes of its IPv4 address
 (locally administered, unicast: IEEE 802 U/L bit set, I/G bit clear), the same in both
