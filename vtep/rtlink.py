@@ -118,28 +118,34 @@ def _go_home(fd: int) -> None:
         os._exit(70)
 
 
+def in_netns(netns: str | None, fn):
+    """fn() called with this thread in the network namespace `netns` (here when None),
+    then back home. What it opens (a netlink socket, a /proc/sys/net file) stays bound to
+    that namespace whatever the thread does next."""
+    if netns is None:
+        return fn()
+    # setns(2) moves the calling thread only: thread-self, not self (the main thread)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        there = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(there)
+            try:
+                return fn()
+            finally:
+                _go_home(home)
+        finally:
+            os.close(there)
+    finally:
+        os.close(home)
+
+
 class RtLink:
     def __init__(self, netns: str | None = None):
         self.seq = 0
         self.interrupted = False
         self.netns = netns   # where the socket lives (None: here), for write_sysctl
-        if netns is None:
-            self.sock = self._open()
-            return
-        # setns(2) moves the calling thread only: thread-self, not self (the main thread)
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            there = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(there)
-                try:
-                    self.sock = self._open()
-                finally:
-                    _go_home(home)
-            finally:
-                os.close(there)
-        finally:
-            os.close(home)
+        self.sock = in_netns(netns, self._open)
 
     @staticmethod
     def _open() -> socket.socket:
@@ -385,22 +391,7 @@ def write_sysctl(path: str, value: str, netns: str | None = None) -> bool:
             wr = e
         return rd, wr
 
-    if netns is None:
-        rd, wr = opened()
-    else:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            there = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(there)
-                try:
-                    rd, wr = opened()
-                finally:
-                    _go_home(home)
-            finally:
-                os.close(there)
-        finally:
-            os.close(home)
+    rd, wr = in_netns(netns, opened)
     try:
         if os.read(rd, 64).decode().strip() == value:
             return False
