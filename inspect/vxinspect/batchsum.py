@@ -21,14 +21,18 @@ was measured and lost: the GIL hands over too rarely for it to overlap.)
 """
 from __future__ import annotations
 
-import numpy as np
+import os
+import select
+import signal
+import struct
+from collections import deque
 
 M = 0xFFFF
 # The checks this module fires; a queued entry names one by its index here.
 CHECK_IDS = ("ip-checksum", "inner-ip-checksum", "inner-l4-checksum", "udp-checksum")
 IP_CS, INNER_IP_CS, INNER_L4_CS, UDP_CS = range(4)
 CODE = {cid: i for i, cid in enumerate(CHECK_IDS)}
-SIMPLE, COMBINED, UDPN = 5, 7, 7  # ints per entry of each queue (see Pending)
+SIMPLE, COMBINED, UDPN, FAST = 5, 7, 7, 2  # ints per entry of each queue (see Pending)
 IPV4_HLEN = 20  # the common layer's inner IPv4 header, just before its L4 segment
 
 
@@ -38,6 +42,8 @@ def range_sums(buf, starts, ends) -> np.ndarray:
     Words start at s (an odd last byte is padded with a zero, as RFC 1071 says),
     so the result equals vtep.checksum.word_sum(buf[s:e]) for every range.
     """
+    import numpy as np  # here, not at the top: a parent whose worker sums never loads it
+
     x = np.asarray(starts, dtype=np.int64)
     y = np.asarray(ends, dtype=np.int64)
     if not len(x):
@@ -102,15 +108,28 @@ class Pending:
       udp:      packet, u, a, b, ue, weight of [b, ue), constant -- an outer UDP
                 datagram [u, ue) around a segment [a, b) the slow path summed (its
                 residue is in the constant), or a == b == ue
+      fast:     packet, start -- the whole common packet (Ethernet, IPv4 without
+                options, UDP with a checksum, VXLAN, Ethernet, IPv4 without options,
+                TCP/ICMP/IGMP, nothing cut): its outer IPv4 header's simple entry and
+                its combined entry, read back from the bytes by `fast_entries`
     Every check fires in ascending packet order, as when each packet was summed on
     its own: failures from the three queues are merged by packet number.
+
+    With a `Worker` (a regular file, read by run.inspect_source), a batch's queues
+    are not summed here: `flush` hands them to the worker process with the file
+    offset of the batch buffer (`base`, set by the driver before each batch) and
+    goes on; the worker's failures fire, batch after batch in order, as they come
+    back, and all of them by the time `drain` returns.
     """
 
-    def __init__(self, hit):
+    def __init__(self, hit, worker: Worker | None = None):
         self.hit = hit
+        self.worker = worker
+        self.base = 0  # file offset of the batch buffer's first byte (with a worker)
         self.simple: list[int] = []
         self.combined: list[int] = []
         self.udp: list[int] = []
+        self.fast: list[int] = []
         self.done: list = []  # per summed slice: its failures, [(packet, check id)]
 
     def fail(self, cid: str, no: int) -> None:
@@ -129,19 +148,26 @@ class Pending:
         return routed
 
     def submit(self, buf) -> None:
-        """Sum what is queued so far against `buf`; keep the failures for flush."""
-        simple, combined, udp = self.simple, self.combined, self.udp
-        if not simple and not combined and not udp:
+        """Sum what is queued so far against `buf`; keep the failures for flush.
+        With a worker nothing happens here: the whole batch goes to it in flush."""
+        queues = self.simple, self.combined, self.udp, self.fast
+        if not any(queues) or self.worker is not None:
             return
-        # The decoder holds bound extend()s of these lists: emptied in place.
-        self.done.append(failures(buf, simple, combined, udp))
-        simple.clear()
-        combined.clear()
-        udp.clear()
+        self.done.append(failures(buf, *queues))
+        for q in queues:  # the decoder holds bound extend()s of these lists: emptied in place
+            q.clear()
 
     def flush(self, buf) -> None:
         """Sum the rest of the batch's queue against `buf` (the batch just decoded) and
         fire the failures of the whole batch in packet order."""
+        worker = self.worker
+        if worker is not None:
+            queues = self.simple, self.combined, self.udp, self.fast
+            if any(queues):
+                worker.send(self.base, len(buf), queues, self.hit)
+                for q in queues:
+                    q.clear()
+            return
         self.submit(buf)
         done, self.done = self.done, []
         hit = self.hit
@@ -149,12 +175,244 @@ class Pending:
             for no, cid in part:
                 hit(cid, no)
 
+    def drain(self) -> None:
+        """Every failure of what was flushed has fired (a report is about to be made)."""
+        if self.worker is not None:
+            self.worker.drain()
 
-def failures(buf, simple: list, combined: list, udp: list) -> list:
+
+JOB = struct.Struct("<qqqqqq")  # base, bytes to read there, then the four queues' lengths
+RESULT = struct.Struct("<q")  # failures that follow, as (packet, check index) int64 pairs
+IN_FLIGHT = 12  # batches handed over and not yet answered: bounds both processes' memory
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    parts = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+class Worker:
+    """A forked process that sums a regular file's queued checksums while the parent
+    decodes the next batch: the second core does numpy's import and every sum.
+
+    How data flows: `send` writes one job per batch down a pipe -- the batch's file
+    offset and length and its three queues as int64 arrays (array.array, no numpy
+    in the parent) -- and the worker pread()s those bytes from its copy of the
+    file descriptor (the page cache has them: the parent just read them), sums them
+    with `failures` and writes back the failing (packet, check) pairs. Jobs are
+    answered in the order sent, so failures fire in packet order, per check as
+    without a worker. At most IN_FLIGHT jobs are outstanding (the parent waits for
+    the oldest beyond that), so memory stays flat. While writing a job the parent
+    also takes in any answer (select), so neither side can block the other on a
+    full pipe. If the worker dies, the parent sums the unanswered jobs itself,
+    pread()ing the same bytes, and every later batch too: the report is the same.
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.jobs: deque = deque()  # (base, length, queues, hit) unanswered, oldest first
+        self.answers = bytearray()
+        self.alive = True
+        jr, jw = os.pipe()
+        rr, rw = os.pipe()
+        for f in (jr, jw, rr, rw):
+            try:  # fewer, larger writes (a job is a few hundred KiB); not everywhere allowed
+                import fcntl
+                fcntl.fcntl(f, 1031, 1 << 20)  # F_SETPIPE_SZ
+            except (ImportError, OSError):
+                pass
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; its results are checked in the parent
+            code = 1
+            try:
+                os.close(jw)
+                os.close(rr)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the input
+                _serve(jr, rw, fd)
+                code = 0
+            finally:
+                os._exit(code)  # no atexit, no stdio flush of the parent's buffers
+        os.close(jr)
+        os.close(rw)
+        self.pid = pid
+        self.job_w = jw
+        self.ans_r = rr
+
+    def send(self, base: int, length: int, queues, hit) -> None:
+        from array import array
+        queues = tuple(array("q", q) for q in queues)
+        self.jobs.append((base, length, queues, hit))
+        if self.alive:
+            data = b"".join((JOB.pack(base, length, *(len(q) for q in queues)),
+                             *(q.tobytes() for q in queues)))
+            try:
+                self._write(data)
+            except OSError:
+                self._died()
+        while len(self.jobs) > IN_FLIGHT or (not self.alive and self.jobs):
+            self._answer_one()
+
+    def drain(self) -> None:
+        while self.jobs:
+            self._answer_one()
+
+    def close(self) -> None:
+        """Answer everything, end the worker (EOF on its pipe) and reap it."""
+        try:
+            self.drain()
+        finally:
+            for f in (self.job_w, self.ans_r):
+                try:
+                    os.close(f)
+                except OSError:
+                    pass
+            self.job_w = self.ans_r = -1
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+
+    def _write(self, data: bytes) -> None:
+        mv = memoryview(data)
+        while mv:
+            r, w, _ = select.select([self.ans_r], [self.job_w], [])
+            if r:
+                got = os.read(self.ans_r, 1 << 20)
+                if not got:
+                    raise BrokenPipeError()
+                self.answers += got
+            if w:
+                mv = mv[os.write(self.job_w, mv[:1 << 16]):]
+
+    def _died(self) -> None:
+        self.alive = False
+
+    def _answer_one(self) -> None:
+        """Fire the oldest job's failures: from the worker, or summed here if it died."""
+        base, length, queues, hit = self.jobs[0]
+        pairs = None
+        if self.alive:
+            pairs = self._take_answer()
+            if pairs is None:
+                self._died()
+        if pairs is None:
+            buf = os.pread(self.fd, length, base)
+            pairs = [(no, CODE[cid]) for no, cid in sliced_failures(buf, *queues)]
+        self.jobs.popleft()
+        for no, code in pairs:
+            hit(CHECK_IDS[code], no)
+
+    def _take_answer(self):
+        from array import array
+        need = RESULT.size
+        while True:
+            if len(self.answers) >= need:
+                (n,) = RESULT.unpack_from(self.answers)
+                need = RESULT.size + 16 * n
+                if len(self.answers) >= need:
+                    a = array("q", bytes(self.answers[RESULT.size:need]))
+                    del self.answers[:need]
+                    return list(zip(a[0::2], a[1::2]))
+            try:
+                got = os.read(self.ans_r, 1 << 20)
+            except OSError:
+                return None
+            if not got:
+                return None
+            self.answers += got
+
+
+def _serve(jobs: int, answers: int, fd: int) -> None:  # pragma: no cover - in the child
+    """The worker's loop: a job in, its failures out, until the parent closes the pipe."""
+    import numpy as np
+    while True:
+        head = _read_exact(jobs, JOB.size)
+        if head is None:
+            return
+        base, length, *sizes = JOB.unpack(head)
+        body = _read_exact(jobs, 8 * sum(sizes))
+        if body is None:
+            return
+        q = np.frombuffer(body, dtype=np.int64)
+        cuts = np.cumsum([0, *sizes])
+        buf = os.pread(fd, length, base)
+        out = sliced_failures(buf, *(q[cuts[i]:cuts[i + 1]] for i in range(4)))
+        pairs = np.array([(no, CODE[cid]) for no, cid in out], dtype=np.int64).reshape(-1, 2)
+        _write_all(answers, RESULT.pack(len(pairs)) + pairs.tobytes())
+
+
+def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - in the child
+    mv = memoryview(data)
+    while mv:
+        mv = mv[os.write(fd, mv):]
+
+
+def sliced_failures(buf, simple, combined, udp, fast, per: int = 1024) -> list:
+    """failures() of a whole batch's queues (int64 arrays), `per` packets at a time: the
+    same list, with numpy's temporaries a slice's size rather than the batch's."""
+    import numpy as np
+
+    queues = [np.asarray(q, dtype=np.int64).reshape(-1, w)
+              for q, w in ((simple, SIMPLE), (combined, COMBINED), (udp, UDPN), (fast, FAST))]
+    numbers = [q[:, k] for q, k in zip(queues, (1, 0, 0, 0))]  # ascending in each queue
+    top = max((int(n[-1]) for n in numbers if len(n)), default=0)
+    low = min((int(n[0]) for n in numbers if len(n)), default=0)
+    out = []
+    for cut in range(low, top + 1, per):
+        parts = []
+        for q, n in zip(queues, numbers):
+            i, j = np.searchsorted(n, (cut, cut + per))
+            parts.append(q[i:j])
+        # a slice's failures come sorted; slices follow one another in packet order
+        out += failures(buf, *parts)
+    return out
+
+
+def fast_entries(buf, fast):
+    """The simple and combined entries of `fast` entries (packet, start), read from the
+    packets' bytes exactly as the decoder would have queued them (see Pending)."""
+    import numpy as np
+
+    f = np.asarray(fast, dtype=np.int64).reshape(-1, FAST)
+    no, p = f[:, 0], f[:, 1]
+    b8 = np.frombuffer(buf, dtype=np.uint8, count=len(buf))
+
+    def word(at):  # big-endian 16-bit words at offsets `at`, as int64
+        return (b8[at].astype(np.int64) << 8) | b8[at + 1]
+
+    q, u = p + 14, p + 34  # outer IPv4 header, outer UDP header
+    ulen = word(u + 4)
+    # the pseudo-header: both outer addresses (at q + 12), UDP, the UDP length
+    udp_c = (sum(word(q + k) for k in range(12, 20, 2)) + 17 + ulen) % M
+    v = u + 8  # VXLAN, then Ethernet (14), the inner IPv4 header at v + 22
+    itlen = word(v + 24)
+    iproto = b8[v + 31].astype(np.int64)
+    a = v + 42
+    b = v + 22 + itlen
+    tcp_c = (sum(word(v + k) for k in range(34, 42, 2)) + 6 + itlen - IPV4_HLEN) % M
+    combo = np.where(iproto == 6, tcp_c, 0)  # ICMP and IGMP: no pseudo-header
+    simple = np.stack((np.full(len(f), IP_CS), no, q, u, np.zeros(len(f), np.int64)), axis=1)
+    combined = np.stack((no, u, a, b, u + ulen, combo, udp_c), axis=1)
+    return simple, combined
+
+
+def failures(buf, simple, combined, udp, fast=()) -> list:
     """[(packet number, check id)] of the queued verifications that fail, by packet."""
+    import numpy as np
+
     s = np.array(simple, dtype=np.int64).reshape(-1, SIMPLE)
     c = np.array(combined, dtype=np.int64).reshape(-1, COMBINED)
     d = np.array(udp, dtype=np.int64).reshape(-1, UDPN)
+    if len(fast):
+        fs, fc = fast_entries(buf, fast)
+        s = np.concatenate((s, fs))
+        c = np.concatenate((c, fc))
     ns, nc, nd = len(s), len(c), len(d)
     ca, cb, cu = c[:, 2], c[:, 3], c[:, 1]
     cu_ok = cu >= 0

@@ -20,10 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .analyze import Options
+from .batchsum import Worker
 from .capture import CaptureError, batches
 from .decode import make_decoder
 from .report import Report, Tally
 from .stream import Interrupted, Source
+
+
+# A regular file at least this large has its checksums summed by a batchsum.Worker on
+# the other core (its fork and numpy import are not worth it for a few batches).
+WORKER_MIN = 16 << 20
 
 
 @dataclass
@@ -43,9 +49,16 @@ def inspect_source(src: Source, opts: Options | None = None, interval: float | N
                    on_interval=None, progress=None, recorder=None) -> tuple[Report, bool]:
     """(Report, interrupted): the whole input, or what came before a read fault or a stop."""
     opts = opts or Options()
+    worker = None
+    if (opts.checksums and recorder is None and src.total is not None
+            and src.total >= WORKER_MIN):
+        try:
+            worker = Worker(src.fd)
+        except OSError:  # no process to spare: sum here
+            worker = None
     if recorder is None:
         tally = Tally()
-        decode_batch = make_decoder(opts, tally)
+        decode_batch = make_decoder(opts, tally, worker=worker)
     else:
         tally = recorder.tally
         decode_batch = make_decoder(opts, tally, series=recorder.packet)
@@ -56,8 +69,12 @@ def inspect_source(src: Source, opts: Options | None = None, interval: float | N
     t0 = None
     cur = 0  # index of the interval being filled
     mark = (0, 0)  # (packets, vxlan) when it began
+    pending = decode_batch.pending
+    readers = [] if worker is not None else None
     try:
-        for buf, records in batches(src, stamps):
+        for buf, records in batches(src, stamps, readers):
+            if worker is not None:
+                pending.base = readers[0].base
             if recorder is not None:
                 recorder.add_times(stamps)
             if not interval:
@@ -75,6 +92,8 @@ def inspect_source(src: Source, opts: Options | None = None, interval: float | N
                     packets += j - i
                     i = j
                     if packets > mark[0]:
+                        if pending is not None:
+                            pending.drain()
                         so_far = Report.from_tally(src.name, packets, vxlan, tally, None, opts.plan)
                         on_interval(so_far, Interval(cur, cur * interval, (cur + 1) * interval,
                                                      packets - mark[0], vxlan - mark[1]))
@@ -92,6 +111,8 @@ def inspect_source(src: Source, opts: Options | None = None, interval: float | N
     except OSError as e:
         error = {"message": f"cannot read: {e.strerror or e}", "offset": src.bytes_read}
     finally:
+        if worker is not None:
+            worker.close()  # its last answers fire before the report is made
         if progress is not None:
             progress.done()
     return Report.from_tally(src.name, packets, vxlan, tally, error, opts.plan), interrupted
