@@ -170,7 +170,7 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None)
             flush(buf)  # the queued checksums, summed while buf still holds this batch
 
     def walk(buf, records, no, vx):
-        combo = -1  # the common layer's L4 constant while its combined entry waits
+        combo = -1  # the common layer's L4 protocol while its combined entry waits
         plain = False  # the inline outer IPv4 header's checksum waits for step 4
         for p, end, orig, lt in records:
             no += 1
@@ -269,7 +269,7 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None)
                             # The inner IPv4 header and L4 checksums (and the outer UDP
                             # one below) go in one combined entry, queued in step 4.
                             # ICMP and IGMP have no pseudo-header.
-                            combo = (iaddrs + tcp + n) % M if iproto == tcp else 0
+                            combo = iproto  # the L4 constant only if step 4 needs it
                     elif check_cs or iproto == udp:
                         if check_cs:
                             sq_extend((INNER_IP_CS, no, v + inner_ip_at, a, 0))  # inner UDP may carry VXLAN: nested
@@ -290,6 +290,7 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None)
                     else:
                         if plain:
                             sq_extend((IP_CS, no, q, u, 0))
+                        combo = (iaddrs + tcp + n) % M if combo == tcp else 0
                         if ucs and complete and b <= ue <= end:
                             cq_extend((no, u, a, b, ue, combo,
                                        (fb(src, "big") + fb(dst, "big") + udp + ulen) % M))
@@ -338,6 +339,7 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None)
                     sq_extend((IP_CS, no, p + ip_at, p + udp_at, 0))
                     plain = False
                 if combo >= 0:  # the checks summed so far still count
+                    combo = (iaddrs + tcp + n) % M if combo == tcp else 0
                     cq_extend((no, -1, a, b, b, combo, 0))
                     combo = -1
                 if series is not None:  # it may have counted a VNI before it fell
