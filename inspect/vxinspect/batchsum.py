@@ -2,7 +2,7 @@
 
 How data flows: while decode.make_decoder's loop walks a batch it does not sum
 checksummed bytes itself; it queues each verification here, as flat ints in the
-three lists of `Pending` (see its docstring), with the pseudo-header already
+four lists of `Pending` (see its docstring), with the pseudo-header already
 folded into a small constant. The slow paths (outer.Outer, inner.Inner) still
 sum their rare packets on the spot, but their failures go through the same
 queue (`Pending.fail`). After each slice of a batch (`Pending.submit`) every
@@ -13,11 +13,19 @@ batch (`Pending.flush`) they fire through Tally.hit in packet order. The report
 is therefore exactly the one a per-packet sum gives: same checks, same packets,
 same order, same counts.
 
+With a `Worker` (run.inspect_source starts one for a regular file of at least
+run.WORKER_MIN bytes) the summing moves to a forked process on the other core:
+the parent sends each batch's queues and file offset, the worker pread()s the
+same bytes and sends back the failures, which fire in the parent in batch
+order; the parent then never imports numpy (a tenth of a second) and never
+sums. Small files, stdin and live captures sum in-process as above.
+
 Why: `int.from_bytes(...) % 0xFFFF` costs ~3 us for a 1400-byte segment, most
 of it the bignum modulo, and the loop paid it twice or three times per packet;
 reduceat sums the same words for a fraction of that, and one list.extend per
 verification is what the loop pays instead. (A summing thread beside the loop
-was measured and lost: the GIL hands over too rarely for it to overlap.)
+was measured and lost: the GIL hands over too rarely for it to overlap; a
+process does overlap.)
 """
 from __future__ import annotations
 
@@ -98,7 +106,7 @@ def range_sums(buf, starts, ends) -> np.ndarray:
 class Pending:
     """One decoder's queues of checksum verifications, summed a slice at a time.
 
-    Three queues of flat ints (one list.extend per entry is the cheapest way to
+    Four queues of flat ints (one list.extend per entry is the cheapest way to
     queue from the decoder's loop):
       simple:   check, packet, start, end, constant -- one header or L4 segment; a
                 slow path's failure is an entry that cannot verify (constant 1)
@@ -113,7 +121,7 @@ class Pending:
                 TCP/ICMP/IGMP, nothing cut): its outer IPv4 header's simple entry and
                 its combined entry, read back from the bytes by `fast_entries`
     Every check fires in ascending packet order, as when each packet was summed on
-    its own: failures from the three queues are merged by packet number.
+    its own: failures from the four queues are merged by packet number.
 
     With a `Worker` (a regular file, read by run.inspect_source), a batch's queues
     are not summed here: `flush` hands them to the worker process with the file

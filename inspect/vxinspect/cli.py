@@ -288,7 +288,8 @@ def _inspect(a, src: Source, opts: Options, on_sigint, progress, recorder=None, 
             d["interval"] = iv.to_dict()
             print(json.dumps(d))
         else:
-            print(f"--- interval {iv.index}: {iv.start:g}-{iv.end:g} s of capture time: "
+            print(f"--- interval {iv.index}: {iv.start:g}-{iv.end:g} s of "
+                  f"{'wall-clock' if live else 'capture'} time: "
                   f"{iv.packets} packets, {iv.vxlan_packets} VXLAN ---")
             print(report.to_text())
             print()

@@ -22,11 +22,15 @@ datagram while rx_reason works out a drop's reason only on the drop path). Read
 Checksums are not summed in the loop: with --checksums (the default) every
 verification is queued as byte ranges and a small constant (the pseudo-header)
 in batchsum.Pending, whose lists the loop extends once per verification (the
-common layer's inner IPv4 header, L4 and outer UDP checksums in one entry), and
+common layer's inner IPv4 header, L4 and outer UDP checksums in one entry; a
+packet common from end to end is one "fast" entry of two ints, its number and
+start, whose ranges and constants the summer reads back from the bytes), and
 a slice of SLICE packets at a time is summed with numpy (batchsum.range_sums);
 the failures fire at the end of the batch, merged in packet order, so that the
-report is the one per-packet sums give. The slow paths still sum their rare
-packets on the spot but report a failure through the same queue.
+report is the one per-packet sums give. With a batchsum.Worker (a large
+regular file) the batch's queues go to that process instead and its failures
+fire, in the same order, as they come back. The slow paths still sum their
+rare packets on the spot but report a failure through the same queue.
 
 Everything else is struct and integer arithmetic (no scapy, no objects per
 packet), bound as closure locals. A fired check is recorded with Tally.hit,
