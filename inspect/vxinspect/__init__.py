@@ -8,7 +8,8 @@ frame, and fires the checks of `checks` into a `report.Tally`;
 (for a large file, in a worker process on the other core);
 `analyze.inspect_file` drives that loop and turns the tally into a
 `report.Report` (text or JSON); `show` dissects one packet with scapy; `plot`
-draws --plot's picture from counters the loop fills only when asked; `cli` maps it all to exit codes.
+draws --plot's picture from counters the loop fills only when asked; `cli`
+maps it all to exit codes.
 
 Start reading at `decode.make_decoder`: its loop checks the common packet
 (Ethernet/IPv4/UDP/VXLAN/Ethernet/IPv4) inline, and hands every other one to

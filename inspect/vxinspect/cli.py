@@ -11,8 +11,8 @@ Inputs: FILE, `-` (a pcap/pcapng stream on stdin, read as it comes) or
 `-i IFACE` (live, through `live.Capture`); all three go through
 `run.inspect_source` (with --interval, a live capture reports on wall-clock
 ticks, the others in capture time). On a terminal's stderr each shows a
-progress line (a file: of its size; stdin and -i: packets and packets/s). SIGINT ends any of them cleanly: the report of what was
-read so far is printed and the status is what it would be had the input ended
+progress line (a file: of its size; stdin and -i: packets and packets/s).
+SIGINT ends any of them cleanly: the report of what was read so far is printed and the status is what it would be had the input ended
 there (1 if an error check fired, else 0; 2 only for a read fault before it);
 files after the one interrupted are not read (a SIGINT before reading starts
 is `vxinspect: interrupted`, 130). A capture that tcpdump could not
