@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -218,7 +219,7 @@ def _worker_capture(path, n: int):
     return counts, want
 
 
-def _with_worker(path, monkeypatch, kill: bool = False):
+def _with_worker(path, monkeypatch, kill: bool = False, started: bool = False):
     """inspect_source on a file with the checksum worker forced on (killed at once if
     `kill`: the parent must then sum every batch itself)."""
     from vxinspect import batchsum, run
@@ -230,6 +231,8 @@ def _with_worker(path, monkeypatch, kill: bool = False):
         def __init__(self, fd):
             super().__init__(fd)
             made.append(self)
+            if started:
+                self.answered = 1  # as if past numpy's import: LAG applies at once
             if kill:
                 import os
                 import signal
@@ -244,15 +247,23 @@ def _with_worker(path, monkeypatch, kill: bool = False):
     return report, made[0]
 
 
-def test_worker_sums_as_scapy_says(tmp_path, monkeypatch):
+@pytest.mark.parametrize("lag", [None, 0, 1])
+def test_worker_sums_as_scapy_says(tmp_path, monkeypatch, lag):
     """Several 4 MiB batches summed in the worker: every checksum check counts exactly
-    the packets scapy finds wrong, and names the same first packets."""
-    from vxinspect import inspect_file
+    the packets scapy finds wrong, and names the same first packets. With lag 1 the
+    parent sums every batch it finds the worker behind on (a busy machine) itself,
+    interleaved with the worker's; with lag 0 (and the worker taken as past its start)
+    the parent sums them all."""
+    from vxinspect import batchsum, inspect_file
+    if lag is not None:
+        monkeypatch.setattr(batchsum, "LAG", lag)
     path = tmp_path / "w.pcap"
     counts, first = _worker_capture(path, 60_000)
     assert path.stat().st_size > 2 * (4 << 20)  # several batches
-    report, worker = _with_worker(path, monkeypatch)
+    report, worker = _with_worker(path, monkeypatch, started=lag == 0)
     assert worker.alive and not worker.jobs
+    if lag == 0:
+        assert worker.here > 0
     for cid in CS_CHECKS:
         assert report.checks[cid]["count"] == counts[cid], cid
         assert report.checks[cid]["packets"] == first[cid], cid

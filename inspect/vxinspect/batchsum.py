@@ -191,7 +191,8 @@ class Pending:
 
 JOB = struct.Struct("<qqqqqq")  # base, bytes to read there, then the four queues' lengths
 RESULT = struct.Struct("<q")  # failures that follow, as (packet, check index) int64 pairs
-IN_FLIGHT = 12  # batches handed over and not yet answered: bounds both processes' memory
+IN_FLIGHT = 24  # batches not yet fired: bounds both processes' memory (~64 KiB each)
+LAG = 16  # the worker this many batches behind (after its first answer): sum here
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -207,30 +208,37 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 class Worker:
     """A forked process that sums a regular file's queued checksums while the parent
-    decodes the next batch: the second core does numpy's import and every sum.
+    decodes the next batch: the second core does numpy's import and most sums.
 
     How data flows: `send` writes one job per batch down a pipe -- the batch's file
-    offset and length and its three queues as int64 arrays (array.array, no numpy
+    offset and length and its four queues as int64 arrays (array.array, no numpy
     in the parent) -- and the worker pread()s those bytes from its copy of the
     file descriptor (the page cache has them: the parent just read them), sums them
-    with `failures` and writes back the failing (packet, check) pairs. Jobs are
-    answered in the order sent, so failures fire in packet order, per check as
-    without a worker. At most IN_FLIGHT jobs are outstanding (the parent waits for
-    the oldest beyond that), so memory stays flat. While writing a job the parent
-    also takes in any answer (select), so neither side can block the other on a
-    full pipe. If the worker dies, the parent sums the unanswered jobs itself,
-    pread()ing the same bytes, and every later batch too: the report is the same.
+    with `sliced_failures` and writes back the failing (packet, check) pairs. Every
+    batch has its place in `jobs`, oldest first, and fires only when all before it
+    have fired, so failures fire in packet order, per check as without a worker.
+    If the worker falls LAG batches behind (the other core is busy with something
+    else), the parent sums the next batch itself, then numpy and all, and keeps its
+    result in its place; so a busy machine costs at most what summing here costs.
+    At most IN_FLIGHT batches are outstanding (the parent waits for the oldest
+    beyond that), so memory stays flat. While writing a job the parent also takes
+    in any answer (select), so neither side can block the other on a full pipe. If
+    the worker dies, the parent sums the unanswered jobs itself, pread()ing the
+    same bytes, and every later batch too: the report is the same.
     """
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.jobs: deque = deque()  # (base, length, queues, hit) unanswered, oldest first
+        # [base, length, queues, hit, failures]: failures None while the worker has it
+        self.jobs: deque = deque()
         self.answers = bytearray()
         self.alive = True
+        self.answered = 0  # jobs the worker has answered (0: still importing numpy)
+        self.here = 0  # batches the parent summed itself
         jr, jw = os.pipe()
         rr, rw = os.pipe()
         for f in (jr, jw, rr, rw):
-            try:  # fewer, larger writes (a job is a few hundred KiB); not everywhere allowed
+            try:  # fewer, larger writes; not everywhere allowed
                 import fcntl
                 fcntl.fcntl(f, 1031, 1 << 20)  # F_SETPIPE_SZ
             except (ImportError, OSError):
@@ -255,20 +263,28 @@ class Worker:
     def send(self, base: int, length: int, queues, hit) -> None:
         from array import array
         queues = tuple(array("q", q) for q in queues)
-        self.jobs.append((base, length, queues, hit))
-        if self.alive:
+        self._fire(block=False)
+        waiting = sum(1 for j in self.jobs if j[4] is None)
+        job = [base, length, queues, hit, None]
+        if not self.alive or (self.answered and waiting >= LAG):
+            job[4] = self._sum_here(job)
+            self.here += 1
+        else:
             data = b"".join((JOB.pack(base, length, *(len(q) for q in queues)),
                              *(q.tobytes() for q in queues)))
             try:
                 self._write(data)
             except OSError:
-                self._died()
-        while len(self.jobs) > IN_FLIGHT or (not self.alive and self.jobs):
-            self._answer_one()
+                self.alive = False
+                job[4] = self._sum_here(job)
+        self.jobs.append(job)
+        self._fire(block=False)
+        while len(self.jobs) > IN_FLIGHT:
+            self._fire(block=True, one=True)
 
     def drain(self) -> None:
         while self.jobs:
-            self._answer_one()
+            self._fire(block=True, one=True)
 
     def close(self) -> None:
         """Answer everything, end the worker (EOF on its pipe) and reap it."""
@@ -298,40 +314,53 @@ class Worker:
             if w:
                 mv = mv[os.write(self.job_w, mv[:1 << 16]):]
 
-    def _died(self) -> None:
-        self.alive = False
+    def _sum_here(self, job) -> list:
+        base, length, queues, _hit, _ = job
+        return [(no, CODE[cid]) for no, cid in
+                sliced_failures(os.pread(self.fd, length, base), *queues)]
 
-    def _answer_one(self) -> None:
-        """Fire the oldest job's failures: from the worker, or summed here if it died."""
-        base, length, queues, hit = self.jobs[0]
-        pairs = None
-        if self.alive:
-            pairs = self._take_answer()
-            if pairs is None:
-                self._died()
-        if pairs is None:
-            buf = os.pread(self.fd, length, base)
-            pairs = [(no, CODE[cid]) for no, cid in sliced_failures(buf, *queues)]
-        self.jobs.popleft()
-        for no, code in pairs:
-            hit(CHECK_IDS[code], no)
+    def _fire(self, block: bool, one: bool = False) -> None:
+        """Fire the oldest jobs whose failures are known, in order; the worker's answers
+        are read as they are needed (waited for when `block`). With `one`, one job."""
+        while self.jobs:
+            job = self.jobs[0]
+            if job[4] is None:
+                pairs = self._take_answer(block) if self.alive else None
+                if pairs is None:
+                    if self.alive and not block:
+                        return  # not answered yet
+                    self.alive = False  # it died: sum here what it held
+                    pairs = self._sum_here(job)
+                else:
+                    self.answered += 1
+                job[4] = pairs
+            self.jobs.popleft()
+            hit = job[3]
+            for no, code in job[4]:
+                hit(CHECK_IDS[code], no)
+            if one:
+                return
 
-    def _take_answer(self):
+    def _take_answer(self, block: bool):
+        """The next answer's pairs; None when it is not complete yet (not block), or the
+        worker is gone (then alive is cleared)."""
         from array import array
-        need = RESULT.size
         while True:
-            if len(self.answers) >= need:
+            if len(self.answers) >= RESULT.size:
                 (n,) = RESULT.unpack_from(self.answers)
                 need = RESULT.size + 16 * n
                 if len(self.answers) >= need:
                     a = array("q", bytes(self.answers[RESULT.size:need]))
                     del self.answers[:need]
                     return list(zip(a[0::2], a[1::2]))
+            if not block and not select.select([self.ans_r], [], [], 0)[0]:
+                return None
             try:
                 got = os.read(self.ans_r, 1 << 20)
             except OSError:
-                return None
+                got = b""
             if not got:
+                self.alive = False
                 return None
             self.answers += got
 
