@@ -16,8 +16,8 @@ report every interval (an empty one). After every batch (and every tick) the
 optional `progress` hears how far the reader got. A regular file large enough
 (WORKER_MIN) has its checksums summed by a batchsum.Worker on the other core;
 its answers are drained before any report is made. With a `recorder`
-(--plot: plot.Recorder) the decoder fills the recorder's tally and per-packet
-columns, and every batch's record times are added to it. A read fault becomes
+(--plot: plot.Recorder) the decoder fills the recorder's tally and its batch
+columns, and every batch's record times are handed to it. A read fault becomes
 Report.error, a SIGINT (stream.Interrupted) the report so far; neither raises.
 """
 from __future__ import annotations
