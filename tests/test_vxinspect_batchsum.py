@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -191,3 +192,91 @@ def test_odd_offset_and_bytes_buffer():
         a = make_decoder(Options(), t1)(b"\0" + f, [(1, 1 + len(f), len(f), 1)], 0)
         b = make_decoder(Options(), t2)(bytearray(f), [(0, len(f), len(f), 1)], 0)
         assert a == b == 1 and t1.hits == t2.hits
+
+
+# ---------------------------------------------------------------- the worker process
+
+def _worker_capture(path, n: int):
+    """A pcap of n packets cycling 300 random (often mutated) VXLAN packets, and what
+    scapy says each check should count and its first packets (FIRST_PACKETS of them)."""
+    import struct
+
+    from vxinspect.checks import FIRST_PACKETS
+    rng = random.Random(4789)
+    distinct = [_mutate(rng, bytes(_packet(rng))) for _ in range(300)]
+    want_of = [_expected(f) for f in distinct]
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+    want: dict[str, list[int]] = {cid: [] for cid in CS_CHECKS}
+    counts = dict.fromkeys(CS_CHECKS, 0)
+    for i in range(n):
+        f = distinct[i % len(distinct)]
+        out += struct.pack("<IIII", 1700000000, i, len(f), len(f)) + f
+        for cid in want_of[i % len(distinct)]:
+            counts[cid] += 1
+            if len(want[cid]) < FIRST_PACKETS:
+                want[cid].append(i + 1)
+    path.write_bytes(bytes(out))
+    return counts, want
+
+
+def _with_worker(path, monkeypatch, kill: bool = False, started: bool = False):
+    """inspect_source on a file with the checksum worker forced on (killed at once if
+    `kill`: the parent must then sum every batch itself)."""
+    from vxinspect import batchsum, run
+    from vxinspect.stream import Source
+    monkeypatch.setattr(run, "WORKER_MIN", 0)
+    made = []
+
+    class Spy(batchsum.Worker):
+        def __init__(self, fd):
+            super().__init__(fd)
+            made.append(self)
+            if started:
+                self.answered = 1  # as if past numpy's import: LAG applies at once
+            if kill:
+                import os
+                import signal
+                os.kill(self.pid, signal.SIGKILL)
+    monkeypatch.setattr(run, "Worker", Spy)
+    src = Source.open(str(path))
+    try:
+        report, interrupted = run.inspect_source(src, Options(underlay_mtu=9000))
+    finally:
+        src.close()
+    assert not interrupted and len(made) == 1
+    return report, made[0]
+
+
+@pytest.mark.parametrize("lag", [None, 0, 1])
+def test_worker_sums_as_scapy_says(tmp_path, monkeypatch, lag):
+    """Several 4 MiB batches summed in the worker: every checksum check counts exactly
+    the packets scapy finds wrong, and names the same first packets. With lag 1 the
+    parent sums every batch it finds the worker behind on (a busy machine) itself,
+    interleaved with the worker's; with lag 0 (and the worker taken as past its start)
+    the parent sums them all."""
+    from vxinspect import batchsum, inspect_file
+    if lag is not None:
+        monkeypatch.setattr(batchsum, "LAG", lag)
+    path = tmp_path / "w.pcap"
+    counts, first = _worker_capture(path, 60_000)
+    assert path.stat().st_size > 2 * (4 << 20)  # several batches
+    report, worker = _with_worker(path, monkeypatch, started=lag == 0)
+    assert worker.alive and not worker.jobs
+    if lag == 0:
+        assert worker.here > 0
+    for cid in CS_CHECKS:
+        assert report.checks[cid]["count"] == counts[cid], cid
+        assert report.checks[cid]["packets"] == first[cid], cid
+    assert all(counts.values())
+    local = inspect_file(path, Options(underlay_mtu=9000)).to_dict()
+    assert report.to_dict() == local  # and every other check, in-process or not
+
+
+def test_a_dead_worker_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "w.pcap"
+    counts, first = _worker_capture(path, 20_000)
+    report, worker = _with_worker(path, monkeypatch, kill=True)
+    assert not worker.alive
+    for cid in CS_CHECKS:
+        assert (report.checks[cid]["count"], report.checks[cid]["packets"]) == (
+            counts[cid], first[cid]), cid

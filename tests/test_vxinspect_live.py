@@ -378,3 +378,111 @@ def test_bpf_filter_names_every_port_and_the_fragments():
     f = bpf_filter({4789, 8472, 4790})
     assert f.startswith("((udp and (dst port 4789 or dst port 4790 or dst port 8472))")
     assert "ip[6:2] & 0x1fff != 0" in f and "ip6[6] == 44" in f and "vlan and" in f
+
+
+def _pcap_head() -> bytes:
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+
+
+def _records(frames, t=1700000000) -> bytes:
+    return b"".join(struct.pack("<IIII", t, 0, len(f), len(f)) + f for f in frames)
+
+
+def test_live_interval_ticks_on_the_wall_clock_while_quiet():
+    """A live capture's --interval reports come every interval of wall-clock time, also
+    when no packet arrives: a pipe stands in for tcpdump's stdout, quiet for ~0.45 s
+    after the pcap header, then 2 packets (all at one capture time), quiet again."""
+    r, w = os.pipe()
+    got = []
+
+    def writer():
+        try:
+            os.write(w, _pcap_head())
+            time.sleep(0.45)
+            os.write(w, _records(frames_at(2)))
+            time.sleep(0.35)
+        finally:
+            os.close(w)
+    t = threading.Thread(target=writer, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    try:
+        report, interrupted = inspect_source(
+            Source(r, "eth0"), Options(), 0.1,
+            lambda rep, iv: got.append((time.monotonic() - t0, rep.packets, iv)),
+            wall_clock=True)
+    finally:
+        os.close(r)
+        t.join(10)
+    assert not interrupted and report.packets == 2
+    ivs = [iv for _, _, iv in got]
+    assert [iv.index for iv in ivs] == list(range(len(ivs)))  # every tick, none skipped
+    assert len(ivs) >= 6  # ~0.8 s of 0.1 s ticks (a loaded machine may lose the last)
+    assert [iv.packets for iv in ivs[:3]] == [0, 0, 0]  # quiet: reported, empty
+    assert sum(iv.packets for iv in ivs) <= 2 and ivs[-1].packets == 0
+    assert all(p == 2 for when, p, iv in got if iv.index >= 6)
+    for when, _p, iv in got:  # on time: not before the interval's end, not much after
+        assert iv.end - 0.02 <= when <= iv.end + 0.5, (when, iv)
+    # the same stream read as a file: capture-time intervals, no ticks (one time: none)
+    assert through_pipe(_pcap_head() + _records(frames_at(2)), 3, 0.1).packets == 2
+
+
+def test_progress_line_without_a_total():
+    """stdin and -i: no size known; the line shows bytes, packets and packets/s."""
+    now = [0.0]
+    out = []
+
+    class W:
+        def write(self, s):
+            out.append(s)
+
+        def flush(self):
+            pass
+    pr = Progress("-", None, W(), clock=lambda: now[0])
+    pr.update(100, 10)
+    now[0] = 2.0
+    pr.update(3_000_000, 5000)
+    assert out == [f"{ERASE}-: 3.0 MB, 5000 packets, 2,500 packets/s"]
+    pr.done()
+    assert out[-1] == ERASE
+
+
+def test_progress_on_a_terminal_for_stdin():
+    """`vxinspect -` with a terminal on stderr: after a second, a line of packets and
+    packets/s (no percentage: no total); erased before the report."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen(vxinspect("-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=slave, env=ENV)
+    os.close(slave)
+    seen = b""
+    try:
+        p.stdin.write(_pcap_head())
+        for k in range(8):  # 8 x 0.25 s: well past the line's first second
+            p.stdin.write(_records(frames_at(50), 1700000000 + k))
+            p.stdin.flush()
+            end = time.monotonic() + 0.25
+            while time.monotonic() < end:
+                ready, _, _ = select.select([master], [], [], 0.05)
+                if ready:
+                    seen += os.read(master, 4096)
+        p.stdin.close()
+        out = p.stdout.read()
+        p.wait(30)
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    text = seen.decode()
+    assert "-: " in text and "packets/s" in text and "%" not in text, text
+    assert text.endswith(ERASE)
+    assert out.startswith(b"-: 400 packets, 400 VXLAN")

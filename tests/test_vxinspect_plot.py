@@ -63,7 +63,7 @@ def agree(s: dict, report) -> None:
     assert s["vxlan_packets"] == report.vxlan_packets
     assert s["vnis"] == report.vnis
     assert s["checks"] == {c: v["count"] for c, v in report.checks.items() if v["count"]}
-    assert len(s["times"]) == report.packets
+    assert sum(s["bins"].values()) == report.packets
 
 
 def test_size_is_stated():
@@ -168,3 +168,47 @@ def test_live_capture_draws_at_the_end(lab, tmp_path):
     assert code == 0 and "Traceback" not in err, err
     assert doc["vxlan_packets"] >= 8 and doc["vnis"] == {"10": doc["vxlan_packets"]}
     assert png_size(out) == plot.SIZE
+
+
+def _many(path: Path, n: int) -> Path:
+    """n VXLAN frames 1 ms apart (struct-written pcap); 100 of them, evenly spread, have
+    a wrong inner IPv4 header checksum (a fixed bad value, set with scapy)."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+    inner = Ether(src="52:54:00:0a:00:01", dst="52:54:00:0b:00:01") / IP(
+        src="10.10.0.1", dst="10.10.0.101", flags="DF") / TCP(sport=40000, dport=443, flags="A")
+    good = bytes(Ether() / IP(src="192.168.1.138", dst="192.168.2.142", flags="DF")
+                 / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=10) / inner)
+    bad_inner = inner.copy()
+    bad_inner[IP].chksum = 0x1234
+    bad = bytes(Ether() / IP(src="192.168.1.138", dst="192.168.2.142", flags="DF")
+                / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=10) / bad_inner)
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+    for i in range(n):
+        f = bad if i % (n // 100) == 0 else good
+        t = 1_700_000_000_000 + i  # milliseconds
+        out += struct.pack("<IIII", t // 1000, (t % 1000) * 1000, len(f), len(f)) + f
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_recorder_memory_does_not_grow_with_packets(tmp_path):
+    """--plot keeps counters, not per-packet columns: after 10,000 and 100,000 packets the
+    recorder holds the same number of entries (lengths, bins), and its totals are the
+    capture's (counted here from how it was written)."""
+    states = {}
+    for n in (10_000, 100_000):
+        rec, report = recorded(_many(tmp_path / f"m{n}.pcap", n))
+        s = plot.series(rec, report.packets)
+        assert (s["packets"], s["vxlan_packets"], s["vnis"]) == (n, n, {10: n})
+        assert s["checks"] == {"inner-ip-checksum": 100}
+        agree(s, report)
+        assert len(rec.rows) == 0 and len(rec.tally.fired_no) == 0  # all folded
+        states[n] = rec.state()
+        assert states[n]["all_bins"] <= plot.MAX_BINS
+        if n == 100_000:
+            out = tmp_path / "many.png"
+            plot.draw(rec, str(out), "many", report.packets)
+            assert png_size(out) == plot.SIZE
+    assert states[10_000] == states[100_000], states

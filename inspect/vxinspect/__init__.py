@@ -4,11 +4,12 @@ How data flows: `capture` streams pcap/pcapng records in batches (format by
 magic number, never by name); `decode` walks each frame from the link layer
 through the outer IP/UDP headers, the VXLAN header (`vtep.wire`) and the inner
 frame, and fires the checks of `checks` into a `report.Tally`;
-`batchsum` sums the checksums of each slice of a batch at once with numpy;
+`batchsum` sums the checksums of each slice of a batch at once with numpy
+(for a large file, in a worker process on the other core);
 `analyze.inspect_file` drives that loop and turns the tally into a
 `report.Report` (text or JSON); `show` dissects one packet with scapy; `plot`
-draws --plot's picture from per-packet columns the loop records only when
-asked; `cli` maps it all to exit codes.
+draws --plot's picture from counters the loop fills only when asked; `cli`
+maps it all to exit codes.
 
 Start reading at `decode.make_decoder`: its loop checks the common packet
 (Ethernet/IPv4/UDP/VXLAN/Ethernet/IPv4) inline, and hands every other one to

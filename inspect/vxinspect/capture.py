@@ -14,6 +14,8 @@ short, so nothing here assumes a read fills what it asked for, and nothing seeks
 When the caller passes a `stamps` list, each batch also refills it with the
 capture time (seconds, float) of each record, in step with `records`; --interval
 cuts batches at those times. Without it the loops pay one test per batch.
+A `readers` list receives the Reader, whose `base` is the file offset of the
+batch buffer's first byte while a batch is out (batchsum.Worker pread()s there).
 """
 from __future__ import annotations
 
@@ -98,10 +100,11 @@ class Reader:
         return got > 0
 
 
-def batches(f, stamps: list | None = None):
+def batches(f, stamps: list | None = None, readers: list | None = None):
     """Yield (buf, records) batches from an open binary file or pipe, whatever its format.
 
-    With `stamps`, the list holds each batch's record times (seconds) while it is out."""
+    With `stamps`, the list holds each batch's record times (seconds) while it is out;
+    `readers` gets the Reader appended (its `base` locates each batch in the file)."""
     head = b""
     while len(head) < 4:  # a pipe may hand the magic over in pieces
         more = f.read(4 - len(head))
@@ -111,6 +114,8 @@ def batches(f, stamps: list | None = None):
     if len(head) < 4:
         raise CaptureError(f"not a capture: file has {len(head)} bytes, too short for a magic number", 0)
     r = Reader(f, head)
+    if readers is not None:
+        readers.append(r)
     if head in PCAP_MAGICS:
         yield from _pcap(r, *PCAP_MAGICS[head], stamps)
     elif head == PCAPNG_SHB:

@@ -9,8 +9,10 @@ with > /dev/null.
 
 Inputs: FILE, `-` (a pcap/pcapng stream on stdin, read as it comes) or
 `-i IFACE` (live, through `live.Capture`); all three go through
-`run.inspect_source`. SIGINT ends any of them cleanly: the report of what was
-read so far is printed and the status is what it would be had the input ended
+`run.inspect_source` (with --interval, a live capture reports on wall-clock
+ticks, the others in capture time). On a terminal's stderr each shows a
+progress line (a file: of its size; stdin and -i: packets and packets/s).
+SIGINT ends any of them cleanly: the report of what was read so far is printed and the status is what it would be had the input ended
 there (1 if an error check fired, else 0; 2 only for a read fault before it);
 files after the one interrupted are not read (a SIGINT before reading starts
 is `vxinspect: interrupted`, 130). A capture that tcpdump could not
@@ -205,9 +207,9 @@ def _main(argv) -> int:
         recorder = _recorder(a, opts)
         if src is not None:
             try:
+                # stdin: no total is known, the line shows packets and packets/s
                 report, interrupted = _inspect(a, src, opts, src.stop,
-                                               None if path == "-" else for_stderr(path, src.total),
-                                               recorder)
+                                               for_stderr(path, src.total), recorder)
             finally:
                 if path != "-":
                     src.close()
@@ -275,15 +277,19 @@ def _draw(recorder, path, report) -> int:
     return EXIT_OK
 
 
-def _inspect(a, src: Source, opts: Options, on_sigint, progress, recorder=None):
-    """inspect_source with SIGINT turned into on_sigint() and --interval reports printed."""
+def _inspect(a, src: Source, opts: Options, on_sigint, progress, recorder=None, live=False):
+    """inspect_source with SIGINT turned into on_sigint() and --interval reports printed
+    (live: on wall-clock ticks)."""
     def on_interval(report, iv):
+        if progress is not None:
+            progress.done()  # off the terminal before the report; redrawn after
         if a.json:
             d = report.to_dict()
             d["interval"] = iv.to_dict()
             print(json.dumps(d))
         else:
-            print(f"--- interval {iv.index}: {iv.start:g}-{iv.end:g} s of capture time: "
+            print(f"--- interval {iv.index}: {iv.start:g}-{iv.end:g} s of "
+                  f"{'wall-clock' if live else 'capture'} time: "
                   f"{iv.packets} packets, {iv.vxlan_packets} VXLAN ---")
             print(report.to_text())
             print()
@@ -293,7 +299,8 @@ def _inspect(a, src: Source, opts: Options, on_sigint, progress, recorder=None):
         on_sigint()
     old = signal.signal(signal.SIGINT, handler)
     try:
-        return inspect_source(src, opts, a.interval, on_interval, progress, recorder)
+        return inspect_source(src, opts, a.interval, on_interval, progress, recorder,
+                              wall_clock=live)
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -340,7 +347,8 @@ def _live(a, opts: Options) -> int:
     try:
         if a.duration is not None:
             cap.stop_after(a.duration)
-        report, interrupted = _inspect(a, cap.source, opts, cap.stop, None, recorder)
+        report, interrupted = _inspect(a, cap.source, opts, cap.stop,
+                                       for_stderr(a.interface, None), recorder, live=True)
     finally:
         cap.finish()
     failure = cap.failure()

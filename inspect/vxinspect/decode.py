@@ -22,11 +22,15 @@ datagram while rx_reason works out a drop's reason only on the drop path). Read
 Checksums are not summed in the loop: with --checksums (the default) every
 verification is queued as byte ranges and a small constant (the pseudo-header)
 in batchsum.Pending, whose lists the loop extends once per verification (the
-common layer's inner IPv4 header, L4 and outer UDP checksums in one entry), and
+common layer's inner IPv4 header, L4 and outer UDP checksums in one entry; a
+packet common from end to end is one "fast" entry of two ints, its number and
+start, whose ranges and constants the summer reads back from the bytes), and
 a slice of SLICE packets at a time is summed with numpy (batchsum.range_sums);
 the failures fire at the end of the batch, merged in packet order, so that the
-report is the one per-packet sums give. The slow paths still sum their rare
-packets on the spot but report a failure through the same queue.
+report is the one per-packet sums give. With a batchsum.Worker (a large
+regular file) the batch's queues go to that process instead and its failures
+fire, in the same order, as they come back. The slow paths still sum their
+rare packets on the spot but report a failure through the same queue.
 
 Everything else is struct and integer arithmetic (no scapy, no objects per
 packet), bound as closure locals. A fired check is recorded with Tally.hit,
@@ -64,7 +68,7 @@ SLICE = 1024  # packets walked between two sums of the queued checksums (batchsu
 M = 0xFFFF  # ones'-complement sums (RFC 1071) are sums modulo 0xFFFF
 
 
-def make_decoder(opts, tally, safety_net: bool = True, series=None):
+def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None):
     """Return decode_batch(buf, records, first_number - 1) -> VXLAN packets in the batch.
 
     With `series` (--plot: plot.Recorder.packet), series(no, outer IP length, inner
@@ -76,6 +80,11 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
     escapes, which is how the fuzz tests (tests/test_fuzz.py) see a missed bound.
     The choice costs nothing per packet: an except clause's tuple is only looked at
     when something was raised, and () matches nothing.
+
+    With `worker` (batchsum.Worker) the queued checksums are summed in that process;
+    the driver then sets `decode_batch.pending.base` to each batch's file offset and
+    calls `decode_batch.pending.drain()` before it reads the tally. `pending` is
+    None without checksums.
     """
     net = (struct.error, IndexError) if safety_net else ()
     ports = opts.ports
@@ -104,13 +113,16 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
     if check_cs:
         from .batchsum import INNER_IP_CS, IP_CS, Pending  # numpy: only when summing
 
-        pending = Pending(hit)
+        pending = Pending(hit, worker)
         sq_extend = pending.simple.extend
         cq_extend = pending.combined.extend
         uq_extend = pending.udp.extend
+        fq_extend = pending.fast.extend
         flush = pending.flush
         submit = pending.submit
         outer_paths.hit = slow_inner.hit = pending.routed_hit(hit)
+    else:
+        pending = None
     layer = slow_inner.layer
     inner_l4 = slow_inner.l4
     # --plan: its nodes, or None so that without a plan the loop pays one falsy test
@@ -162,7 +174,8 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
             flush(buf)  # the queued checksums, summed while buf still holds this batch
 
     def walk(buf, records, no, vx):
-        combo = -1  # the common layer's L4 constant while its combined entry waits
+        combo = -1  # the common layer's L4 protocol while its combined entry waits
+        plain = False  # the inline outer IPv4 header's checksum waits for step 4
         for p, end, orig, lt in records:
             no += 1
             try:
@@ -182,9 +195,11 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
                     fragment = ipv6 = False
                     if not frag & df:
                         hit("df-clear", no)
-                    if check_cs:
-                        sq_extend((IP_CS, no, q, u, 0))
+                    # its header checksum is queued in step 4: alone, or within a fast
+                    # entry when the whole packet turns out common
+                    plain = check_cs
                 else:
+                    plain = False
                     o = outer(buf, p, end, orig, lt, no)
                     if o is None:
                         continue
@@ -258,7 +273,7 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
                             # The inner IPv4 header and L4 checksums (and the outer UDP
                             # one below) go in one combined entry, queued in step 4.
                             # ICMP and IGMP have no pseudo-header.
-                            combo = (iaddrs + tcp + n) % M if iproto == tcp else 0
+                            combo = iproto  # the L4 constant only if step 4 needs it
                     elif check_cs or iproto == udp:
                         if check_cs:
                             sq_extend((INNER_IP_CS, no, v + inner_ip_at, a, 0))  # inner UDP may carry VXLAN: nested
@@ -271,24 +286,39 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
                     inner = layer(buf, v, stop, complete and ue <= stop, no, 1, src, ipv6, dp)
                 # 4. The outer UDP checksum, the flow, the plan.
                 if combo >= 0:
-                    if ucs and complete and b <= ue <= end:
-                        cq_extend((no, u, a, b, ue, combo,
-                                   (fb(src, "big") + fb(dst, "big") + udp + ulen) % M))
+                    if plain and ucs and complete:
+                        # The common packet, whole (so b <= ue <= end): its number and
+                        # start say it all, the summer reads the rest from the bytes
+                        # (batchsum.fast_entries) -- two ints instead of twelve.
+                        fq_extend((no, p))
                     else:
-                        cq_extend((no, -1, a, b, b, combo, 0))
+                        if plain:
+                            sq_extend((IP_CS, no, q, u, 0))
+                        combo = (iaddrs + tcp + n) % M if combo == tcp else 0
+                        if ucs and complete and b <= ue <= end:
+                            cq_extend((no, u, a, b, ue, combo,
+                                       (fb(src, "big") + fb(dst, "big") + udp + ulen) % M))
+                        else:
+                            cq_extend((no, -1, a, b, b, combo, 0))
                     combo = -1
-                elif check_cs and ucs and complete and ue <= end:
-                    pseudo = fb(src, "big") + fb(dst, "big") + udp + ulen
-                    a, b, r = last
-                    if v <= a and b <= ue:
-                        # RFC 1071 sums commute: reuse the inner L4 sum (summed by the
-                        # slow path; its residue r is end-aligned), weighting each part
-                        # by the parity of the bytes before it (256 when odd).
-                        wa = 256 if (a - u) & 1 else 1
-                        uq_extend((no, u, a, b, ue, 256 if (b - u) & 1 else 1,
-                                   (pseudo + (r << 8 if (b - a) & 1 else r) * wa) % M))
-                    else:
-                        uq_extend((no, u, ue, ue, ue, 1, pseudo % M))
+                    plain = False
+                else:
+                    if plain:
+                        sq_extend((IP_CS, no, q, u, 0))
+                        plain = False
+                    if check_cs and ucs and complete and ue <= end:
+                        pseudo = fb(src, "big") + fb(dst, "big") + udp + ulen
+                        a, b, r = last
+                        if v <= a and b <= ue:
+                            # RFC 1071 sums commute: reuse the inner L4 sum (summed by
+                            # the slow path; its residue r is end-aligned), weighting
+                            # each part by the parity of the bytes before it (256 when
+                            # odd).
+                            wa = 256 if (a - u) & 1 else 1
+                            uq_extend((no, u, a, b, ue, 256 if (b - u) & 1 else 1,
+                                       (pseudo + (r << 8 if (b - a) & 1 else r) * wa) % M))
+                        else:
+                            uq_extend((no, u, ue, ue, ue, 1, pseudo % M))
                 key = (src, dst)
                 f = flows.get(key)
                 if f is None:
@@ -309,11 +339,16 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None):
                 # A bound the checks above missed: the bytes ran out under a
                 # header. Count it as truncated and go on with the next packet.
                 hit("truncated", no)
+                if plain:  # the outer header was whole: its checksum still counts
+                    sq_extend((IP_CS, no, p + ip_at, p + udp_at, 0))
+                    plain = False
                 if combo >= 0:  # the checks summed so far still count
+                    combo = (iaddrs + tcp + n) % M if combo == tcp else 0
                     cq_extend((no, -1, a, b, b, combo, 0))
                     combo = -1
                 if series is not None:  # it may have counted a VNI before it fell
                     series(no, -1, -1, False)
         return vx
 
+    decode_batch.pending = pending
     return decode_batch

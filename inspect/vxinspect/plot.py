@@ -6,12 +6,14 @@ before any capture is read, so a bad path is one line and exit 2 up front.
 `RecordingTally` (whose `hit` and VNI counter also note each packet number)
 with `decode.make_decoder(..., series=Recorder.packet)`, which hands over the
 outer IP length, inner L3 length and VXLAN-ness of each VXLAN packet; each
-batch's record times are appended as it is read. Without --plot none of this
-exists: the decoder pays one falsy test per VXLAN packet. Everything is kept in
-`array` columns (8 bytes a field, grown by the array itself), so a million
-packets cost tens of megabytes, not Python objects. `series` turns the columns
-into the numbers the picture shows (histograms, packets per second per VNI,
-check firings in time), and `draw` paints them with matplotlib's Agg backend
+batch's record times are handed over as it is read. Without --plot none of this
+exists: the decoder pays one falsy test per VXLAN packet. A batch's rows wait in
+`array` columns (8 bytes a field) only until the next batch: then numpy folds
+them into counters -- packets per length, and packets, per-VNI packets and
+check firings per time bin, the bins widening tenfold when there would be more
+than MAX_BINS -- so the recorder's memory is bounded by the number of distinct
+lengths, VNIs and checks, not by the packet count. `series` hands the counters
+over (with their totals), and `draw` paints them with matplotlib's Agg backend
 (never a display) into a PNG of SIZE pixels. The tests check `series`'s totals
 against the Report, so the picture and the text report tell the same story.
 """
@@ -28,6 +30,8 @@ WIDTH, HEIGHT, DPI = 1600, 1200, 100
 SIZE = (WIDTH, HEIGHT)  # pixels of every PNG --plot writes
 SEVERITY_COLOURS = {ERROR: "#d62728", WARNING: "#ff7f0e", INFO: "#1f77b4"}
 ROW = 5  # numbers per packet in Recorder.rows
+FINE = 1e-9  # seconds: the first width of Recorder's time bins (a nanosecond capture's tick)
+MAX_BINS = 1000  # time bins in use at most (x10 wider when more would be needed)
 CHECK_IDS = list(CHECKS)  # a check's index in Recorder.fired_cid
 
 
@@ -64,7 +68,8 @@ class _VniCounts(dict):
 
 
 class RecordingTally(Tally):
-    """A Tally that also writes down (packet number, check) for every firing it counts."""
+    """A Tally that also writes down (packet number, check) for every firing it counts,
+    until the Recorder folds them into its per-bin counts (once per batch)."""
 
     def __init__(self):
         super().__init__()
@@ -81,21 +86,47 @@ class RecordingTally(Tally):
 
 
 class Recorder:
-    """Per-packet columns for --plot; `tally` is the Tally to decode into."""
+    """What the picture needs, in memory that does not grow with the packet count.
+
+    `tally` is the Tally to decode into. During a batch the decoder's rows (and the
+    tally's firings) pile up in `array` columns; when the next batch's times arrive
+    (`add_times`), or the picture is made (`series`), they are folded with numpy
+    into counters and the columns emptied:
+      sizes     outer / inner length -> packets (at most one key per length)
+      time bins bin -> packets, (bin, VNI) -> packets, (bin, check) -> firings, in
+                bins of `width` seconds of capture time from the first packet. The
+                width starts at FINE seconds and grows tenfold whenever the bins in
+                use would span more than MAX_BINS, old bins merging ten into one, so
+                there are at most MAX_BINS bins (per VNI, per check) however long
+                the capture; the picture's bins (40-100 over the capture) are whole
+                numbers of them.
+    """
 
     def __init__(self, underlay_mtu: int, overlay_mtu4: int, overlay_mtu6: int):
         self.underlay_mtu = underlay_mtu
         self.overlay_mtu4 = overlay_mtu4
         self.overlay_mtu6 = overlay_mtu6
         self.tally = RecordingTally()
-        self.times = array("d")  # every packet's capture time, in packet order
-        # One row of ROW numbers per packet the decoder reported (VXLAN, or caught by
-        # the safety net): packet number, outer IP length (-1 unknown: a later
-        # fragment), inner L3 length (0 none: ARP, cut short; -1 unknown), the
+        # This batch, until folded: its record times, the number of the packet before
+        # its first, and one row of ROW numbers per packet the decoder reported (VXLAN,
+        # or caught by the safety net): packet number, outer IP length (-1 unknown: a
+        # later fragment), inner L3 length (0 none: ARP, cut short; -1 unknown), the
         # outermost VNI counted for it (-1 none), 1 if VXLAN. One flat array and one
         # extend per packet: the cheapest record Python offers (see README's cost).
+        self.stamps: list[float] = []
+        self.before = 0
         self.rows = array("q")
-        self.name = ""
+        # Folded: the counters above, and the totals of the picture's title.
+        self.width = FINE
+        self.t0: float | None = None
+        self.last = 0.0  # the last folded packet's time from the first
+        self.lo = self.hi = 0  # the lowest and highest bin in use
+        self.packets = self.vxlan = 0
+        self.outer_sizes: dict[int, int] = {}
+        self.inner_sizes: dict[int, int] = {}
+        self.all_bins: dict[int, int] = {}
+        self.vni_bins: dict[tuple[int, int], int] = {}
+        self.check_bins: dict[tuple[int, int], int] = {}
         extend = self.rows.extend
         vnis = self.tally.vnis
 
@@ -105,47 +136,117 @@ class Recorder:
         self.packet = packet
 
     def add_times(self, stamps) -> None:
-        self.times.extend(stamps)
+        """A new batch is about to be decoded: fold the last one, keep these times."""
+        self.fold()
+        self.before = self.packets
+        self.stamps = list(stamps)
+
+    def state(self) -> dict:
+        """How many entries each folded structure holds (the tests watch them stay put)."""
+        return {k: len(getattr(self, k)) for k in
+                ("outer_sizes", "inner_sizes", "all_bins", "vni_bins", "check_bins")}
+
+    def fold(self, packets: int | None = None) -> None:
+        """Count the pending batch into the bins; with `packets` (how many the Report
+        counts in all), times beyond it (a batch cut short) are dropped."""
+        import numpy as np
+        times = np.asarray(self.stamps, dtype=np.float64)
+        if packets is not None:
+            times = times[:max(0, packets - self.before)]
+        self.stamps = []
+        # copies (not views), so that the columns can be emptied for the next batch
+        rows = np.array(self.rows, dtype=np.int64).reshape(-1, ROW)
+        fno = np.array(self.tally.fired_no, dtype=np.int64)
+        fcid = np.array(self.tally.fired_cid, dtype=np.int64)
+        if len(times):
+            if self.t0 is None:
+                self.t0 = float(times[0])
+                self.lo = self.hi = 0
+            rel = times - self.t0
+            self.last = float(rel[-1])
+            self._widen(int(np.floor(rel.min() / self.width)),
+                        int(np.floor(rel.max() / self.width)))
+            bins = np.floor(rel / self.width).astype(np.int64)
+            _count(self.all_bins, bins)
+            self.packets += len(times)
+
+            def bin_of(nos):  # a packet number's bin (one outside the batch: its edge)
+                i = np.clip(nos - self.before - 1, 0, len(bins) - 1)
+                return bins[i]
+            vx = rows[:, 4].astype(bool)
+            self.vxlan += int(vx.sum())
+            _count(self.outer_sizes, rows[vx & (rows[:, 1] >= 0), 1])
+            _count(self.inner_sizes, rows[vx & (rows[:, 2] > 0), 2])
+            has = rows[:, 3] >= 0
+            _count(self.vni_bins, np.stack((bin_of(rows[has, 0]), rows[has, 3]), axis=1))
+            _count(self.check_bins, np.stack((bin_of(fno), fcid), axis=1))
+        # the columns' memory is reused, not given back: a batch's worth at most
+        del self.rows[:]
+        del self.tally.fired_no[:]
+        del self.tally.fired_cid[:]
+
+    def _widen(self, lo: int, hi: int) -> None:
+        """Make room for bins lo..hi (at the current width): coarsen tenfold until all
+        the bins in use fit in MAX_BINS."""
+        lo, hi = min(lo, self.lo), max(hi, self.hi)
+        while hi - lo >= MAX_BINS:
+            self.width *= 10
+            lo, hi = lo // 10, hi // 10
+            self.all_bins = _merge(self.all_bins, lambda k: k // 10)
+            self.vni_bins = _merge(self.vni_bins, lambda k: (k[0] // 10, k[1]))
+            self.check_bins = _merge(self.check_bins, lambda k: (k[0] // 10, k[1]))
+        self.lo, self.hi = lo, hi
+
+
+def _count(counter: dict, keys) -> None:
+    """Add one to counter[key] for each key (ints, or rows of two ints: a tuple key)."""
+    import numpy as np
+    if not len(keys):
+        return
+    if keys.ndim == 1:
+        u, n = np.unique(keys, return_counts=True)
+        pairs = zip(u.tolist(), n.tolist())
+    else:
+        u, n = np.unique(keys, axis=0, return_counts=True)
+        pairs = zip(map(tuple, u.tolist()), n.tolist())
+    for k, c in pairs:
+        counter[k] = counter.get(k, 0) + c
+
+
+def _merge(counter: dict, rekey) -> dict:
+    out: dict = {}
+    for k, c in counter.items():
+        k = rekey(k)
+        out[k] = out.get(k, 0) + c
+    return out
 
 
 def series(rec: Recorder, packets: int | None = None) -> dict:
-    """The numbers the picture is drawn from (numpy arrays) and their totals.
+    """The numbers the picture is drawn from and their totals (folds what is pending).
 
     `packets`: how many packets were decoded (the Report's count); times beyond it
     (a batch cut short by SIGINT) are dropped.
     """
-    import numpy as np
-    times = np.frombuffer(rec.times, dtype=np.float64) if len(rec.times) else np.zeros(0)
-    if packets is not None:
-        times = times[:packets]
-    t0 = float(times[0]) if len(times) else 0.0
-    rel = times - t0
-    def column(a, dtype):  # a view of the array's buffer, not a copy
-        return np.frombuffer(a, dtype=dtype) if len(a) else np.zeros(0, dtype)
-
-    rows = column(rec.rows, np.int64).reshape(-1, ROW)
-    no, outer, inner, vni = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
-    vx = rows[:, 4].astype(bool)
-
-    def at(nos):  # capture time (from the first packet) of packet numbers
-        return rel[nos - 1] if len(rel) else np.zeros(len(nos))
-
-    vni_times = {int(v): at(no[vni == v]) for v in np.unique(vni[vni >= 0])}
-    fno = column(rec.tally.fired_no, np.int64)
-    fcid = column(rec.tally.fired_cid, np.int8)
-    checks = {CHECK_IDS[i]: at(fno[fcid == i]) for i in np.unique(fcid)}
+    rec.fold(packets)
+    vnis: dict[int, int] = {}
+    for (_b, v), c in rec.vni_bins.items():
+        vnis[v] = vnis.get(v, 0) + c
+    checks: dict[str, int] = {}
+    for (_b, i), c in rec.check_bins.items():
+        checks[CHECK_IDS[i]] = checks.get(CHECK_IDS[i], 0) + c
     return {
-        "t0": t0,
-        "duration": float(rel[-1]) if len(rel) else 0.0,
-        "times": rel,  # every packet
-        "outer_sizes": outer[vx & (outer >= 0)],
-        "inner_sizes": inner[vx & (inner > 0)],
-        "vni_times": vni_times,  # VNI -> times of its packets
-        "check_times": checks,  # check id -> times it fired
-        "packets": int(len(rel)),
-        "vxlan_packets": int(vx.sum()),
-        "vnis": {v: len(t) for v, t in vni_times.items()},
-        "checks": {c: len(t) for c, t in checks.items()},
+        "t0": rec.t0 or 0.0,
+        "duration": rec.last,
+        "width": rec.width,  # seconds per bin of the three below
+        "bins": dict(rec.all_bins),  # bin -> packets (every packet)
+        "vni_bins": dict(rec.vni_bins),  # (bin, VNI) -> packets
+        "check_bins": {(b, CHECK_IDS[i]): c for (b, i), c in rec.check_bins.items()},
+        "outer_sizes": dict(rec.outer_sizes),  # length -> VXLAN packets
+        "inner_sizes": dict(rec.inner_sizes),
+        "packets": rec.packets,
+        "vxlan_packets": rec.vxlan,
+        "vnis": vnis,
+        "checks": checks,
     }
 
 
@@ -175,10 +276,14 @@ def draw(rec: Recorder, path: str, title: str, packets: int | None = None) -> di
     fig.suptitle(f"{title}: {s['packets']} packets, {s['vxlan_packets']} VXLAN, "
                  f"{s['duration']:.3g} s of capture time", fontsize=15)
 
-    def hist(ax, sizes, what, lines):
-        if len(sizes):
+    def hist(ax, counts, what, lines):
+        sizes = np.fromiter(counts.keys(), dtype=np.float64, count=len(counts))
+        weights = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        total = int(weights.sum())
+        if total:
             top = max(int(sizes.max()), *(m for m, _ in lines))
-            ax.hist(sizes, bins=np.linspace(0, top * 1.05 + 1, 80), color="#4c72b0")
+            ax.hist(sizes, bins=np.linspace(0, top * 1.05 + 1, 80), weights=weights,
+                    color="#4c72b0")
         else:
             ax.text(0.5, 0.5, "no packets", ha="center", va="center", transform=ax.transAxes)
         styles = ["--", ":"]
@@ -186,10 +291,10 @@ def draw(rec: Recorder, path: str, title: str, packets: int | None = None) -> di
             ax.axvline(m, color="#d62728", linestyle=styles[k % 2], linewidth=1.8,
                        label=f"{label}: {m}")
         ax.legend(loc="upper left", fontsize=11)
-        ax.set_title(f"{what} ({len(sizes)} packets)", fontsize=13)
+        ax.set_title(f"{what} ({total} packets)", fontsize=13)
         ax.set_xlabel("bytes")
         ax.set_ylabel("packets")
-        if len(sizes):
+        if total:
             ax.set_yscale("log")
 
     hist(fig.add_subplot(gs[0, 0]), s["outer_sizes"], "outer IP packet length",
@@ -200,7 +305,11 @@ def draw(rec: Recorder, path: str, title: str, packets: int | None = None) -> di
                                " (IPv6 outer)" if m == rec.overlay_mtu6 else " (IPv4 outer)"))
           for m in mtus])
 
-    width = _bin_width(s["duration"])
+    # whole numbers of the recorder's bins (its width is a power of ten seconds, and
+    # at most a tenth of the capture once it spans more than MAX_BINS of them)
+    fine = s["width"]
+    per = max(1, round(_bin_width(s["duration"]) / fine))
+    width = per * fine
     # the time axis in s, ms or us, whichever reads without an offset label
     unit, scale = next((u, k) for u, k in (("s", 1.0), ("ms", 1e3), ("us", 1e6))
                        if s["duration"] * k >= 1 or u == "us")
@@ -209,27 +318,39 @@ def draw(rec: Recorder, path: str, title: str, packets: int | None = None) -> di
     if len(edges) < 2:
         edges = np.array([0.0, width])
     ax = fig.add_subplot(gs[1, :])
-    n, _ = np.histogram(s["times"], edges)
-    ax.stairs(n / width, edges * scale, color="#888888", linewidth=1, label="all packets")
-    for v, t in sorted(s["vni_times"].items()):
-        n, _ = np.histogram(t, edges)
-        ax.stairs(n / width, edges * scale, linewidth=1.8, label=f"VNI {v}")
+    nbins = len(edges) - 1
+
+    def rebinned(counts):  # {fine bin: packets} -> packets per picture bin
+        k = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts)) // per
+        w = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        inside = (k >= 0) & (k < nbins)
+        return np.bincount(k[inside], weights=w[inside], minlength=nbins)[:nbins]
+
+    ax.stairs(rebinned(s["bins"]) / width, edges * scale, color="#888888", linewidth=1,
+              label="all packets")
+    per_vni: dict[int, dict[int, int]] = {}
+    for (b, v), c in s["vni_bins"].items():
+        per_vni.setdefault(v, {})[b] = c
+    for v, counts in sorted(per_vni.items()):
+        ax.stairs(rebinned(counts) / width, edges * scale, linewidth=1.8, label=f"VNI {v}")
     ax.set_ylim(bottom=0)
     ax.set_title(f"packets per second (bins of {width * scale:g} {unit})", fontsize=13)
     ax.set_xlabel(time_label)
     ax.set_ylabel("packets/s")
     ax.ticklabel_format(axis="y", style="plain")
     ax.set_xlim(-0.01 * edges[-1] * scale, edges[-1] * scale)  # a firing at 0 stays in sight
-    ax.legend(loc="best", fontsize=10, ncol=min(6, 1 + len(s["vni_times"])))
+    ax.legend(loc="best", fontsize=10, ncol=min(6, 1 + len(per_vni)))
 
     ax = fig.add_subplot(gs[2, :], sharex=ax)
-    fired = sorted(s["check_times"].items(),
+    fired = sorted(s["checks"].items(),
                    key=lambda kv: ([ERROR, WARNING, INFO].index(CHECKS[kv[0]].severity), kv[0]))
-    for y, (cid, t) in enumerate(fired):
+    for y, (cid, _n) in enumerate(fired):
         colour = SEVERITY_COLOURS[CHECKS[cid].severity]
+        # one mark per recorder bin it fired in, at the bin's start
+        t = np.array(sorted(b for b, c in s["check_bins"] if c == cid), dtype=np.float64) * fine
         ax.scatter(t * scale, np.full(len(t), y), marker="|", s=200, color=colour)
     ax.set_yticks(range(len(fired)))
-    ax.set_yticklabels([f"{cid} ({len(t)})" for cid, t in fired], fontsize=10)
+    ax.set_yticklabels([f"{cid} ({n})" for cid, n in fired], fontsize=10)
     ax.set_ylim(-0.7, max(len(fired), 1) - 0.3)
     ax.invert_yaxis()
     ax.set_title("checks fired (red error, orange warning, blue info)" if fired

@@ -1,11 +1,13 @@
-"""The progress line: how far `vxinspect FILE` got, on a terminal's stderr.
+"""The progress line: how far `vxinspect FILE` (or `-`, or `-i`) got, on a terminal's stderr.
 
 How data flows: `run.inspect_source` calls `update(bytes read, packets)` after
 every batch; the line is drawn only once a second has passed (short files stay
 silent), redrawn at most every REDRAW seconds in place (carriage return, then
 erase to the end of the line), and erased by `done()`, so that what is left on
-the terminal is the report alone. `for_stderr` makes one only when stderr is a
-terminal: a redirected stderr gets nothing.
+the terminal is the report alone. A file shows how much of its size was read;
+stdin and a live capture (no total known) show bytes, packets and packets/s.
+`for_stderr` makes one only when stderr is a terminal: a redirected stderr gets
+nothing.
 """
 from __future__ import annotations
 

@@ -9,13 +9,17 @@ while the writer is silent: it then raises Interrupted, which the driver
 (`run.inspect_source`) turns into "the report so far". Interrupted is only ever
 raised from a read, i.e. between batches, so the tally is never half-updated.
 Nothing seeks and nothing reads ahead more than one chunk, so a stream of any
-length is read in flat memory.
+length is read in flat memory. A driver that reports on wall-clock ticks (a live
+capture with --interval) sets `ticks`: a wait that reaches the next tick calls
+it, so a report comes on time even when no packet does (also between batches
+only, as with Interrupted).
 """
 from __future__ import annotations
 
 import os
 import select
 import stat
+import time
 
 STOP_LATENCY = 0.2  # seconds a blocked read may take to notice stop()
 
@@ -31,6 +35,8 @@ class Source:
         self.total = total  # size in bytes when known (a regular file), for progress
         self.bytes_read = 0
         self.stopped = False
+        self.ticks = None  # on_tick() -> when (time.monotonic) it wants calling next
+        self.tick_at = 0.0
 
     @classmethod
     def open(cls, path: str) -> Source:
@@ -47,12 +53,25 @@ class Source:
         """Safe from a signal handler: the next read (or the one waiting) raises Interrupted."""
         self.stopped = True
 
+    def every(self, on_tick, first: float) -> None:
+        """Call on_tick() once time.monotonic() passes `first` while a read waits, then
+        at whatever time it returns."""
+        self.ticks = on_tick
+        self.tick_at = first
+
     def _wait(self) -> None:
         while True:
             if self.stopped:
                 raise Interrupted()
+            timeout = STOP_LATENCY
+            if self.ticks is not None:
+                left = self.tick_at - time.monotonic()
+                if left <= 0:
+                    self.tick_at = self.ticks()
+                    continue
+                timeout = min(timeout, left)
             try:
-                ready, _, _ = select.select([self.fd], [], [], STOP_LATENCY)
+                ready, _, _ = select.select([self.fd], [], [], timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries select itself
                 continue
             if ready:
