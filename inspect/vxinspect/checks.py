@@ -38,7 +38,9 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
     Check("mac-move", WARNING, "one inner source MAC seen behind two different outer source IPs"),
     Check("plan-mismatch", ERROR,
           "outer source not a node of the plan, outer destination not the node the plan's fdb "
-          "names for the inner destination MAC, or VNI or port not the plan's (--plan)"),
+          "names for the inner destination MAC, VNI or port not the plan's, or an inner overlay "
+          "address not in the subnet of the node that sent (source) or receives (destination) "
+          "it (--plan)"),
 )}
 
 MAX_NESTING = 4

@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another UDP destination port that carries VXLAN (4789, 8472 and the "
                         "plan's port always do)")
     p.add_argument("--plan", action=_Once, metavar="F",
-                   help="cluster plan (vtep TOML): check outer addresses, the fdb, the VNI and "
-                        "the port against it (plan-mismatch); its VNI becomes the expected set "
+                   help="cluster plan (vtep TOML): check outer addresses, the fdb, the VNI, "
+                        "the port and inner overlay addresses (IPv4 and IPv6) against the "
+                        "nodes' subnets (plan-mismatch); its VNI becomes the expected set "
                         "unless --vni is given")
     p.add_argument("--underlay-mtu", type=_int_in("--underlay-mtu", 68, 1 << 20), default=1500,
                    help="underlay MTU (default 1500)")
