@@ -827,6 +827,20 @@ def test_a_requested_ip_that_is_no_address_is_code_7_naming_it():
     assert info.value.code == 7 and "10.244.1.x" in info.value.details
 
 
+@pytest.mark.parametrize("keys,args", [
+    ({}, "IP=fd00:244:1::99%eth0"),
+    ({"runtimeConfig": {"ips": ["fd00:244:1::99%eth0/64"]}}, ""),
+])
+def test_a_requested_ipv6_address_with_a_zone_is_code_7(keys, args):
+    # Python's ip_address keeps "%eth0" in the text: accepted, it dodged the "taken"
+    # comparison (two containers got fd00:244:1::99) and made "…%eth0/64" a result address
+    with pytest.raises(CniError) as info:
+        plugin.requested_ips(add_request(keys, args))
+    assert info.value.code == 7
+    assert info.value.details == ("static address 'fd00:244:1::99%eth0' carries a zone (%eth0): "
+                                  "a zone means nothing in the overlay")
+
+
 def test_from_status_trusts_the_claim_not_the_pid_in_the_file(agent, tmp_path):
     """An agent in a container of its own wrote its pid as its PID namespace numbers it
     (1, say): what counts is that an agent claims the device in this network namespace."""

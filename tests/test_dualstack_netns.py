@@ -250,6 +250,8 @@ def test_vtep_plan_lines_typed_by_hand_give_what_vtep_run_makes(netns_prefix, tm
     a = plan.node(seed.NODES[0])
     with seed.topology(netns_prefix) as t:
         node = t[a.name]
+        # a host whose new devices start without IPv6: the printed lines must turn it on
+        node.cmd(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
         r = node.cmd(VTEP + ["plan", "--config", str(plan_file), "--node", a.name])
         lines = [x for x in r.stdout.splitlines() if x and not x.startswith("#")]
         assert any(x.startswith("ip -6 route add") for x in lines), r.stdout
@@ -289,4 +291,26 @@ def test_vtep_plan_lines_typed_by_hand_give_what_vtep_run_makes(netns_prefix, tm
         down = node.cmd(VTEP + ["down", "--config", str(plan_file), "--node", a.name,
                                 "--state-dir", str(tmp_path / "st")], check=False)
         assert down.returncode == 0, down.stderr
+        leaves_nothing(node)
+
+
+def test_vtep_down_counts_the_entries_of_both_families_and_only_ours(netns_prefix, tmp_path):
+    """A dual-stack device left by a dead agent (here: typed by hand from `vtep plan`):
+    `vtep down` names its two neighbours and two routes per peer, and not the kernel's
+    own prefix route for the /128 (IPv4's /32 makes none in the main table)."""
+    plan_file = dual_plan(tmp_path)
+    a = planlib.load(plan_file).node(seed.NODES[0])
+    with seed.topology(netns_prefix) as t:
+        node = t[a.name]
+        r = node.cmd(VTEP + ["plan", "--config", str(plan_file), "--node", a.name])
+        for x in (x for x in r.stdout.splitlines() if x and not x.startswith("#")):
+            node.cmd(x.split())
+        kernel_routes = js(node, "ip", "-6", "-j", "route", "show", "dev", "vxlan0",
+                           "proto", "kernel")
+        assert [x["dst"] for x in kernel_routes] == [str(a.vtep_ip6)]   # the one not ours
+        down = node.cmd(VTEP + ["down", "--config", str(plan_file), "--node", a.name,
+                                "--state-dir", str(tmp_path / "st")], check=False)
+        assert down.returncode == 0, down.stderr
+        assert "with it 2 neighbour, 1 fdb, 1 flood and 2 route entries" in down.stderr, \
+            down.stderr
         leaves_nothing(node)

@@ -93,6 +93,8 @@ def test_dual_stack_iproute2_commands():
         # IPv6 stays on, but without a link-local address or router advertisements
         "sysctl -qw net/ipv6/conf/vxlan0/addr_gen_mode=1",
         "sysctl -qw net/ipv6/conf/vxlan0/accept_ra=0",
+        # on, said: new devices may start with IPv6 off (default.disable_ipv6 = 1)
+        "sysctl -qw net/ipv6/conf/vxlan0/disable_ipv6=0",
         "ip link set vxlan0 alias vtep:kernel:network-1",
         "ip address add 172.2.0.0/32 dev vxlan0",
         "ip -6 address add fd00:172:2::/128 dev vxlan0 nodad",

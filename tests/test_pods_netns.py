@@ -467,6 +467,9 @@ def test_dual_stack_ip_option_and_its_errors_leave_nothing(cluster6):
                     ("fd00:172:2::", "--ip fd00:172:2:: is node network-1's VTEP address"),
                     ("fd00:172:2:1::5", "outside node network-1's subnet fd00:172:2::/64"),
                     ("fd00:172:2::8,fd00:172:2::9", "two IPv6 addresses"),
+                    # a zone would dodge "taken" (the text differs) and give two pods one
+                    # address
+                    ("fd00:172:2::50%eth0", "--ip 'fd00:172:2::50%eth0' carries a zone"),
                     # IPv4 taken, IPv6 free: neither is reserved
                     ("172.2.0.50,fd00:172:2::9", "172.2.0.50 is already taken")):
         r = cluster6.pod("add", c, "network-1", "--ip", ip)

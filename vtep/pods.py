@@ -147,6 +147,22 @@ def gateway_of(node: planlib.Node, version: int) -> str:
     return str(node.gateway if version == 4 else node.gateway6)
 
 
+class Zoned(ValueError):
+    """An IPv6 address with a zone ("fd00::9%eth0"), refused as a pod address."""
+
+
+def address(text: str):
+    """An IP address as a pod may hold it: ValueError for anything else, an IPv6 zone
+    included (Python's ip_address takes "fd00::9%eth0" and keeps the zone in its text,
+    which would then dodge the "already taken" comparison and reach the kernel as a
+    different string than the one recorded)."""
+    ip = ipaddress.ip_address(text)
+    if getattr(ip, "scope_id", None) is not None:
+        raise Zoned(f"{text!r} carries a zone (%{ip.scope_id}): a zone means nothing in "
+                    "the overlay")
+    return ip
+
+
 def allocate(node: planlib.Node, taken: dict[str, str], want: str | None, pod: str,
              version: int = 4) -> str:
     """The requested address, validated, or the lowest free one of the node's subnet of
@@ -158,7 +174,9 @@ def allocate(node: planlib.Node, taken: dict[str, str], want: str | None, pod: s
     gateway = subnet.network_address + 1
     if want is not None:
         try:
-            ip = ipaddress.ip_address(want)
+            ip = address(want)
+        except Zoned as e:
+            raise AddressError(f"--ip {e}") from None
         except ValueError:
             ip = None
         if ip is None or ip.version != version:
@@ -193,9 +211,11 @@ def wanted(node: planlib.Node, texts) -> dict[int, str]:
     out: dict[int, str] = {}
     for text in items:
         try:
-            ip = ipaddress.ip_address(text.split("/")[0])
+            ip = address(text.split("/")[0])
+        except Zoned as e:
+            raise AddressError(f"--ip {e}") from None
         except ValueError:
-            raise AddressError(f"--ip {text!r} is not an IPv4 or IPv6 address")
+            raise AddressError(f"--ip {text!r} is not an IPv4 or IPv6 address") from None
         if out.get(ip.version, str(ip)) != str(ip):
             raise AddressError(f"--ip: two IPv{ip.version} addresses ({out[ip.version]}, "
                                f"{ip}); a pod has one per family")

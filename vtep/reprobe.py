@@ -51,6 +51,16 @@ class Reprobe:
             return False
         current = self.rec.want.device.mtu if self.rec.want else None
         who = f"{', '.join(answered)} answer{'s' if len(answered) == 1 else ''} now"
+        floor = self.rec.plan.min_mtu
+        if found.overlay_mtu < floor:
+            # below IPv6's 1280 the kernel takes IPv6 off the device (every IPv6 address and
+            # route on it would vanish), and every later pass and plan reload would be
+            # refused: keep the MTU there is, and say what the path cannot carry
+            log.warning(f"warning: --mtu auto: {who}; path MTU {found.path_mtu} to "
+                        f"{found.narrowest} leaves an overlay MTU of {found.overlay_mtu}, below "
+                        f"{floor} (IPv6's minimum link MTU, RFC 8200 section 5; the plan has "
+                        f"overlay6): keeping {current}; larger frames to it are dropped")
+            return False
         if current is None or found.overlay_mtu < current:
             log.info(f"--mtu auto: {who}; path MTU {found.path_mtu} to {found.narrowest}: "
                      f"lowering the overlay MTU from {current} to {found.overlay_mtu}")

@@ -190,4 +190,7 @@ def ipv6_sysctls(d: Device) -> list[str]:
     conf = f"net/ipv6/conf/{d.name}"
     if not d.address6:
         return [f"sysctl -qw {conf}/disable_ipv6=1"]
-    return [f"sysctl -qw {conf}/addr_gen_mode=1", f"sysctl -qw {conf}/accept_ra=0"]
+    # disable_ipv6 last, and said: a host whose new devices start with IPv6 off
+    # (net.ipv6.conf.default.disable_ipv6 = 1) would refuse every `ip -6` line below
+    return [f"sysctl -qw {conf}/addr_gen_mode=1", f"sysctl -qw {conf}/accept_ra=0",
+            f"sysctl -qw {conf}/disable_ipv6=0"]

@@ -19,7 +19,7 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import host, netlink, owner, state, wire
+from . import host, netlink, nlmsg, owner, state, wire
 from .errors import HostMismatch, Incompatible, VtepError
 from .linkfacts import DF, DF_NAMES, NotOurs, device_diffs, facts, identity_diffs, \
     require_made_by_vtep
@@ -216,7 +216,11 @@ def down(plan, node, device: str, state_dir: str) -> int:
                 raise netlink.NetlinkRefused(f"deleting {device}: {e.args[1]}")
         status.remove()
         flood = sum(e.mac == state.FLOOD_MAC for e in r.fdb)
-        log.info(f"removed {device} (vni {have.vni}) and with it {len(r.neighbours)} "
-                 f"neighbour, {len(r.fdb) - flood} fdb, {flood} flood and {len(r.routes)} "
+        # the kernel's own entries are not ours: IPv6's prefix route for our /128, and the
+        # NOARP neighbour entries of the multicast groups IPv6 sends to (ff02::16)
+        routes = sum(e.proto != nlmsg.RTPROT_KERNEL for e in r.routes.values())
+        neigh = sum(bool(e.state & nlmsg.NUD_PERMANENT) for e in r.neighbours.values())
+        log.info(f"removed {device} (vni {have.vni}) and with it {neigh} "
+                 f"neighbour, {len(r.fdb) - flood} fdb, {flood} flood and {routes} "
                  "route entries")
     return 0

@@ -74,10 +74,12 @@ def requested_ips(req: Request) -> dict[int, str]:
     by_family: dict[int, set[str]] = {}
     for text in texts:
         try:
-            ip = ipaddress.ip_address(text.split("/")[0].strip())
+            ip = pods.address(text.split("/")[0].strip())
+        except pods.Zoned as e:
+            raise CniError(INVALID_CONFIG, f"static address {e}") from None
         except ValueError:
             raise CniError(INVALID_CONFIG, f"static address {text[:60]!r} is not an IP "
-                                           "address")
+                                           "address") from None
         by_family.setdefault(ip.version, set()).add(str(ip))
     for version, got in sorted(by_family.items()):
         if len(got) > 1:
