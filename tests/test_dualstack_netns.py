@@ -270,6 +270,13 @@ def test_vtep_plan_lines_typed_by_hand_give_what_vtep_run_makes(netns_prefix, tm
         drift = [f for f in json.loads(doc.stdout)["findings"] if f["id"].startswith("drift.")]
         assert [f["id"] for f in drift] == ["drift.neigh-missing"], doc.stdout
         assert peer6 in drift[0]["saw"], drift
+        # a router advertisement would now be taken, and a link-local address made
+        node.cmd(["sysctl", "-qw", "net.ipv6.conf.vxlan0.accept_ra=2"])
+        doc = node.cmd(VTEP + ["doctor", "--config", str(plan_file), "--node", a.name,
+                               "--state-dir", str(tmp_path / "st"), "--json"], check=False)
+        found = {f["id"]: f for f in json.loads(doc.stdout)["findings"]}
+        assert found["device.ipv6-settings"]["saw"] == "vxlan0: accept_ra 2 (plan: 0)", doc.stdout
+        node.cmd(["sysctl", "-qw", "net.ipv6.conf.vxlan0.accept_ra=0"])
         # the /128 gone, IPv6 off: both named (no agent runs to repair them)
         node.cmd(["ip", "-6", "addr", "del", f"{a.vtep_ip6}/128", "dev", "vxlan0"])
         doc = node.cmd(VTEP + ["doctor", "--config", str(plan_file), "--node", a.name,

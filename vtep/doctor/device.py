@@ -3,7 +3,7 @@ underlay binding, learning, MTU against the underlay's, DF; and a vxlan device o
 someone else's on the same port, which takes the plan's traffic or keeps ours down."""
 from __future__ import annotations
 
-from .. import wire
+from .. import host, wire
 from ..linkfacts import DF, DF_NAMES, device_diffs
 from ..vxlanlink import bound_index
 from .facts import Facts
@@ -97,6 +97,17 @@ def addresses(f: Facts) -> list[Finding]:
                            "(disable_ipv6 1) but the plan has an IPv6 overlay",
                            "it can hold no IPv6 address, neighbour or route: IPv6 pods "
                            "reach no other node", fix))
+    elif v6 and f.ipv6_conf:
+        off = [f"{k} {f.ipv6_conf[k]} (plan: {w})" for k, w in host.IPV6_ON
+               if k != "disable_ipv6" and k in f.ipv6_conf and f.ipv6_conf[k] != w]
+        if off:
+            out.append(Finding("device.ipv6-settings", "warning",
+                               f"{f.device}: {', '.join(off)}",
+                               "addr_gen_mode other than 1 gives the device a link-local "
+                               "address, whose duplicate address detection and router "
+                               "solicitations cross the tunnel to every peer; accept_ra other "
+                               "than 0 lets a router advertisement on the overlay add routes",
+                               fix))
     for a in sorted(want - have):
         out.append(Finding("device.address-missing", "error",
                            f"{f.device} lacks its VTEP address {a}",

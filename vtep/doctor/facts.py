@@ -31,6 +31,7 @@ class Facts:
     realised: object | None = None     # nlmsg.Realised of the device, when it exists
     addresses: list[str] | None = None  # the device's addresses, "ip/plen", both families
     ipv6_off: bool | None = None       # net.ipv6.conf.DEVICE.disable_ipv6 (None: no IPv6)
+    ipv6_conf: dict | None = None      # the device's IPv6 sysctls vtep sets (host.IPV6_ON)
 
     @property
     def dev(self) -> LinkFacts | None:
@@ -89,6 +90,7 @@ def gather(plan: Plan, node: Node, source: str, device: str, state_dir: str) -> 
         finally:
             rt.close()
         f.addresses, f.ipv6_off = device_addresses(dev.index), ipv6_off(device)
+        f.ipv6_conf = ipv6_conf(device)
     return f
 
 
@@ -111,3 +113,16 @@ def ipv6_off(device: str) -> bool | None:
             return fh.read().strip() == "1"
     except OSError:
         return None
+
+
+def ipv6_conf(device: str) -> dict:
+    """The device's IPv6 sysctls that vtep sets with an IPv6 overlay (host.IPV6_ON), as
+    read; a missing one is left out."""
+    out = {}
+    for key, _want in host.IPV6_ON:
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{device}/{key}") as fh:
+                out[key] = fh.read().strip()
+        except OSError:
+            pass
+    return out
