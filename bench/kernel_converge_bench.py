@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark `vtep run --kernel` convergence against the same state typed as iproute2 batches.
 
-    sudo python bench/kernel_converge_bench.py [--peers 255,1000] [--repeat R] [--strict]
+    sudo python bench/kernel_converge_bench.py [--peers 255,1000] [--repeat R] [--dual-stack]
+                                               [--strict]
 
 What it does (root; everything inside one network namespace it creates,
 named vtb<pid>-bench, removed in `finally`):
@@ -24,6 +25,10 @@ named vtb<pid>-bench, removed in `finally`):
                              `ip -j route show dev`: what an external check
                              of the no-op kind costs with the standard tools.
    After every timed run the state is verified (N of each entry) and removed.
+   --dual-stack (issue 15): the plan also has overlay6 fd00:100:64::/48 and a
+   /64 per node, so there are 2N neighbour and 2N route entries (an IPv6
+   neighbour and route per peer next to the IPv4 ones; still 2N fdb) and the
+   device holds a /128 too; the references add `ip -6` reads.
 3. Prints a table, the ratios vtep/iproute2, and the targets with PASS/MISS:
      1,000 peers converged from nothing   <= 1 s
      no-op pass at 1,000 peers             <= 100 ms
@@ -49,12 +54,14 @@ TARGET_NOOP_1000 = 0.100
 UNDERLAY = "ul0"
 
 
-def plan_text(n_peers: int) -> str:
-    out = ['[cluster]', 'vni = 10', 'port = 4789', 'overlay = "100.64.0.0/10"', '']
+def plan_text(n_peers: int, dual_stack: bool = False) -> str:
+    out = ['[cluster]', 'vni = 10', 'port = 4789', 'overlay = "100.64.0.0/10"']
+    out += ['overlay6 = "fd00:100:64::/48"', ''] if dual_stack else ['']
     for i in range(n_peers + 1):
         out += ['[[nodes]]', f'name = "n{i}"',
                 f'underlay_ip = "10.{i >> 8}.{i & 255}.1"' if i else 'underlay_ip = "10.0.0.1"',
-                f'subnet = "100.{64 + (i >> 8)}.{i & 255}.0/24"', '']
+                f'subnet = "100.{64 + (i >> 8)}.{i & 255}.0/24"']
+        out += [f'subnet6 = "fd00:100:64:{i:x}::/64"', ''] if dual_stack else ['']
     return "\n".join(out)
 
 
@@ -63,7 +70,9 @@ def plan_text(n_peers: int) -> str:
 def inner(plan_path: str, repeat: int, noop: bool) -> dict:
     import logging
 
-    from vtep import commands, netlink, state
+    import socket
+
+    from vtep import commands, netlink, nlmsg, state
     from vtep import plan as planlib
     from vtep.config import RunConfig
 
@@ -73,16 +82,20 @@ def inner(plan_path: str, repeat: int, noop: bool) -> dict:
         h.setStream(sink)   # format every change line, as a real run does, but quietly
     plan = planlib.load(plan_path)
     n = len(plan.nodes) - 1
+    fams = len(plan.overlays)   # a neighbour and a route per peer in each family
+    families = (socket.AF_INET, socket.AF_INET6)[:fams] if plan.overlay else (socket.AF_INET6,)
     config = RunConfig(mode="kernel", plan_path=plan_path, node="n0", device="vxlan0")
     res = {"peers": n, "converge": [], "noop": [], "ip_batch": [], "ip_read": []}
 
     def check(vt):
         idx = vt.ifindex
-        r = netlink.Rtnl().read(idx)
-        counts = (len(r.neighbours), len(r.fdb), len(r.routes))
-        if counts != (n, 2 * n, n):   # fdb: each peer's MAC, and its flood entry
-            raise SystemExit(f"wrong state after convergence: {counts}, want "
-                             f"{(n, 2 * n, n)}")
+        r = netlink.Rtnl().read(idx, families)
+        # not the kernel's own: IPv6's prefix route for the /128, multicast NOARP entries
+        counts = (sum(bool(e.state & nlmsg.NUD_PERMANENT) for e in r.neighbours.values()),
+                  len(r.fdb), sum(e.proto != nlmsg.RTPROT_KERNEL for e in r.routes.values()))
+        want = (fams * n, 2 * n, fams * n)   # fdb: each peer's MAC, and its flood entry
+        if counts != want:
+            raise SystemExit(f"wrong state after convergence: {counts}, want {want}")
 
     def wipe():
         subprocess.run(["ip", "link", "del", "vxlan0"], capture_output=True)
@@ -94,8 +107,9 @@ def inner(plan_path: str, repeat: int, noop: bool) -> dict:
             t = time.perf_counter()
             lines = vt.converge(first=True)
             res["converge"].append(time.perf_counter() - t)
-            if len(lines) < 4 * n:
-                raise SystemExit(f"converge logged {len(lines)} changes, want >= {4 * n}")
+            if len(lines) < (2 + 2 * fams) * n:
+                raise SystemExit(f"converge logged {len(lines)} changes, want >= "
+                                 f"{(2 + 2 * fams) * n}")
             check(vt)
             if noop:
                 for _ in range(max(5, repeat)):
@@ -108,9 +122,11 @@ def inner(plan_path: str, repeat: int, noop: bool) -> dict:
         # the reference: what `vtep plan` prints, as batches
         want = vt.want
         cmds = state.iproute2(want)
-        ip1 = [c[3:] for c in cmds if c.startswith("ip ") and " route " not in c]
+        # `ip -batch` lines take no global option: "-6" goes, the address says the family
+        ips = [c[3:].removeprefix("-6 ") for c in cmds if c.startswith("ip ")]
+        ip1 = [c for c in ips if not c.startswith("route ")]
         br = [c[7:] for c in cmds if c.startswith("bridge ")]
-        ip2 = [c[3:] for c in cmds if c.startswith("ip route ")]
+        ip2 = [c for c in ips if c.startswith("route ")]
         with tempfile.TemporaryDirectory() as d:
             files = []
             for name, lines_ in (("ip1", ip1), ("br", br), ("ip2", ip2)):
@@ -128,9 +144,12 @@ def inner(plan_path: str, repeat: int, noop: bool) -> dict:
                 vt.backend.ifindex = vt.links.index_of("vxlan0")
                 check(vt)
                 t = time.perf_counter()
-                for cmd in (["ip", "-j", "neigh", "show", "dev", "vxlan0"],
-                            ["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
-                            ["ip", "-j", "route", "show", "dev", "vxlan0"]):
+                reads = [["ip", "-j", "neigh", "show", "dev", "vxlan0"],
+                         ["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
+                         ["ip", "-j", "route", "show", "dev", "vxlan0"]]
+                if fams == 2:
+                    reads += [["ip", "-6", "-j", "route", "show", "dev", "vxlan0"]]
+                for cmd in reads:
                     subprocess.run(cmd, capture_output=True, check=True)
                 res["ip_read"].append(time.perf_counter() - t)
                 wipe()
@@ -174,6 +193,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", default="255,1000", help="comma-separated peer counts")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dual-stack", action="store_true",
+                    help="an IPv6 overlay too: a neighbour and a route per peer in each family")
     ap.add_argument("--strict", action="store_true", help="exit 1 on a missed target")
     ap.add_argument("--inner", nargs=3, metavar=("PLAN", "REPEAT", "NOOP"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -192,7 +213,7 @@ def main() -> int:
             for n in counts:
                 p = os.path.join(d, f"plan{n}.toml")
                 with open(p, "w") as f:
-                    f.write(plan_text(n))
+                    f.write(plan_text(n, a.dual_stack))
                 r = sh([sys.executable, __file__, "--inner", p, str(a.repeat),
                         "1" if n == max(counts) else "0"], ns, check=False)
                 if r.returncode:
@@ -202,7 +223,7 @@ def main() -> int:
     finally:
         sh(["ip", "netns", "delete", ns], check=False)
     print(f"kernel {os.uname().release}, underlay {kind}, best/median of {a.repeat} "
-          f"(no-op: of {max(5, a.repeat)}), ms")
+          f"(no-op: of {max(5, a.repeat)}), ms{', dual-stack plans' if a.dual_stack else ''}")
     print(f"{'peers':>6} {'what':<34} {'best':>8} {'median':>8}")
     ok = True
     for r in results:
@@ -213,7 +234,7 @@ def main() -> int:
         print(f"{n:>6} {'  ratio vtep / iproute2 (median)':<34} {ratio:8.2f}x")
         if r["noop"]:
             print(f"{n:>6} {'vtep no-op pass':<34} {fmt(r['noop'])}")
-            print(f"{n:>6} {'ip/bridge -j show x3 (reference)':<34} {fmt(r['ip_read'])}")
+            print(f"{n:>6} {'ip/bridge -j show (reference)':<34} {fmt(r['ip_read'])}")
             ratio = statistics.median(r["noop"]) / statistics.median(r["ip_read"])
             print(f"{n:>6} {'  ratio vtep / iproute2 (median)':<34} {ratio:8.2f}x")
     print("targets:")
