@@ -633,6 +633,10 @@ def test_dual_stack_add_check_del(cni6):
     # usable at once (no DAD): the first packet to the gateway gets its answer
     assert in_ns(path, ["ping", "-6", "-c1", "-W2", "fd00:172:2::1"]).returncode == 0
     assert cni6.call("CHECK", "c1", path, conf=cni6.config(prevResult=a.doc)) == (0, None, "")
+    # a runtime that kept prevResult in another spelling of the same address
+    respelt = json.loads(json.dumps(a.doc))
+    respelt["ips"][1]["address"] = "FD00:172:2:0:0:0:0:2/64"
+    assert cni6.call("CHECK", "c1", path, conf=cni6.config(prevResult=respelt)) == (0, None, "")
     assert cni6.call("DEL", "c1", path) == (0, None, "")
     assert cni6.allocations() == {} and kernel_view6(path) == {}
     # both addresses are free again: the next container gets the same two

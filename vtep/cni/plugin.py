@@ -267,7 +267,8 @@ def check(req: Request, conf: netconf.Conf) -> None:
         raise CniError(CHECK_FAILED, f"{req.key}: no address is allocated to it on node "
                                      f"{net.node.name} (never added, or released)")
     cidrs = _cidrs(net, pods.record_ips(rec))
-    listed = {ip.get("address") for ip in prev.get("ips") or [] if isinstance(ip, dict)}
+    listed = {_interface_text(ip.get("address")) for ip in prev.get("ips") or []
+              if isinstance(ip, dict)}
     problems = []
     for cidr in cidrs:
         if cidr not in listed:
@@ -293,6 +294,16 @@ def check(req: Request, conf: netconf.Conf) -> None:
     if problems:
         raise CniError(CHECK_FAILED, f"{req.key}: " + "; ".join(problems))
     return None
+
+
+def _interface_text(text) -> str:
+    """An address/prefix as we write it (RFC 5952's compressed IPv6), so that a runtime
+    that stored prevResult in another spelling ("fd00:172:2:0:0:0:0:2/64", upper case)
+    is not told its address is missing; anything unreadable is kept as it was."""
+    try:
+        return str(ipaddress.ip_interface(str(text)))
+    except ValueError:
+        return str(text)
 
 
 def _pod_problems(req: Request, net, prev: dict, cidrs: list[str],
