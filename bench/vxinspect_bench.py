@@ -514,7 +514,8 @@ def time_mix(a, work: Path, mix: str, temps, vx, tshark):
             times[name].append(dt)
             rss[name].append(peak)
 
-    cap.unlink()
+    if not a.keep:   # a large file each: gone before the next is written
+        cap.unlink()
     return times, rss, size
 
 
@@ -560,14 +561,16 @@ def bench(a, work: Path, tshark: str) -> int:
         if rc != 0:
             raise BenchError(f"memory base run: exit {rc}\n{err.strip()[-2000:]}")
         verify_vxinspect(json_out, mem_base, "memory base run")
-        base.unlink()
+        if not a.keep:
+            base.unlink()
     else:
         peak_base = max(rss["vxinspect (all checks)"])
     dt_big, rc, peak_big, err = run(mem_cmd, json_out)
     if rc != 0:
         raise BenchError(f"vxinspect on {mem_big:,} packets: exit {rc}\n{err.strip()[-2000:]}")
     verify_vxinspect(json_out, mem_big, f"vxinspect on {mem_big:,} packets")
-    big.unlink()
+    if not a.keep:
+        big.unlink()
 
     # ---- report
     ts_name = "tshark -Y vxlan"
