@@ -301,17 +301,24 @@ def test_no_progress_when_stderr_is_not_a_terminal(big):
     assert r.returncode == 0 and r.stderr == b""
 
 
+class Lines:
+    """A stream that keeps what is written to it (a terminal's view of stderr)."""
+
+    def __init__(self):
+        self.out = []
+
+    def write(self, s):
+        self.out.append(s)
+
+    def flush(self):
+        pass
+
+
 def test_progress_waits_a_second_and_redraws_in_place():
     now = [0.0]
-    out = []
-
-    class W:
-        def write(self, s):
-            out.append(s)
-
-        def flush(self):
-            pass
-    pr = Progress("f", 1000, W(), clock=lambda: now[0])
+    w = Lines()
+    out = w.out
+    pr = Progress("f", 1000, w, clock=lambda: now[0])
     pr.update(100, 10)
     assert out == []  # under a second: nothing
     now[0] = 1.5
@@ -430,15 +437,9 @@ def test_live_interval_ticks_on_the_wall_clock_while_quiet():
 def test_progress_line_without_a_total():
     """stdin and -i: no size known; the line shows bytes, packets and packets/s."""
     now = [0.0]
-    out = []
-
-    class W:
-        def write(self, s):
-            out.append(s)
-
-        def flush(self):
-            pass
-    pr = Progress("-", None, W(), clock=lambda: now[0])
+    w = Lines()
+    out = w.out
+    pr = Progress("-", None, w, clock=lambda: now[0])
     pr.update(100, 10)
     now[0] = 2.0
     pr.update(3_000_000, 5000)
