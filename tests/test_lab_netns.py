@@ -398,21 +398,27 @@ def test_demo_dual_stack(prefix, tmp_path, mode, underlay, capsys):
 
 # --- the cluster in etcd (issue 10) -----------------------------------------------------------
 
-def test_demo_with_etcd_and_three_nodes_passes_and_leaves_nothing(prefix):
+@pytest.mark.parametrize("dual_stack", [False, True], ids=["ipv4", "dual-stack"])
+def test_demo_with_etcd_and_three_nodes_passes_and_leaves_nothing(prefix, dual_stack):
     """`vtep lab demo --store etcd --nodes 3`: etcd in the router's namespace, the nodes
     register with only its URL; every pair of nodes passes the checks; one agent killed
-    with SIGKILL is dropped by the others within TTL + 1 s and gets its subnet back."""
+    with SIGKILL is dropped by the others within TTL + 1 s and gets its subnet back.
+    --dual-stack: each node claims a /64 too, every check also runs over IPv6, and the
+    killed node's routes of both families are dropped."""
     r = vtep("lab", "demo", "--store", "etcd", "--nodes", "3", "--mode", "mixed",
-             "--prefix", prefix)
+             "--prefix", prefix, *(["--dual-stack"] if dual_stack else []))
     assert r.returncode == 0, r.stdout + r.stderr
     names = ("network-1", "network-2", "network-3")
     pairs = [(a, b) for a in names for b in names if a != b]
     for a, b in pairs:   # every ordered pair, each check
         for check in (f"{a} -> {b} VTEP", f"{a}'s pod -> {b}'s pod http"):
             assert f"PASS  {check}:" in r.stdout, check
+            assert (f"PASS  {check} (IPv6):" in r.stdout) == dual_stack, check
     assert "PASS  vxinspect --plan" in r.stdout
+    dropped = (r"routes to 172\.2\.\d\.0/24 and fd00:172:2:\d::/64" if dual_stack
+               else r"route to 172\.2\.\d\.0/24")
     assert re.search(r"PASS  network-3 killed \(SIGKILL\): every other node dropped its "
-                     r"route to 172\.2\.\d\.0/24 after \d+\.\d s", r.stdout), r.stdout
+                     + dropped + r" after \d+\.\d s", r.stdout), r.stdout
     assert "PASS  network-3 restarted: registered again" in r.stdout
     assert "FAIL" not in r.stdout
     assert ours(prefix) == []
