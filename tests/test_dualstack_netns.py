@@ -7,6 +7,7 @@ one fdb entry (kernel path) and both onlink routes. What the tests hold it to is
 iproute2 reports (`ip -j`, `bridge -j`) and what ping sees, never vtep's own reading.
 Every process runs inside a node's namespace; the topology goes in `finally`.
 """
+import contextlib
 import json
 import signal
 import sys
@@ -109,15 +110,26 @@ def leaves_nothing(node):
 PAIRS = [("kernel", "kernel"), ("userspace", "userspace"), ("kernel", "userspace")]
 
 
+@contextlib.contextmanager
+def agents(t, plan_file, tmp_path, modes):
+    """`vtep run` on each seed node in its mode; stopped at the end, and each must have
+    exited 0."""
+    runs = [Vtep(t[name], mode, plan_file, tmp_path / f"st-{name}")
+            for name, mode in zip(seed.NODES, modes)]
+    try:
+        yield runs
+    finally:
+        codes = [r.stop() for r in runs]
+    assert codes == [0, 0], [r.output() for r in runs]
+
+
 @pytest.mark.parametrize("modes", PAIRS, ids=["-".join(m) for m in PAIRS])
 def test_ipv6_crosses_the_tunnel_both_ways_and_teardown_leaves_nothing(
         netns_prefix, tmp_path, modes):
     plan_file = dual_plan(tmp_path)
     plan = planlib.load(plan_file)
     with seed.topology(netns_prefix) as t:
-        runs = [Vtep(t[name], mode, plan_file, tmp_path / f"st-{name}")
-                for name, mode in zip(seed.NODES, modes)]
-        try:
+        with agents(t, plan_file, tmp_path, modes) as runs:
             for name, mode in zip(seed.NODES, modes):
                 expect_entries(plan, t, name, mode == "kernel")
             a, b = (plan.node(n) for n in seed.NODES)
@@ -129,9 +141,6 @@ def test_ipv6_crosses_the_tunnel_both_ways_and_teardown_leaves_nothing(
                 pod_bridge(t[n.name], n.gateway6)
             assert ping6(t[a.name], str(b.gateway6), str(a.gateway6))
             assert ping6(t[b.name], str(a.gateway6), str(b.gateway6))
-        finally:
-            codes = [r.stop() for r in runs]
-        assert codes == [0, 0], [r.output() for r in runs]
         for name in seed.NODES:
             leaves_nothing(t[name])
 
@@ -181,17 +190,12 @@ def test_an_ipv6_only_plan(netns_prefix, tmp_path, modes):
     plan = planlib.load(plan_file)
     assert plan.node(seed.NODES[0]).vtep_ip is None
     with seed.topology(netns_prefix) as t:
-        runs = [Vtep(t[name], mode, plan_file, tmp_path / f"st-{name}")
-                for name, mode in zip(seed.NODES, modes)]
-        try:
+        with agents(t, plan_file, tmp_path, modes) as runs:
             for name, mode in zip(seed.NODES, modes):
                 expect_entries(plan, t, name, mode == "kernel")
                 assert js(t[name], "ip", "-4", "-j", "route", "show", "dev", "vxlan0") == []
             a, b = (plan.node(n) for n in seed.NODES)
             assert ping6(t[a.name], str(b.vtep_ip6)) and ping6(t[b.name], str(a.vtep_ip6))
-        finally:
-            codes = [r.stop() for r in runs]
-        assert codes == [0, 0], [r.output() for r in runs]
         for name in seed.NODES:
             leaves_nothing(t[name])
 
@@ -206,9 +210,7 @@ def test_a_device_without_ipv6_gains_it_on_sighup_and_loses_it_again(netns_prefi
     plan = planlib.load(dual)
     a, b = (plan.node(n) for n in seed.NODES)
     with seed.topology(netns_prefix) as t:
-        runs = [Vtep(t[name], "kernel", plan_file, tmp_path / f"st-{name}")
-                for name in seed.NODES]
-        try:
+        with agents(t, plan_file, tmp_path, ("kernel", "kernel")) as runs:
             node = t[a.name]
             assert node.cmd(["sysctl", "-n", "net.ipv6.conf.vxlan0.disable_ipv6"]
                             ).stdout.strip() == "1"
@@ -236,9 +238,6 @@ def test_a_device_without_ipv6_gains_it_on_sighup_and_loses_it_again(netns_prefi
             assert js(node, "ip", "-6", "-j", "route", "show", "dev", "vxlan0") == []
             assert neighbours(node, "-6") == {}
             assert set(addresses(node)) == {f"{a.vtep_ip}/32"}
-        finally:
-            codes = [r.stop() for r in runs]
-        assert codes == [0, 0], [r.output() for r in runs]
 
 
 def test_vtep_plan_lines_typed_by_hand_give_what_vtep_run_makes(netns_prefix, tmp_path):
