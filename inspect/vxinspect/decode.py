@@ -128,7 +128,7 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None)
     # --plan: its nodes, or None so that without a plan the loop pays one falsy test
     # per VXLAN packet.
     plan = PlanCheck(opts.plan) if opts.plan is not None else None
-    plan_nodes = plan.nodes if plan is not None else None
+    check_plan = plan is not None   # --plan: one falsy test per packet without it
     # Constants as locals.
     ethernet = LINKTYPE_ETHERNET
     ipv4 = inet.ETH_P_IP
@@ -324,9 +324,9 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None)
                 if f is None:
                     # [packets, bytes, largest inner L3, the plan's view of its two
                     # ends: PlanCheck.flow, falsy unless both are nodes]
-                    flows[key] = f = [0, 0, 0, plan_nodes is not None and plan.flow(src, dst)]
+                    flows[key] = f = [0, 0, 0, check_plan and plan.flow(src, dst)]
                 # the outermost layer only: nested VXLAN is no plan's traffic
-                if plan_nodes and plan.mismatch(buf, v, stop, f[3], dst, dp):
+                if check_plan and plan.mismatch(buf, v, stop, f[3], dst, dp):
                     hit("plan-mismatch", no)
                 f[0] += 1
                 f[1] += orig
@@ -342,10 +342,8 @@ def make_decoder(opts, tally, safety_net: bool = True, series=None, worker=None)
                 if plain:  # the outer header was whole: its checksum still counts
                     sq_extend((IP_CS, no, p + ip_at, p + udp_at, 0))
                     plain = False
-                if combo >= 0:  # the checks summed so far still count
-                    combo = (iaddrs + tcp + n) % M if combo == tcp else 0
-                    cq_extend((no, -1, a, b, b, combo, 0))
-                    combo = -1
+                # (combo is never pending here: nothing between setting it and queueing
+                # its entry in step 4 reads bytes)
                 if series is not None:  # it may have counted a VNI before it fell
                     series(no, -1, -1, False)
         return vx

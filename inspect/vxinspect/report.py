@@ -15,7 +15,8 @@ class Tally:
         # check id -> [count, first packet numbers, last packet number]
         self.hits = {cid: [0, [], 0] for cid in CHECKS}
         self.vnis: dict[int, int] = {}
-        # (outer src, dst) -> [packets, bytes, largest inner, both ends are plan nodes]
+        # (outer src, dst) -> [packets, bytes, largest inner, PlanCheck.flow's ranges when
+        # both ends are plan nodes (falsy otherwise)]
         self.flows: dict[tuple[bytes, bytes], list] = {}
         self.macs: dict[tuple[int, bytes], bytes] = {}  # (vni, inner src MAC) -> outer src
         self.frags: dict[tuple, bool] = {}  # outer fragments of VXLAN awaiting their rest
