@@ -205,8 +205,3 @@ def device_ipv6(device: str, on: bool) -> list[str]:
         done.append(f"{key} {want} (was {cur})")
     return done
 
-
-def disable_ipv6(device: str) -> None:
-    """No IPv6 on the device (IPV6_OFF)."""
-    device_ipv6(device, False)
-

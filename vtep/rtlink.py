@@ -353,10 +353,6 @@ class RtLink:
             out.append((f"{dst}/{dst_len}", str(ipaddress.ip_address(a[RTA_GATEWAY])), oif))
         return out
 
-    def default_gateways(self, index: int | None = None) -> list[str]:
-        """The gateways of the main table's IPv4 default routes (through one device)."""
-        return [gw for dst, gw, _ in self.gateway_routes(index) if dst == "0.0.0.0/0"]
-
     def replace_route(self, dst: str, gateway: str, index: int) -> None:
         """`ip route replace DST via GATEWAY dev INDEX` (DST a CIDR of either family,
         0.0.0.0/0 or ::/0 the default; GATEWAY of the same family)."""
