@@ -250,7 +250,7 @@ def veth_name(pod: str) -> str:
 class Attached(NamedTuple):
     bridge_mac: str
     veth_mac: str
-    pod: dict            # pod_link()'s view of the pod's interface after the setup
+    pod: Link | None     # the pod's interface after the setup (its MAC and MTU)
 
 
 DEFAULT_ROUTE = "0.0.0.0/0"
@@ -287,7 +287,9 @@ def attach(node: planlib.Node, ns_path: str, veth: str, ips, mtu: int,
         host_end = ensure_veth(here, pod, veth, ns_path, br, mtu, ifname)
         configure_pod(pod, list(ips), node, ifname, mtu, routes)
         br = here.link(bridge)   # as it is now (an older bridge follows its ports' MACs)
-        return Attached(br.mac if br else "", host_end.mac, pod_link(pod, ifname))
+        # the link alone: a result names the interface's MAC and MTU, and pod_link's
+        # address and route dumps would cost every ADD two more requests
+        return Attached(br.mac if br else "", host_end.mac, pod.link(ifname))
 
 
 def enable_ipv6(rt: RtLink, ifname: str) -> None:

@@ -111,8 +111,9 @@ class Reconciler:
         fdb = {(p.fdb.mac, p.fdb.dst) for p in self.want.peers}
         fdb |= {(f.mac, f.dst) for f in self.want.flood}   # the flood list, one per peer
         routes = {r.dst: r.via for r in self.want.routes}
-        addrs = {nlmsg.AddrEntry(a.partition("/")[0], int(a.partition("/")[2]))
-                 for a in self.want.device.addresses}
+        d = self.want.device
+        addrs = {nlmsg.AddrEntry(ip, plen) for ip, plen in ((d.address, 32), (d.address6, 128))
+                 if ip}
 
         def planned(e) -> bool:
             if isinstance(e, nlmsg.AddrEntry):

@@ -18,6 +18,7 @@ import socket
 from dataclasses import dataclass
 
 from . import owner
+from .host import IPV6_OFF, IPV6_ON
 from .nlmsg import RTPROT_VTEP
 from .plan import Node, Plan, overlay_mtu  # noqa: F401 (state.overlay_mtu: its callers')
 
@@ -181,16 +182,10 @@ def _family(ip: str) -> str:
 
 
 def ipv6_sysctls(d: Device) -> list[str]:
-    """How IPv6 is set on the device before it goes up, as sysctl commands. Without an
-    IPv6 overlay it is off: the device's own router solicitations and MLD reports would
-    be flooded to every peer. With one it is on, but the device makes no link-local
-    address (addr_gen_mode 1, "none"): its neighbours are static, so it never needs
-    neighbour discovery, and a link-local address would start DAD and router
-    solicitations across the tunnel."""
+    """How IPv6 is set on the device before it goes up, as sysctl commands, in the order
+    the agent writes them (host.IPV6_ON / IPV6_OFF, where the reasons are): without an
+    IPv6 overlay it is off; with one it is on, with no link-local address and no router
+    advertisements taken, and disable_ipv6=0 said last, for a host whose new devices
+    start with IPv6 off (every `ip -6` line below would be refused)."""
     conf = f"net/ipv6/conf/{d.name}"
-    if not d.address6:
-        return [f"sysctl -qw {conf}/disable_ipv6=1"]
-    # disable_ipv6 last, and said: a host whose new devices start with IPv6 off
-    # (net.ipv6.conf.default.disable_ipv6 = 1) would refuse every `ip -6` line below
-    return [f"sysctl -qw {conf}/addr_gen_mode=1", f"sysctl -qw {conf}/accept_ra=0",
-            f"sysctl -qw {conf}/disable_ipv6=0"]
+    return [f"sysctl -qw {conf}/{k}={v}" for k, v in (IPV6_ON if d.address6 else IPV6_OFF)]

@@ -156,7 +156,7 @@ def add(req: Request, conf: netconf.Conf) -> dict:
             raise
     interfaces = [{"name": conf.bridge, "mac": made.bridge_mac},
                   {"name": new["veth"], "mac": made.veth_mac},
-                  {"name": req.ifname, "mac": made.pod["mac"], "mtu": made.pod["mtu"],
+                  {"name": req.ifname, "mac": made.pod.mac, "mtu": made.pod.mtu,
                    "sandbox": req.netns}]
     # one entry per family, IPv4 first; 0.3.x/0.4.0 tag each with its "version" (render)
     out_ips = [{"address": c, "gateway": _gateway(net, c)} for c in _cidrs(net, ips)]
